@@ -1,0 +1,120 @@
+//! Configuration for both sides, with defaults a demanding user would pick.
+
+use std::time::Duration;
+
+use crate::wire::Digests;
+
+/// The largest frame accepted by default: a 4 MiB payload plus room for fields.
+pub const DEFAULT_MAX_FRAME: u32 = 4 * 1024 * 1024 + 64;
+
+/// Initiator settings.
+#[derive(Clone, Debug)]
+pub struct InitiatorConfig {
+    /// Largest frame (length field) we accept from the target.
+    pub max_frame: u32,
+    /// The credit window we ask for; also our own cap on outstanding work.
+    pub credits: u32,
+    /// Send a PING when nothing was sent for this long (and when replies are
+    /// overdue by this long). Promised to the target at login.
+    pub keepalive: Duration,
+    /// The detection bound: a connection with a reply outstanding that hears
+    /// nothing for this long is declared dead.
+    pub dead_after: Duration,
+    /// How long a login may take before the connection is abandoned.
+    pub login_timeout: Duration,
+    /// How long a received response may wait for a piggybacked acknowledgement
+    /// before a standalone ACK is sent.
+    pub ack_delay: Duration,
+    /// Give up on the session after this long without a connection
+    /// (`None`: keep trying forever).
+    pub session_loss_timeout: Option<Duration>,
+    /// Margin added to the measured round-trip time when deciding whether a
+    /// command can still complete before an announced shutdown.
+    pub shutdown_margin: Duration,
+    /// CRC32C digests to ask for.
+    pub digests: Digests,
+    /// Test-only switches that disable protections.
+    #[cfg(feature = "test-switches")]
+    pub switches: crate::TestSwitches,
+}
+
+impl Default for InitiatorConfig {
+    fn default() -> Self {
+        InitiatorConfig {
+            max_frame: DEFAULT_MAX_FRAME,
+            credits: 128,
+            keepalive: Duration::from_millis(500),
+            dead_after: Duration::from_secs(2),
+            login_timeout: Duration::from_secs(2),
+            ack_delay: Duration::from_millis(1),
+            session_loss_timeout: Some(Duration::from_secs(60)),
+            shutdown_margin: Duration::from_millis(10),
+            digests: Digests::NONE,
+            #[cfg(feature = "test-switches")]
+            switches: crate::TestSwitches::default(),
+        }
+    }
+}
+
+impl InitiatorConfig {
+    /// Settings for a detection bound of `bound`: keep-alive at a quarter of it.
+    pub fn with_detection_bound(mut self, bound: Duration) -> Self {
+        self.dead_after = bound;
+        self.keepalive = bound / 4;
+        self.login_timeout = bound;
+        self
+    }
+}
+
+/// Target settings.
+#[derive(Clone, Debug)]
+pub struct TargetConfig {
+    /// The most credits (unfinished messages) one session may hold.
+    pub credits: u32,
+    /// Largest frame (length field) we accept from an initiator.
+    pub max_frame: u32,
+    /// How long a session is kept without a connection.
+    pub retain: Duration,
+    /// The most sessions held at once.
+    pub max_sessions: usize,
+    /// The most connections (in login or attached) at once.
+    pub max_connections: usize,
+    /// How long a new connection may take to log in.
+    pub login_timeout: Duration,
+    /// The inactivity deadline is this many keep-alive intervals.
+    pub inactivity_factor: u32,
+    /// Lower bound of the inactivity deadline.
+    pub min_inactivity: Duration,
+    /// Delay before a standalone ACK or credit update when idle.
+    pub ack_delay: Duration,
+    /// Digests the target is willing to use.
+    pub digests: Digests,
+    /// How many ended sessions are remembered to give a precise reject reason.
+    pub tombstones: usize,
+    /// Test-only switches that disable protections.
+    #[cfg(feature = "test-switches")]
+    pub switches: crate::TestSwitches,
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        TargetConfig {
+            credits: 128,
+            max_frame: DEFAULT_MAX_FRAME,
+            retain: Duration::from_secs(60),
+            max_sessions: 16_384,
+            max_connections: 16_384,
+            login_timeout: Duration::from_secs(5),
+            inactivity_factor: 4,
+            min_inactivity: Duration::from_millis(50),
+            ack_delay: Duration::from_millis(1),
+            digests: Digests {
+                header: true,
+                data: true,
+            },
+            tombstones: 4096,
+            #[cfg(feature = "test-switches")]
+            switches: crate::TestSwitches::default(),
+        }
+    }
+}

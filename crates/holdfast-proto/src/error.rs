@@ -1,0 +1,214 @@
+//! Error types, in layers: protocol violations (with a wire code), connection
+//! loss, per-call failures that say whether the command may have executed, and
+//! local misuse of the API.
+
+use std::fmt;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::ids::{CallId, SessionId};
+use crate::wire::{ErrorCode, RejectReason};
+use crate::Seq;
+
+/// A violation of the protocol by the peer (or a local policy that closes a
+/// connection). The connection is closed; the session's state is untouched.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("protocol error {code}: {reason}")]
+pub struct ProtocolError {
+    code: ErrorCode,
+    reason: String,
+}
+
+impl ProtocolError {
+    /// Builds an error with its wire code and a human-readable reason.
+    pub fn new(code: ErrorCode, reason: impl Into<String>) -> Self {
+        ProtocolError {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// The wire code sent to the peer in an ERROR frame.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// The human-readable detail.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+/// Why a connection ended. The session survives it unless a later event says
+/// otherwise.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// We detected a protocol violation by the peer and closed the connection.
+    #[error("closed the connection: {0}")]
+    Protocol(ProtocolError),
+    /// The peer sent an ERROR frame and closed the connection.
+    #[error("the peer closed the connection with error {code}: {text}")]
+    PeerError {
+        /// The peer's code.
+        code: ErrorCode,
+        /// The peer's text.
+        text: String,
+    },
+    /// Nothing arrived for the detection bound while a reply was expected.
+    #[error("no traffic for {0:?} while waiting for a reply: the connection is presumed dead")]
+    Timeout(Duration),
+    /// The login did not complete within the login timeout.
+    #[error("the login did not complete within {0:?}")]
+    LoginTimeout(Duration),
+    /// The target refused the login for a reason that may pass.
+    #[error("the target refused the login: {0}")]
+    Rejected(RejectReason),
+    /// The driver reported that the transport closed or failed.
+    #[error("the transport connection closed")]
+    TransportClosed,
+}
+
+/// Why a session ended for good (its state at the target is gone or unreachable).
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SessionLoss {
+    /// The target refused to recover the session; it holds no state for it.
+    #[error("the target could not recover session {session}: {reason}")]
+    Rejected {
+        /// The lost session.
+        session: SessionId,
+        /// The target's reason.
+        reason: RejectReason,
+    },
+    /// The target announced it will not come back.
+    #[error("the target announced a shutdown with no return")]
+    TargetGone,
+    /// No connection could be re-established within the session-loss timeout.
+    #[error("no connection for {0:?}: gave up on the session")]
+    GaveUp(Duration),
+    /// The target speaks no protocol version we speak.
+    #[error("no protocol version in common with the target")]
+    NoCommonVersion,
+    /// The application aborted the session.
+    #[error("the session was aborted locally")]
+    Aborted,
+}
+
+/// How a call or one-way message failed. Every variant says whether the
+/// command may have reached the service.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The command was never sent on any connection: it did not execute.
+    /// Retrying it is safe.
+    #[error("not executed: it was never sent before the session was lost ({0})")]
+    NotExecuted(SessionLoss),
+    /// The command was sent but its outcome is unknown: it may have executed.
+    /// Retry only if the operation is idempotent.
+    #[error("may have executed: it was sent but no response arrived before the session was lost ({0})")]
+    MayHaveExecuted(SessionLoss),
+}
+
+impl CallError {
+    /// True if the command may have reached the service.
+    pub fn may_have_executed(&self) -> bool {
+        matches!(self, CallError::MayHaveExecuted(_))
+    }
+
+    /// The loss that caused the failure.
+    pub fn loss(&self) -> &SessionLoss {
+        match self {
+            CallError::NotExecuted(l) | CallError::MayHaveExecuted(l) => l,
+        }
+    }
+}
+
+/// Why [`crate::Initiator::call`] or [`crate::Initiator::send`] refused a submission.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// No credit (or no session yet): wait for
+    /// [`crate::InitiatorEvent::CreditAvailable`] and try again.
+    #[error("no credit available: wait for a credit update")]
+    NoCredit,
+    /// The payload exceeds what the target accepts.
+    #[error("payload of {len} bytes exceeds the limit of {max} bytes")]
+    PayloadTooLarge {
+        /// The payload's length.
+        len: usize,
+        /// The largest payload accepted.
+        max: usize,
+    },
+    /// [`crate::Initiator::close`] was called; no new work is accepted.
+    #[error("the session is closing")]
+    Closing,
+    /// The session ended for good.
+    #[error("the session has ended: {0}")]
+    Ended(SessionLoss),
+}
+
+/// Why [`crate::Initiator::connect`] refused a new connection.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The target asked us to wait; try again at the given time.
+    #[error("the target asked for no reconnect before {0:?}")]
+    TooEarly(crate::Timestamp),
+    /// The session is closed or lost; there is nothing to connect for.
+    #[error("the session has ended")]
+    Ended,
+}
+
+/// Why [`crate::Target::complete`] refused a completion.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum CompleteError {
+    /// The session no longer exists (expired or closed); drop the response.
+    #[error("session {0} no longer exists")]
+    UnknownSession(SessionId),
+    /// The command is not running in that session (never delivered, or already completed).
+    #[error("command {seq} is not running in session {session}")]
+    NotRunning {
+        /// The session.
+        session: SessionId,
+        /// The command.
+        seq: Seq,
+    },
+    /// The response exceeds what the initiator accepts; complete it again with a smaller one.
+    #[error("response of {len} bytes exceeds the initiator's limit of {max} bytes")]
+    TooLarge {
+        /// The response's length.
+        len: usize,
+        /// The largest response accepted.
+        max: usize,
+    },
+}
+
+/// Why [`crate::Target::accept`] refused a connection.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum AcceptError {
+    /// The target is at its connection limit.
+    #[error("at the limit of {0} connections")]
+    TooManyConnections(usize),
+    /// The connection id is already in use.
+    #[error("connection id {0:?} is already in use")]
+    DuplicateId(crate::ConnId),
+}
+
+/// A call failure together with its call id (see [`crate::InitiatorEvent`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedCall {
+    /// The call.
+    pub call: CallId,
+    /// Why.
+    pub error: CallError,
+}
+
+impl fmt::Display for FailedCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "call {:?}: {}", self.call, self.error)
+    }
+}

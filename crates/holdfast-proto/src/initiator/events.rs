@@ -1,0 +1,121 @@
+//! What the initiator tells its driver and application.
+
+use bytes::Bytes;
+
+use crate::error::{CallError, ConnectionError, SessionLoss};
+use crate::ids::{CallId, SessionId};
+use crate::time::Timestamp;
+
+/// Per-call options.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// The caller declares the operation idempotent when re-run in order
+    /// (a block write, a read). If the target loses the session, such calls
+    /// are re-issued on a new session in their original order instead of
+    /// failing with "may have executed".
+    pub retry_safe: bool,
+}
+
+impl CallOptions {
+    /// Options for a retry-safe call.
+    pub const RETRY_SAFE: CallOptions = CallOptions { retry_safe: true };
+}
+
+/// Something the driver or application must learn about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InitiatorEvent {
+    /// A login succeeded. `resent` commands or messages are being sent again.
+    Connected {
+        /// The session.
+        session: SessionId,
+        /// True if an existing session was recovered (stateful recovery).
+        recovered: bool,
+        /// How many unacknowledged commands and messages are resent.
+        resent: u64,
+    },
+    /// A command's response arrived (exactly once).
+    Response {
+        /// The call.
+        call: CallId,
+        /// The response.
+        payload: Bytes,
+    },
+    /// The target acknowledged a one-way message: it is delivered exactly once.
+    MessageDelivered {
+        /// The message.
+        call: CallId,
+    },
+    /// A call or message failed; the error says whether it may have executed.
+    CallFailed {
+        /// The call.
+        call: CallId,
+        /// Why, and whether it may have executed.
+        error: CallError,
+    },
+    /// The target could not recover the session (stateless recovery): calls
+    /// that were not retry-safe failed, retry-safe ones are re-issued on a new
+    /// session, whose login is already under way on the same connection.
+    SessionReplaced {
+        /// Why the old session was lost.
+        lost: SessionLoss,
+        /// Calls re-issued in their original order.
+        reissued: usize,
+        /// Calls failed.
+        failed: usize,
+    },
+    /// The connection ended. Open a new one with `connect` at or after
+    /// `reconnect_at` (`Timestamp::NEVER` if the session has ended).
+    ConnectionLost {
+        /// Why.
+        error: ConnectionError,
+        /// The earliest time to reconnect (the target's hold time, if any).
+        reconnect_at: Timestamp,
+    },
+    /// The target announced a shutdown.
+    ShutdownNotice {
+        /// The connection is expected to work until then.
+        up_until: Timestamp,
+        /// Reconnect no earlier than this; `None` if the target will not return.
+        reconnect_at: Option<Timestamp>,
+    },
+    /// Submissions refused with `NoCredit` may be retried now.
+    CreditAvailable,
+    /// The FIN exchange completed: everything sent was delivered and answered.
+    Closed,
+    /// The session ended for good; every outstanding call has failed.
+    SessionEnded(SessionLoss),
+}
+
+/// Counters the initiator keeps. All only ever increase.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InitiatorStats {
+    /// Connections opened.
+    pub connects: u64,
+    /// Connections lost.
+    pub disconnects: u64,
+    /// Sessions created.
+    pub sessions: u64,
+    /// Stateful recoveries accepted.
+    pub recoveries: u64,
+    /// Stateless recoveries (target lost the session).
+    pub stateless_recoveries: u64,
+    /// Commands and messages sent again on a new connection.
+    pub resent: u64,
+    /// Calls re-issued on a new session.
+    pub reissued: u64,
+    /// Responses received.
+    pub responses: u64,
+    /// One-way messages acknowledged.
+    pub messages_delivered: u64,
+    /// Calls failed.
+    pub calls_failed: u64,
+    /// PINGs sent.
+    pub pings: u64,
+    /// Standalone ACKs sent.
+    pub acks: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+}

@@ -1,0 +1,352 @@
+//! Frames from the target: login answers, responses, acknowledgements and
+//! credit updates, PONGs, shutdown notices and FIN_ACK. Every field is checked
+//! against what we sent; a violation closes the connection, never the session.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::{ConnectionError, ProtocolError};
+use crate::ids::ConnId;
+use crate::time::Timestamp;
+use crate::wire::{ErrorCode, Frame, LoginAccept, LoginKind, NEVER_MS, VERSION_MAX, VERSION_MIN};
+use crate::Seq;
+
+use super::{Initiator, InitiatorEvent, Lifecycle, DATA_FIXED};
+
+impl Initiator {
+    /// Feeds bytes received on connection `conn` (ignored unless it is the
+    /// current one).
+    pub fn handle_input(&mut self, conn: ConnId, mut data: &[u8], now: Timestamp) {
+        match self.conn.as_mut() {
+            Some(c) if c.id == conn => c.last_recv = now,
+            _ => return,
+        }
+        self.stats.bytes_in += data.len() as u64;
+        loop {
+            let decoded = match self.conn.as_mut() {
+                Some(c) if c.id == conn => c.decoder.decode(&mut data),
+                _ => return,
+            };
+            let result = match decoded {
+                Ok(Some(frame)) => self.handle_frame(frame, now),
+                Ok(None) => break,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                self.fail_connection(e, now);
+                return;
+            }
+        }
+        self.refresh_expecting(now);
+        self.maybe_credit_available();
+    }
+
+    /// Tells the target why, then drops the connection.
+    fn fail_connection(&mut self, error: ProtocolError, now: Timestamp) {
+        let digests = self.conn.as_ref().map(|c| c.digests).unwrap_or_default();
+        self.out.push(
+            &Frame::Error {
+                code: error.code(),
+                text: error.reason().to_owned(),
+            },
+            digests,
+        );
+        self.lose_connection(ConnectionError::Protocol(error), now);
+    }
+
+    fn handle_frame(&mut self, frame: Frame, now: Timestamp) -> Result<(), ProtocolError> {
+        let logged_in = self.conn.as_ref().is_some_and(|c| c.logged_in);
+        match (logged_in, frame) {
+            (_, Frame::Error { code, text }) => {
+                self.out = crate::wire::Outgoing::new();
+                self.lose_connection(ConnectionError::PeerError { code, text }, now);
+                Ok(())
+            }
+            (false, Frame::LoginAccept(accept)) => self.on_accept(accept, now),
+            (false, Frame::LoginReject(reject)) => {
+                self.on_reject(reject, now);
+                Ok(())
+            }
+            (true, Frame::Response {
+                seq,
+                command,
+                ack,
+                limit,
+                payload,
+            }) => {
+                self.on_ack(ack, limit)?;
+                self.on_response(seq, command, payload, now)
+            }
+            (true, Frame::TargetAck { ack, limit }) => self.on_ack(ack, limit),
+            (true, Frame::Pong { token, ack, limit }) => {
+                self.on_ack(ack, limit)?;
+                self.on_pong(token, now)
+            }
+            (true, Frame::Shutdown {
+                max_up_ms,
+                min_hold_ms,
+                ack,
+                limit,
+            }) => {
+                self.on_ack(ack, limit)?;
+                self.on_shutdown(max_up_ms, min_hold_ms, now);
+                Ok(())
+            }
+            (true, Frame::FinAck { ack }) => self.on_fin_ack(ack),
+            (_, other) => Err(ProtocolError::new(
+                ErrorCode::UnexpectedFrame,
+                format!(
+                    "frame type {:#04x} is not allowed {}",
+                    other.kind(),
+                    if logged_in { "after login" } else { "during login" }
+                ),
+            )),
+        }
+    }
+
+    fn on_accept(&mut self, a: LoginAccept, now: Timestamp) -> Result<(), ProtocolError> {
+        if !(VERSION_MIN..=VERSION_MAX).contains(&a.version) {
+            return Err(ProtocolError::new(
+                ErrorCode::Malformed,
+                format!("accepted version {} was not offered", a.version),
+            ));
+        }
+        let recovered = match (a.kind, self.session) {
+            (LoginKind::New, None) => {
+                if a.command_ack != 0 {
+                    return Err(ack_error(a.command_ack, 0, 0));
+                }
+                self.session = Some((a.session, a.secret));
+                self.stats.sessions += 1;
+                false
+            }
+            (LoginKind::Recover, Some((id, _))) if id == a.session => {
+                let highest_sent = self
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| e.transmitted)
+                    .map(|(s, _)| *s)
+                    .max()
+                    .unwrap_or(self.acked)
+                    .max(self.acked);
+                if a.command_ack < self.acked || a.command_ack > highest_sent {
+                    return Err(ack_error(a.command_ack, self.acked, highest_sent));
+                }
+                self.apply_ack(a.command_ack);
+                self.stats.recoveries += 1;
+                true
+            }
+            _ => {
+                return Err(ProtocolError::new(
+                    ErrorCode::UnexpectedFrame,
+                    "LOGIN_ACCEPT does not answer the login we sent",
+                ))
+            }
+        };
+        self.limit = self.limit.max(a.credit_limit);
+        self.max_payload = Some((a.max_frame as usize).saturating_sub(DATA_FIXED));
+        self.disconnected_since = None;
+        self.reconnect_at = now;
+        let naive = self.naive_resend();
+        let acked = self.acked;
+        let first_unanswered = self.entries.keys().next().copied();
+        let Some(c) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        c.logged_in = true;
+        c.digests = a.digests;
+        c.decoder.set_digests(a.digests);
+        c.last_recv = now;
+        c.send_cursor = acked + 1;
+        if naive {
+            // Test switch: resend every unanswered command, as a naive
+            // reconnect would.
+            if let Some(first) = first_unanswered {
+                c.send_cursor = c.send_cursor.min(first);
+            }
+        }
+        let cursor = c.send_cursor;
+        self.drain_carry();
+        let resent = self.entries.range(cursor..).filter(|(_, e)| e.transmitted).count() as u64;
+        self.events.push_back(InitiatorEvent::Connected {
+            session: a.session,
+            recovered,
+            resent,
+        });
+        Ok(())
+    }
+
+    /// Moves carried calls into the new session as credit allows.
+    pub(super) fn drain_carry(&mut self) {
+        while !self.carry.is_empty()
+            && self.next_seq <= self.limit
+            && self.entries.len() < self.config.credits as usize
+        {
+            let Some(c) = self.carry.pop_front() else {
+                break;
+            };
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.stats.reissued += 1;
+            self.entries.insert(
+                seq,
+                super::Entry {
+                    call: c.call,
+                    command: c.command,
+                    payload: Some(c.payload),
+                    retry_safe: c.retry_safe,
+                    transmitted: false,
+                    ever_sent: c.ever_sent,
+                    sent_at: None,
+                },
+            );
+        }
+    }
+
+    /// Applies the target's cumulative acknowledgement and credit limit.
+    fn on_ack(&mut self, ack: Seq, limit: Seq) -> Result<(), ProtocolError> {
+        let sent = self.conn.as_ref().map_or(self.acked, |c| c.send_cursor - 1);
+        if ack < self.acked || ack > sent {
+            return Err(ack_error(ack, self.acked, sent));
+        }
+        self.apply_ack(ack);
+        if limit > self.limit {
+            self.limit = limit;
+            self.drain_carry();
+        }
+        Ok(())
+    }
+
+    fn apply_ack(&mut self, ack: Seq) {
+        if ack <= self.acked {
+            return;
+        }
+        let keep_commands = self.naive_resend();
+        let newly: Vec<Seq> = self
+            .entries
+            .range(self.acked + 1..=ack)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in newly {
+            let Some(e) = self.entries.get_mut(&seq) else {
+                continue;
+            };
+            if e.command {
+                if !e.retry_safe && !keep_commands {
+                    e.payload = None;
+                }
+            } else {
+                let call = e.call;
+                self.entries.remove(&seq);
+                self.stats.messages_delivered += 1;
+                self.events
+                    .push_back(InitiatorEvent::MessageDelivered { call });
+            }
+        }
+        self.acked = ack;
+    }
+
+    fn on_response(
+        &mut self,
+        seq: Seq,
+        command: Seq,
+        payload: Bytes,
+        now: Timestamp,
+    ) -> Result<(), ProtocolError> {
+        if seq != self.response_ack + 1 {
+            return Err(ProtocolError::new(
+                ErrorCode::SequenceGap,
+                format!("expected response {}, got {seq}", self.response_ack + 1),
+            ));
+        }
+        let known = self
+            .entries
+            .get(&command)
+            .is_some_and(|e| e.command && command <= self.acked);
+        if !known {
+            return Err(ProtocolError::new(
+                ErrorCode::UnknownCommand,
+                format!("response {seq} answers command {command}, which is not outstanding"),
+            ));
+        }
+        let Some(entry) = self.entries.remove(&command) else {
+            return Ok(());
+        };
+        if let Some(sent) = entry.sent_at {
+            self.sample_rtt(now.saturating_since(sent));
+        }
+        self.response_ack = seq;
+        self.ack_owed += 1;
+        self.ack_owed_since.get_or_insert(now);
+        self.stats.responses += 1;
+        self.events.push_back(InitiatorEvent::Response {
+            call: entry.call,
+            payload,
+        });
+        self.drain_carry();
+        Ok(())
+    }
+
+    fn on_pong(&mut self, token: u64, now: Timestamp) -> Result<(), ProtocolError> {
+        let Some(c) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        match c.ping {
+            Some((t, sent)) if t == token => {
+                c.ping = None;
+                self.sample_rtt(now.saturating_since(sent));
+                Ok(())
+            }
+            _ => Err(ProtocolError::new(
+                ErrorCode::UnexpectedPong,
+                format!("PONG {token} answers no outstanding PING"),
+            )),
+        }
+    }
+
+    fn on_shutdown(&mut self, max_up_ms: u32, min_hold_ms: u32, now: Timestamp) {
+        let up_until = now + Duration::from_millis(u64::from(max_up_ms));
+        let reconnect_at = (min_hold_ms != NEVER_MS)
+            .then(|| up_until + Duration::from_millis(u64::from(min_hold_ms)));
+        if let Some(c) = self.conn.as_mut() {
+            c.up_until = Some(up_until);
+        }
+        self.reconnect_at = reconnect_at.unwrap_or(Timestamp::NEVER);
+        self.events.push_back(InitiatorEvent::ShutdownNotice {
+            up_until,
+            reconnect_at,
+        });
+    }
+
+    fn on_fin_ack(&mut self, ack: Seq) -> Result<(), ProtocolError> {
+        let fin_sent = self.conn.as_ref().is_some_and(|c| c.fin_sent);
+        if !fin_sent || ack != self.next_seq - 1 {
+            return Err(ProtocolError::new(
+                ErrorCode::UnexpectedFrame,
+                format!("FIN_ACK {ack} without a matching FIN"),
+            ));
+        }
+        self.finish_closed();
+        Ok(())
+    }
+
+    fn sample_rtt(&mut self, sample: Duration) {
+        self.srtt = Some(match self.srtt {
+            None => sample,
+            Some(s) => (s * 7 + sample) / 8,
+        });
+    }
+
+    /// True while the session is closing (for recovery).
+    pub(super) fn is_closing(&self) -> bool {
+        self.lifecycle == Lifecycle::Closing
+    }
+}
+
+fn ack_error(ack: Seq, low: Seq, high: Seq) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::AckOutOfRange,
+        format!("acknowledgement {ack} outside [{low}, {high}]"),
+    )
+}

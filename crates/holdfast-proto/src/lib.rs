@@ -1,0 +1,70 @@
+//! # holdfast-proto: the sans-IO session core
+//!
+//! A holdfast session is two reliable, ordered message streams, one per
+//! direction, that outlive any one transport connection. The initiator's
+//! stream carries commands (which expect a response) and one-way messages;
+//! the target's stream carries responses, and its unacknowledged tail is the
+//! response cache. Both streams use 64-bit sequence numbers and cumulative
+//! acknowledgements; on a new connection each side resends exactly its
+//! unacknowledged tail. Credits bound what the initiator may have unfinished,
+//! and they hold across reconnects.
+//!
+//! This crate is deterministic and does no I/O: no sockets, no async
+//! runtime, no clock reads, no threads, no randomness it was not given.
+//! Bytes, the current [`Timestamp`] and random values go in; bytes to send,
+//! the next timer deadline and events come out. A driver (the `holdfast`
+//! crate, or a test simulation) moves bytes between sockets and the state
+//! machines:
+//!
+//! * [`Initiator`]: `connect` / `handle_input` / `connection_lost` /
+//!   `handle_timeout` in; `poll_transmit`, `poll_timeout`, `poll_event` out;
+//!   `call`, `send` and `close` for the application.
+//! * [`Target`]: `accept` / `handle_input` / `connection_closed` /
+//!   `handle_timeout` / `complete` in; [`target::Ready`] out, confirmed with
+//!   `advance`, in the manner of raft-rs, so that a durable store can persist
+//!   state changes before any byte that reflects them is sent.
+//!
+//! docs/PROTOCOL.md in the repository is the wire specification.
+//!
+//! Panics are bugs: nothing a peer sends can make this crate panic, allocate
+//! beyond the configured frame limit, or damage a session's state.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod initiator;
+pub mod random;
+pub mod store;
+pub mod target;
+pub mod time;
+pub mod wire;
+
+pub use config::{InitiatorConfig, TargetConfig};
+pub use error::{
+    AcceptError, CallError, CompleteError, ConnectError, ConnectionError, ProtocolError,
+    SessionLoss, SubmitError,
+};
+pub use ids::{CallId, ConnId, Seq, SessionId, SessionSecret};
+pub use initiator::{CallOptions, Initiator, InitiatorEvent, InitiatorStats};
+pub use random::{RandomSource, SeededRandom};
+pub use store::MemoryStore;
+pub use target::{Delivery, Ready, StateChange, Target, TargetStats};
+pub use time::Timestamp;
+
+/// Switches that disable a protection, so tests can show that the checks
+/// catch the corruption that follows. Only with the `test-switches` feature.
+#[cfg(feature = "test-switches")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TestSwitches {
+    /// Naive reconnect: the initiator resends every command that has no
+    /// response yet (ignoring the target's acknowledgement) and the target
+    /// delivers duplicates to the service instead of dropping them.
+    pub no_dedup: bool,
+    /// The initiator ignores its credit limit: submissions are never refused
+    /// for credit and everything pending is sent at once after a reconnect
+    /// (the xprtrdma flood of seed 002).
+    pub ignore_credits: bool,
+}

@@ -1,0 +1,108 @@
+//! An in-memory store of the target's [`StateChange`]s.
+//!
+//! It is what a durable store would hold, kept in memory: enough to check
+//! that no byte the target sends reflects a change the driver has not yet
+//! persisted, and the shape a later durable store (redb or a log) will take.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+
+use crate::ids::{SessionId, SessionSecret};
+use crate::target::StateChange;
+use crate::Seq;
+
+/// What the store holds for one session.
+#[derive(Debug, Clone, Default)]
+pub struct StoredSession {
+    /// The session's secret.
+    pub secret: Option<SessionSecret>,
+    /// Its credit window.
+    pub credits: u32,
+    /// Highest sequence received (and persisted).
+    pub received: Seq,
+    /// Responses persisted and not yet acknowledged, by response sequence:
+    /// (command, payload).
+    pub responses: BTreeMap<Seq, (Seq, Bytes)>,
+    /// Highest response sequence persisted.
+    pub last_response: Seq,
+    /// Highest response acknowledged.
+    pub responses_acked: Seq,
+}
+
+/// Session state as persisted, applied change by change.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    sessions: HashMap<SessionId, StoredSession>,
+    applied: u64,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies changes in order.
+    pub fn apply_all<'a>(&mut self, changes: impl IntoIterator<Item = &'a StateChange>) {
+        for c in changes {
+            self.apply(c);
+        }
+    }
+
+    /// Applies one change.
+    pub fn apply(&mut self, change: &StateChange) {
+        self.applied += 1;
+        match change {
+            StateChange::SessionCreated {
+                session,
+                secret,
+                credits,
+            } => {
+                self.sessions.insert(
+                    *session,
+                    StoredSession {
+                        secret: Some(*secret),
+                        credits: *credits,
+                        ..StoredSession::default()
+                    },
+                );
+            }
+            StateChange::Received { session, seq, .. } => {
+                if let Some(s) = self.sessions.get_mut(session) {
+                    s.received = s.received.max(*seq);
+                }
+            }
+            StateChange::Completed {
+                session,
+                command,
+                response,
+                payload,
+            } => {
+                if let Some(s) = self.sessions.get_mut(session) {
+                    s.responses.insert(*response, (*command, payload.clone()));
+                    s.last_response = s.last_response.max(*response);
+                }
+            }
+            StateChange::ResponsesAcked { session, through } => {
+                if let Some(s) = self.sessions.get_mut(session) {
+                    s.responses = s.responses.split_off(&(through + 1));
+                    s.responses_acked = s.responses_acked.max(*through);
+                }
+            }
+            StateChange::SessionEnded { session } => {
+                self.sessions.remove(session);
+            }
+        }
+    }
+
+    /// The persisted state of a session.
+    pub fn session(&self, id: SessionId) -> Option<&StoredSession> {
+        self.sessions.get(&id)
+    }
+
+    /// How many changes were applied.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+}

@@ -1,0 +1,757 @@
+//! The target side of the protocol: sessions that outlive connections, the
+//! response cache, credits, fencing, retain expiry and shutdown notices.
+//!
+//! # Driving a target
+//!
+//! * inputs: [`Target::accept`] a new transport connection, [`Target::handle_input`]
+//!   its bytes, [`Target::connection_closed`] when it ends, [`Target::complete`]
+//!   when the service answers a command, [`Target::handle_timeout`] when
+//!   [`Target::poll_timeout`] passes, [`Target::shutdown`] to go away politely;
+//! * outputs: while [`Target::has_ready`], take [`Target::ready`], persist its
+//!   changes, send its bytes, close its connections, give its deliveries to
+//!   the service, then call [`Target::advance`].
+
+mod login;
+mod ready;
+mod session;
+mod timers;
+mod tombstones;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::config::TargetConfig;
+use crate::error::{AcceptError, CompleteError, ProtocolError};
+use crate::ids::{ConnId, SessionId};
+use crate::random::RandomSource;
+use crate::time::Timestamp;
+use crate::wire::{Decoder, Digests, Direction, ErrorCode, Frame, Outgoing, RejectReason, NEVER_MS};
+use crate::Seq;
+
+pub use ready::{Close, CloseReason, Delivery, Ready, StateChange, Transmit};
+use session::Session;
+use timers::{TimerKey, Timers};
+use tombstones::Tombstones;
+
+/// The largest non-login frame accepted before a login completes.
+const PRE_LOGIN_MAX_FRAME: u32 = 64;
+
+/// Counters a target keeps for observability. All only ever increase.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetStats {
+    /// Connections accepted.
+    pub connections: u64,
+    /// Sessions created by a new login.
+    pub sessions_created: u64,
+    /// Recovery logins accepted.
+    pub recoveries_accepted: u64,
+    /// Recovery logins rejected (the session could not be recovered).
+    pub recoveries_rejected: u64,
+    /// Responses sent again from the cache on a recovered connection.
+    pub answered_from_cache: u64,
+    /// Resent commands or messages dropped because they had already arrived.
+    pub duplicates_dropped: u64,
+    /// Connections closed for a protocol violation.
+    pub protocol_errors: u64,
+    /// Of those, violations of the credit limit.
+    pub credit_violations: u64,
+    /// Connections fenced off by a newer connection of their session.
+    pub fenced: u64,
+    /// Sessions dropped after their retain time.
+    pub sessions_expired: u64,
+    /// Sessions closed with FIN.
+    pub sessions_closed: u64,
+    /// Commands delivered to the service.
+    pub commands: u64,
+    /// One-way messages delivered to the service.
+    pub messages: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes handed out to send.
+    pub bytes_out: u64,
+}
+
+/// A snapshot of one session's state, for tests and diagnostics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The credit window.
+    pub credits: u32,
+    /// Highest contiguous sequence received.
+    pub received: Seq,
+    /// The current credit limit.
+    pub limit: Seq,
+    /// Unfinished messages held (never above `credits`).
+    pub held: u32,
+    /// Commands running in the service.
+    pub running: usize,
+    /// Responses cached awaiting acknowledgement.
+    pub cached: usize,
+    /// Bytes of payload in the response cache.
+    pub cached_bytes: usize,
+    /// Highest response acknowledged.
+    pub responses_acked: Seq,
+    /// Whether a connection is attached.
+    pub attached: bool,
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a LOGIN (or another after a reject).
+    Login,
+    /// Logged in to a session.
+    Attached(SessionId),
+}
+
+/// A transport connection as the target sees it.
+#[derive(Debug)]
+struct Conn {
+    decoder: Decoder,
+    digests: Digests,
+    phase: Phase,
+    out: Outgoing,
+    /// Queued in `Target::dirty`.
+    dirty: bool,
+    /// No more input is read; removed at the next `ready`.
+    closing: bool,
+    opened: Timestamp,
+    last_recv: Timestamp,
+    inactivity: Duration,
+}
+
+/// The shutdown notice in force.
+#[derive(Debug, Clone, Copy)]
+struct ShutdownNotice {
+    up_until: Timestamp,
+    /// Hold time after `up_until`; `None` means the target will not return.
+    hold: Option<Duration>,
+}
+
+/// The target state machine: every session and connection of one target.
+pub struct Target {
+    config: TargetConfig,
+    incarnation: u32,
+    next_counter: u32,
+    random: Box<dyn RandomSource>,
+    now: Timestamp,
+    sessions: HashMap<SessionId, Session>,
+    conns: HashMap<ConnId, Conn>,
+    tombstones: Tombstones,
+    timers: Timers,
+    dirty: Vec<ConnId>,
+    changes: Vec<StateChange>,
+    deliveries: Vec<Delivery>,
+    closes: Vec<Close>,
+    /// Sessions with deliveries in the Ready now with the driver.
+    releasing: Vec<SessionId>,
+    /// A Ready is with the driver and `advance` has not been called.
+    awaiting_advance: bool,
+    shutdown: Option<ShutdownNotice>,
+    stats: TargetStats,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("incarnation", &format_args!("{:08x}", self.incarnation))
+            .field("sessions", &self.sessions.len())
+            .field("connections", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Target {
+    /// Creates a target. Its incarnation (the high half of every session id
+    /// it issues) and all session secrets are drawn from `random`.
+    pub fn new(config: TargetConfig, mut random: Box<dyn RandomSource>, now: Timestamp) -> Self {
+        let mut word = [0u8; 4];
+        random.fill_bytes(&mut word);
+        let incarnation = u32::from_be_bytes(word);
+        Target {
+            tombstones: Tombstones::new(config.tombstones),
+            config,
+            incarnation,
+            next_counter: 1,
+            random,
+            now,
+            sessions: HashMap::new(),
+            conns: HashMap::new(),
+            timers: Timers::default(),
+            dirty: Vec::new(),
+            changes: Vec::new(),
+            deliveries: Vec::new(),
+            closes: Vec::new(),
+            releasing: Vec::new(),
+            awaiting_advance: false,
+            shutdown: None,
+            stats: TargetStats::default(),
+        }
+    }
+
+    /// This target's incarnation.
+    pub fn incarnation(&self) -> u32 {
+        self.incarnation
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TargetConfig {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &TargetStats {
+        &self.stats
+    }
+
+    /// Sessions held.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Connections open (in login or attached).
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// A snapshot of a session.
+    pub fn session_info(&self, id: SessionId) -> Option<SessionInfo> {
+        self.sessions.get(&id).map(|s| SessionInfo {
+            credits: s.credits,
+            received: s.received(),
+            limit: s.limit(),
+            held: s.held(),
+            running: s.running(),
+            cached: s.cached(),
+            cached_bytes: s.cached_bytes(),
+            responses_acked: s.responses_acked(),
+            attached: s.conn.is_some(),
+        })
+    }
+
+    /// The ids of all sessions held.
+    pub fn session_ids(&self) -> Vec<SessionId> {
+        self.sessions.keys().copied().collect()
+    }
+
+    /// Bytes buffered for a connection's partial frame, and the capacity
+    /// reserved for them (for memory-bound checks).
+    pub fn buffered(&self, conn: ConnId) -> Option<(usize, usize)> {
+        self.conns
+            .get(&conn)
+            .map(|c| (c.decoder.buffered(), c.decoder.capacity()))
+    }
+
+    /// Registers a new transport connection. It must log in within the login timeout.
+    pub fn accept(&mut self, conn: ConnId, now: Timestamp) -> Result<(), AcceptError> {
+        self.now = now;
+        if self.conns.contains_key(&conn) {
+            return Err(AcceptError::DuplicateId(conn));
+        }
+        if self.conns.len() >= self.config.max_connections {
+            return Err(AcceptError::TooManyConnections(self.config.max_connections));
+        }
+        self.conns.insert(
+            conn,
+            Conn {
+                decoder: Decoder::new(Direction::ToTarget, PRE_LOGIN_MAX_FRAME),
+                digests: Digests::NONE,
+                phase: Phase::Login,
+                out: Outgoing::new(),
+                dirty: false,
+                closing: false,
+                opened: now,
+                last_recv: now,
+                inactivity: self.config.login_timeout,
+            },
+        );
+        self.timers
+            .arm(now + self.config.login_timeout, TimerKey::Conn(conn));
+        self.stats.connections += 1;
+        Ok(())
+    }
+
+    /// Feeds bytes received on a connection. Input on an unknown, closed or
+    /// fenced connection is ignored. A protocol violation closes the
+    /// connection (see the next [`Ready`]); the session is not harmed.
+    pub fn handle_input(&mut self, conn: ConnId, mut data: &[u8], now: Timestamp) {
+        self.now = now;
+        match self.conns.get_mut(&conn) {
+            Some(c) if !c.closing => c.last_recv = now,
+            _ => return,
+        }
+        self.stats.bytes_in += data.len() as u64;
+        loop {
+            let decoded = match self.conns.get_mut(&conn) {
+                Some(c) if !c.closing => c.decoder.decode(&mut data),
+                _ => return,
+            };
+            match decoded {
+                Ok(Some(frame)) => {
+                    if let Err(e) = self.handle_frame(conn, frame) {
+                        self.fail_conn(conn, e);
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    self.fail_conn(conn, e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The driver reports that a connection ended (EOF, reset, error).
+    pub fn connection_closed(&mut self, conn: ConnId, now: Timestamp) {
+        self.now = now;
+        if let Some(c) = self.conns.remove(&conn) {
+            if let Phase::Attached(id) = c.phase {
+                self.detach(id, conn);
+            }
+        }
+    }
+
+    /// Records the service's response to a command delivered earlier.
+    pub fn complete(
+        &mut self,
+        session: SessionId,
+        seq: Seq,
+        response: Bytes,
+        now: Timestamp,
+    ) -> Result<(), CompleteError> {
+        self.now = now;
+        let s = self
+            .sessions
+            .get_mut(&session)
+            .ok_or(CompleteError::UnknownSession(session))?;
+        if !s.is_running(seq) {
+            return Err(CompleteError::NotRunning { session, seq });
+        }
+        let max = (s.peer_max_frame as usize).saturating_sub(32);
+        if response.len() > max {
+            return Err(CompleteError::TooLarge {
+                len: response.len(),
+                max,
+            });
+        }
+        s.complete(seq, response, &mut self.changes);
+        let conn = s.conn;
+        if let Some(conn) = conn {
+            self.mark_dirty(conn);
+        }
+        Ok(())
+    }
+
+    /// Announces that the target goes away: every connection is told it stays
+    /// up for `max_up` and that reconnecting should wait `min_hold` after that
+    /// (`None`: the target will not return). New logins are refused meanwhile;
+    /// when `max_up` passes, every connection is closed.
+    pub fn shutdown(&mut self, max_up: Duration, min_hold: Option<Duration>, now: Timestamp) {
+        self.now = now;
+        let notice = ShutdownNotice {
+            up_until: now + max_up,
+            hold: min_hold,
+        };
+        self.shutdown = Some(notice);
+        let max_up_ms = duration_ms(max_up);
+        let min_hold_ms = min_hold.map_or(NEVER_MS, duration_ms);
+        let attached: Vec<(ConnId, SessionId)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.closing)
+            .filter_map(|(id, c)| match c.phase {
+                Phase::Attached(s) => Some((*id, s)),
+                Phase::Login => None,
+            })
+            .collect();
+        for (conn, sid) in attached {
+            let Some(s) = self.sessions.get_mut(&sid) else {
+                continue;
+            };
+            let frame = Frame::Shutdown {
+                max_up_ms,
+                min_hold_ms,
+                ack: s.received(),
+                limit: s.limit(),
+            };
+            s.mark_advertised();
+            self.push_frame(conn, &frame);
+        }
+        self.timers.arm(notice.up_until, TimerKey::Shutdown);
+    }
+
+    /// The next time [`Target::handle_timeout`] must be called, if any.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.timers.next()
+    }
+
+    /// Fires every timer due at `now`: login and inactivity deadlines, ack
+    /// delays, retain expiry, the end of a shutdown notice's up time.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.now = now;
+        while let Some(key) = self.timers.pop_due(now) {
+            match key {
+                TimerKey::Conn(conn) => self.conn_timer(conn, now),
+                TimerKey::Session(id) => self.session_timer(id, now),
+                TimerKey::Shutdown => self.shutdown_timer(now),
+            }
+        }
+    }
+
+    /// True when [`Target::ready`] has something and no earlier Ready awaits
+    /// [`Target::advance`].
+    #[must_use]
+    pub fn has_ready(&self) -> bool {
+        !self.awaiting_advance
+            && (!self.dirty.is_empty()
+                || !self.changes.is_empty()
+                || !self.deliveries.is_empty()
+                || !self.closes.is_empty())
+    }
+
+    /// Takes the next batch of output. Persist its changes before sending its
+    /// bytes or executing its deliveries, then call [`Target::advance`].
+    /// Returns an empty Ready while an earlier one awaits `advance`.
+    #[must_use]
+    pub fn ready(&mut self) -> Ready {
+        if self.awaiting_advance {
+            return Ready::default();
+        }
+        let now = self.now;
+        let mut transmits = Vec::new();
+        for conn in std::mem::take(&mut self.dirty) {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            c.dirty = false;
+            if let (Phase::Attached(id), false) = (c.phase, c.closing) {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.write_output(&mut c.out, c.digests, now);
+                }
+            }
+            if !c.out.is_empty() {
+                let chunks = c.out.take_chunks();
+                let t = Transmit { conn, chunks };
+                self.stats.bytes_out += t.len() as u64;
+                transmits.push(t);
+            }
+            if c.closing {
+                self.conns.remove(&conn);
+            }
+        }
+        for (id, s) in self.sessions.iter_mut() {
+            if s.hand_out_deliveries() {
+                self.releasing.push(*id);
+            }
+        }
+        let ready = Ready {
+            changes: std::mem::take(&mut self.changes),
+            transmits,
+            closes: std::mem::take(&mut self.closes),
+            deliveries: std::mem::take(&mut self.deliveries),
+        };
+        self.awaiting_advance = !ready.is_empty();
+        ready
+    }
+
+    /// Confirms that the last Ready's changes are persisted, its bytes sent
+    /// and its deliveries handed to the service. One-way messages delivered
+    /// in it return their credits.
+    pub fn advance(&mut self, now: Timestamp) {
+        self.now = now;
+        self.awaiting_advance = false;
+        for id in std::mem::take(&mut self.releasing) {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.release_delivered();
+                self.owe_ack(id);
+            }
+        }
+    }
+
+    // ----- internals -----
+
+    fn handle_frame(&mut self, conn: ConnId, frame: Frame) -> Result<(), ProtocolError> {
+        let phase = match self.conns.get(&conn) {
+            Some(c) => c.phase,
+            None => return Ok(()),
+        };
+        match (phase, frame) {
+            (_, Frame::Error { code, text }) => {
+                self.close_conn(conn, CloseReason::PeerError(format!("{code}: {text}")));
+                Ok(())
+            }
+            (Phase::Login, Frame::Login(login)) => self.handle_login(conn, login),
+            (Phase::Login, other) => Err(unexpected(&other, "before login")),
+            (Phase::Attached(id), frame) => self.handle_session_frame(conn, id, frame),
+        }
+    }
+
+    fn handle_session_frame(
+        &mut self,
+        conn: ConnId,
+        id: SessionId,
+        frame: Frame,
+    ) -> Result<(), ProtocolError> {
+        #[cfg(feature = "test-switches")]
+        let deliver_duplicates = self.config.switches.no_dedup;
+        #[cfg(not(feature = "test-switches"))]
+        let deliver_duplicates = false;
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return Err(ProtocolError::new(
+                ErrorCode::UnexpectedFrame,
+                "the session no longer exists",
+            ));
+        };
+        let (command, seq, ack, payload) = match frame {
+            Frame::Command { seq, ack, payload } => (true, seq, ack, payload),
+            Frame::Message { seq, ack, payload } => (false, seq, ack, payload),
+            Frame::InitiatorAck { ack } => {
+                s.ack_responses(ack, &mut self.changes)?;
+                self.owe_ack(id);
+                return Ok(());
+            }
+            Frame::Ping { token, ack } => {
+                s.ack_responses(ack, &mut self.changes)?;
+                let pong = Frame::Pong {
+                    token,
+                    ack: s.received(),
+                    limit: s.limit(),
+                };
+                s.mark_advertised();
+                self.push_frame(conn, &pong);
+                return Ok(());
+            }
+            Frame::Fin { last_seq, ack } => return self.handle_fin(conn, id, last_seq, ack),
+            other => return Err(unexpected(&other, "in an established session")),
+        };
+        s.ack_responses(ack, &mut self.changes)?;
+        match s.receive(seq, command, payload, deliver_duplicates, &mut self.changes) {
+            Ok(Some(delivery)) => {
+                if command {
+                    self.stats.commands += 1;
+                } else {
+                    self.stats.messages += 1;
+                }
+                self.deliveries.push(delivery);
+            }
+            Ok(None) => self.stats.duplicates_dropped += 1,
+            Err(e) => {
+                if e.code() == ErrorCode::CreditExceeded {
+                    self.stats.credit_violations += 1;
+                }
+                return Err(e);
+            }
+        }
+        self.owe_ack(id);
+        Ok(())
+    }
+
+    fn handle_fin(
+        &mut self,
+        conn: ConnId,
+        id: SessionId,
+        last_seq: Seq,
+        ack: Seq,
+    ) -> Result<(), ProtocolError> {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return Ok(());
+        };
+        s.ack_responses(ack, &mut self.changes)?;
+        if !s.can_finish(last_seq) {
+            return Err(ProtocolError::new(
+                ErrorCode::FinWithOutstanding,
+                format!(
+                    "FIN at {last_seq} with {} received, {} running, {} responses unacknowledged",
+                    s.received(),
+                    s.running(),
+                    s.cached()
+                ),
+            ));
+        }
+        let fin_ack = Frame::FinAck { ack: s.received() };
+        self.push_frame(conn, &fin_ack);
+        self.end_session(id, RejectReason::SessionClosed);
+        self.stats.sessions_closed += 1;
+        self.close_conn(conn, CloseReason::Finished);
+        Ok(())
+    }
+
+    /// Removes a session for good.
+    fn end_session(&mut self, id: SessionId, reason: RejectReason) {
+        if self.sessions.remove(&id).is_some() {
+            self.tombstones.bury(id, reason);
+            self.changes.push(StateChange::SessionEnded { session: id });
+        }
+    }
+
+    /// Queues an ERROR frame and closes the connection.
+    fn fail_conn(&mut self, conn: ConnId, error: ProtocolError) {
+        self.stats.protocol_errors += 1;
+        let frame = Frame::Error {
+            code: error.code(),
+            text: error.reason().to_owned(),
+        };
+        self.push_frame(conn, &frame);
+        self.close_conn(conn, CloseReason::Protocol(error));
+    }
+
+    /// Stops reading a connection, detaches its session, and asks the driver
+    /// to close it after its last bytes.
+    fn close_conn(&mut self, conn: ConnId, reason: CloseReason) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        c.closing = true;
+        let phase = c.phase;
+        self.mark_dirty(conn);
+        self.closes.push(Close { conn, reason });
+        if let Phase::Attached(id) = phase {
+            self.detach(id, conn);
+        }
+    }
+
+    /// Detaches `conn` from session `id` if it is still the attached one.
+    fn detach(&mut self, id: SessionId, conn: ConnId) {
+        let now = self.now;
+        if let Some(s) = self.sessions.get_mut(&id) {
+            if s.conn == Some(conn) {
+                s.detach(now);
+                self.timers
+                    .arm(now + self.config.retain, TimerKey::Session(id));
+            }
+        }
+    }
+
+    fn push_frame(&mut self, conn: ConnId, frame: &Frame) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.out.push(frame, c.digests);
+        }
+        self.mark_dirty(conn);
+    }
+
+    fn mark_dirty(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(conn);
+            }
+        }
+    }
+
+    /// Notes that a session's ack or credit limit changed: schedules a
+    /// standalone ACK after the ack delay (or at once when urgent).
+    fn owe_ack(&mut self, id: SessionId) {
+        let now = self.now;
+        let delay = self.config.ack_delay;
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Some(conn) = s.conn else {
+            return;
+        };
+        if !s.ack_owed() && !s.has_unsent() {
+            return;
+        }
+        if s.ack_due.is_none() {
+            let due = now + delay;
+            s.ack_due = Some(due);
+            self.timers.arm(due, TimerKey::Session(id));
+        }
+        if s.ack_urgent() || s.has_unsent() || delay.is_zero() {
+            self.mark_dirty(conn);
+        }
+    }
+
+    fn conn_timer(&mut self, conn: ConnId, now: Timestamp) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        let (deadline, code, what) = match c.phase {
+            Phase::Login => (
+                c.opened + self.config.login_timeout,
+                ErrorCode::LoginTimeout,
+                "no login",
+            ),
+            Phase::Attached(_) => (
+                c.last_recv + c.inactivity,
+                ErrorCode::Inactivity,
+                "no traffic",
+            ),
+        };
+        if deadline <= now {
+            let limit = match c.phase {
+                Phase::Login => self.config.login_timeout,
+                Phase::Attached(_) => c.inactivity,
+            };
+            self.fail_conn(
+                conn,
+                ProtocolError::new(code, format!("{what} within {limit:?}")),
+            );
+        } else {
+            self.timers.arm(deadline, TimerKey::Conn(conn));
+        }
+    }
+
+    fn session_timer(&mut self, id: SessionId, now: Timestamp) {
+        let retain = self.config.retain;
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if let Some(since) = s.detached_since {
+            let expiry = since + retain;
+            if expiry <= now {
+                self.end_session(id, RejectReason::SessionExpired);
+                self.stats.sessions_expired += 1;
+                return;
+            }
+            self.timers.arm(expiry, TimerKey::Session(id));
+        }
+        if let Some(due) = s.ack_due {
+            if due <= now {
+                if let Some(conn) = s.conn {
+                    self.mark_dirty(conn);
+                }
+            } else {
+                self.timers.arm(due, TimerKey::Session(id));
+            }
+        }
+    }
+
+    fn shutdown_timer(&mut self, now: Timestamp) {
+        match self.shutdown {
+            Some(n) if n.up_until <= now => {}
+            _ => return,
+        }
+        let open: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in open {
+            let error = ProtocolError::new(ErrorCode::Shutdown, "the target is shutting down");
+            let frame = Frame::Error {
+                code: error.code(),
+                text: error.reason().to_owned(),
+            };
+            self.push_frame(conn, &frame);
+            self.close_conn(conn, CloseReason::Shutdown);
+        }
+    }
+}
+
+fn unexpected(frame: &Frame, when: &str) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::UnexpectedFrame,
+        format!("frame type {:#04x} is not allowed {when}", frame.kind()),
+    )
+}
+
+/// A duration in whole milliseconds, saturating below [`NEVER_MS`].
+pub(crate) fn duration_ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).map_or(NEVER_MS - 1, |ms| ms.min(NEVER_MS - 1))
+}

@@ -1,0 +1,155 @@
+//! What the target hands its driver after each batch of work, in the manner of
+//! raft-rs `Ready`: state changes to persist, bytes to send, connections to
+//! close and messages to deliver to the service.
+//!
+//! The contract: persist [`Ready::changes`] (in order) before sending
+//! [`Ready::transmits`] or executing [`Ready::deliveries`], then call
+//! [`crate::Target::advance`]. The bytes of a `Ready` may reflect its own changes,
+//! never changes that are not in it or an earlier one.
+
+use bytes::Bytes;
+
+use crate::error::ProtocolError;
+use crate::ids::{ConnId, SessionId, SessionSecret};
+use crate::Seq;
+
+/// One batch of target output.
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// State changes that recovery depends on, in the order they happened.
+    pub changes: Vec<StateChange>,
+    /// Bytes to write, per connection, in order.
+    pub transmits: Vec<Transmit>,
+    /// Connections to close after writing their last bytes.
+    pub closes: Vec<Close>,
+    /// Commands and messages for the service, in each session's sequence order.
+    pub deliveries: Vec<Delivery>,
+}
+
+impl Ready {
+    /// True when the batch holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+            && self.transmits.is_empty()
+            && self.closes.is_empty()
+            && self.deliveries.is_empty()
+    }
+}
+
+/// Bytes for one connection, as chunks to write in order (vectored I/O).
+#[derive(Debug)]
+pub struct Transmit {
+    /// The connection.
+    pub conn: ConnId,
+    /// The bytes, in order.
+    pub chunks: Vec<Bytes>,
+}
+
+impl Transmit {
+    /// Total length in bytes.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
+
+    /// True when there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.iter().all(Bytes::is_empty)
+    }
+}
+
+/// A connection the driver must close once its last transmit is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    /// The connection.
+    pub conn: ConnId,
+    /// Why, for the logs.
+    pub reason: CloseReason,
+}
+
+/// Why the target closes a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer violated the protocol (or a login or inactivity deadline passed).
+    Protocol(ProtocolError),
+    /// The peer sent an ERROR frame.
+    PeerError(String),
+    /// Another connection recovered the session.
+    Fenced,
+    /// The session closed with FIN.
+    Finished,
+    /// The shutdown notice's up time passed.
+    Shutdown,
+}
+
+/// A command or one-way message for the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// A command: answer it with [`crate::Target::complete`].
+    Command {
+        /// The session.
+        session: SessionId,
+        /// The command's sequence number.
+        seq: Seq,
+        /// The request.
+        payload: Bytes,
+    },
+    /// A one-way message: no answer.
+    Message {
+        /// The session.
+        session: SessionId,
+        /// The message's sequence number.
+        seq: Seq,
+        /// The message.
+        payload: Bytes,
+    },
+}
+
+/// A change to session state that recovery depends on. A durable store
+/// persists these; [`crate::MemoryStore`] keeps them in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateChange {
+    /// A session was created.
+    SessionCreated {
+        /// Its id.
+        session: SessionId,
+        /// Its secret.
+        secret: SessionSecret,
+        /// Its credit window.
+        credits: u32,
+    },
+    /// A command or message was received; it is now acknowledged.
+    Received {
+        /// The session.
+        session: SessionId,
+        /// Its sequence number (always the previous one plus one).
+        seq: Seq,
+        /// True for a command, false for a one-way message.
+        command: bool,
+        /// Its payload.
+        payload: Bytes,
+    },
+    /// A command completed; its response is cached until acknowledged.
+    Completed {
+        /// The session.
+        session: SessionId,
+        /// The command.
+        command: Seq,
+        /// The response's sequence number in the target's stream.
+        response: Seq,
+        /// The response.
+        payload: Bytes,
+    },
+    /// The initiator acknowledged responses up to and including `through`.
+    ResponsesAcked {
+        /// The session.
+        session: SessionId,
+        /// The cumulative acknowledgement.
+        through: Seq,
+    },
+    /// The session ended (FIN or retain expiry); its state may be dropped.
+    SessionEnded {
+        /// The session.
+        session: SessionId,
+    },
+}
