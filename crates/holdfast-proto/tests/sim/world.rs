@@ -1,0 +1,665 @@
+//! The simulated world: one initiator, one target (replaced on a restart),
+//! the services, the network and a seeded fault schedule, driven in virtual
+//! time that jumps to the next thing that can happen.
+
+use std::time::Duration;
+
+use holdfast_proto::{
+    CallOptions, ConnId, Delivery, InitiatorConfig, InitiatorEvent, MemoryStore, SeededRandom,
+    SubmitError, Target, TargetConfig, Timestamp,
+};
+#[cfg(feature = "test-switches")]
+use holdfast_proto::TestSwitches;
+use holdfast_proto::{wire::Digests, Initiator};
+
+use super::checker::Checker;
+use super::net::{Packet, SimConn};
+use super::service::{payload, OpKind, Services};
+
+/// Knobs for one run.
+#[derive(Clone, Debug)]
+pub struct SimParams {
+    /// Operations to issue before healing the network.
+    pub ops: u64,
+    /// Turn off protections (mutation tests).
+    pub switches: TestSwitches,
+    /// Inject faults at all.
+    pub faults: bool,
+}
+
+impl Default for SimParams {
+    fn default() -> Self {
+        SimParams {
+            ops: 2000,
+            switches: TestSwitches::default(),
+            faults: true,
+        }
+    }
+}
+
+/// What a run observed.
+#[derive(Debug, Default, Clone)]
+pub struct SimReport {
+    /// Steps taken.
+    pub steps: u64,
+    /// Operations issued.
+    pub ops: u64,
+    /// Faults injected.
+    pub faults: u64,
+    /// Target restarts.
+    pub restarts: u64,
+    /// Virtual time at the end.
+    pub end: Timestamp,
+}
+
+struct Completion {
+    at: Timestamp,
+    generation: u64,
+    session: holdfast_proto::SessionId,
+    seq: u64,
+    response: bytes::Bytes,
+}
+
+/// The whole simulation for one seed.
+pub struct World {
+    seed: u64,
+    rng: SeededRandom,
+    params: SimParams,
+    now: Timestamp,
+    initiator: Initiator,
+    target: Target,
+    target_config: TargetConfig,
+    /// Bumped on every target restart; stale completions are dropped.
+    generation: u64,
+    store: MemoryStore,
+    services: Services,
+    checker: Checker,
+    conns: Vec<SimConn>,
+    current: Option<ConnId>,
+    next_conn: u64,
+    reconnect_at: Option<Timestamp>,
+    completions: Vec<Completion>,
+    next_tag: u64,
+    next_op_at: Timestamp,
+    next_fault_at: Timestamp,
+    fault_gap: Duration,
+    restart_at: Option<Timestamp>,
+    max_frame: u32,
+    closing: bool,
+    closed: bool,
+    report: SimReport,
+    credit_blocked: bool,
+}
+
+impl World {
+    /// Builds a world; every parameter not in `params` is drawn from the seed.
+    pub fn new(seed: u64, params: SimParams) -> Self {
+        let mut rng = SeededRandom::new(seed);
+        let pick = |rng: &mut SeededRandom, options: &[u64]| options[(rng.next_u64() % options.len() as u64) as usize];
+        let credits = pick(&mut rng, &[1, 2, 3, 8, 16, 64]) as u32;
+        let ack_delay = Duration::from_micros(pick(&mut rng, &[0, 200, 1000, 5000]));
+        let digests = if rng.next_u64() % 4 == 0 {
+            Digests { header: true, data: true }
+        } else {
+            Digests::NONE
+        };
+        let max_frame = 16 * 1024;
+        let retain = Duration::from_millis(pick(&mut rng, &[300, 2000, 10_000]));
+        let mut initiator_config = InitiatorConfig {
+            max_frame,
+            credits,
+            ack_delay,
+            digests,
+            session_loss_timeout: None,
+            ..InitiatorConfig::default()
+        }
+        .with_detection_bound(Duration::from_millis(200));
+        initiator_config.switches = params.switches;
+        let mut target_config = TargetConfig {
+            credits: pick(&mut rng, &[1, 4, 64, 128]) as u32,
+            max_frame,
+            retain,
+            ack_delay,
+            login_timeout: Duration::from_millis(500),
+            ..TargetConfig::default()
+        };
+        target_config.switches = params.switches;
+        let fault_gap = Duration::from_millis(pick(&mut rng, &[5, 20, 100]));
+        let target = Target::new(
+            target_config.clone(),
+            Box::new(SeededRandom::new(rng.next_u64())),
+            Timestamp::ZERO,
+        );
+        World {
+            seed,
+            params,
+            now: Timestamp::ZERO,
+            initiator: Initiator::new(initiator_config, Timestamp::ZERO),
+            target,
+            target_config,
+            generation: 0,
+            store: MemoryStore::new(),
+            services: Services::default(),
+            checker: Checker::default(),
+            conns: Vec::new(),
+            current: None,
+            next_conn: 1,
+            reconnect_at: Some(Timestamp::ZERO),
+            completions: Vec::new(),
+            next_tag: 1,
+            next_op_at: Timestamp::ZERO,
+            next_fault_at: Timestamp::ZERO + fault_gap,
+            fault_gap,
+            restart_at: None,
+            max_frame,
+            closing: false,
+            closed: false,
+            report: SimReport::default(),
+            credit_blocked: false,
+            rng,
+        }
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.rng.next_u64() % 100 < percent
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.rng.next_u64() % n
+        }
+    }
+
+    fn fail(&self, msg: impl std::fmt::Display) -> String {
+        format!(
+            "seed {} failed at step {} (t={:?}): {msg}\n  replay: HOLDFAST_SIM_SEED={} cargo test -p holdfast-proto --test simulation replay -- --nocapture",
+            self.seed, self.report.steps, self.now, self.seed
+        )
+    }
+
+    /// Runs to completion: the workload with faults, then a healed network
+    /// until every call has an outcome, then a FIN close.
+    pub fn run(mut self) -> Result<SimReport, String> {
+        let heal_deadline_after = Duration::from_secs(120);
+        let mut healed_at: Option<Timestamp> = None;
+        loop {
+            self.report.steps += 1;
+            let workload_done = self.report.ops >= self.params.ops;
+            if workload_done && healed_at.is_none() {
+                healed_at = Some(self.now);
+            }
+            self.step(healed_at.is_none()).map_err(|e| self.fail(e))?;
+            self.checker
+                .bounds(&self.initiator, &self.target, self.max_frame)
+                .map_err(|e| self.fail(e))?;
+            if let Some(h) = healed_at {
+                if self.checker.pending == 0 && !self.closing && self.restart_at.is_none() {
+                    self.closing = true;
+                    self.initiator.close(self.now);
+                }
+                if self.closed {
+                    break;
+                }
+                if self.now > h + heal_deadline_after {
+                    return Err(self.fail(format!(
+                        "liveness: {} calls still without an outcome {heal_deadline_after:?} after the network healed (connected: {}, outstanding {})",
+                        self.checker.pending,
+                        self.initiator.is_connected(),
+                        self.initiator.outstanding()
+                    )));
+                }
+            }
+        }
+        self.finish_checks().map_err(|e| self.fail(e))?;
+        self.report.end = self.now;
+        Ok(self.report)
+    }
+
+    fn finish_checks(&self) -> Result<(), String> {
+        let increments: u64 = self
+            .services
+            .executions
+            .iter()
+            .filter(|(tag, _)| self.checker.ops[tag].kind == OpKind::Increment)
+            .map(|(_, runs)| runs.len() as u64)
+            .sum();
+        if increments != self.services.counter {
+            return Err(format!(
+                "counter is {} but {increments} increments executed",
+                self.services.counter
+            ));
+        }
+        if let Some(session) = self.initiator.session() {
+            if self.target.session_info(session).is_some() {
+                return Err(format!("session {session} still held after FIN"));
+            }
+        }
+        Ok(())
+    }
+
+    /// One step: jump to the next event time, then do everything due.
+    fn step(&mut self, faults_allowed: bool) -> Result<(), String> {
+        self.now = self.next_time(faults_allowed).max(self.now);
+        self.deliver_network()?;
+        if self.target.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.target.handle_timeout(self.now);
+        }
+        if self.initiator.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.initiator.handle_timeout(self.now);
+        }
+        self.complete_due();
+        if self.restart_at.is_some_and(|t| t <= self.now) {
+            self.restart_target();
+        }
+        self.maybe_reconnect();
+        if faults_allowed {
+            self.submit_ops()?;
+            if self.params.faults && self.next_fault_at <= self.now {
+                self.inject_fault();
+                let gap = self.below(self.fault_gap.as_micros() as u64 * 2) + 1;
+                self.next_fault_at = self.now + Duration::from_micros(gap);
+            }
+        }
+        self.pump()
+    }
+
+    fn next_time(&self, faults_allowed: bool) -> Timestamp {
+        let mut t = Timestamp::NEVER;
+        let mut consider = |x: Option<Timestamp>| {
+            if let Some(x) = x {
+                t = t.min(x);
+            }
+        };
+        for c in &self.conns {
+            consider(c.to_target.next_due());
+            consider(c.to_initiator.next_due());
+        }
+        consider(self.initiator.poll_timeout());
+        consider(self.target.poll_timeout());
+        consider(self.completions.iter().map(|c| c.at).min());
+        consider(self.restart_at);
+        if self.current.is_none() {
+            consider(self.reconnect_at);
+        }
+        if faults_allowed {
+            if !self.credit_blocked {
+                consider(Some(self.next_op_at));
+            }
+            if self.params.faults {
+                consider(Some(self.next_fault_at));
+            }
+        }
+        if t == Timestamp::NEVER {
+            // Nothing scheduled: let time pass so deadlines can fire.
+            self.now + Duration::from_millis(10)
+        } else {
+            t
+        }
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut SimConn> {
+        self.conns.iter_mut().find(|c| c.id == id)
+    }
+
+    fn deliver_network(&mut self) -> Result<(), String> {
+        let now = self.now;
+        for i in 0..self.conns.len() {
+            while let Some(p) = self.conns[i].to_target.pop_due(now) {
+                let id = self.conns[i].id;
+                if self.conns[i].target_gone {
+                    continue;
+                }
+                match p {
+                    Packet::Data(d) => self.target.handle_input(id, &d, now),
+                    Packet::Close => {
+                        self.conns[i].target_gone = true;
+                        self.target.connection_closed(id, now);
+                    }
+                }
+                self.pump()?;
+            }
+            while let Some(p) = self.conns[i].to_initiator.pop_due(now) {
+                let id = self.conns[i].id;
+                if self.conns[i].initiator_gone {
+                    continue;
+                }
+                match p {
+                    Packet::Data(d) => self.initiator.handle_input(id, &d, now),
+                    Packet::Close => self.initiator.connection_lost(id, now),
+                }
+                self.pump()?;
+            }
+        }
+        self.conns.retain(|c| !c.is_dead());
+        Ok(())
+    }
+
+    fn complete_due(&mut self) {
+        let now = self.now;
+        let mut due = Vec::new();
+        self.completions.retain_mut(|c| {
+            if c.at <= now {
+                due.push((c.generation, c.session, c.seq, std::mem::take(&mut c.response)));
+                false
+            } else {
+                true
+            }
+        });
+        for (generation, session, seq, response) in due {
+            if generation == self.generation {
+                // The session may have expired meanwhile: then there is no one to answer.
+                let _ = self.target.complete(session, seq, response, now);
+            }
+        }
+    }
+
+    fn maybe_reconnect(&mut self) {
+        if self.current.is_some() || self.initiator.is_finished() {
+            return;
+        }
+        let Some(at) = self.reconnect_at else {
+            return;
+        };
+        if at > self.now {
+            return;
+        }
+        if self.now < self.initiator.reconnect_at() {
+            self.reconnect_at = Some(self.initiator.reconnect_at());
+            return;
+        }
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let latency = Duration::from_micros(20 + self.below(3000));
+        let mut conn = SimConn::new(id, latency);
+        if self.target.accept(id, self.now).is_err() {
+            conn.target_gone = true;
+        }
+        self.conns.push(conn);
+        match self.initiator.connect(id, self.now) {
+            Ok(()) => {
+                self.current = Some(id);
+                self.reconnect_at = None;
+            }
+            Err(e) => panic!("connect refused after reconnect_at: {e}"),
+        }
+    }
+
+    fn submit_ops(&mut self) -> Result<(), String> {
+        if self.now < self.next_op_at || self.report.ops >= self.params.ops || self.credit_blocked {
+            return Ok(());
+        }
+        let batch = 1 + self.below(8);
+        for _ in 0..batch {
+            if self.report.ops >= self.params.ops {
+                break;
+            }
+            let kind = match self.below(10) {
+                0..=3 => OpKind::Increment,
+                4..=6 => OpKind::Write,
+                _ => OpKind::Message,
+            };
+            let pad = if self.chance(3) {
+                4096 + self.below(8000) as usize
+            } else {
+                self.below(48) as usize
+            };
+            let tag = self.next_tag;
+            let body = payload(kind, tag, pad);
+            let options = CallOptions {
+                retry_safe: kind.retry_safe(),
+            };
+            let result = match kind {
+                OpKind::Message => self.initiator.send(body, options, self.now),
+                _ => self.initiator.call(body, options, self.now),
+            };
+            match result {
+                Ok(call) => {
+                    self.next_tag += 1;
+                    self.report.ops += 1;
+                    self.checker.issued(tag, kind, call);
+                }
+                Err(SubmitError::NoCredit) => {
+                    self.credit_blocked = true;
+                    break;
+                }
+                Err(e) => return Err(format!("submission refused: {e}")),
+            }
+        }
+        self.next_op_at = self.now + Duration::from_micros(self.below(400));
+        Ok(())
+    }
+
+    fn inject_fault(&mut self) {
+        self.report.faults += 1;
+        let roll = self.below(100);
+        if roll < 2 && self.restart_at.is_none() {
+            // Target crash: all session state lost, connections reset.
+            self.restart_at = Some(self.now);
+            return;
+        }
+        if roll < 4 && self.restart_at.is_none() {
+            // Graceful shutdown notice, then a restart after the up time.
+            let max_up = Duration::from_millis(self.below(50));
+            let hold = Duration::from_millis(self.below(100));
+            self.target.shutdown(max_up, Some(hold), self.now);
+            self.restart_at = Some(self.now + max_up + Duration::from_millis(1));
+            return;
+        }
+        let Some(id) = self.current.or_else(|| self.conns.last().map(|c| c.id)) else {
+            return;
+        };
+        let mode = self.below(4);
+        let notify_initiator = self.chance(60);
+        let notify_target = self.chance(60);
+        let to_target_cut = self.chance(50);
+        let now = self.now;
+        let offset_seed = self.rng.next_u64();
+        let notice = Duration::from_micros(self.below(5000));
+        let held = Duration::from_millis(50 + self.below(400));
+        let Some(c) = self.conn_mut(id) else {
+            return;
+        };
+        match mode {
+            // Cut one direction at a byte offset, the other at its end.
+            0 | 1 => {
+                let (cut, other) = if to_target_cut {
+                    (&mut c.to_target, &mut c.to_initiator)
+                } else {
+                    (&mut c.to_initiator, &mut c.to_target)
+                };
+                let queued = cut.queued_bytes();
+                cut.cut_at((offset_seed % (queued as u64 + 1)) as usize);
+                let keep = other.queued_bytes();
+                other.cut_at(keep);
+            }
+            // Blackhole both ways, nothing lost that was already sent.
+            2 => {
+                let a = c.to_target.queued_bytes();
+                c.to_target.cut_at(a);
+                let b = c.to_initiator.queued_bytes();
+                c.to_initiator.cut_at(b);
+            }
+            // Hold the initiator's bytes: they arrive late, after recovery.
+            _ => {
+                c.to_target.hold(held);
+                let b = c.to_initiator.queued_bytes();
+                c.to_initiator.cut_at(b);
+            }
+        }
+        let latency = c.latency;
+        if notify_initiator {
+            // An RST reaching the initiator after `notice`.
+            c.to_initiator.blackholed = false;
+            c.to_initiator.push(now, notice.max(latency), Packet::Close);
+            c.to_initiator.blackholed = true;
+        }
+        if notify_target && mode != 3 {
+            c.to_target.blackholed = false;
+            c.to_target.push(now, notice.max(latency), Packet::Close);
+            c.to_target.blackholed = true;
+        }
+    }
+
+    fn restart_target(&mut self) {
+        self.restart_at = None;
+        self.report.restarts += 1;
+        self.generation += 1;
+        self.target = Target::new(
+            self.target_config.clone(),
+            Box::new(SeededRandom::new(self.rng.next_u64())),
+            self.now,
+        );
+        self.store = MemoryStore::new();
+        let now = self.now;
+        for c in self.conns.iter_mut() {
+            c.target_gone = true;
+            c.to_target = Default::default();
+            c.to_initiator.blackholed = false;
+            c.to_initiator.push(now, c.latency, Packet::Close);
+            c.to_initiator.blackholed = true;
+        }
+    }
+
+    /// Moves everything that is ready between the machines until quiet.
+    fn pump(&mut self) -> Result<(), String> {
+        loop {
+            let mut progress = false;
+            while let Some(chunks) = self.initiator.poll_transmit(self.now) {
+                progress = true;
+                let data: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+                if let Some(id) = self.current {
+                    let now = self.now;
+                    if let Some(c) = self.conn_mut(id) {
+                        let latency = c.latency;
+                        c.to_target.push(now, latency, Packet::Data(data));
+                    }
+                }
+            }
+            while let Some(event) = self.initiator.poll_event() {
+                progress = true;
+                self.on_event(event)?;
+            }
+            while self.target.has_ready() {
+                progress = true;
+                self.process_ready()?;
+            }
+            if !progress {
+                return Ok(());
+            }
+        }
+    }
+
+    fn process_ready(&mut self) -> Result<(), String> {
+        let ready = self.target.ready();
+        self.store.apply_all(&ready.changes);
+        // Every byte below may only reflect persisted state: the store must
+        // now mirror the target exactly for every session it changed.
+        for change in &ready.changes {
+            let id = match change {
+                holdfast_proto::StateChange::SessionCreated { session, .. }
+                | holdfast_proto::StateChange::Received { session, .. }
+                | holdfast_proto::StateChange::Completed { session, .. }
+                | holdfast_proto::StateChange::ResponsesAcked { session, .. }
+                | holdfast_proto::StateChange::SessionEnded { session } => *session,
+            };
+            let live = self.target.session_info(id);
+            let stored = self.store.session(id);
+            match (live, stored) {
+                (Some(l), Some(s)) => {
+                    if l.received != s.received || l.cached != s.responses.len() || l.responses_acked != s.responses_acked {
+                        return Err(format!("target state of {id} ran ahead of the Ready's changes: live {l:?}, stored {s:?}"));
+                    }
+                }
+                (None, None) => {}
+                (l, s) => return Err(format!("session {id} live {l:?} but stored {}", s.is_some())),
+            }
+        }
+        let now = self.now;
+        for t in ready.transmits {
+            let data: Vec<u8> = t.chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            if let Some(c) = self.conn_mut(t.conn) {
+                if !c.target_gone {
+                    let latency = c.latency;
+                    c.to_initiator.push(now, latency, Packet::Data(data));
+                }
+            }
+        }
+        for close in ready.closes {
+            if let Some(c) = self.conn_mut(close.conn) {
+                if !c.target_gone {
+                    c.target_gone = true;
+                    let latency = c.latency;
+                    c.to_initiator.push(now, latency, Packet::Close);
+                }
+            }
+        }
+        for d in ready.deliveries {
+            match d {
+                Delivery::Command { session, seq, payload } => {
+                    let response = self.services.execute(session, &payload)?;
+                    let tag = super::service::parse(&payload).map(|(_, t)| t).unwrap_or(0);
+                    self.checker.executed(&self.services, session, tag)?;
+                    let delay = if self.chance(30) { 0 } else { self.below(3000) };
+                    self.completions.push(Completion {
+                        at: now + Duration::from_micros(delay),
+                        generation: self.generation,
+                        session,
+                        seq,
+                        response,
+                    });
+                }
+                Delivery::Message { session, payload, .. } => {
+                    self.services.execute(session, &payload)?;
+                    let tag = super::service::parse(&payload).map(|(_, t)| t).unwrap_or(0);
+                    self.checker.executed(&self.services, session, tag)?;
+                }
+            }
+        }
+        self.target.advance(now);
+        Ok(())
+    }
+
+    fn on_event(&mut self, event: InitiatorEvent) -> Result<(), String> {
+        match event {
+            InitiatorEvent::Response { call, payload } => {
+                self.checker.response(&self.services, call, &payload)
+            }
+            InitiatorEvent::MessageDelivered { call } => self.checker.delivered(&self.services, call),
+            InitiatorEvent::CallFailed { call, error } => {
+                self.checker.failed(&self.services, call, &error)
+            }
+            InitiatorEvent::CreditAvailable => {
+                self.credit_blocked = false;
+                Ok(())
+            }
+            InitiatorEvent::ConnectionLost { reconnect_at, .. } => {
+                if let Some(id) = self.current.take() {
+                    let now = self.now;
+                    if let Some(c) = self.conn_mut(id) {
+                        c.initiator_gone = true;
+                        let latency = c.latency;
+                        c.to_target.push(now, latency, Packet::Close);
+                    }
+                }
+                let backoff = Duration::from_micros(self.below(50_000));
+                self.reconnect_at = Some(reconnect_at.max(self.now + backoff));
+                Ok(())
+            }
+            InitiatorEvent::Closed => {
+                self.closed = true;
+                Ok(())
+            }
+            InitiatorEvent::SessionEnded(loss) => Err(format!("session ended: {loss}")),
+            InitiatorEvent::Connected { .. }
+            | InitiatorEvent::SessionReplaced { .. }
+            | InitiatorEvent::ShutdownNotice { .. } => {
+                // A refusal may now succeed (a new session grants credit).
+                self.credit_blocked = !self.initiator.can_submit();
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
