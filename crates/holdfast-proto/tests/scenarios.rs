@@ -1,0 +1,496 @@
+//! Scenario tests, one per behaviour the session core promises, each driven
+//! byte by byte through a hand-held [`pair::Pair`].
+#![allow(unreachable_pub, dead_code)]
+
+mod pair;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use holdfast_proto::wire::{ErrorCode, Frame, RejectReason};
+use holdfast_proto::{
+    CallError, CallOptions, ConnectError, ConnectionError, Delivery, InitiatorConfig,
+    InitiatorEvent, SessionLoss, StateChange, SubmitError, TargetConfig,
+};
+use pair::Pair;
+
+fn call(p: &mut Pair, body: &'static [u8]) -> holdfast_proto::CallId {
+    let id = p
+        .initiator
+        .call(Bytes::from_static(body), CallOptions::default(), p.now)
+        .expect("call");
+    p.flush();
+    id
+}
+
+fn responses(events: &[InitiatorEvent]) -> Vec<(holdfast_proto::CallId, Bytes)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            InitiatorEvent::Response { call, payload } => Some((*call, payload.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn logged_in() -> Pair {
+    let mut p = Pair::default_pair();
+    p.connect();
+    p.run();
+    assert!(p.initiator.is_connected());
+    p.take_events();
+    p
+}
+
+#[test]
+fn commands_and_messages_arrive_once_in_order() {
+    let mut p = logged_in();
+    let a = call(&mut p, b"a");
+    let m = p
+        .initiator
+        .send(Bytes::from_static(b"m"), CallOptions::default(), p.now)
+        .expect("send");
+    let b = call(&mut p, b"b");
+    p.run();
+    assert_eq!(p.delivered_seqs(), vec![1, 2, 3]);
+    p.complete(3, b"B");
+    p.complete(1, b"A");
+    p.run();
+    let events = p.take_events();
+    assert!(events.contains(&InitiatorEvent::MessageDelivered { call: m }));
+    // Responses come in completion order, each once.
+    assert_eq!(
+        responses(&events),
+        vec![(b, Bytes::from_static(b"B")), (a, Bytes::from_static(b"A"))]
+    );
+}
+
+#[test]
+fn acks_ride_on_traffic_and_go_alone_only_when_idle() {
+    let mut p = Pair::new(
+        InitiatorConfig {
+            ack_delay: Duration::from_millis(5),
+            ..InitiatorConfig::default()
+        },
+        TargetConfig {
+            ack_delay: Duration::from_millis(5),
+            ..TargetConfig::default()
+        },
+    );
+    p.connect();
+    p.run();
+    // A busy exchange: each response is followed by a new command.
+    for i in 1..=20u64 {
+        call(&mut p, b"x");
+        p.run();
+        p.complete(i, b"y");
+        p.run();
+    }
+    let standalone = |p: &Pair| {
+        p.sent_by_initiator
+            .iter()
+            .filter(|(_, f)| matches!(f, Frame::InitiatorAck { .. }))
+            .count()
+    };
+    let target_standalone = p
+        .sent_by_target
+        .iter()
+        .filter(|(_, f)| matches!(f, Frame::TargetAck { .. }))
+        .count();
+    assert_eq!(standalone(&p), 0, "acks rode on commands while busy");
+    assert_eq!(target_standalone, 0, "acks rode on responses while busy");
+    // Idle: the last response is acknowledged alone, after the ack delay.
+    p.advance(Duration::from_millis(4));
+    assert_eq!(standalone(&p), 0);
+    p.advance(Duration::from_millis(2));
+    assert_eq!(standalone(&p), 1);
+    p.run();
+    let last_ack = p.sent_by_initiator.iter().rev().find_map(|(_, f)| match f {
+        Frame::InitiatorAck { ack } => Some(*ack),
+        _ => None,
+    });
+    assert_eq!(last_ack, Some(20));
+}
+
+#[test]
+fn a_new_connection_resends_exactly_the_unacknowledged_tail() {
+    let mut p = logged_in();
+    for _ in 0..5 {
+        call(&mut p, b"payload");
+    }
+    // Deliver only the first three CMD frames (25 bytes each), then cut.
+    let one = p.to_target.len() / 5;
+    p.deliver_to_target(3 * one + one / 2);
+    let first = p.conn;
+    p.cut();
+    p.connect();
+    p.run();
+    assert_eq!(p.data_sent_on(first), vec![1, 2, 3, 4, 5]);
+    assert_eq!(p.data_sent_on(p.conn), vec![4, 5], "only the tail is resent");
+    assert_eq!(p.delivered_seqs(), vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn no_retransmission_on_a_live_connection() {
+    let mut p = logged_in();
+    call(&mut p, b"slow");
+    p.run();
+    // The service takes a long time; pings keep the connection alive but the
+    // command is never sent again while the connection lives.
+    for _ in 0..30 {
+        p.advance(Duration::from_millis(100));
+        p.run();
+    }
+    assert_eq!(p.data_sent_on(p.conn), vec![1]);
+    assert!(p.initiator.is_connected());
+    assert!(p.initiator.stats().pings > 0);
+}
+
+#[test]
+fn recovery_answers_from_cache_does_not_rerun_and_runs_the_unreceived() {
+    let mut p = logged_in();
+    call(&mut p, b"one");
+    call(&mut p, b"two");
+    call(&mut p, b"three");
+    // The target receives commands 1 and 2; command 3 is lost in flight.
+    let frame = p.to_target.len() / 3;
+    p.deliver_to_target(2 * frame);
+    assert_eq!(p.delivered_seqs(), vec![1, 2]);
+    // Command 1 completes, but its response is lost; command 2 is still running.
+    p.complete(1, b"ONE");
+    p.to_initiator.clear();
+    let old = p.conn;
+    p.cut();
+    p.connect();
+    p.run();
+    // Command 1 answered from the cache, 2 not re-run, 3 run for the first time.
+    assert_eq!(p.delivered_seqs(), vec![1, 2, 3]);
+    assert_eq!(p.target.stats().answered_from_cache, 1);
+    // Commands the target already had (1, 2) were not sent again: no payload resent.
+    assert_eq!(p.data_sent_on(old), vec![1, 2, 3]);
+    assert_eq!(p.data_sent_on(p.conn), vec![3]);
+    p.complete(2, b"TWO");
+    p.complete(3, b"THREE");
+    p.run();
+    let got: Vec<Bytes> = responses(&p.take_events()).into_iter().map(|(_, b)| b).collect();
+    assert_eq!(got, vec!["ONE", "TWO", "THREE"]);
+}
+
+#[test]
+fn credits_hold_on_the_first_frames_of_a_new_connection() {
+    let mut p = Pair::new(
+        InitiatorConfig {
+            ack_delay: Duration::ZERO,
+            ..InitiatorConfig::default()
+        },
+        TargetConfig {
+            credits: 4,
+            ack_delay: Duration::ZERO,
+            ..TargetConfig::default()
+        },
+    );
+    p.connect();
+    p.run();
+    for _ in 0..4 {
+        call(&mut p, b"c");
+    }
+    assert_eq!(
+        p.initiator.call(Bytes::from_static(b"c"), CallOptions::default(), p.now),
+        Err(SubmitError::NoCredit),
+        "a fifth command exceeds the window"
+    );
+    // Nothing reaches the target; reconnect: the first frames respect the grant.
+    p.cut();
+    p.connect();
+    p.run();
+    assert_eq!(p.data_sent_on(p.conn), vec![1, 2, 3, 4]);
+    assert_eq!(p.target.stats().credit_violations, 0);
+    // Completing and acknowledging frees credit for more.
+    for seq in 1..=4 {
+        p.complete(seq, b"ok");
+    }
+    p.run();
+    assert!(p.initiator.can_submit());
+}
+
+#[test]
+fn a_peer_that_exceeds_its_credits_gets_a_protocol_error() {
+    let mut p = Pair::new(
+        InitiatorConfig::default(),
+        TargetConfig {
+            credits: 2,
+            ..TargetConfig::default()
+        },
+    );
+    p.connect();
+    p.run();
+    let session = p.initiator.session().expect("session");
+    // Forge a third command past the limit.
+    let forged: Vec<u8> = (1..=3u64)
+        .flat_map(|seq| {
+            holdfast_proto::wire::encode_to_vec(
+                &Frame::Command {
+                    seq,
+                    ack: 0,
+                    payload: Bytes::from_static(b"x"),
+                },
+                Default::default(),
+            )
+        })
+        .collect();
+    p.target.handle_input(p.conn, &forged, p.now);
+    p.flush();
+    let error = p.sent_by_target.iter().find_map(|(_, f)| match f {
+        Frame::Error { code, .. } => Some(*code),
+        _ => None,
+    });
+    assert_eq!(error, Some(ErrorCode::CreditExceeded));
+    assert!(p.target_closed.contains(&p.conn));
+    let info = p.target.session_info(session).expect("session survives");
+    assert_eq!((info.received, info.held), (2, 2), "no memory beyond the window");
+}
+
+#[test]
+fn restart_rejects_recovery_fails_honestly_and_reissues_retry_safe_in_order() {
+    let mut p = logged_in();
+    let sent_unsafe = call(&mut p, b"incr");
+    let write1 = p
+        .initiator
+        .call(Bytes::from_static(b"w1"), CallOptions::RETRY_SAFE, p.now)
+        .expect("w1");
+    let write2 = p
+        .initiator
+        .call(Bytes::from_static(b"w2"), CallOptions::RETRY_SAFE, p.now)
+        .expect("w2");
+    p.run();
+    assert_eq!(p.delivered_seqs(), vec![1, 2, 3]);
+    // The target restarts: all session state is gone.
+    p.cut();
+    let never_sent = call(&mut p, b"later");
+    p.target = holdfast_proto::Target::new(
+        TargetConfig {
+            ack_delay: Duration::ZERO,
+            ..TargetConfig::default()
+        },
+        Box::new(holdfast_proto::SeededRandom::new(7)),
+        p.now,
+    );
+    p.deliveries.clear();
+    p.connect();
+    p.run();
+    let events = p.take_events();
+    let failure = |call| {
+        events.iter().find_map(|e| match e {
+            InitiatorEvent::CallFailed { call: c, error } if *c == call => Some(error.clone()),
+            _ => None,
+        })
+    };
+    let sent_error = failure(sent_unsafe).expect("the sent increment fails");
+    assert!(sent_error.may_have_executed());
+    assert!(matches!(
+        sent_error.loss(),
+        SessionLoss::Rejected {
+            reason: RejectReason::TargetRestarted,
+            ..
+        }
+    ));
+    let unsent_error = failure(never_sent).expect("the unsent call fails");
+    assert!(matches!(unsent_error, CallError::NotExecuted(_)));
+    assert!(failure(write1).is_none() && failure(write2).is_none());
+    // The writes were re-issued on the new session, in their original order.
+    let payloads: Vec<Bytes> = p
+        .deliveries
+        .iter()
+        .map(|d| match d {
+            Delivery::Command { payload, .. } | Delivery::Message { payload, .. } => payload.clone(),
+        })
+        .collect();
+    assert_eq!(payloads, vec!["w1", "w2"]);
+    assert!(events.iter().any(|e| matches!(e, InitiatorEvent::SessionReplaced { reissued: 2, failed: 2, .. })));
+}
+
+#[test]
+fn retained_state_expires_and_recovery_then_says_expired() {
+    let mut p = Pair::new(
+        InitiatorConfig::default(),
+        TargetConfig {
+            retain: Duration::from_millis(300),
+            ..TargetConfig::default()
+        },
+    );
+    p.connect();
+    p.run();
+    let session = p.initiator.session().expect("session");
+    call(&mut p, b"x");
+    p.run();
+    p.cut();
+    p.advance(Duration::from_millis(299));
+    assert!(p.target.session_info(session).is_some(), "kept within the retain time");
+    p.advance(Duration::from_millis(2));
+    assert!(p.target.session_info(session).is_none(), "dropped after it");
+    p.connect();
+    p.run();
+    assert!(p.events.iter().any(|e| matches!(
+        e,
+        InitiatorEvent::SessionReplaced {
+            lost: SessionLoss::Rejected {
+                reason: RejectReason::SessionExpired,
+                ..
+            },
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_recovering_connection_fences_the_old_one() {
+    let mut p = logged_in();
+    let session = p.initiator.session().expect("session");
+    let old = p.conn;
+    call(&mut p, b"a");
+    // The command is still in flight on the old connection when the
+    // initiator (which thinks the link died) recovers on a new one.
+    let stale = std::mem::take(&mut p.to_target);
+    p.initiator.connection_lost(old, p.now);
+    p.flush();
+    p.connect();
+    p.run();
+    assert!(p.target_closed.contains(&old), "old connection closed");
+    assert_eq!(p.target.stats().fenced, 1);
+    assert_eq!(p.delivered_seqs(), vec![1]);
+    // The stale bytes arrive late on the old connection: ignored.
+    p.target.handle_input(old, &stale, p.now);
+    p.flush();
+    assert_eq!(p.delivered_seqs(), vec![1]);
+    assert!(p.target.session_info(session).expect("session").attached);
+}
+
+#[test]
+fn bytes_never_reflect_changes_not_yet_handed_to_the_driver() {
+    let mut p = logged_in();
+    call(&mut p, b"a");
+    p.target.handle_input(p.conn, &std::mem::take(&mut p.to_target), p.now);
+    let session = p.initiator.session().expect("session");
+    let ready = p.target.ready();
+    // The receipt is in the same Ready as the bytes that acknowledge it.
+    assert!(ready
+        .changes
+        .iter()
+        .any(|c| matches!(c, StateChange::Received { seq: 1, .. })));
+    assert_eq!(ready.deliveries.len(), 1);
+    // Until advance, nothing more is handed out.
+    p.target
+        .complete(session, 1, Bytes::from_static(b"r"), p.now)
+        .expect("complete");
+    assert!(!p.target.has_ready());
+    assert!(p.target.ready().is_empty());
+    p.target.advance(p.now);
+    let ready = p.target.ready();
+    let completed = ready
+        .changes
+        .iter()
+        .any(|c| matches!(c, StateChange::Completed { command: 1, response: 1, .. }));
+    assert!(completed, "the response's change comes with its bytes");
+    assert!(!ready.transmits.is_empty());
+    p.target.advance(p.now);
+}
+
+#[test]
+fn shutdown_notice_holds_off_new_commands_and_reconnects() {
+    let mut p = logged_in();
+    // Measure a round trip so the estimate is known.
+    call(&mut p, b"a");
+    p.run();
+    p.complete(1, b"A");
+    p.run();
+    p.target
+        .shutdown(Duration::from_millis(0), Some(Duration::from_secs(2)), p.now);
+    p.run();
+    assert!(p
+        .events
+        .iter()
+        .any(|e| matches!(e, InitiatorEvent::ShutdownNotice { .. })));
+    // A command issued now cannot finish within 0 ms: it is not sent.
+    call(&mut p, b"b");
+    p.run();
+    assert_eq!(p.data_sent_on(p.conn), vec![1]);
+    p.advance(Duration::from_millis(1));
+    p.run();
+    assert!(!p.initiator.is_connected(), "the target closed after its up time");
+    // No reconnect before the hold time.
+    let early = p.initiator.connect(holdfast_proto::ConnId(99), p.now);
+    assert!(matches!(early, Err(ConnectError::TooEarly(_))));
+    p.now = p.now + Duration::from_secs(2);
+    assert!(p.initiator.connect(holdfast_proto::ConnId(100), p.now).is_ok());
+}
+
+#[test]
+fn fin_closes_cleanly_after_everything_is_delivered() {
+    let mut p = logged_in();
+    let session = p.initiator.session().expect("session");
+    call(&mut p, b"a");
+    let m = p
+        .initiator
+        .send(Bytes::from_static(b"m"), CallOptions::default(), p.now)
+        .expect("send");
+    p.initiator.close(p.now);
+    p.run();
+    // No FIN while the command is outstanding.
+    assert!(!p.sent_by_initiator.iter().any(|(_, f)| matches!(f, Frame::Fin { .. })));
+    p.complete(1, b"A");
+    p.run();
+    let events = p.take_events();
+    assert!(events.contains(&InitiatorEvent::MessageDelivered { call: m }));
+    assert!(events.contains(&InitiatorEvent::Closed));
+    assert!(p.target.session_info(session).is_none(), "FIN ends the session");
+    assert_eq!(
+        p.initiator.call(Bytes::new(), CallOptions::default(), p.now),
+        Err(SubmitError::Closing)
+    );
+}
+
+#[test]
+fn a_silent_connection_is_declared_dead_within_the_detection_bound() {
+    let mut p = Pair::new(
+        InitiatorConfig::default().with_detection_bound(Duration::from_millis(100)),
+        TargetConfig::default(),
+    );
+    p.connect();
+    p.run();
+    call(&mut p, b"a");
+    p.run();
+    // Blackhole: nothing is delivered any more, nobody is told.
+    let start = p.now;
+    let mut lost_at = None;
+    for _ in 0..200 {
+        p.to_target.clear();
+        p.to_initiator.clear();
+        p.advance(Duration::from_millis(1));
+        if p.events.iter().any(|e| {
+            matches!(
+                e,
+                InitiatorEvent::ConnectionLost {
+                    error: ConnectionError::Timeout(_),
+                    ..
+                }
+            )
+        }) {
+            lost_at = Some(p.now);
+            break;
+        }
+    }
+    let lost_at = lost_at.expect("declared dead");
+    assert!(lost_at - start <= Duration::from_millis(101), "took {:?}", lost_at - start);
+}
+
+#[test]
+fn the_target_drops_a_connection_that_goes_quiet() {
+    let mut p = logged_in();
+    let session = p.initiator.session().expect("session");
+    // keepalive 500 ms × factor 4 = 2 s of inactivity allowed.
+    p.advance(Duration::from_millis(1999));
+    assert!(p.target.session_info(session).expect("s").attached);
+    p.to_target.clear();
+    p.advance(Duration::from_millis(2));
+    assert!(!p.target.session_info(session).expect("s").attached);
+}
