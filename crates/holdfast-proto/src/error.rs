@@ -107,7 +107,9 @@ pub enum CallError {
     NotExecuted(SessionLoss),
     /// The command was sent but its outcome is unknown: it may have executed.
     /// Retry only if the operation is idempotent.
-    #[error("may have executed: it was sent but no response arrived before the session was lost ({0})")]
+    #[error(
+        "may have executed: it was sent but no response arrived before the session was lost ({0})"
+    )]
     MayHaveExecuted(SessionLoss),
 }
 

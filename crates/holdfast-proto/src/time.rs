@@ -60,7 +60,12 @@ impl fmt::Debug for Timestamp {
         if *self == Timestamp::NEVER {
             f.write_str("never")
         } else {
-            write!(f, "{}.{:09}s", self.0 / 1_000_000_000, self.0 % 1_000_000_000)
+            write!(
+                f,
+                "{}.{:09}s",
+                self.0 / 1_000_000_000,
+                self.0 % 1_000_000_000
+            )
         }
     }
 }

@@ -126,7 +126,11 @@ fn a_new_connection_resends_exactly_the_unacknowledged_tail() {
     p.connect();
     p.run();
     assert_eq!(p.data_sent_on(first), vec![1, 2, 3, 4, 5]);
-    assert_eq!(p.data_sent_on(p.conn), vec![4, 5], "only the tail is resent");
+    assert_eq!(
+        p.data_sent_on(p.conn),
+        vec![4, 5],
+        "only the tail is resent"
+    );
     assert_eq!(p.delivered_seqs(), vec![1, 2, 3, 4, 5]);
 }
 
@@ -172,7 +176,10 @@ fn recovery_answers_from_cache_does_not_rerun_and_runs_the_unreceived() {
     p.complete(2, b"TWO");
     p.complete(3, b"THREE");
     p.run();
-    let got: Vec<Bytes> = responses(&p.take_events()).into_iter().map(|(_, b)| b).collect();
+    let got: Vec<Bytes> = responses(&p.take_events())
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
     assert_eq!(got, vec!["ONE", "TWO", "THREE"]);
 }
 
@@ -195,7 +202,8 @@ fn credits_hold_on_the_first_frames_of_a_new_connection() {
         call(&mut p, b"c");
     }
     assert_eq!(
-        p.initiator.call(Bytes::from_static(b"c"), CallOptions::default(), p.now),
+        p.initiator
+            .call(Bytes::from_static(b"c"), CallOptions::default(), p.now),
         Err(SubmitError::NoCredit),
         "a fifth command exceeds the window"
     );
@@ -247,7 +255,11 @@ fn a_peer_that_exceeds_its_credits_gets_a_protocol_error() {
     assert_eq!(error, Some(ErrorCode::CreditExceeded));
     assert!(p.target_closed.contains(&p.conn));
     let info = p.target.session_info(session).expect("session survives");
-    assert_eq!((info.received, info.held), (2, 2), "no memory beyond the window");
+    assert_eq!(
+        (info.received, info.held),
+        (2, 2),
+        "no memory beyond the window"
+    );
 }
 
 #[test]
@@ -302,11 +314,20 @@ fn restart_rejects_recovery_fails_honestly_and_reissues_retry_safe_in_order() {
         .deliveries
         .iter()
         .map(|d| match d {
-            Delivery::Command { payload, .. } | Delivery::Message { payload, .. } => payload.clone(),
+            Delivery::Command { payload, .. } | Delivery::Message { payload, .. } => {
+                payload.clone()
+            }
         })
         .collect();
     assert_eq!(payloads, vec!["w1", "w2"]);
-    assert!(events.iter().any(|e| matches!(e, InitiatorEvent::SessionReplaced { reissued: 2, failed: 2, .. })));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        InitiatorEvent::SessionReplaced {
+            reissued: 2,
+            failed: 2,
+            ..
+        }
+    )));
 }
 
 #[test]
@@ -325,7 +346,10 @@ fn retained_state_expires_and_recovery_then_says_expired() {
     p.run();
     p.cut();
     p.advance(Duration::from_millis(299));
-    assert!(p.target.session_info(session).is_some(), "kept within the retain time");
+    assert!(
+        p.target.session_info(session).is_some(),
+        "kept within the retain time"
+    );
     p.advance(Duration::from_millis(2));
     assert!(p.target.session_info(session).is_none(), "dropped after it");
     p.connect();
@@ -369,7 +393,8 @@ fn a_recovering_connection_fences_the_old_one() {
 fn bytes_never_reflect_changes_not_yet_handed_to_the_driver() {
     let mut p = logged_in();
     call(&mut p, b"a");
-    p.target.handle_input(p.conn, &std::mem::take(&mut p.to_target), p.now);
+    p.target
+        .handle_input(p.conn, &std::mem::take(&mut p.to_target), p.now);
     let session = p.initiator.session().expect("session");
     let ready = p.target.ready();
     // The receipt is in the same Ready as the bytes that acknowledge it.
@@ -386,10 +411,16 @@ fn bytes_never_reflect_changes_not_yet_handed_to_the_driver() {
     assert!(p.target.ready().is_empty());
     p.target.advance(p.now);
     let ready = p.target.ready();
-    let completed = ready
-        .changes
-        .iter()
-        .any(|c| matches!(c, StateChange::Completed { command: 1, response: 1, .. }));
+    let completed = ready.changes.iter().any(|c| {
+        matches!(
+            c,
+            StateChange::Completed {
+                command: 1,
+                response: 1,
+                ..
+            }
+        )
+    });
     assert!(completed, "the response's change comes with its bytes");
     assert!(!ready.transmits.is_empty());
     p.target.advance(p.now);
@@ -403,8 +434,11 @@ fn shutdown_notice_holds_off_new_commands_and_reconnects() {
     p.run();
     p.complete(1, b"A");
     p.run();
-    p.target
-        .shutdown(Duration::from_millis(0), Some(Duration::from_secs(2)), p.now);
+    p.target.shutdown(
+        Duration::from_millis(0),
+        Some(Duration::from_secs(2)),
+        p.now,
+    );
     p.run();
     assert!(p
         .events
@@ -416,12 +450,18 @@ fn shutdown_notice_holds_off_new_commands_and_reconnects() {
     assert_eq!(p.data_sent_on(p.conn), vec![1]);
     p.advance(Duration::from_millis(1));
     p.run();
-    assert!(!p.initiator.is_connected(), "the target closed after its up time");
+    assert!(
+        !p.initiator.is_connected(),
+        "the target closed after its up time"
+    );
     // No reconnect before the hold time.
     let early = p.initiator.connect(holdfast_proto::ConnId(99), p.now);
     assert!(matches!(early, Err(ConnectError::TooEarly(_))));
     p.now = p.now + Duration::from_secs(2);
-    assert!(p.initiator.connect(holdfast_proto::ConnId(100), p.now).is_ok());
+    assert!(p
+        .initiator
+        .connect(holdfast_proto::ConnId(100), p.now)
+        .is_ok());
 }
 
 #[test]
@@ -436,15 +476,22 @@ fn fin_closes_cleanly_after_everything_is_delivered() {
     p.initiator.close(p.now);
     p.run();
     // No FIN while the command is outstanding.
-    assert!(!p.sent_by_initiator.iter().any(|(_, f)| matches!(f, Frame::Fin { .. })));
+    assert!(!p
+        .sent_by_initiator
+        .iter()
+        .any(|(_, f)| matches!(f, Frame::Fin { .. })));
     p.complete(1, b"A");
     p.run();
     let events = p.take_events();
     assert!(events.contains(&InitiatorEvent::MessageDelivered { call: m }));
     assert!(events.contains(&InitiatorEvent::Closed));
-    assert!(p.target.session_info(session).is_none(), "FIN ends the session");
+    assert!(
+        p.target.session_info(session).is_none(),
+        "FIN ends the session"
+    );
     assert_eq!(
-        p.initiator.call(Bytes::new(), CallOptions::default(), p.now),
+        p.initiator
+            .call(Bytes::new(), CallOptions::default(), p.now),
         Err(SubmitError::Closing)
     );
 }
@@ -480,7 +527,11 @@ fn a_silent_connection_is_declared_dead_within_the_detection_bound() {
         }
     }
     let lost_at = lost_at.expect("declared dead");
-    assert!(lost_at - start <= Duration::from_millis(101), "took {:?}", lost_at - start);
+    assert!(
+        lost_at - start <= Duration::from_millis(101),
+        "took {:?}",
+        lost_at - start
+    );
 }
 
 #[test]

@@ -70,7 +70,9 @@ fn seeds_shard_3() {
 fn replay() {
     if let Ok(seed) = std::env::var("HOLDFAST_SIM_SEED") {
         let seed: u64 = seed.parse().expect("HOLDFAST_SIM_SEED must be a number");
-        let report = World::new(seed, params()).run().unwrap_or_else(|e| panic!("{e}"));
+        let report = World::new(seed, params())
+            .run()
+            .unwrap_or_else(|e| panic!("{e}"));
         eprintln!("seed {seed}: {report:?}");
     }
 }
@@ -80,7 +82,10 @@ fn replay() {
 fn a_seed_replays_exactly() {
     let a = World::new(7, params()).run().expect("seed 7");
     let b = World::new(7, params()).run().expect("seed 7");
-    assert_eq!((a.steps, a.ops, a.faults, a.end), (b.steps, b.ops, b.faults, b.end));
+    assert_eq!(
+        (a.steps, a.ops, a.faults, a.end),
+        (b.steps, b.ops, b.faults, b.end)
+    );
 }
 
 /// Mutation test: with deduplication off (naive resend of every unanswered
@@ -105,7 +110,9 @@ fn checker_catches_disabled_dedup() {
     let e = caught.expect("no seed exposed the disabled deduplication");
     eprintln!("caught as expected: {e}");
     assert!(
-        e.contains("exactly-once violated") || e.contains("executed") || e.contains("order violated"),
+        e.contains("exactly-once violated")
+            || e.contains("executed")
+            || e.contains("order violated"),
         "unexpected failure: {e}"
     );
 }
@@ -142,7 +149,9 @@ fn clean_network_all_calls_succeed() {
         ..params()
     };
     for seed in 0..20 {
-        let r = World::new(seed, params.clone()).run().unwrap_or_else(|e| panic!("{e}"));
+        let r = World::new(seed, params.clone())
+            .run()
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.faults, 0);
     }
 }

@@ -563,7 +563,10 @@ impl Initiator {
                 (self.disconnected_since, self.config.session_loss_timeout)
             {
                 let active = matches!(self.lifecycle, Lifecycle::Active | Lifecycle::Closing);
-                if active && since + limit <= now && (self.session.is_some() || !self.carry.is_empty()) {
+                if active
+                    && since + limit <= now
+                    && (self.session.is_some() || !self.carry.is_empty())
+                {
                     self.end_session(SessionLoss::GaveUp(limit), now);
                 }
             }

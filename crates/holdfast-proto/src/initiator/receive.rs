@@ -68,13 +68,16 @@ impl Initiator {
                 self.on_reject(reject, now);
                 Ok(())
             }
-            (true, Frame::Response {
-                seq,
-                command,
-                ack,
-                limit,
-                payload,
-            }) => {
+            (
+                true,
+                Frame::Response {
+                    seq,
+                    command,
+                    ack,
+                    limit,
+                    payload,
+                },
+            ) => {
                 self.on_ack(ack, limit)?;
                 self.on_response(seq, command, payload, now)
             }
@@ -83,12 +86,15 @@ impl Initiator {
                 self.on_ack(ack, limit)?;
                 self.on_pong(token, now)
             }
-            (true, Frame::Shutdown {
-                max_up_ms,
-                min_hold_ms,
-                ack,
-                limit,
-            }) => {
+            (
+                true,
+                Frame::Shutdown {
+                    max_up_ms,
+                    min_hold_ms,
+                    ack,
+                    limit,
+                },
+            ) => {
                 self.on_ack(ack, limit)?;
                 self.on_shutdown(max_up_ms, min_hold_ms, now);
                 Ok(())
@@ -99,7 +105,11 @@ impl Initiator {
                 format!(
                     "frame type {:#04x} is not allowed {}",
                     other.kind(),
-                    if logged_in { "after login" } else { "during login" }
+                    if logged_in {
+                        "after login"
+                    } else {
+                        "during login"
+                    }
                 ),
             )),
         }
@@ -168,7 +178,11 @@ impl Initiator {
         }
         let cursor = c.send_cursor;
         self.drain_carry();
-        let resent = self.entries.range(cursor..).filter(|(_, e)| e.transmitted).count() as u64;
+        let resent = self
+            .entries
+            .range(cursor..)
+            .filter(|(_, e)| e.transmitted)
+            .count() as u64;
         self.events.push_back(InitiatorEvent::Connected {
             session: a.session,
             recovered,

@@ -17,7 +17,12 @@ impl Target {
     pub(super) fn handle_login(&mut self, conn: ConnId, login: Login) -> Result<(), ProtocolError> {
         let version = VERSION_MAX.min(login.max_version);
         if version < VERSION_MIN.max(login.min_version) {
-            self.reject(conn, RejectReason::UnsupportedVersion, 0, "speaks versions 1 to 1");
+            self.reject(
+                conn,
+                RejectReason::UnsupportedVersion,
+                0,
+                "speaks versions 1 to 1",
+            );
             return Ok(());
         }
         if let Some(notice) = self.shutdown {
@@ -31,7 +36,12 @@ impl Target {
             LoginKind::New => match self.create_session(&login) {
                 Some(created) => created,
                 None => {
-                    self.reject(conn, RejectReason::TooManySessions, 1000, "at the session limit");
+                    self.reject(
+                        conn,
+                        RejectReason::TooManySessions,
+                        1000,
+                        "at the session limit",
+                    );
                     return Ok(());
                 }
             },
@@ -111,7 +121,8 @@ impl Target {
         login: &Login,
     ) {
         let keepalive = Duration::from_millis(u64::from(login.keepalive_ms.max(1)));
-        let inactivity = (keepalive * self.config.inactivity_factor).max(self.config.min_inactivity);
+        let inactivity =
+            (keepalive * self.config.inactivity_factor).max(self.config.min_inactivity);
         let digests = login.digests.intersect(self.config.digests);
         let Some(s) = self.sessions.get_mut(&id) else {
             return;

@@ -27,7 +27,9 @@ use crate::error::{AcceptError, CompleteError, ProtocolError};
 use crate::ids::{ConnId, SessionId};
 use crate::random::RandomSource;
 use crate::time::Timestamp;
-use crate::wire::{Decoder, Digests, Direction, ErrorCode, Frame, Outgoing, RejectReason, NEVER_MS};
+use crate::wire::{
+    Decoder, Digests, Direction, ErrorCode, Frame, Outgoing, RejectReason, NEVER_MS,
+};
 use crate::Seq;
 
 pub use ready::{Close, CloseReason, Delivery, Ready, StateChange, Transmit};

@@ -68,7 +68,12 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(id: SessionId, secret: SessionSecret, credits: u32, peer_max_frame: u32) -> Self {
+    pub(crate) fn new(
+        id: SessionId,
+        secret: SessionSecret,
+        credits: u32,
+        peer_max_frame: u32,
+    ) -> Self {
         Session {
             id,
             secret,
@@ -184,7 +189,10 @@ impl Session {
         changes: &mut Vec<StateChange>,
     ) -> Result<Option<Delivery>, ProtocolError> {
         if seq == 0 {
-            return Err(ProtocolError::new(ErrorCode::Malformed, "sequence number 0"));
+            return Err(ProtocolError::new(
+                ErrorCode::Malformed,
+                "sequence number 0",
+            ));
         }
         if seq <= self.received {
             if deliver_duplicates {
@@ -252,7 +260,9 @@ impl Session {
     /// Called at advance: the messages of the last Ready have been delivered,
     /// so their credits return.
     pub(crate) fn release_delivered(&mut self) {
-        self.held = self.held.saturating_sub(std::mem::take(&mut self.releasing));
+        self.held = self
+            .held
+            .saturating_sub(std::mem::take(&mut self.releasing));
     }
 
     /// True when a command with this sequence is running.
@@ -296,12 +306,18 @@ impl Session {
 
     /// True when the ack should go out without waiting for the ack delay.
     pub(crate) fn ack_urgent(&self) -> bool {
-        self.owed >= self.ack_threshold() || self.limit() >= self.advertised.1 + u64::from(self.ack_threshold())
+        self.owed >= self.ack_threshold()
+            || self.limit() >= self.advertised.1 + u64::from(self.ack_threshold())
     }
 
     /// Writes unsent responses, then a standalone ACK if one is owed and due.
     /// Returns true if anything was written.
-    pub(crate) fn write_output(&mut self, out: &mut Outgoing, digests: Digests, now: Timestamp) -> bool {
+    pub(crate) fn write_output(
+        &mut self,
+        out: &mut Outgoing,
+        digests: Digests,
+        now: Timestamp,
+    ) -> bool {
         let mut wrote = false;
         let (ack, limit) = (self.received, self.limit());
         for cached in self.cache.iter().filter(|c| c.seq >= self.send_cursor) {
@@ -318,7 +334,10 @@ impl Session {
             wrote = true;
         }
         self.send_cursor = self.next_response;
-        if !wrote && self.ack_owed() && (self.ack_urgent() || self.ack_due.is_some_and(|d| d <= now)) {
+        if !wrote
+            && self.ack_owed()
+            && (self.ack_urgent() || self.ack_due.is_some_and(|d| d <= now))
+        {
             out.push(&Frame::TargetAck { ack, limit }, digests);
             wrote = true;
         }

@@ -80,7 +80,9 @@ impl Pair {
         self.to_target.clear();
         self.to_initiator.clear();
         self.target.accept(self.conn, self.now).expect("accept");
-        self.initiator.connect(self.conn, self.now).expect("connect");
+        self.initiator
+            .connect(self.conn, self.now)
+            .expect("connect");
     }
 
     /// Moves time forward and fires timers.

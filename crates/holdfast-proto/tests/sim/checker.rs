@@ -71,7 +71,12 @@ impl Checker {
     }
 
     /// Checks one execution just performed by the service.
-    pub fn executed(&self, services: &Services, session: SessionId, tag: u64) -> Result<(), String> {
+    pub fn executed(
+        &self,
+        services: &Services,
+        session: SessionId,
+        tag: u64,
+    ) -> Result<(), String> {
         let op = self
             .ops
             .get(&tag)
@@ -118,14 +123,25 @@ impl Checker {
     }
 
     /// Checks a response.
-    pub fn response(&mut self, services: &Services, call: CallId, payload: &[u8]) -> Result<(), String> {
+    pub fn response(
+        &mut self,
+        services: &Services,
+        call: CallId,
+        payload: &[u8],
+    ) -> Result<(), String> {
         let tag = self.settle(call, Outcome::Done)?;
         let (rtag, result) =
             parse_response(payload).ok_or_else(|| format!("corrupt response {payload:02x?}"))?;
         if rtag != tag {
-            return Err(format!("call for tag {tag} got the response for tag {rtag}"));
+            return Err(format!(
+                "call for tag {tag} got the response for tag {rtag}"
+            ));
         }
-        let runs = services.executions.get(&tag).map(Vec::as_slice).unwrap_or(&[]);
+        let runs = services
+            .executions
+            .get(&tag)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         let kind = self.ops[&tag].kind;
         match (kind.retry_safe(), runs) {
             (_, []) => Err(format!("tag {tag} answered but never executed")),
@@ -143,13 +159,20 @@ impl Checker {
         let tag = self.settle(call, Outcome::Done)?;
         let runs = services.executions.get(&tag).map_or(0, Vec::len);
         if runs != 1 {
-            return Err(format!("message tag {tag} reported delivered but ran {runs} times"));
+            return Err(format!(
+                "message tag {tag} reported delivered but ran {runs} times"
+            ));
         }
         Ok(())
     }
 
     /// Checks a failure.
-    pub fn failed(&mut self, services: &Services, call: CallId, error: &CallError) -> Result<(), String> {
+    pub fn failed(
+        &mut self,
+        services: &Services,
+        call: CallId,
+        error: &CallError,
+    ) -> Result<(), String> {
         let outcome = if error.may_have_executed() {
             Outcome::MayHaveExecuted
         } else {
@@ -158,13 +181,20 @@ impl Checker {
         let tag = self.settle(call, outcome.clone())?;
         let runs = services.executions.get(&tag).map_or(0, Vec::len);
         if outcome == Outcome::NotExecuted && runs > 0 {
-            return Err(format!("tag {tag} failed as not executed but ran {runs} times"));
+            return Err(format!(
+                "tag {tag} failed as not executed but ran {runs} times"
+            ));
         }
         Ok(())
     }
 
     /// Checks memory bounds of both machines.
-    pub fn bounds(&self, initiator: &Initiator, target: &Target, max_frame: u32) -> Result<(), String> {
+    pub fn bounds(
+        &self,
+        initiator: &Initiator,
+        target: &Target,
+        max_frame: u32,
+    ) -> Result<(), String> {
         if target.stats().credit_violations > 0 {
             return Err(format!(
                 "the target saw {} credit violations",
@@ -180,7 +210,10 @@ impl Checker {
         }
         let frame_bound = max_frame as usize + 64;
         if initiator.buffered().0 > frame_bound {
-            return Err(format!("initiator buffers {} bytes", initiator.buffered().0));
+            return Err(format!(
+                "initiator buffers {} bytes",
+                initiator.buffered().0
+            ));
         }
         for id in target.session_ids() {
             let Some(info) = target.session_info(id) else {
@@ -188,7 +221,9 @@ impl Checker {
             };
             let window = info.credits as usize;
             if info.held as usize > window || info.cached > window || info.running > window {
-                return Err(format!("session {id} exceeds its {window} credits: {info:?}"));
+                return Err(format!(
+                    "session {id} exceeds its {window} credits: {info:?}"
+                ));
             }
         }
         Ok(())

@@ -95,7 +95,8 @@ pub struct Services {
 impl Services {
     /// Executes an operation delivered in `session`; returns the response.
     pub fn execute(&mut self, session: SessionId, payload: &[u8]) -> Result<Bytes, String> {
-        let (kind, tag) = parse(payload).ok_or_else(|| format!("corrupt payload {payload:02x?}"))?;
+        let (kind, tag) =
+            parse(payload).ok_or_else(|| format!("corrupt payload {payload:02x?}"))?;
         let result = match kind {
             OpKind::Increment => {
                 self.counter += 1;

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "test-switches")]
+use holdfast_proto::TestSwitches;
+use holdfast_proto::{wire::Digests, Initiator};
 use holdfast_proto::{
     CallOptions, ConnId, Delivery, InitiatorConfig, InitiatorEvent, MemoryStore, SeededRandom,
     SubmitError, Target, TargetConfig, Timestamp,
 };
-#[cfg(feature = "test-switches")]
-use holdfast_proto::TestSwitches;
-use holdfast_proto::{wire::Digests, Initiator};
 
 use super::checker::Checker;
 use super::net::{Packet, SimConn};
@@ -95,11 +95,16 @@ impl World {
     /// Builds a world; every parameter not in `params` is drawn from the seed.
     pub fn new(seed: u64, params: SimParams) -> Self {
         let mut rng = SeededRandom::new(seed);
-        let pick = |rng: &mut SeededRandom, options: &[u64]| options[(rng.next_u64() % options.len() as u64) as usize];
+        let pick = |rng: &mut SeededRandom, options: &[u64]| {
+            options[(rng.next_u64() % options.len() as u64) as usize]
+        };
         let credits = pick(&mut rng, &[1, 2, 3, 8, 16, 64]) as u32;
         let ack_delay = Duration::from_micros(pick(&mut rng, &[0, 200, 1000, 5000]));
         let digests = if rng.next_u64() % 4 == 0 {
-            Digests { header: true, data: true }
+            Digests {
+                header: true,
+                data: true,
+            }
         } else {
             Digests::NONE
         };
@@ -341,7 +346,12 @@ impl World {
         let mut due = Vec::new();
         self.completions.retain_mut(|c| {
             if c.at <= now {
-                due.push((c.generation, c.session, c.seq, std::mem::take(&mut c.response)));
+                due.push((
+                    c.generation,
+                    c.session,
+                    c.seq,
+                    std::mem::take(&mut c.response),
+                ));
                 false
             } else {
                 true
@@ -568,12 +578,20 @@ impl World {
             let stored = self.store.session(id);
             match (live, stored) {
                 (Some(l), Some(s)) => {
-                    if l.received != s.received || l.cached != s.responses.len() || l.responses_acked != s.responses_acked {
+                    if l.received != s.received
+                        || l.cached != s.responses.len()
+                        || l.responses_acked != s.responses_acked
+                    {
                         return Err(format!("target state of {id} ran ahead of the Ready's changes: live {l:?}, stored {s:?}"));
                     }
                 }
                 (None, None) => {}
-                (l, s) => return Err(format!("session {id} live {l:?} but stored {}", s.is_some())),
+                (l, s) => {
+                    return Err(format!(
+                        "session {id} live {l:?} but stored {}",
+                        s.is_some()
+                    ))
+                }
             }
         }
         let now = self.now;
@@ -597,7 +615,11 @@ impl World {
         }
         for d in ready.deliveries {
             match d {
-                Delivery::Command { session, seq, payload } => {
+                Delivery::Command {
+                    session,
+                    seq,
+                    payload,
+                } => {
                     let response = self.services.execute(session, &payload)?;
                     let tag = super::service::parse(&payload).map(|(_, t)| t).unwrap_or(0);
                     self.checker.executed(&self.services, session, tag)?;
@@ -610,7 +632,9 @@ impl World {
                         response,
                     });
                 }
-                Delivery::Message { session, payload, .. } => {
+                Delivery::Message {
+                    session, payload, ..
+                } => {
                     self.services.execute(session, &payload)?;
                     let tag = super::service::parse(&payload).map(|(_, t)| t).unwrap_or(0);
                     self.checker.executed(&self.services, session, tag)?;
@@ -626,7 +650,9 @@ impl World {
             InitiatorEvent::Response { call, payload } => {
                 self.checker.response(&self.services, call, &payload)
             }
-            InitiatorEvent::MessageDelivered { call } => self.checker.delivered(&self.services, call),
+            InitiatorEvent::MessageDelivered { call } => {
+                self.checker.delivered(&self.services, call)
+            }
             InitiatorEvent::CallFailed { call, error } => {
                 self.checker.failed(&self.services, call, &error)
             }
