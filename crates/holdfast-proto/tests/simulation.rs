@@ -11,7 +11,7 @@
 mod sim;
 
 use holdfast_proto::TestSwitches;
-use sim::{SimParams, World};
+use sim::{SimParams, SimReport, World};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -31,18 +31,20 @@ fn params() -> SimParams {
 fn run_shard(shard: u64, shards: u64) {
     let seeds = env_u64("HOLDFAST_SIM_SEEDS", 2000);
     let mut seed = shard;
-    let (mut faults, mut restarts) = (0, 0);
+    let mut total = SimReport::default();
     while seed < seeds {
         match World::new(seed, params()).run() {
-            Ok(r) => {
-                faults += r.faults;
-                restarts += r.restarts;
-            }
+            Ok(r) => total.add(&r),
             Err(e) => panic!("{e}"),
         }
         seed += shards;
     }
-    eprintln!("shard {shard}/{shards}: {faults} faults, {restarts} target restarts");
+    eprintln!("shard {shard}/{shards} totals: {total:?}");
+    // The faults must actually exercise recovery, or the run proves little.
+    if seeds >= 100 {
+        assert!(total.recoveries > 0 && total.stateless > 0 && total.fenced > 0);
+        assert!(total.from_cache > 0 && total.may_have_executed > 0 && total.expired > 0);
+    }
 }
 
 #[test]

@@ -146,6 +146,8 @@ pub struct Target {
     changes: Vec<StateChange>,
     deliveries: Vec<Delivery>,
     closes: Vec<Close>,
+    /// Sessions that delivered one-way messages since the last Ready.
+    delivering: Vec<SessionId>,
     /// Sessions with deliveries in the Ready now with the driver.
     releasing: Vec<SessionId>,
     /// A Ready is with the driver and `advance` has not been called.
@@ -185,6 +187,7 @@ impl Target {
             changes: Vec::new(),
             deliveries: Vec::new(),
             closes: Vec::new(),
+            delivering: Vec::new(),
             releasing: Vec::new(),
             awaiting_advance: false,
             shutdown: None,
@@ -444,9 +447,11 @@ impl Target {
                 self.conns.remove(&conn);
             }
         }
-        for (id, s) in self.sessions.iter_mut() {
-            if s.hand_out_deliveries() {
-                self.releasing.push(*id);
+        for id in std::mem::take(&mut self.delivering) {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                if s.hand_out_deliveries() {
+                    self.releasing.push(id);
+                }
             }
         }
         let ready = Ready {
@@ -530,12 +535,16 @@ impl Target {
             other => return Err(unexpected(&other, "in an established session")),
         };
         s.ack_responses(ack, &mut self.changes)?;
+        let first_message = !command && !s.has_delivered_messages();
         match s.receive(seq, command, payload, deliver_duplicates, &mut self.changes) {
             Ok(Some(delivery)) => {
                 if command {
                     self.stats.commands += 1;
                 } else {
                     self.stats.messages += 1;
+                    if first_message {
+                        self.delivering.push(id);
+                    }
                 }
                 self.deliveries.push(delivery);
             }

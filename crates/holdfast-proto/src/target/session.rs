@@ -234,6 +234,11 @@ impl Session {
         Ok(Some(self.delivery(seq, command, payload)))
     }
 
+    /// True when messages were delivered since the last Ready was taken.
+    pub(crate) fn has_delivered_messages(&self) -> bool {
+        self.delivered_messages > 0
+    }
+
     fn delivery(&self, seq: Seq, command: bool, payload: Bytes) -> Delivery {
         if command {
             Delivery::Command {
@@ -320,7 +325,10 @@ impl Session {
     ) -> bool {
         let mut wrote = false;
         let (ack, limit) = (self.received, self.limit());
-        for cached in self.cache.iter().filter(|c| c.seq >= self.send_cursor) {
+        // The cache is in response order: skip straight to the send cursor.
+        let first = self.cache.front().map_or(self.send_cursor, |c| c.seq);
+        let skip = usize::try_from(self.send_cursor.saturating_sub(first)).unwrap_or(usize::MAX);
+        for cached in self.cache.iter().skip(skip) {
             out.push(
                 &Frame::Response {
                     seq: cached.seq,

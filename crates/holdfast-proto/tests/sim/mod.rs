@@ -7,4 +7,4 @@ pub mod net;
 pub mod service;
 pub mod world;
 
-pub use world::{SimParams, World};
+pub use world::{SimParams, SimReport, World};

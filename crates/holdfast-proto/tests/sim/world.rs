@@ -50,6 +50,48 @@ pub struct SimReport {
     pub restarts: u64,
     /// Virtual time at the end.
     pub end: Timestamp,
+    /// Stateful recoveries the target accepted.
+    pub recoveries: u64,
+    /// Stateless recoveries (the target had lost the session).
+    pub stateless: u64,
+    /// Connections fenced by a newer one.
+    pub fenced: u64,
+    /// Responses answered from the cache on a new connection.
+    pub from_cache: u64,
+    /// Resent frames the target dropped as duplicates.
+    pub duplicates: u64,
+    /// Sessions that expired.
+    pub expired: u64,
+    /// Calls failed as "may have executed".
+    pub may_have_executed: u64,
+    /// Calls failed as "not executed".
+    pub not_executed: u64,
+}
+
+impl SimReport {
+    /// Adds another run's counts (for totals over seeds).
+    pub fn add(&mut self, o: &SimReport) {
+        self.steps += o.steps;
+        self.ops += o.ops;
+        self.faults += o.faults;
+        self.restarts += o.restarts;
+        self.recoveries += o.recoveries;
+        self.stateless += o.stateless;
+        self.fenced += o.fenced;
+        self.from_cache += o.from_cache;
+        self.duplicates += o.duplicates;
+        self.expired += o.expired;
+        self.may_have_executed += o.may_have_executed;
+        self.not_executed += o.not_executed;
+    }
+
+    fn add_target(&mut self, t: &holdfast_proto::TargetStats) {
+        self.recoveries += t.recoveries_accepted;
+        self.fenced += t.fenced;
+        self.from_cache += t.answered_from_cache;
+        self.duplicates += t.duplicates_dropped;
+        self.expired += t.sessions_expired;
+    }
 }
 
 struct Completion {
@@ -219,6 +261,11 @@ impl World {
         }
         self.finish_checks().map_err(|e| self.fail(e))?;
         self.report.end = self.now;
+        let target_stats = self.target.stats().clone();
+        self.report.add_target(&target_stats);
+        self.report.stateless = self.initiator.stats().stateless_recoveries;
+        self.report.may_have_executed = self.checker.may_have_executed;
+        self.report.not_executed = self.checker.not_executed;
         Ok(self.report)
     }
 
@@ -515,6 +562,8 @@ impl World {
     fn restart_target(&mut self) {
         self.restart_at = None;
         self.report.restarts += 1;
+        let target_stats = self.target.stats().clone();
+        self.report.add_target(&target_stats);
         self.generation += 1;
         self.target = Target::new(
             self.target_config.clone(),
