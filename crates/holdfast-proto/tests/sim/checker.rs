@@ -202,7 +202,7 @@ impl Checker {
             ));
         }
         let credits = initiator.config().credits as usize;
-        if initiator.outstanding() > 2 * credits && !initiator.config().switches.ignore_credits {
+        if initiator.outstanding() > credits && !initiator.config().switches.ignore_credits {
             return Err(format!(
                 "initiator holds {} outstanding with {credits} credits",
                 initiator.outstanding()
