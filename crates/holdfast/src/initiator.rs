@@ -1,0 +1,516 @@
+//! The initiator runtime: a cheap, cloneable [`Initiator`] handle and one
+//! driver task that owns the sans-IO core, the current connection, timers and
+//! reconnection.
+//!
+//! Backpressure: requests travel over a bounded channel, and the driver only
+//! takes the next one when the core has credit for it, so callers wait
+//! instead of filling an unbounded queue.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use holdfast_proto::{
+    CallId, CallOptions, ConnId, InitiatorConfig, InitiatorEvent, InitiatorStats, SessionLoss,
+    SubmitError,
+};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::clock::Clock;
+use crate::target::sleep_until;
+use crate::transport::{BoxStream, Connector};
+
+/// Initiator settings: the protocol's plus the runtime's.
+#[derive(Clone, Debug)]
+pub struct InitiatorOptions {
+    /// Protocol settings (credits, detection bound, session-loss timeout).
+    pub protocol: InitiatorConfig,
+    /// First backoff step after the immediate retry.
+    pub backoff_initial: Duration,
+    /// Backoff cap.
+    pub backoff_max: Duration,
+    /// How long a transport connect may take.
+    pub connect_timeout: Duration,
+    /// Read buffer size.
+    pub read_buffer: usize,
+}
+
+impl Default for InitiatorOptions {
+    fn default() -> Self {
+        InitiatorOptions {
+            protocol: InitiatorConfig::default(),
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            read_buffer: 64 * 1024,
+        }
+    }
+}
+
+/// Why a call or message failed.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The session was lost; the inner error says whether it may have executed.
+    #[error(transparent)]
+    Session(#[from] holdfast_proto::CallError),
+    /// The initiator refused the request before sending it: it did not execute.
+    #[error("refused before sending (not executed): {0}")]
+    Refused(SubmitError),
+    /// The driver task stopped (the initiator was dropped or panicked).
+    #[error("the initiator stopped before the call finished; it may have executed")]
+    Stopped,
+}
+
+impl CallError {
+    /// True if the operation may have reached the service.
+    pub fn may_have_executed(&self) -> bool {
+        match self {
+            CallError::Session(e) => e.may_have_executed(),
+            CallError::Refused(_) => false,
+            CallError::Stopped => true,
+        }
+    }
+}
+
+enum Reply {
+    Call(oneshot::Sender<Result<Bytes, CallError>>),
+    Send(oneshot::Sender<Result<(), CallError>>),
+}
+
+enum ApiRequest {
+    Submit {
+        command: bool,
+        payload: Bytes,
+        options: CallOptions,
+        reply: Reply,
+    },
+    Close(oneshot::Sender<Result<(), SessionLoss>>),
+    Stats(oneshot::Sender<InitiatorStats>),
+}
+
+/// A handle to one resilient session. Clone it freely; all clones share the
+/// session. Dropping the last clone aborts the session.
+#[derive(Clone)]
+pub struct Initiator {
+    requests: mpsc::Sender<ApiRequest>,
+}
+
+impl std::fmt::Debug for Initiator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Initiator").finish_non_exhaustive()
+    }
+}
+
+impl Initiator {
+    /// Starts a session to the target `connector` reaches. Returns at once;
+    /// the first call waits for the login.
+    pub fn start(connector: Arc<dyn Connector>, options: InitiatorOptions) -> Initiator {
+        let capacity = (options.protocol.credits as usize).max(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        let clock = Clock::new();
+        let seed = clock.now().as_nanos() ^ (Arc::as_ptr(&connector) as *const () as usize as u64);
+        let driver = Driver {
+            core: holdfast_proto::Initiator::new(options.protocol.clone(), clock.now()),
+            backoff: Backoff::new(options.backoff_initial, options.backoff_max, seed),
+            options,
+            clock,
+            connector,
+            conn: None,
+            next_conn: 1,
+            replies: HashMap::new(),
+            waiting: None,
+            close_waiters: Vec::new(),
+            reconnect_at: None,
+            ended: None,
+        };
+        tokio::spawn(driver.run(rx));
+        Initiator { requests: tx }
+    }
+
+    /// Issues a command and waits for its response (exactly once).
+    pub async fn call(&self, payload: Bytes) -> Result<Bytes, CallError> {
+        self.call_with(payload, CallOptions::default()).await
+    }
+
+    /// Issues a command with options (e.g. retry-safe).
+    pub async fn call_with(
+        &self,
+        payload: Bytes,
+        options: CallOptions,
+    ) -> Result<Bytes, CallError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(true, payload, options, Reply::Call(tx)).await?;
+        rx.await.map_err(|_| CallError::Stopped)?
+    }
+
+    /// Sends a one-way message and waits until the target has it.
+    pub async fn send(&self, payload: Bytes) -> Result<(), CallError> {
+        self.send_with(payload, CallOptions::default()).await
+    }
+
+    /// Sends a one-way message with options.
+    pub async fn send_with(&self, payload: Bytes, options: CallOptions) -> Result<(), CallError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(false, payload, options, Reply::Send(tx))
+            .await?;
+        rx.await.map_err(|_| CallError::Stopped)?
+    }
+
+    async fn submit(
+        &self,
+        command: bool,
+        payload: Bytes,
+        options: CallOptions,
+        reply: Reply,
+    ) -> Result<(), CallError> {
+        self.requests
+            .send(ApiRequest::Submit {
+                command,
+                payload,
+                options,
+                reply,
+            })
+            .await
+            .map_err(|_| CallError::Stopped)
+    }
+
+    /// Closes the session cleanly: waits for everything outstanding, then
+    /// exchanges FIN with the target.
+    pub async fn close(&self) -> Result<(), SessionLoss> {
+        let (tx, rx) = oneshot::channel();
+        if self.requests.send(ApiRequest::Close(tx)).await.is_err() {
+            return Ok(());
+        }
+        rx.await.unwrap_or(Ok(()))
+    }
+
+    /// The core's counters.
+    pub async fn stats(&self) -> Option<InitiatorStats> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.send(ApiRequest::Stats(tx)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+struct Connection {
+    id: ConnId,
+    reader: tokio::io::ReadHalf<BoxStream>,
+    writer: mpsc::UnboundedSender<Option<Vec<Bytes>>>,
+}
+
+struct Driver {
+    core: holdfast_proto::Initiator,
+    options: InitiatorOptions,
+    clock: Clock,
+    connector: Arc<dyn Connector>,
+    backoff: Backoff,
+    conn: Option<Connection>,
+    next_conn: u64,
+    replies: HashMap<CallId, Reply>,
+    /// A request refused for credit, retried on `CreditAvailable`.
+    waiting: Option<ApiRequest>,
+    close_waiters: Vec<oneshot::Sender<Result<(), SessionLoss>>>,
+    reconnect_at: Option<tokio::time::Instant>,
+    ended: Option<SessionLoss>,
+}
+
+impl Driver {
+    async fn run(mut self, mut requests: mpsc::Receiver<ApiRequest>) {
+        let mut buf = BytesMut::with_capacity(self.options.read_buffer);
+        self.reconnect_at = Some(tokio::time::Instant::now());
+        loop {
+            if self.core.is_finished() && self.close_waiters.is_empty() && self.ended.is_some() {
+                // Keep answering requests with the loss until every handle is gone.
+                match requests.recv().await {
+                    Some(r) => self.refuse(r),
+                    None => return,
+                }
+                continue;
+            }
+            if self.conn.is_none() {
+                self.maybe_connect().await;
+            }
+            let timer = self.core.poll_timeout().map(|t| self.clock.instant(t));
+            let wake = match (
+                timer,
+                self.conn.is_none().then_some(self.reconnect_at).flatten(),
+            ) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let accept_requests = self.waiting.is_none();
+            buf.reserve(self.options.read_buffer);
+            tokio::select! {
+                r = requests.recv(), if accept_requests => match r {
+                    Some(r) => self.request(r),
+                    None => {
+                        self.core.abort(self.clock.now());
+                        self.flush();
+                        return;
+                    }
+                },
+                n = read_some(&mut self.conn, &mut buf) => {
+                    let now = self.clock.now();
+                    if let Some(c) = &self.conn {
+                        let id = c.id;
+                        match n {
+                            Ok(0) | Err(_) => self.core.connection_lost(id, now),
+                            Ok(_) => {
+                                let data = buf.split();
+                                self.core.handle_input(id, &data, now);
+                            }
+                        }
+                    }
+                },
+                () = sleep_until(wake) => {
+                    let now = self.clock.now();
+                    self.core.handle_timeout(now);
+                }
+            }
+            self.flush();
+        }
+    }
+
+    fn refuse(&mut self, r: ApiRequest) {
+        let loss = self.ended.clone().unwrap_or(SessionLoss::Aborted);
+        match r {
+            ApiRequest::Submit { reply, .. } => {
+                let e = CallError::Refused(SubmitError::Ended(loss));
+                match reply {
+                    Reply::Call(tx) => drop(tx.send(Err(e))),
+                    Reply::Send(tx) => drop(tx.send(Err(e))),
+                }
+            }
+            ApiRequest::Close(tx) => drop(tx.send(Err(loss))),
+            ApiRequest::Stats(tx) => drop(tx.send(self.core.stats().clone())),
+        }
+    }
+
+    fn request(&mut self, r: ApiRequest) {
+        let now = self.clock.now();
+        match r {
+            ApiRequest::Submit {
+                command,
+                payload,
+                options,
+                reply,
+            } => {
+                let result = if command {
+                    self.core.call(payload.clone(), options, now)
+                } else {
+                    self.core.send(payload.clone(), options, now)
+                };
+                match result {
+                    Ok(id) => {
+                        self.replies.insert(id, reply);
+                    }
+                    Err(SubmitError::NoCredit) => {
+                        self.waiting = Some(ApiRequest::Submit {
+                            command,
+                            payload,
+                            options,
+                            reply,
+                        });
+                    }
+                    Err(e) => {
+                        let e = CallError::Refused(e);
+                        match reply {
+                            Reply::Call(tx) => drop(tx.send(Err(e))),
+                            Reply::Send(tx) => drop(tx.send(Err(e))),
+                        }
+                    }
+                }
+            }
+            ApiRequest::Close(tx) => {
+                self.core.close(now);
+                if self.core.is_finished() {
+                    let _ = tx.send(Ok(()));
+                } else {
+                    self.close_waiters.push(tx);
+                }
+            }
+            ApiRequest::Stats(tx) => {
+                let _ = tx.send(self.core.stats().clone());
+            }
+        }
+    }
+
+    async fn maybe_connect(&mut self) {
+        let Some(at) = self.reconnect_at else {
+            return;
+        };
+        let not_before = self.clock.instant(self.core.reconnect_at());
+        let at = at.max(not_before);
+        if tokio::time::Instant::now() < at {
+            self.reconnect_at = Some(at);
+            return;
+        }
+        let attempt =
+            tokio::time::timeout(self.options.connect_timeout, self.connector.connect()).await;
+        let now = self.clock.now();
+        match attempt {
+            Ok(Ok(stream)) => {
+                let id = ConnId(self.next_conn);
+                self.next_conn += 1;
+                if self.core.connect(id, now).is_err() {
+                    self.reconnect_at = None;
+                    return;
+                }
+                let (reader, writer) = tokio::io::split(stream);
+                let (wtx, wrx) = mpsc::unbounded_channel();
+                tokio::spawn(write_loop(writer, wrx));
+                self.conn = Some(Connection {
+                    id,
+                    reader,
+                    writer: wtx,
+                });
+                self.reconnect_at = None;
+                debug!(?id, "connected");
+            }
+            Ok(Err(e)) => {
+                let delay = self.backoff.next_delay();
+                debug!(error = %e, ?delay, "connect failed");
+                self.reconnect_at =
+                    Some(tokio::time::Instant::now() + delay.max(Duration::from_millis(1)));
+            }
+            Err(_) => {
+                let delay = self.backoff.next_delay();
+                debug!(?delay, "connect timed out");
+                self.reconnect_at = Some(tokio::time::Instant::now() + delay);
+            }
+        }
+        self.flush();
+    }
+
+    /// Writes what the core wants written and acts on its events.
+    fn flush(&mut self) {
+        let now = self.clock.now();
+        while let Some(chunks) = self.core.poll_transmit(now) {
+            if let Some(c) = &self.conn {
+                let _ = c.writer.send(Some(chunks));
+            }
+        }
+        while let Some(event) = self.core.poll_event() {
+            self.event(event);
+        }
+    }
+
+    fn event(&mut self, event: InitiatorEvent) {
+        match event {
+            InitiatorEvent::Response { call, payload } => {
+                if let Some(Reply::Call(tx)) = self.replies.remove(&call) {
+                    let _ = tx.send(Ok(payload));
+                }
+            }
+            InitiatorEvent::MessageDelivered { call } => {
+                if let Some(Reply::Send(tx)) = self.replies.remove(&call) {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            InitiatorEvent::CallFailed { call, error } => match self.replies.remove(&call) {
+                Some(Reply::Call(tx)) => drop(tx.send(Err(CallError::Session(error)))),
+                Some(Reply::Send(tx)) => drop(tx.send(Err(CallError::Session(error)))),
+                None => {}
+            },
+            InitiatorEvent::CreditAvailable => {
+                if let Some(r) = self.waiting.take() {
+                    self.request(r);
+                }
+            }
+            InitiatorEvent::Connected {
+                session,
+                recovered,
+                resent,
+            } => {
+                self.backoff.reset();
+                info!(%session, recovered, resent, "session established");
+                if let Some(r) = self.waiting.take() {
+                    self.request(r);
+                }
+            }
+            InitiatorEvent::SessionReplaced {
+                lost,
+                reissued,
+                failed,
+            } => {
+                warn!(%lost, reissued, failed, "stateless recovery: the target lost the session");
+            }
+            InitiatorEvent::ConnectionLost {
+                error,
+                reconnect_at,
+            } => {
+                warn!(%error, "connection lost");
+                if let Some(c) = self.conn.take() {
+                    let _ = c.writer.send(None);
+                }
+                let delay = self.backoff.next_delay();
+                let at = self
+                    .clock
+                    .instant(reconnect_at)
+                    .max(tokio::time::Instant::now() + delay);
+                self.reconnect_at = Some(at);
+            }
+            InitiatorEvent::ShutdownNotice {
+                up_until,
+                reconnect_at,
+            } => {
+                info!(?up_until, ?reconnect_at, "target announced a shutdown");
+            }
+            InitiatorEvent::Closed => {
+                if let Some(c) = self.conn.take() {
+                    let _ = c.writer.send(None);
+                }
+                for w in self.close_waiters.drain(..) {
+                    let _ = w.send(Ok(()));
+                }
+                self.ended = Some(SessionLoss::Aborted);
+            }
+            InitiatorEvent::SessionEnded(loss) => {
+                warn!(%loss, "session ended");
+                if let Some(c) = self.conn.take() {
+                    let _ = c.writer.send(None);
+                }
+                for w in self.close_waiters.drain(..) {
+                    let _ = w.send(Err(loss.clone()));
+                }
+                if let Some(r) = self.waiting.take() {
+                    self.ended = Some(loss.clone());
+                    self.refuse(r);
+                }
+                self.ended = Some(loss);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Reads from the current connection, or waits forever without one.
+async fn read_some(conn: &mut Option<Connection>, buf: &mut BytesMut) -> std::io::Result<usize> {
+    match conn {
+        Some(c) => c.reader.read_buf(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_loop(
+    mut writer: tokio::io::WriteHalf<BoxStream>,
+    mut commands: mpsc::UnboundedReceiver<Option<Vec<Bytes>>>,
+) {
+    while let Some(Some(chunks)) = commands.recv().await {
+        for chunk in chunks {
+            if writer.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        if writer.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}

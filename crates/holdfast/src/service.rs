@@ -1,0 +1,78 @@
+//! What a target serves: a `tower::Service` over [`Request`]s.
+//!
+//! We chose `tower_service::Service` over a bespoke async trait because it is
+//! the tokio ecosystem's common currency: timeouts, concurrency limits, load
+//! shedding and tracing layers from `tower` wrap it unchanged, and a plain
+//! closure becomes one with `tower::service_fn`. The trait crate itself has no
+//! dependencies.
+
+use bytes::Bytes;
+use holdfast_proto::{Seq, SessionId};
+
+/// A command or one-way message delivered to the service, in session order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// The session it arrived in.
+    pub session: SessionId,
+    /// Its sequence number in the session.
+    pub seq: Seq,
+    /// The payload.
+    pub payload: Bytes,
+    /// True for a one-way message: the response is discarded.
+    pub one_way: bool,
+}
+
+/// The bound a target's service must satisfy. Errors are not sent to the
+/// initiator (the protocol carries application errors in response payloads);
+/// a service error is logged and answered with an empty response.
+pub trait SessionService:
+    tower_service::Service<Request, Response = Bytes, Future = Self::Fut, Error = Self::Err>
+    + Clone
+    + Send
+    + 'static
+{
+    /// The service's future.
+    type Fut: std::future::Future<Output = Result<Bytes, Self::Err>> + Send + 'static;
+    /// The service's error.
+    type Err: std::fmt::Display + Send + 'static;
+}
+
+impl<S> SessionService for S
+where
+    S: tower_service::Service<Request, Response = Bytes> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: std::fmt::Display + Send + 'static,
+{
+    type Fut = S::Future;
+    type Err = S::Error;
+}
+
+/// A service made from a closure (like `tower::service_fn`, without the dependency).
+#[derive(Clone, Debug)]
+pub struct ServiceFn<F>(pub F);
+
+impl<F, Fut> tower_service::Service<Request> for ServiceFn<F>
+where
+    F: FnMut(Request) -> Fut,
+    Fut: std::future::Future<Output = Result<Bytes, std::convert::Infallible>>,
+{
+    type Response = Bytes;
+    type Error = std::convert::Infallible;
+    type Future = Fut;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Fut {
+        (self.0)(req)
+    }
+}
+
+/// Wraps a closure as a service.
+pub fn service_fn<F>(f: F) -> ServiceFn<F> {
+    ServiceFn(f)
+}

