@@ -38,6 +38,9 @@ pub struct InitiatorOptions {
     pub connect_timeout: Duration,
     /// Read buffer size.
     pub read_buffer: usize,
+    /// Seed for the backoff jitter; `None` draws one from the operating
+    /// system. Set it for runs that must repeat exactly (simulations).
+    pub jitter_seed: Option<u64>,
 }
 
 impl Default for InitiatorOptions {
@@ -48,6 +51,7 @@ impl Default for InitiatorOptions {
             backoff_max: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
             read_buffer: 64 * 1024,
+            jitter_seed: None,
         }
     }
 }
@@ -114,7 +118,9 @@ impl Initiator {
         let capacity = (options.protocol.credits as usize).max(1);
         let (tx, rx) = mpsc::channel(capacity);
         let clock = Clock::new();
-        let seed = clock.now().as_nanos() ^ (Arc::as_ptr(&connector) as *const () as usize as u64);
+        let seed = options
+            .jitter_seed
+            .unwrap_or_else(|| getrandom::u64().unwrap_or(0x9e37_79b9_7f4a_7c15));
         let driver = Driver {
             core: holdfast_proto::Initiator::new(options.protocol.clone(), clock.now()),
             backoff: Backoff::new(options.backoff_initial, options.backoff_max, seed),

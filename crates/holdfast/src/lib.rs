@@ -28,4 +28,4 @@ pub use holdfast_proto::{
 pub use initiator::{CallError, Initiator, InitiatorOptions};
 pub use service::{service_fn, Request, ServiceFn, SessionService};
 pub use target::{Target, TargetOptions};
-pub use transport::{Connector, Endpoint, EndpointConnector};
+pub use transport::{Acceptor, Connector, Endpoint, EndpointConnector, Listener};

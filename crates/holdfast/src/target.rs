@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
 use crate::service::{Request, SessionService};
-use crate::transport::{BoxStream, Endpoint, Listener};
+use crate::transport::{Acceptor, BoxStream, Endpoint, Listener};
 
 /// Target settings: the protocol's plus the runtime's.
 #[derive(Clone, Debug)]
@@ -100,27 +100,35 @@ impl Target {
         options: TargetOptions,
         service: S,
     ) -> std::io::Result<Target> {
-        let mut listeners = Vec::new();
+        let mut acceptors: Vec<Box<dyn Acceptor>> = Vec::new();
         for e in endpoints {
-            listeners.push(Listener::bind(e).await?);
+            let listener = Listener::bind(e, options.socket_detection_bound).await?;
+            acceptors.push(Box::new(listener));
         }
-        let bound = listeners
-            .iter()
-            .map(Listener::local_endpoint)
-            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Target::serve_on(acceptors, options, service))
+    }
+
+    /// Serves `service` on connections from the given acceptors (custom
+    /// transports, simulated networks). Must run inside a tokio runtime.
+    pub fn serve_on<S: SessionService>(
+        acceptors: Vec<Box<dyn Acceptor>>,
+        options: TargetOptions,
+        service: S,
+    ) -> Target {
         let clock = Clock::new();
         let core =
             holdfast_proto::Target::new(options.protocol.clone(), Box::new(OsRandom), clock.now());
         let (tx, rx) = mpsc::channel(1024);
         let next_conn = Arc::new(AtomicU64::new(1));
-        let acceptors = listeners
+        let bound: Vec<Endpoint> = acceptors.iter().map(|a| a.endpoint()).collect();
+        let acceptors = acceptors
             .into_iter()
-            .map(|l| {
+            .map(|a| {
                 tokio::spawn(accept_loop(
-                    l,
+                    a,
                     tx.clone(),
                     next_conn.clone(),
-                    options.clone(),
+                    options.read_buffer,
                 ))
             })
             .collect();
@@ -134,12 +142,12 @@ impl Target {
         };
         let engine_task = tokio::spawn(engine.run(rx));
         info!(endpoints = ?bound, "target serving");
-        Ok(Target {
+        Target {
             engine: tx,
             endpoints: bound,
             acceptors,
             engine_task: Some(engine_task),
-        })
+        }
     }
 
     /// The endpoints actually bound.
@@ -194,13 +202,13 @@ impl Drop for Target {
 }
 
 async fn accept_loop(
-    listener: Listener,
+    mut acceptor: Box<dyn Acceptor>,
     engine: mpsc::Sender<EngineMsg>,
     next_conn: Arc<AtomicU64>,
-    options: TargetOptions,
+    read_buffer: usize,
 ) {
     loop {
-        let (stream, peer) = match listener.accept(options.socket_detection_bound).await {
+        let (stream, peer) = match acceptor.accept().await {
             Ok(s) => s,
             Err(e) => {
                 // Running out of descriptors is transient: back off briefly.
@@ -217,7 +225,7 @@ async fn accept_loop(
             return;
         }
         tokio::spawn(write_loop(writer, wrx));
-        tokio::spawn(read_loop(conn, reader, engine.clone(), options.read_buffer));
+        tokio::spawn(read_loop(conn, reader, engine.clone(), read_buffer));
     }
 }
 

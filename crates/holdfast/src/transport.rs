@@ -31,11 +31,27 @@ pub trait Connector: Send + Sync + 'static {
     fn connect(&self) -> ConnectFuture<'_>;
 }
 
+/// A future returned by an [`Acceptor`]: a stream and a description of the peer.
+pub type AcceptFuture<'a> =
+    Pin<Box<dyn Future<Output = io::Result<(BoxStream, String)>> + Send + 'a>>;
+
+/// Accepts connections for a target. [`Listener`] is the built-in one (TCP
+/// and Unix sockets); tests implement it over simulated networks.
+pub trait Acceptor: Send + 'static {
+    /// Waits for the next connection.
+    fn accept(&mut self) -> AcceptFuture<'_>;
+    /// What this acceptor is bound to, for logs and for clients to find it.
+    fn endpoint(&self) -> Endpoint;
+}
+
 /// Where a target listens or an initiator connects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {
     /// A TCP address.
     Tcp(SocketAddr),
+    /// A name understood only by a custom [`Connector`]/[`Acceptor`] pair
+    /// (a simulated network, say).
+    Named(String),
     /// A Unix socket path.
     Unix(PathBuf),
 }
@@ -45,6 +61,7 @@ impl std::fmt::Display for Endpoint {
         match self {
             Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
             Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
+            Endpoint::Named(n) => write!(f, "{n}"),
         }
     }
 }
@@ -77,6 +94,10 @@ impl Connector for EndpointConnector {
                     Ok(Box::new(s) as BoxStream)
                 }
                 Endpoint::Unix(path) => Ok(Box::new(UnixStream::connect(path).await?) as BoxStream),
+                Endpoint::Named(name) => Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{name} names no TCP or Unix endpoint; use a custom Connector"),
+                )),
             }
         })
     }
@@ -105,29 +126,44 @@ pub fn tune_tcp(stream: &TcpStream, detection_bound: Duration) -> io::Result<()>
     Ok(())
 }
 
-/// A bound listener.
+/// A bound TCP or Unix listener.
 #[derive(Debug)]
-pub enum Listener {
-    /// TCP.
+pub struct Listener {
+    socket: ListenSocket,
+    detection_bound: Duration,
+}
+
+#[derive(Debug)]
+enum ListenSocket {
     Tcp(TcpListener),
-    /// Unix socket.
     Unix(UnixListener),
 }
 
 impl Listener {
-    /// Binds an endpoint.
-    pub async fn bind(endpoint: &Endpoint) -> io::Result<Listener> {
-        Ok(match endpoint {
-            Endpoint::Tcp(addr) => Listener::Tcp(TcpListener::bind(addr).await?),
-            Endpoint::Unix(path) => Listener::Unix(UnixListener::bind(path)?),
+    /// Binds an endpoint; accepted TCP sockets get keep-alive and
+    /// TCP_USER_TIMEOUT tuned to `detection_bound`.
+    pub async fn bind(endpoint: &Endpoint, detection_bound: Duration) -> io::Result<Listener> {
+        let socket = match endpoint {
+            Endpoint::Tcp(addr) => ListenSocket::Tcp(TcpListener::bind(addr).await?),
+            Endpoint::Unix(path) => ListenSocket::Unix(UnixListener::bind(path)?),
+            Endpoint::Named(name) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{name} names no TCP or Unix endpoint; use a custom Acceptor"),
+                ))
+            }
+        };
+        Ok(Listener {
+            socket,
+            detection_bound,
         })
     }
 
     /// The endpoint actually bound (with the real port for port 0).
     pub fn local_endpoint(&self) -> io::Result<Endpoint> {
-        Ok(match self {
-            Listener::Tcp(l) => Endpoint::Tcp(l.local_addr()?),
-            Listener::Unix(l) => Endpoint::Unix(
+        Ok(match &self.socket {
+            ListenSocket::Tcp(l) => Endpoint::Tcp(l.local_addr()?),
+            ListenSocket::Unix(l) => Endpoint::Unix(
                 l.local_addr()?
                     .as_pathname()
                     .map(PathBuf::from)
@@ -135,19 +171,27 @@ impl Listener {
             ),
         })
     }
+}
 
-    /// Accepts one connection, tuning TCP sockets for `detection_bound`.
-    pub async fn accept(&self, detection_bound: Duration) -> io::Result<(BoxStream, String)> {
-        match self {
-            Listener::Tcp(l) => {
-                let (s, peer) = l.accept().await?;
-                tune_tcp(&s, detection_bound)?;
-                Ok((Box::new(s), peer.to_string()))
+impl Acceptor for Listener {
+    fn accept(&mut self) -> AcceptFuture<'_> {
+        Box::pin(async move {
+            match &self.socket {
+                ListenSocket::Tcp(l) => {
+                    let (s, peer) = l.accept().await?;
+                    tune_tcp(&s, self.detection_bound)?;
+                    Ok((Box::new(s) as BoxStream, peer.to_string()))
+                }
+                ListenSocket::Unix(l) => {
+                    let (s, _) = l.accept().await?;
+                    Ok((Box::new(s) as BoxStream, "unix".to_owned()))
+                }
             }
-            Listener::Unix(l) => {
-                let (s, _) = l.accept().await?;
-                Ok((Box::new(s), "unix".to_owned()))
-            }
-        }
+        })
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        self.local_endpoint()
+            .unwrap_or_else(|e| Endpoint::Named(format!("unknown ({e})")))
     }
 }
