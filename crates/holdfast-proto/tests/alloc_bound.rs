@@ -239,7 +239,9 @@ fn log_in(target: &mut Target, conn: ConnId, login_bytes: &[u8], now: Timestamp)
     let mut accept = None;
     while target.has_ready() {
         let ready = target.ready();
-        for t in &ready.transmits {
+        // Only this connection's bytes: a recovery also sends ERROR Fenced,
+        // with that connection's digests, on the connection it replaces.
+        for t in ready.transmits.iter().filter(|t| t.conn == conn) {
             for c in &t.chunks {
                 let mut input = &c[..];
                 while let Ok(Some(f)) = dec.decode(&mut input) {

@@ -7,7 +7,8 @@ mod pair;
 use std::time::Duration;
 
 use bytes::Bytes;
-use holdfast_proto::wire::{ErrorCode, Frame, RejectReason};
+use holdfast_proto::target::CloseReason;
+use holdfast_proto::wire::{Direction, ErrorCode, Frame, RejectReason};
 use holdfast_proto::{
     CallError, CallOptions, ConnectError, ConnectionError, Delivery, InitiatorConfig,
     InitiatorEvent, SessionLoss, StateChange, SubmitError, TargetConfig,
@@ -387,6 +388,46 @@ fn a_recovering_connection_fences_the_old_one() {
     p.flush();
     assert_eq!(p.delivered_seqs(), vec![1]);
     assert!(p.target.session_info(session).expect("session").attached);
+}
+
+#[test]
+fn a_fenced_connection_is_told_with_error_fenced_before_it_closes() {
+    let mut p = logged_in();
+    let old = p.conn;
+    p.initiator.connection_lost(old, p.now);
+    p.flush();
+    p.connect();
+    p.flush();
+    let login = std::mem::take(&mut p.to_target);
+    p.target.handle_input(p.conn, &login, p.now);
+    // The fence, its ERROR and the close come out in one Ready: the driver
+    // writes the old connection's last bytes, then closes it.
+    let ready = p.target.ready();
+    let close = ready.closes.iter().find(|c| c.conn == old);
+    assert_eq!(close.map(|c| &c.reason), Some(&CloseReason::Fenced));
+    let bytes: Vec<u8> = ready
+        .transmits
+        .iter()
+        .filter(|t| t.conn == old)
+        .flat_map(|t| t.chunks.iter().flat_map(|c| c.iter().copied()))
+        .collect();
+    let frames = pair::decode_all(&bytes, Direction::ToInitiator);
+    assert!(
+        matches!(
+            frames.last(),
+            Some(Frame::Error {
+                code: ErrorCode::Fenced,
+                ..
+            })
+        ),
+        "the old connection's last frame is ERROR Fenced: {frames:?}"
+    );
+    p.target.advance(p.now);
+    assert_eq!(
+        p.target.stats().protocol_errors,
+        0,
+        "fencing is no violation"
+    );
 }
 
 #[test]

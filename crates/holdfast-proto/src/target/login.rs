@@ -7,7 +7,8 @@ use std::time::Duration;
 use crate::error::ProtocolError;
 use crate::ids::{ConnId, SessionId, SessionSecret};
 use crate::wire::{
-    Frame, Login, LoginAccept, LoginKind, LoginReject, RejectReason, VERSION_MAX, VERSION_MIN,
+    ErrorCode, Frame, Login, LoginAccept, LoginKind, LoginReject, RejectReason, VERSION_MAX,
+    VERSION_MIN,
 };
 
 use super::session::Session;
@@ -104,12 +105,24 @@ impl Target {
         s.peer_max_frame = login.max_frame;
         if let Some(old) = s.conn {
             if old != conn {
-                self.stats.fenced += 1;
-                self.close_conn(old, CloseReason::Fenced);
+                self.fence(old);
             }
         }
         self.stats.recoveries_accepted += 1;
         Ok(Ok(id))
+    }
+
+    /// Tells the connection a recovery replaced it (ERROR `Fenced`, queued
+    /// after whatever it still had to send) and closes it: the driver writes
+    /// those last bytes before closing, and no byte it reads is used again.
+    fn fence(&mut self, old: ConnId) {
+        self.stats.fenced += 1;
+        let frame = Frame::Error {
+            code: ErrorCode::Fenced,
+            text: "another connection recovered this session".to_owned(),
+        };
+        self.push_frame(old, &frame);
+        self.close_conn(old, CloseReason::Fenced);
     }
 
     fn attach(
