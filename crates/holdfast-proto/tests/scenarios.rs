@@ -586,3 +586,54 @@ fn the_target_drops_a_connection_that_goes_quiet() {
     p.advance(Duration::from_millis(2));
     assert!(!p.target.session_info(session).expect("s").attached);
 }
+
+#[test]
+fn a_login_reject_does_not_restart_the_targets_login_window() {
+    // PROTOCOL.md §5.1: the window is counted from the accept, so a peer
+    // cannot hold an unauthenticated connection open with failing LOGINs.
+    let mut p = Pair::default_pair();
+    let conn = holdfast_proto::ConnId(77);
+    let opened = p.now;
+    p.target.accept(conn, p.now).expect("accept");
+    p.advance(Duration::from_secs(4));
+    let login = Frame::Login(holdfast_proto::wire::Login {
+        min_version: 1,
+        max_version: 1,
+        kind: holdfast_proto::wire::LoginKind::Recover,
+        digests: Default::default(),
+        session: holdfast_proto::SessionId::new(p.target.incarnation(), 9),
+        secret: holdfast_proto::SessionSecret([1; 16]),
+        response_ack: 0,
+        max_frame: 1 << 16,
+        keepalive_ms: 500,
+        requested_credits: 8,
+    });
+    let bytes = holdfast_proto::wire::encode_to_vec(&login, Default::default());
+    p.target.handle_input(conn, &bytes, p.now);
+    p.flush();
+    let rejected = p.sent_by_target.iter().any(|(c, f)| {
+        *c == conn && matches!(f, Frame::LoginReject(r) if r.reason == RejectReason::UnknownSession)
+    });
+    assert!(rejected);
+    assert!(
+        !p.target_closed.contains(&conn),
+        "a reject keeps the connection"
+    );
+    // Still in the login phase one tick before the original deadline...
+    p.advance(opened + Duration::from_secs(5) - p.now - Duration::from_millis(1));
+    assert!(!p.target_closed.contains(&conn));
+    // ...and closed at it, not 5 s after the reject.
+    p.advance(Duration::from_millis(1));
+    assert!(p.target_closed.contains(&conn));
+    let timed_out = p.sent_by_target.iter().any(|(c, f)| {
+        *c == conn
+            && matches!(
+                f,
+                Frame::Error {
+                    code: ErrorCode::LoginTimeout,
+                    ..
+                }
+            )
+    });
+    assert!(timed_out);
+}

@@ -177,6 +177,10 @@ impl Target {
         }
     }
 
+    /// Answers a LOGIN with LOGIN_REJECT. The connection stays in the login
+    /// phase, and its login deadline still counts from the accept: a reject
+    /// does not restart it, so no peer can keep an unauthenticated
+    /// connection open with failing LOGINs (PROTOCOL.md §5.1).
     fn reject(&mut self, conn: ConnId, reason: RejectReason, retry_after_ms: u32, text: &str) {
         let frame = Frame::LoginReject(LoginReject {
             reason,
