@@ -637,3 +637,40 @@ fn a_login_reject_does_not_restart_the_targets_login_window() {
     });
     assert!(timed_out);
 }
+
+#[test]
+fn the_initiator_acks_by_the_granted_window_not_the_requested_one() {
+    // The initiator asks for 128 credits but the target grants 4: a quarter
+    // of the granted window (1 response) makes a standalone ACK urgent, so
+    // the response's credit goes back without waiting for the ack delay.
+    let mut p = Pair::new(
+        InitiatorConfig {
+            ack_delay: Duration::from_secs(1),
+            ..InitiatorConfig::default()
+        },
+        TargetConfig {
+            credits: 4,
+            ack_delay: Duration::ZERO,
+            ..TargetConfig::default()
+        },
+    );
+    p.connect();
+    p.run();
+    call(&mut p, b"a");
+    p.run();
+    p.complete(1, b"A");
+    p.run();
+    assert_eq!(responses(&p.take_events()).len(), 1);
+    let acks: Vec<u64> = p
+        .sent_by_initiator
+        .iter()
+        .filter_map(|(_, f)| match f {
+            Frame::InitiatorAck { ack } => Some(*ack),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, vec![1], "acknowledged at once, without the 1 s delay");
+    let session = p.initiator.session().expect("session");
+    let info = p.target.session_info(session).expect("session");
+    assert_eq!((info.held, info.limit), (0, 5), "the credit came back");
+}

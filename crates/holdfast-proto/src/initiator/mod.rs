@@ -116,6 +116,9 @@ pub struct Initiator {
     acked: Seq,
     /// The highest sequence we may send.
     limit: Seq,
+    /// The credit window the target granted in its last LOGIN_ACCEPT (our
+    /// requested window until then): it sets the standalone-ACK threshold.
+    window: u32,
     /// Largest payload the target accepts (known after the first login).
     max_payload: Option<usize>,
     /// Our cumulative acknowledgement of the target's stream.
@@ -143,6 +146,7 @@ impl Initiator {
     /// to a new one.
     pub fn new(config: InitiatorConfig, now: Timestamp) -> Self {
         Initiator {
+            window: config.credits,
             config,
             lifecycle: Lifecycle::Active,
             session: None,
@@ -455,7 +459,9 @@ impl Initiator {
         let ack_due = self
             .ack_owed_since
             .is_some_and(|since| since + self.config.ack_delay <= now);
-        let ack_urgent = self.ack_owed >= (self.config.credits / 4).max(1);
+        // A quarter of the granted window, as at the target: the responses
+        // we have not acknowledged hold the target's credits.
+        let ack_urgent = self.ack_owed >= (self.window / 4).max(1);
         let ping_due = c.ping.is_none() && {
             let idle_send = c.last_send + self.config.keepalive <= now;
             let overdue = c

@@ -155,6 +155,7 @@ impl Initiator {
             }
         };
         self.limit = self.limit.max(a.credit_limit);
+        self.window = a.credits;
         self.max_payload = Some((a.max_frame as usize).saturating_sub(DATA_FIXED));
         self.disconnected_since = None;
         self.reconnect_at = now;
