@@ -82,7 +82,8 @@ pub struct TargetConfig {
     /// How long a new connection may take to log in, counted from its
     /// accept; a LOGIN_REJECT does not restart it.
     pub login_timeout: Duration,
-    /// The inactivity deadline is this many keep-alive intervals.
+    /// The inactivity deadline is this many keep-alive intervals (never
+    /// less than one, whatever this and `min_inactivity` say).
     pub inactivity_factor: u32,
     /// Lower bound of the inactivity deadline.
     pub min_inactivity: Duration,

@@ -674,3 +674,118 @@ fn the_initiator_acks_by_the_granted_window_not_the_requested_one() {
     let info = p.target.session_info(session).expect("session");
     assert_eq!((info.held, info.limit), (0, 5), "the credit came back");
 }
+
+/// Answers the initiator's LOGIN with a forged LOGIN_ACCEPT and returns the
+/// protocol error it closed the connection with, if any.
+fn forged_accept_error(
+    config: InitiatorConfig,
+    tweak: impl FnOnce(&mut holdfast_proto::wire::LoginAccept),
+) -> (Pair, Option<holdfast_proto::ProtocolError>) {
+    let mut p = Pair::new(config, TargetConfig::default());
+    p.connect();
+    p.flush();
+    let mut accept = holdfast_proto::wire::LoginAccept {
+        version: 1,
+        digests: Default::default(),
+        kind: holdfast_proto::wire::LoginKind::New,
+        session: holdfast_proto::SessionId::new(7, 1),
+        secret: holdfast_proto::SessionSecret([5; 16]),
+        command_ack: 0,
+        credit_limit: 8,
+        max_frame: 1 << 16,
+        inactivity_ms: 2000,
+        retain_ms: 60_000,
+        credits: 8,
+    };
+    tweak(&mut accept);
+    let bytes =
+        holdfast_proto::wire::encode_to_vec(&Frame::LoginAccept(accept), Default::default());
+    p.to_initiator.extend_from_slice(&bytes);
+    p.deliver_to_initiator(usize::MAX);
+    let error = p.events.iter().find_map(|e| match e {
+        InitiatorEvent::ConnectionLost {
+            error: ConnectionError::Protocol(e),
+            ..
+        } => Some(e.clone()),
+        _ => None,
+    });
+    (p, error)
+}
+
+#[test]
+fn the_initiator_refuses_a_login_accept_with_digests_it_did_not_ask_for() {
+    let asked = holdfast_proto::wire::Digests {
+        header: false,
+        data: true,
+    };
+    let config = InitiatorConfig {
+        digests: asked,
+        ..InitiatorConfig::default()
+    };
+    // Granting exactly what was asked, or less, is fine.
+    for granted in [asked, Default::default()] {
+        let (p, error) = forged_accept_error(config.clone(), |a| a.digests = granted);
+        assert_eq!(error, None);
+        assert!(p.initiator.is_connected());
+    }
+    let (p, error) = forged_accept_error(config, |a| {
+        a.digests = holdfast_proto::wire::Digests {
+            header: true,
+            data: true,
+        }
+    });
+    assert_eq!(error.map(|e| e.code()), Some(ErrorCode::Malformed));
+    assert!(!p.initiator.is_connected());
+    assert_eq!(
+        p.initiator.session(),
+        None,
+        "nothing of the accept was kept"
+    );
+    assert!(p.sent_by_initiator.iter().any(|(_, f)| matches!(
+        f,
+        Frame::Error {
+            code: ErrorCode::Malformed,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn the_initiator_refuses_an_inactivity_deadline_below_its_keepalive() {
+    let config = InitiatorConfig {
+        keepalive: Duration::from_millis(500),
+        ..InitiatorConfig::default()
+    };
+    let (p, error) = forged_accept_error(config.clone(), |a| a.inactivity_ms = 500);
+    assert_eq!(error, None, "one keep-alive interval is the least allowed");
+    assert!(p.initiator.is_connected());
+    let (p, error) = forged_accept_error(config, |a| a.inactivity_ms = 499);
+    assert_eq!(error.map(|e| e.code()), Some(ErrorCode::Malformed));
+    assert!(!p.initiator.is_connected());
+    assert_eq!(p.initiator.session(), None);
+}
+
+#[test]
+fn the_target_never_grants_less_inactivity_than_one_keepalive() {
+    // A factor of 0 and a tiny floor would give 10 ms; the initiator promised
+    // only one frame per 500 ms, so the target grants 500 ms.
+    let mut p = Pair::new(
+        InitiatorConfig {
+            keepalive: Duration::from_millis(500),
+            ..InitiatorConfig::default()
+        },
+        TargetConfig {
+            inactivity_factor: 0,
+            min_inactivity: Duration::from_millis(10),
+            ..TargetConfig::default()
+        },
+    );
+    p.connect();
+    p.run();
+    let granted = p.sent_by_target.iter().find_map(|(_, f)| match f {
+        Frame::LoginAccept(a) => Some(a.inactivity_ms),
+        _ => None,
+    });
+    assert_eq!(granted, Some(500));
+    assert!(p.initiator.is_connected());
+}

@@ -31,7 +31,8 @@ use crate::error::{ConnectError, ConnectionError, SessionLoss, SubmitError};
 use crate::ids::{CallId, ConnId, SessionId, SessionSecret};
 use crate::time::{earliest, Timestamp};
 use crate::wire::{
-    Decoder, Digests, Direction, Frame, Login, LoginKind, Outgoing, VERSION_MAX, VERSION_MIN,
+    Decoder, Digests, Direction, Frame, Login, LoginKind, Outgoing, NEVER_MS, VERSION_MAX,
+    VERSION_MIN,
 };
 use crate::Seq;
 
@@ -367,12 +368,18 @@ impl Initiator {
             secret,
             response_ack: self.response_ack,
             max_frame: self.config.max_frame,
-            keepalive_ms: u32::try_from(self.config.keepalive.as_millis())
-                .unwrap_or(u32::MAX)
-                .max(1),
+            keepalive_ms: self.keepalive_ms(),
             requested_credits: self.config.credits,
         });
         self.out.push(&login, Digests::NONE);
+    }
+
+    /// The keep-alive interval promised in LOGIN: whole milliseconds, at
+    /// least 1 and, like every finite duration, below [`NEVER_MS`].
+    fn keepalive_ms(&self) -> u32 {
+        u32::try_from(self.config.keepalive.as_millis())
+            .unwrap_or(u32::MAX)
+            .clamp(1, NEVER_MS - 1)
     }
 
     /// The driver reports that connection `conn` ended. Ignored if it is not

@@ -122,6 +122,25 @@ impl Initiator {
                 format!("accepted version {} was not offered", a.version),
             ));
         }
+        if a.digests.intersect(self.config.digests) != a.digests {
+            return Err(ProtocolError::new(
+                ErrorCode::Malformed,
+                format!(
+                    "accepted digests {:?} were not asked for ({:?})",
+                    a.digests, self.config.digests
+                ),
+            ));
+        }
+        if a.inactivity_ms < self.keepalive_ms() {
+            return Err(ProtocolError::new(
+                ErrorCode::Malformed,
+                format!(
+                    "inactivity deadline {} ms is shorter than the promised keep-alive of {} ms",
+                    a.inactivity_ms,
+                    self.keepalive_ms()
+                ),
+            ));
+        }
         let recovered = match (a.kind, self.session) {
             (LoginKind::New, None) => {
                 if a.command_ack != 0 {

@@ -134,8 +134,11 @@ impl Target {
         login: &Login,
     ) {
         let keepalive = Duration::from_millis(u64::from(login.keepalive_ms.max(1)));
-        let inactivity =
-            (keepalive * self.config.inactivity_factor).max(self.config.min_inactivity);
+        // Never shorter than one keep-alive interval (PROTOCOL.md §5.3), or
+        // the initiator's keep-alive could not keep the connection up.
+        let inactivity = (keepalive * self.config.inactivity_factor)
+            .max(self.config.min_inactivity)
+            .max(keepalive);
         let digests = login.digests.intersect(self.config.digests);
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
