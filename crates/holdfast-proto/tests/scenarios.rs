@@ -789,3 +789,152 @@ fn the_target_never_grants_less_inactivity_than_one_keepalive() {
     assert_eq!(granted, Some(500));
     assert!(p.initiator.is_connected());
 }
+
+/// Sends a raw LOGIN to the pair's target on a fresh connection `conn` and
+/// returns the target's answer.
+fn raw_login(
+    p: &mut Pair,
+    conn: holdfast_proto::ConnId,
+    kind: holdfast_proto::wire::LoginKind,
+    session: holdfast_proto::SessionId,
+    secret: holdfast_proto::SessionSecret,
+    max_frame: u32,
+) -> Option<Frame> {
+    p.target.accept(conn, p.now).expect("accept");
+    let login = Frame::Login(holdfast_proto::wire::Login {
+        min_version: 1,
+        max_version: 1,
+        kind,
+        digests: Default::default(),
+        session,
+        secret,
+        response_ack: 0,
+        max_frame,
+        keepalive_ms: 500,
+        requested_credits: 8,
+    });
+    let bytes = holdfast_proto::wire::encode_to_vec(&login, Default::default());
+    let before = p.sent_by_target.len();
+    p.target.handle_input(conn, &bytes, p.now);
+    p.flush();
+    p.sent_by_target[before..]
+        .iter()
+        .find(|(c, _)| *c == conn)
+        .map(|(_, f)| f.clone())
+}
+
+#[test]
+fn the_target_rejects_a_max_frame_too_small_for_a_login_accept() {
+    use holdfast_proto::wire::{LoginKind, MIN_MAX_FRAME, NEVER_MS};
+    let mut p = Pair::default_pair();
+    let none = (
+        holdfast_proto::SessionId(0),
+        holdfast_proto::SessionSecret([0; 16]),
+    );
+    let conn = holdfast_proto::ConnId(50);
+    match raw_login(
+        &mut p,
+        conn,
+        LoginKind::New,
+        none.0,
+        none.1,
+        MIN_MAX_FRAME - 1,
+    ) {
+        Some(Frame::LoginReject(r)) => {
+            assert_eq!(r.reason, RejectReason::MaxFrameTooSmall);
+            assert_eq!(r.retry_after_ms, NEVER_MS, "the same LOGIN never succeeds");
+        }
+        other => panic!("expected LOGIN_REJECT, got {other:?}"),
+    }
+    assert_eq!(p.target.session_count(), 0, "no session for it");
+    assert!(!p.target_closed.contains(&conn), "it may log in again");
+    let answer = raw_login(
+        &mut p,
+        holdfast_proto::ConnId(51),
+        LoginKind::New,
+        none.0,
+        none.1,
+        MIN_MAX_FRAME,
+    );
+    assert!(matches!(answer, Some(Frame::LoginAccept(_))), "{answer:?}");
+}
+
+#[test]
+fn the_target_rejects_a_recovery_that_shrinks_max_frame() {
+    use holdfast_proto::wire::LoginKind;
+    let mut p = logged_in();
+    let old = p.conn;
+    let (session, secret) = p
+        .changes
+        .iter()
+        .find_map(|c| match c {
+            StateChange::SessionCreated {
+                session, secret, ..
+            } => Some((*session, *secret)),
+            _ => None,
+        })
+        .expect("created");
+    let negotiated = p.initiator.config().max_frame;
+    let before = p.target.session_info(session).expect("session");
+    let answer = raw_login(
+        &mut p,
+        holdfast_proto::ConnId(60),
+        LoginKind::Recover,
+        session,
+        secret,
+        negotiated - 1,
+    );
+    match answer {
+        Some(Frame::LoginReject(r)) => assert_eq!(r.reason, RejectReason::MaxFrameTooSmall),
+        other => panic!("expected LOGIN_REJECT, got {other:?}"),
+    }
+    assert!(
+        !p.target_closed.contains(&old),
+        "the live connection is not fenced"
+    );
+    assert_eq!(
+        p.target.session_info(session),
+        Some(before),
+        "nothing changed"
+    );
+    // The same limit, or a larger one, recovers.
+    let answer = raw_login(
+        &mut p,
+        holdfast_proto::ConnId(61),
+        LoginKind::Recover,
+        session,
+        secret,
+        negotiated,
+    );
+    assert!(matches!(answer, Some(Frame::LoginAccept(_))), "{answer:?}");
+    assert!(p.target_closed.contains(&old));
+}
+
+#[test]
+fn an_initiator_whose_max_frame_is_too_small_learns_it_at_login() {
+    let mut p = Pair::new(
+        InitiatorConfig {
+            max_frame: 63,
+            ..InitiatorConfig::default()
+        },
+        TargetConfig::default(),
+    );
+    p.connect();
+    p.run();
+    let lost = p.events.iter().find_map(|e| match e {
+        InitiatorEvent::ConnectionLost {
+            error,
+            reconnect_at,
+        } => Some((error.clone(), *reconnect_at)),
+        _ => None,
+    });
+    assert_eq!(
+        lost,
+        Some((
+            ConnectionError::Rejected(RejectReason::MaxFrameTooSmall),
+            holdfast_proto::Timestamp::NEVER
+        )),
+        "a retry_after of NEVER_MS means never"
+    );
+    assert_eq!(p.target.session_count(), 0);
+}

@@ -7,8 +7,8 @@ use std::time::Duration;
 use crate::error::ProtocolError;
 use crate::ids::{ConnId, SessionId, SessionSecret};
 use crate::wire::{
-    ErrorCode, Frame, Login, LoginAccept, LoginKind, LoginReject, RejectReason, VERSION_MAX,
-    VERSION_MIN,
+    ErrorCode, Frame, Login, LoginAccept, LoginKind, LoginReject, RejectReason, MIN_MAX_FRAME,
+    NEVER_MS, VERSION_MAX, VERSION_MIN,
 };
 
 use super::session::Session;
@@ -33,6 +33,15 @@ impl Target {
             self.reject(conn, RejectReason::ShuttingDown, hold, "shutting down");
             return Ok(());
         }
+        if login.max_frame < MIN_MAX_FRAME {
+            self.reject(
+                conn,
+                RejectReason::MaxFrameTooSmall,
+                NEVER_MS,
+                &format!("max_frame {} is below {MIN_MAX_FRAME}", login.max_frame),
+            );
+            return Ok(());
+        }
         let (id, secret) = match login.kind {
             LoginKind::New => match self.create_session(&login) {
                 Some(created) => created,
@@ -50,7 +59,11 @@ impl Target {
                 Ok(id) => (id, SessionSecret([0; 16])),
                 Err(reason) => {
                     self.stats.recoveries_rejected += 1;
-                    self.reject(conn, reason, 0, "cannot recover");
+                    let retry_after = match reason {
+                        RejectReason::MaxFrameTooSmall => NEVER_MS,
+                        _ => 0,
+                    };
+                    self.reject(conn, reason, retry_after, "cannot recover");
                     return Ok(());
                 }
             },
@@ -100,6 +113,11 @@ impl Target {
         };
         if !s.secret.matches(&login.secret) {
             return Ok(Err(RejectReason::BadSecret));
+        }
+        if login.max_frame < s.peer_max_frame {
+            // Cached responses were sized for the larger limit: resending
+            // them would break the new one. Refused before anything changes.
+            return Ok(Err(RejectReason::MaxFrameTooSmall));
         }
         s.ack_responses(login.response_ack, &mut self.changes)?;
         s.peer_max_frame = login.max_frame;
