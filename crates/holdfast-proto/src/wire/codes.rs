@@ -108,7 +108,11 @@ impl fmt::Display for ErrorCode {
 pub enum RejectReason {
     /// No version in the initiator's range is supported; the reject carries the target's range.
     UnsupportedVersion,
-    /// The target holds no state for this session and never did in this incarnation.
+    /// The target holds no state for this session and remembers nothing of
+    /// it. Either this incarnation never issued it, or it ended (expired or
+    /// closed) so long ago that its tombstone was dropped: tombstones are
+    /// bounded, so an ended session can end up looking like an unknown one.
+    /// Stateless either way.
     UnknownSession,
     /// The session was issued by an earlier incarnation of the target: it restarted and lost it.
     TargetRestarted,

@@ -30,7 +30,13 @@ pub struct Decoder {
 
 impl Decoder {
     /// A decoder for frames travelling in `direction`, accepting frames whose
-    /// length field is at most `max_frame`.
+    /// length field is at most `max_frame`, except LOGIN, ERROR and
+    /// LOGIN_REJECT: their caps are fixed by the protocol (60 + 1024, 4 + 256
+    /// and 16 + 256 bytes, PROTOCOL.md §3) and apply whatever `max_frame`
+    /// is, above or below it. So a small `max_frame` still lets a peer's
+    /// ERROR or LOGIN_REJECT through, and a large one does not admit a
+    /// larger LOGIN. (LOGIN_ACCEPT has no cap of its own: it needs a
+    /// `max_frame` of at least 64.)
     pub fn new(direction: Direction, max_frame: u32) -> Self {
         Decoder {
             buf: BytesMut::new(),
@@ -40,7 +46,8 @@ impl Decoder {
         }
     }
 
-    /// Changes the largest accepted length (after login negotiation).
+    /// Changes the largest accepted length (after login negotiation); the
+    /// fixed caps of LOGIN, ERROR and LOGIN_REJECT are unaffected.
     pub fn set_max_frame(&mut self, max_frame: u32) {
         self.max_frame = max_frame;
     }
