@@ -79,9 +79,11 @@ pub struct TargetConfig {
     pub max_sessions: usize,
     /// The most connections (in login or attached) at once.
     pub max_connections: usize,
-    /// How long a new connection may take to log in.
+    /// How long a new connection may take to log in, counted from its
+    /// accept; a LOGIN_REJECT does not restart it.
     pub login_timeout: Duration,
-    /// The inactivity deadline is this many keep-alive intervals.
+    /// The inactivity deadline is this many keep-alive intervals (never
+    /// less than one, whatever this and `min_inactivity` say).
     pub inactivity_factor: u32,
     /// Lower bound of the inactivity deadline.
     pub min_inactivity: Duration,

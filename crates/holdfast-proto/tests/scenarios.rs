@@ -7,7 +7,8 @@ mod pair;
 use std::time::Duration;
 
 use bytes::Bytes;
-use holdfast_proto::wire::{ErrorCode, Frame, RejectReason};
+use holdfast_proto::target::CloseReason;
+use holdfast_proto::wire::{Direction, ErrorCode, Frame, RejectReason};
 use holdfast_proto::{
     CallError, CallOptions, ConnectError, ConnectionError, Delivery, InitiatorConfig,
     InitiatorEvent, SessionLoss, StateChange, SubmitError, TargetConfig,
@@ -390,6 +391,46 @@ fn a_recovering_connection_fences_the_old_one() {
 }
 
 #[test]
+fn a_fenced_connection_is_told_with_error_fenced_before_it_closes() {
+    let mut p = logged_in();
+    let old = p.conn;
+    p.initiator.connection_lost(old, p.now);
+    p.flush();
+    p.connect();
+    p.flush();
+    let login = std::mem::take(&mut p.to_target);
+    p.target.handle_input(p.conn, &login, p.now);
+    // The fence, its ERROR and the close come out in one Ready: the driver
+    // writes the old connection's last bytes, then closes it.
+    let ready = p.target.ready();
+    let close = ready.closes.iter().find(|c| c.conn == old);
+    assert_eq!(close.map(|c| &c.reason), Some(&CloseReason::Fenced));
+    let bytes: Vec<u8> = ready
+        .transmits
+        .iter()
+        .filter(|t| t.conn == old)
+        .flat_map(|t| t.chunks.iter().flat_map(|c| c.iter().copied()))
+        .collect();
+    let frames = pair::decode_all(&bytes, Direction::ToInitiator);
+    assert!(
+        matches!(
+            frames.last(),
+            Some(Frame::Error {
+                code: ErrorCode::Fenced,
+                ..
+            })
+        ),
+        "the old connection's last frame is ERROR Fenced: {frames:?}"
+    );
+    p.target.advance(p.now);
+    assert_eq!(
+        p.target.stats().protocol_errors,
+        0,
+        "fencing is no violation"
+    );
+}
+
+#[test]
 fn bytes_never_reflect_changes_not_yet_handed_to_the_driver() {
     let mut p = logged_in();
     call(&mut p, b"a");
@@ -544,4 +585,356 @@ fn the_target_drops_a_connection_that_goes_quiet() {
     p.to_target.clear();
     p.advance(Duration::from_millis(2));
     assert!(!p.target.session_info(session).expect("s").attached);
+}
+
+#[test]
+fn a_login_reject_does_not_restart_the_targets_login_window() {
+    // PROTOCOL.md §5.1: the window is counted from the accept, so a peer
+    // cannot hold an unauthenticated connection open with failing LOGINs.
+    let mut p = Pair::default_pair();
+    let conn = holdfast_proto::ConnId(77);
+    let opened = p.now;
+    p.target.accept(conn, p.now).expect("accept");
+    p.advance(Duration::from_secs(4));
+    let login = Frame::Login(holdfast_proto::wire::Login {
+        min_version: 1,
+        max_version: 1,
+        kind: holdfast_proto::wire::LoginKind::Recover,
+        digests: Default::default(),
+        session: holdfast_proto::SessionId::new(p.target.incarnation(), 9),
+        secret: holdfast_proto::SessionSecret([1; 16]),
+        response_ack: 0,
+        max_frame: 1 << 16,
+        keepalive_ms: 500,
+        requested_credits: 8,
+    });
+    let bytes = holdfast_proto::wire::encode_to_vec(&login, Default::default());
+    p.target.handle_input(conn, &bytes, p.now);
+    p.flush();
+    let rejected = p.sent_by_target.iter().any(|(c, f)| {
+        *c == conn && matches!(f, Frame::LoginReject(r) if r.reason == RejectReason::UnknownSession)
+    });
+    assert!(rejected);
+    assert!(
+        !p.target_closed.contains(&conn),
+        "a reject keeps the connection"
+    );
+    // Still in the login phase one tick before the original deadline...
+    p.advance(opened + Duration::from_secs(5) - p.now - Duration::from_millis(1));
+    assert!(!p.target_closed.contains(&conn));
+    // ...and closed at it, not 5 s after the reject.
+    p.advance(Duration::from_millis(1));
+    assert!(p.target_closed.contains(&conn));
+    let timed_out = p.sent_by_target.iter().any(|(c, f)| {
+        *c == conn
+            && matches!(
+                f,
+                Frame::Error {
+                    code: ErrorCode::LoginTimeout,
+                    ..
+                }
+            )
+    });
+    assert!(timed_out);
+}
+
+#[test]
+fn the_initiator_acks_by_the_granted_window_not_the_requested_one() {
+    // The initiator asks for 128 credits but the target grants 4: a quarter
+    // of the granted window (1 response) makes a standalone ACK urgent, so
+    // the response's credit goes back without waiting for the ack delay.
+    let mut p = Pair::new(
+        InitiatorConfig {
+            ack_delay: Duration::from_secs(1),
+            ..InitiatorConfig::default()
+        },
+        TargetConfig {
+            credits: 4,
+            ack_delay: Duration::ZERO,
+            ..TargetConfig::default()
+        },
+    );
+    p.connect();
+    p.run();
+    call(&mut p, b"a");
+    p.run();
+    p.complete(1, b"A");
+    p.run();
+    assert_eq!(responses(&p.take_events()).len(), 1);
+    let acks: Vec<u64> = p
+        .sent_by_initiator
+        .iter()
+        .filter_map(|(_, f)| match f {
+            Frame::InitiatorAck { ack } => Some(*ack),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, vec![1], "acknowledged at once, without the 1 s delay");
+    let session = p.initiator.session().expect("session");
+    let info = p.target.session_info(session).expect("session");
+    assert_eq!((info.held, info.limit), (0, 5), "the credit came back");
+}
+
+/// Answers the initiator's LOGIN with a forged LOGIN_ACCEPT and returns the
+/// protocol error it closed the connection with, if any.
+fn forged_accept_error(
+    config: InitiatorConfig,
+    tweak: impl FnOnce(&mut holdfast_proto::wire::LoginAccept),
+) -> (Pair, Option<holdfast_proto::ProtocolError>) {
+    let mut p = Pair::new(config, TargetConfig::default());
+    p.connect();
+    p.flush();
+    let mut accept = holdfast_proto::wire::LoginAccept {
+        version: 1,
+        digests: Default::default(),
+        kind: holdfast_proto::wire::LoginKind::New,
+        session: holdfast_proto::SessionId::new(7, 1),
+        secret: holdfast_proto::SessionSecret([5; 16]),
+        command_ack: 0,
+        credit_limit: 8,
+        max_frame: 1 << 16,
+        inactivity_ms: 2000,
+        retain_ms: 60_000,
+        credits: 8,
+    };
+    tweak(&mut accept);
+    let bytes =
+        holdfast_proto::wire::encode_to_vec(&Frame::LoginAccept(accept), Default::default());
+    p.to_initiator.extend_from_slice(&bytes);
+    p.deliver_to_initiator(usize::MAX);
+    let error = p.events.iter().find_map(|e| match e {
+        InitiatorEvent::ConnectionLost {
+            error: ConnectionError::Protocol(e),
+            ..
+        } => Some(e.clone()),
+        _ => None,
+    });
+    (p, error)
+}
+
+#[test]
+fn the_initiator_refuses_a_login_accept_with_digests_it_did_not_ask_for() {
+    let asked = holdfast_proto::wire::Digests {
+        header: false,
+        data: true,
+    };
+    let config = InitiatorConfig {
+        digests: asked,
+        ..InitiatorConfig::default()
+    };
+    // Granting exactly what was asked, or less, is fine.
+    for granted in [asked, Default::default()] {
+        let (p, error) = forged_accept_error(config.clone(), |a| a.digests = granted);
+        assert_eq!(error, None);
+        assert!(p.initiator.is_connected());
+    }
+    let (p, error) = forged_accept_error(config, |a| {
+        a.digests = holdfast_proto::wire::Digests {
+            header: true,
+            data: true,
+        }
+    });
+    assert_eq!(error.map(|e| e.code()), Some(ErrorCode::Malformed));
+    assert!(!p.initiator.is_connected());
+    assert_eq!(
+        p.initiator.session(),
+        None,
+        "nothing of the accept was kept"
+    );
+    assert!(p.sent_by_initiator.iter().any(|(_, f)| matches!(
+        f,
+        Frame::Error {
+            code: ErrorCode::Malformed,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn the_initiator_refuses_an_inactivity_deadline_below_its_keepalive() {
+    let config = InitiatorConfig {
+        keepalive: Duration::from_millis(500),
+        ..InitiatorConfig::default()
+    };
+    let (p, error) = forged_accept_error(config.clone(), |a| a.inactivity_ms = 500);
+    assert_eq!(error, None, "one keep-alive interval is the least allowed");
+    assert!(p.initiator.is_connected());
+    let (p, error) = forged_accept_error(config, |a| a.inactivity_ms = 499);
+    assert_eq!(error.map(|e| e.code()), Some(ErrorCode::Malformed));
+    assert!(!p.initiator.is_connected());
+    assert_eq!(p.initiator.session(), None);
+}
+
+#[test]
+fn the_target_never_grants_less_inactivity_than_one_keepalive() {
+    // A factor of 0 and a tiny floor would give 10 ms; the initiator promised
+    // only one frame per 500 ms, so the target grants 500 ms.
+    let mut p = Pair::new(
+        InitiatorConfig {
+            keepalive: Duration::from_millis(500),
+            ..InitiatorConfig::default()
+        },
+        TargetConfig {
+            inactivity_factor: 0,
+            min_inactivity: Duration::from_millis(10),
+            ..TargetConfig::default()
+        },
+    );
+    p.connect();
+    p.run();
+    let granted = p.sent_by_target.iter().find_map(|(_, f)| match f {
+        Frame::LoginAccept(a) => Some(a.inactivity_ms),
+        _ => None,
+    });
+    assert_eq!(granted, Some(500));
+    assert!(p.initiator.is_connected());
+}
+
+/// Sends a raw LOGIN to the pair's target on a fresh connection `conn` and
+/// returns the target's answer.
+fn raw_login(
+    p: &mut Pair,
+    conn: holdfast_proto::ConnId,
+    kind: holdfast_proto::wire::LoginKind,
+    session: holdfast_proto::SessionId,
+    secret: holdfast_proto::SessionSecret,
+    max_frame: u32,
+) -> Option<Frame> {
+    p.target.accept(conn, p.now).expect("accept");
+    let login = Frame::Login(holdfast_proto::wire::Login {
+        min_version: 1,
+        max_version: 1,
+        kind,
+        digests: Default::default(),
+        session,
+        secret,
+        response_ack: 0,
+        max_frame,
+        keepalive_ms: 500,
+        requested_credits: 8,
+    });
+    let bytes = holdfast_proto::wire::encode_to_vec(&login, Default::default());
+    let before = p.sent_by_target.len();
+    p.target.handle_input(conn, &bytes, p.now);
+    p.flush();
+    p.sent_by_target[before..]
+        .iter()
+        .find(|(c, _)| *c == conn)
+        .map(|(_, f)| f.clone())
+}
+
+#[test]
+fn the_target_rejects_a_max_frame_too_small_for_a_login_accept() {
+    use holdfast_proto::wire::{LoginKind, MIN_MAX_FRAME, NEVER_MS};
+    let mut p = Pair::default_pair();
+    let none = (
+        holdfast_proto::SessionId(0),
+        holdfast_proto::SessionSecret([0; 16]),
+    );
+    let conn = holdfast_proto::ConnId(50);
+    match raw_login(
+        &mut p,
+        conn,
+        LoginKind::New,
+        none.0,
+        none.1,
+        MIN_MAX_FRAME - 1,
+    ) {
+        Some(Frame::LoginReject(r)) => {
+            assert_eq!(r.reason, RejectReason::MaxFrameTooSmall);
+            assert_eq!(r.retry_after_ms, NEVER_MS, "the same LOGIN never succeeds");
+        }
+        other => panic!("expected LOGIN_REJECT, got {other:?}"),
+    }
+    assert_eq!(p.target.session_count(), 0, "no session for it");
+    assert!(!p.target_closed.contains(&conn), "it may log in again");
+    let answer = raw_login(
+        &mut p,
+        holdfast_proto::ConnId(51),
+        LoginKind::New,
+        none.0,
+        none.1,
+        MIN_MAX_FRAME,
+    );
+    assert!(matches!(answer, Some(Frame::LoginAccept(_))), "{answer:?}");
+}
+
+#[test]
+fn the_target_rejects_a_recovery_that_shrinks_max_frame() {
+    use holdfast_proto::wire::LoginKind;
+    let mut p = logged_in();
+    let old = p.conn;
+    let (session, secret) = p
+        .changes
+        .iter()
+        .find_map(|c| match c {
+            StateChange::SessionCreated {
+                session, secret, ..
+            } => Some((*session, *secret)),
+            _ => None,
+        })
+        .expect("created");
+    let negotiated = p.initiator.config().max_frame;
+    let before = p.target.session_info(session).expect("session");
+    let answer = raw_login(
+        &mut p,
+        holdfast_proto::ConnId(60),
+        LoginKind::Recover,
+        session,
+        secret,
+        negotiated - 1,
+    );
+    match answer {
+        Some(Frame::LoginReject(r)) => assert_eq!(r.reason, RejectReason::MaxFrameTooSmall),
+        other => panic!("expected LOGIN_REJECT, got {other:?}"),
+    }
+    assert!(
+        !p.target_closed.contains(&old),
+        "the live connection is not fenced"
+    );
+    assert_eq!(
+        p.target.session_info(session),
+        Some(before),
+        "nothing changed"
+    );
+    // The same limit, or a larger one, recovers.
+    let answer = raw_login(
+        &mut p,
+        holdfast_proto::ConnId(61),
+        LoginKind::Recover,
+        session,
+        secret,
+        negotiated,
+    );
+    assert!(matches!(answer, Some(Frame::LoginAccept(_))), "{answer:?}");
+    assert!(p.target_closed.contains(&old));
+}
+
+#[test]
+fn an_initiator_whose_max_frame_is_too_small_learns_it_at_login() {
+    let mut p = Pair::new(
+        InitiatorConfig {
+            max_frame: 63,
+            ..InitiatorConfig::default()
+        },
+        TargetConfig::default(),
+    );
+    p.connect();
+    p.run();
+    let lost = p.events.iter().find_map(|e| match e {
+        InitiatorEvent::ConnectionLost {
+            error,
+            reconnect_at,
+        } => Some((error.clone(), *reconnect_at)),
+        _ => None,
+    });
+    assert_eq!(
+        lost,
+        Some((
+            ConnectionError::Rejected(RejectReason::MaxFrameTooSmall),
+            holdfast_proto::Timestamp::NEVER
+        )),
+        "a retry_after of NEVER_MS means never"
+    );
+    assert_eq!(p.target.session_count(), 0);
 }

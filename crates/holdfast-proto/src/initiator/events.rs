@@ -65,7 +65,8 @@ pub enum InitiatorEvent {
         failed: usize,
     },
     /// The connection ended. Open a new one with `connect` at or after
-    /// `reconnect_at` (`Timestamp::NEVER` if the session has ended).
+    /// `reconnect_at` (`Timestamp::NEVER` if the session has ended, or if
+    /// the target said never to try again).
     ConnectionLost {
         /// Why.
         error: ConnectionError,

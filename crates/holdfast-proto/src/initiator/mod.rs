@@ -31,7 +31,8 @@ use crate::error::{ConnectError, ConnectionError, SessionLoss, SubmitError};
 use crate::ids::{CallId, ConnId, SessionId, SessionSecret};
 use crate::time::{earliest, Timestamp};
 use crate::wire::{
-    Decoder, Digests, Direction, Frame, Login, LoginKind, Outgoing, VERSION_MAX, VERSION_MIN,
+    Decoder, Digests, Direction, Frame, Login, LoginKind, Outgoing, NEVER_MS, VERSION_MAX,
+    VERSION_MIN,
 };
 use crate::Seq;
 
@@ -116,6 +117,9 @@ pub struct Initiator {
     acked: Seq,
     /// The highest sequence we may send.
     limit: Seq,
+    /// The credit window the target granted in its last LOGIN_ACCEPT (our
+    /// requested window until then): it sets the standalone-ACK threshold.
+    window: u32,
     /// Largest payload the target accepts (known after the first login).
     max_payload: Option<usize>,
     /// Our cumulative acknowledgement of the target's stream.
@@ -143,6 +147,7 @@ impl Initiator {
     /// to a new one.
     pub fn new(config: InitiatorConfig, now: Timestamp) -> Self {
         Initiator {
+            window: config.credits,
             config,
             lifecycle: Lifecycle::Active,
             session: None,
@@ -363,12 +368,18 @@ impl Initiator {
             secret,
             response_ack: self.response_ack,
             max_frame: self.config.max_frame,
-            keepalive_ms: u32::try_from(self.config.keepalive.as_millis())
-                .unwrap_or(u32::MAX)
-                .max(1),
+            keepalive_ms: self.keepalive_ms(),
             requested_credits: self.config.credits,
         });
         self.out.push(&login, Digests::NONE);
+    }
+
+    /// The keep-alive interval promised in LOGIN: whole milliseconds, at
+    /// least 1 and, like every finite duration, below [`NEVER_MS`].
+    fn keepalive_ms(&self) -> u32 {
+        u32::try_from(self.config.keepalive.as_millis())
+            .unwrap_or(u32::MAX)
+            .clamp(1, NEVER_MS - 1)
     }
 
     /// The driver reports that connection `conn` ended. Ignored if it is not
@@ -455,7 +466,9 @@ impl Initiator {
         let ack_due = self
             .ack_owed_since
             .is_some_and(|since| since + self.config.ack_delay <= now);
-        let ack_urgent = self.ack_owed >= (self.config.credits / 4).max(1);
+        // A quarter of the granted window, as at the target: the responses
+        // we have not acknowledged hold the target's credits.
+        let ack_urgent = self.ack_owed >= (self.window / 4).max(1);
         let ping_due = c.ping.is_none() && {
             let idle_send = c.last_send + self.config.keepalive <= now;
             let overdue = c

@@ -122,6 +122,25 @@ impl Initiator {
                 format!("accepted version {} was not offered", a.version),
             ));
         }
+        if a.digests.intersect(self.config.digests) != a.digests {
+            return Err(ProtocolError::new(
+                ErrorCode::Malformed,
+                format!(
+                    "accepted digests {:?} were not asked for ({:?})",
+                    a.digests, self.config.digests
+                ),
+            ));
+        }
+        if a.inactivity_ms < self.keepalive_ms() {
+            return Err(ProtocolError::new(
+                ErrorCode::Malformed,
+                format!(
+                    "inactivity deadline {} ms is shorter than the promised keep-alive of {} ms",
+                    a.inactivity_ms,
+                    self.keepalive_ms()
+                ),
+            ));
+        }
         let recovered = match (a.kind, self.session) {
             (LoginKind::New, None) => {
                 if a.command_ack != 0 {
@@ -155,6 +174,7 @@ impl Initiator {
             }
         };
         self.limit = self.limit.max(a.credit_limit);
+        self.window = a.credits;
         self.max_payload = Some((a.max_frame as usize).saturating_sub(DATA_FIXED));
         self.disconnected_since = None;
         self.reconnect_at = now;

@@ -47,8 +47,15 @@ impl Initiator {
                 self.end_session(SessionLoss::TargetGone, now);
             }
             _ => {
-                let wait = std::time::Duration::from_millis(u64::from(reject.retry_after_ms));
-                self.reconnect_at = self.reconnect_at.max(now + wait);
+                // 0xFFFFFFFF means never (e.g. MaxFrameTooSmall: the same
+                // LOGIN cannot succeed); the session-loss timeout then ends
+                // the session, if there is one.
+                let retry_at = if reject.retry_after_ms == NEVER_MS {
+                    Timestamp::NEVER
+                } else {
+                    now + std::time::Duration::from_millis(u64::from(reject.retry_after_ms))
+                };
+                self.reconnect_at = self.reconnect_at.max(retry_at);
                 self.lose_connection(ConnectionError::Rejected(reason), now);
             }
         }

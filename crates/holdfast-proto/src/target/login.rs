@@ -7,7 +7,8 @@ use std::time::Duration;
 use crate::error::ProtocolError;
 use crate::ids::{ConnId, SessionId, SessionSecret};
 use crate::wire::{
-    Frame, Login, LoginAccept, LoginKind, LoginReject, RejectReason, VERSION_MAX, VERSION_MIN,
+    ErrorCode, Frame, Login, LoginAccept, LoginKind, LoginReject, RejectReason, MIN_MAX_FRAME,
+    NEVER_MS, VERSION_MAX, VERSION_MIN,
 };
 
 use super::session::Session;
@@ -32,6 +33,15 @@ impl Target {
             self.reject(conn, RejectReason::ShuttingDown, hold, "shutting down");
             return Ok(());
         }
+        if login.max_frame < MIN_MAX_FRAME {
+            self.reject(
+                conn,
+                RejectReason::MaxFrameTooSmall,
+                NEVER_MS,
+                &format!("max_frame {} is below {MIN_MAX_FRAME}", login.max_frame),
+            );
+            return Ok(());
+        }
         let (id, secret) = match login.kind {
             LoginKind::New => match self.create_session(&login) {
                 Some(created) => created,
@@ -49,7 +59,11 @@ impl Target {
                 Ok(id) => (id, SessionSecret([0; 16])),
                 Err(reason) => {
                     self.stats.recoveries_rejected += 1;
-                    self.reject(conn, reason, 0, "cannot recover");
+                    let retry_after = match reason {
+                        RejectReason::MaxFrameTooSmall => NEVER_MS,
+                        _ => 0,
+                    };
+                    self.reject(conn, reason, retry_after, "cannot recover");
                     return Ok(());
                 }
             },
@@ -62,8 +76,7 @@ impl Target {
         if self.sessions.len() >= self.config.max_sessions {
             return None;
         }
-        let id = SessionId::new(self.incarnation, self.next_counter);
-        self.next_counter = self.next_counter.wrapping_add(1).max(1);
+        let id = self.next_session_id()?;
         let mut secret = [0u8; 16];
         self.random.fill_bytes(&mut secret);
         let secret = SessionSecret(secret);
@@ -77,6 +90,23 @@ impl Target {
         });
         self.stats.sessions_created += 1;
         Some((id, secret))
+    }
+
+    /// The next free session id. The counter wraps after 2^32 − 1 sessions
+    /// (0 is never used); an id still held by a live session, or remembered
+    /// in a tombstone, is skipped, so an id never names two sessions and a
+    /// late recovery of an ended one still gets its precise reason. `None`
+    /// only if every counter value is taken, which the session and
+    /// tombstone limits make impossible in practice.
+    fn next_session_id(&mut self) -> Option<SessionId> {
+        for _ in 0..u32::MAX {
+            let id = SessionId::new(self.incarnation, self.next_counter);
+            self.next_counter = self.next_counter.wrapping_add(1).max(1);
+            if !self.sessions.contains_key(&id) && self.tombstones.reason(id).is_none() {
+                return Some(id);
+            }
+        }
+        None
     }
 
     /// Finds the session a recovery login names and checks its secret.
@@ -100,16 +130,33 @@ impl Target {
         if !s.secret.matches(&login.secret) {
             return Ok(Err(RejectReason::BadSecret));
         }
+        if login.max_frame < s.peer_max_frame {
+            // Cached responses were sized for the larger limit: resending
+            // them would break the new one. Refused before anything changes.
+            return Ok(Err(RejectReason::MaxFrameTooSmall));
+        }
         s.ack_responses(login.response_ack, &mut self.changes)?;
         s.peer_max_frame = login.max_frame;
         if let Some(old) = s.conn {
             if old != conn {
-                self.stats.fenced += 1;
-                self.close_conn(old, CloseReason::Fenced);
+                self.fence(old);
             }
         }
         self.stats.recoveries_accepted += 1;
         Ok(Ok(id))
+    }
+
+    /// Tells the connection a recovery replaced it (ERROR `Fenced`, queued
+    /// after whatever it still had to send) and closes it: the driver writes
+    /// those last bytes before closing, and no byte it reads is used again.
+    fn fence(&mut self, old: ConnId) {
+        self.stats.fenced += 1;
+        let frame = Frame::Error {
+            code: ErrorCode::Fenced,
+            text: "another connection recovered this session".to_owned(),
+        };
+        self.push_frame(old, &frame);
+        self.close_conn(old, CloseReason::Fenced);
     }
 
     fn attach(
@@ -121,8 +168,11 @@ impl Target {
         login: &Login,
     ) {
         let keepalive = Duration::from_millis(u64::from(login.keepalive_ms.max(1)));
-        let inactivity =
-            (keepalive * self.config.inactivity_factor).max(self.config.min_inactivity);
+        // Never shorter than one keep-alive interval (PROTOCOL.md §5.3), or
+        // the initiator's keep-alive could not keep the connection up.
+        let inactivity = (keepalive * self.config.inactivity_factor)
+            .max(self.config.min_inactivity)
+            .max(keepalive);
         let digests = login.digests.intersect(self.config.digests);
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
@@ -164,6 +214,10 @@ impl Target {
         }
     }
 
+    /// Answers a LOGIN with LOGIN_REJECT. The connection stays in the login
+    /// phase, and its login deadline still counts from the accept: a reject
+    /// does not restart it, so no peer can keep an unauthenticated
+    /// connection open with failing LOGINs (PROTOCOL.md §5.1).
     fn reject(&mut self, conn: ConnId, reason: RejectReason, retry_after_ms: u32, text: &str) {
         let frame = Frame::LoginReject(LoginReject {
             reason,
@@ -173,5 +227,81 @@ impl Target {
             text: format!("{reason}: {text}"),
         });
         self.push_frame(conn, &frame);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::TargetConfig;
+    use crate::ids::{ConnId, SessionId, SessionSecret};
+    use crate::random::SeededRandom;
+    use crate::target::Target;
+    use crate::time::Timestamp;
+    use crate::wire::{
+        encode_to_vec, Decoder, Digests, Direction, Frame, Login, LoginKind, RejectReason,
+    };
+
+    /// Logs in to a new session on a new connection and returns its id.
+    fn new_session(target: &mut Target, conn: u64) -> SessionId {
+        let now = Timestamp::ZERO;
+        let conn = ConnId(conn);
+        target.accept(conn, now).expect("accept");
+        let login = Frame::Login(Login {
+            min_version: 1,
+            max_version: 1,
+            kind: LoginKind::New,
+            digests: Digests::NONE,
+            session: SessionId(0),
+            secret: SessionSecret([0; 16]),
+            response_ack: 0,
+            max_frame: 1 << 16,
+            keepalive_ms: 500,
+            requested_credits: 4,
+        });
+        target.handle_input(conn, &encode_to_vec(&login, Digests::NONE), now);
+        let mut decoder = Decoder::new(Direction::ToInitiator, u32::MAX);
+        let ready = target.ready();
+        target.advance(now);
+        for t in ready.transmits.iter().filter(|t| t.conn == conn) {
+            for chunk in &t.chunks {
+                let mut input = &chunk[..];
+                if let Ok(Some(Frame::LoginAccept(a))) = decoder.decode(&mut input) {
+                    return a.session;
+                }
+            }
+        }
+        panic!("no LOGIN_ACCEPT");
+    }
+
+    fn counter(id: SessionId) -> u32 {
+        id.0 as u32
+    }
+
+    #[test]
+    fn session_ids_skip_live_and_remembered_ones_when_the_counter_wraps() {
+        let mut target = Target::new(
+            TargetConfig::default(),
+            Box::new(SeededRandom::new(3)),
+            Timestamp::ZERO,
+        );
+        let first = new_session(&mut target, 1);
+        let ended = new_session(&mut target, 2);
+        let third = new_session(&mut target, 3);
+        assert_eq!([first, ended, third].map(counter), [1, 2, 3]);
+        let first_secret = target.sessions[&first].secret;
+        target.end_session(ended, RejectReason::SessionExpired);
+        // Four billion sessions later, the counter is about to wrap.
+        target.next_counter = u32::MAX;
+        let last = new_session(&mut target, 4);
+        assert_eq!(counter(last), u32::MAX);
+        // 0 is never used, 1 and 3 are live, 2 is remembered as expired.
+        let wrapped = new_session(&mut target, 5);
+        assert_eq!(counter(wrapped), 4);
+        assert_eq!(target.session_count(), 4, "no session was replaced");
+        assert!(target.sessions[&first].secret.matches(&first_secret));
+        assert_eq!(
+            target.tombstones.reason(ended),
+            Some(RejectReason::SessionExpired)
+        );
     }
 }

@@ -118,6 +118,8 @@ struct Conn {
     dirty: bool,
     /// No more input is read; removed at the next `ready`.
     closing: bool,
+    /// When it was accepted: the login deadline counts from here, and a
+    /// LOGIN_REJECT does not move it.
     opened: Timestamp,
     last_recv: Timestamp,
     inactivity: Duration,

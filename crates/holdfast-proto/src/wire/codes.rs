@@ -108,7 +108,11 @@ impl fmt::Display for ErrorCode {
 pub enum RejectReason {
     /// No version in the initiator's range is supported; the reject carries the target's range.
     UnsupportedVersion,
-    /// The target holds no state for this session and never did in this incarnation.
+    /// The target holds no state for this session and remembers nothing of
+    /// it. Either this incarnation never issued it, or it ended (expired or
+    /// closed) so long ago that its tombstone was dropped: tombstones are
+    /// bounded, so an ended session can end up looking like an unknown one.
+    /// Stateless either way.
     UnknownSession,
     /// The session was issued by an earlier incarnation of the target: it restarted and lost it.
     TargetRestarted,
@@ -122,6 +126,12 @@ pub enum RejectReason {
     ShuttingDown,
     /// The session was closed cleanly with FIN; nothing remains to recover.
     SessionClosed,
+    /// The LOGIN's `max_frame` is below [`super::MIN_MAX_FRAME`], or a
+    /// recovery LOGIN's is below the one the session's previous login
+    /// carried (its cached responses were sized for that). The same LOGIN
+    /// will never succeed: `retry_after` is [`super::NEVER_MS`]. The session,
+    /// if any, is untouched.
+    MaxFrameTooSmall,
     /// A reason this implementation does not know (kept verbatim).
     Other(u16),
 }
@@ -138,6 +148,7 @@ impl RejectReason {
             RejectReason::TooManySessions => 6,
             RejectReason::ShuttingDown => 7,
             RejectReason::SessionClosed => 8,
+            RejectReason::MaxFrameTooSmall => 9,
             RejectReason::Other(v) => v,
         }
     }
@@ -153,6 +164,7 @@ impl RejectReason {
             6 => RejectReason::TooManySessions,
             7 => RejectReason::ShuttingDown,
             8 => RejectReason::SessionClosed,
+            9 => RejectReason::MaxFrameTooSmall,
             other => RejectReason::Other(other),
         }
     }
@@ -182,6 +194,7 @@ impl fmt::Display for RejectReason {
             RejectReason::TooManySessions => "the target is at its session limit",
             RejectReason::ShuttingDown => "the target is shutting down",
             RejectReason::SessionClosed => "the session was closed",
+            RejectReason::MaxFrameTooSmall => "the login's max_frame is too small",
             RejectReason::Other(_) => "unknown reason",
         };
         write!(f, "{text} (reject {})", self.to_wire())

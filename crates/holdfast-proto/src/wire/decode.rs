@@ -19,6 +19,10 @@ use super::frame::{
 /// The size of a digest on the wire.
 const DIGEST_LEN: usize = 4;
 
+/// Payloads shorter than this are copied out of the read buffer (see
+/// [`Decoder::decode`]); longer ones are handed out as zero-copy slices.
+pub(crate) const COPY_BELOW: usize = 4096;
+
 /// Decodes frames travelling in one direction from a byte stream.
 #[derive(Debug)]
 pub struct Decoder {
@@ -30,7 +34,13 @@ pub struct Decoder {
 
 impl Decoder {
     /// A decoder for frames travelling in `direction`, accepting frames whose
-    /// length field is at most `max_frame`.
+    /// length field is at most `max_frame`, except LOGIN, ERROR and
+    /// LOGIN_REJECT: their caps are fixed by the protocol (60 + 1024, 4 + 256
+    /// and 16 + 256 bytes, PROTOCOL.md §3) and apply whatever `max_frame`
+    /// is, above or below it. So a small `max_frame` still lets a peer's
+    /// ERROR or LOGIN_REJECT through, and a large one does not admit a
+    /// larger LOGIN. (LOGIN_ACCEPT has no cap of its own: it needs a
+    /// `max_frame` of at least 64.)
     pub fn new(direction: Direction, max_frame: u32) -> Self {
         Decoder {
             buf: BytesMut::new(),
@@ -40,7 +50,8 @@ impl Decoder {
         }
     }
 
-    /// Changes the largest accepted length (after login negotiation).
+    /// Changes the largest accepted length (after login negotiation); the
+    /// fixed caps of LOGIN, ERROR and LOGIN_REJECT are unaffected.
     pub fn set_max_frame(&mut self, max_frame: u32) {
         self.max_frame = max_frame;
     }
@@ -62,6 +73,11 @@ impl Decoder {
 
     /// Consumes bytes from the front of `input` until one frame is complete
     /// (returned) or `input` is exhausted (`Ok(None)`).
+    ///
+    /// A payload of 4096 bytes or more is a zero-copy slice of the decoder's
+    /// read buffer and keeps the block it was read into alive while it
+    /// lives; a shorter one is copied into its own allocation, so holding
+    /// many small payloads never pins many large blocks.
     pub fn decode(&mut self, input: &mut &[u8]) -> Result<Option<Frame>, ProtocolError> {
         loop {
             let needed = self.needed()?;
@@ -187,7 +203,16 @@ impl Decoder {
             pos += DIGEST_LEN;
         }
         let payload_len = length - fixed;
-        let payload = raw.slice(pos..pos + payload_len);
+        // A slice of `raw` keeps the whole block the read buffer allocated
+        // alive for as long as the payload lives (a service may hold a
+        // command's payload until it completes). Small payloads are copied
+        // so they pin only themselves; large ones, where the copy would cost
+        // and the block is mostly theirs anyway, stay zero-copy.
+        let payload = if payload_len < COPY_BELOW {
+            Bytes::copy_from_slice(&raw[pos..pos + payload_len])
+        } else {
+            raw.slice(pos..pos + payload_len)
+        };
         pos += payload_len;
         if digests.data {
             let expected = crc32c::crc32c(&payload);
@@ -391,4 +416,53 @@ fn parse(k: u8, mut f: Bytes, payload: Bytes) -> Result<Frame, ProtocolError> {
         }
     };
     Ok(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::{Decoder, COPY_BELOW};
+    use crate::wire::{encode_to_vec, Digests, Direction, Frame};
+
+    fn command(seq: u64, len: usize) -> Vec<u8> {
+        encode_to_vec(
+            &Frame::Command {
+                seq,
+                ack: 0,
+                payload: Bytes::from(vec![seq as u8; len]),
+            },
+            Digests::NONE,
+        )
+    }
+
+    fn payload(frame: Option<Frame>) -> Bytes {
+        match frame {
+            Some(Frame::Command { payload, .. }) => payload,
+            other => panic!("expected a CMD, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn small_payloads_get_their_own_allocation_large_ones_stay_zero_copy() {
+        let mut d = Decoder::new(Direction::ToTarget, 1 << 20);
+        let mut input = Vec::new();
+        input.extend(command(1, 5));
+        input.extend(command(2, COPY_BELOW - 1));
+        input.extend(command(3, COPY_BELOW));
+        let mut input = &input[..];
+        // A small payload shares nothing with the decoder's buffer, so
+        // keeping it does not keep the buffer's block alive.
+        let tiny = payload(d.decode(&mut input).expect("decodes"));
+        assert_eq!(&tiny[..], &[1; 5]);
+        assert!(tiny.is_unique(), "a 5-byte payload pins the read buffer");
+        let below = payload(d.decode(&mut input).expect("decodes"));
+        assert_eq!(below.len(), COPY_BELOW - 1);
+        assert!(below.is_unique());
+        // A large one is a slice of the block the decoder read it into.
+        let large = payload(d.decode(&mut input).expect("decodes"));
+        assert_eq!(large.len(), COPY_BELOW);
+        assert!(!large.is_unique(), "large payloads are not copied");
+        assert!(input.is_empty());
+    }
 }

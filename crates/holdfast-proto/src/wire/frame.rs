@@ -351,3 +351,8 @@ pub const HEADER_LEN: usize = 8;
 pub const VERSION_MIN: u16 = 1;
 /// The highest protocol version this implementation speaks.
 pub const VERSION_MAX: u16 = 1;
+/// The smallest `max_frame` a LOGIN may carry: LOGIN_ACCEPT's fixed fields
+/// (64 bytes) are checked against it, so an initiator with a smaller limit
+/// could not receive the answer to its own login. It also leaves room for
+/// every other frame the target sends with an empty payload (RESP: 32).
+pub const MIN_MAX_FRAME: u32 = ACCEPT_FIXED as u32;

@@ -14,6 +14,6 @@ pub use codes::{ErrorCode, RejectReason};
 pub use decode::Decoder;
 pub use encode::{encode_to_vec, Outgoing};
 pub use frame::{
-    Digests, Direction, Frame, Login, LoginAccept, LoginKind, LoginReject, HEADER_LEN, NEVER_MS,
-    VERSION_MAX, VERSION_MIN,
+    Digests, Direction, Frame, Login, LoginAccept, LoginKind, LoginReject, HEADER_LEN,
+    MIN_MAX_FRAME, NEVER_MS, VERSION_MAX, VERSION_MIN,
 };

@@ -167,8 +167,8 @@ pub(crate) fn arb_error_code() -> impl Strategy<Value = ErrorCode> {
 /// Every reject reason, including unknown ones kept verbatim.
 pub(crate) fn arb_reject_reason() -> impl Strategy<Value = RejectReason> {
     prop_oneof![
-        3 => (1u16..=8).prop_map(RejectReason::from_wire),
-        1 => prop_oneof![Just(0u16), 9u16..=u16::MAX].prop_map(RejectReason::Other),
+        3 => (1u16..=9).prop_map(RejectReason::from_wire),
+        1 => prop_oneof![Just(0u16), 10u16..=u16::MAX].prop_map(RejectReason::Other),
     ]
 }
 
