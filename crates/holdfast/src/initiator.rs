@@ -66,6 +66,19 @@ pub enum CallError {
     /// The initiator refused the request before sending it: it did not execute.
     #[error("refused before sending (not executed): {0}")]
     Refused(SubmitError),
+    /// No session could be established with the target for the whole
+    /// session-loss timeout; the request was never sent. The initiator keeps
+    /// trying: a later call may succeed.
+    #[error(
+        "not executed: no session with the target for {waited:?} (last error: {last_error}); \
+         check that the target is running and reachable, then retry"
+    )]
+    Unreachable {
+        /// How long the initiator had been without a session.
+        waited: Duration,
+        /// The last connection or login error.
+        last_error: String,
+    },
     /// The driver task stopped (the initiator was dropped or panicked).
     #[error("the initiator stopped before the call finished; it may have executed")]
     Stopped,
@@ -76,7 +89,7 @@ impl CallError {
     pub fn may_have_executed(&self) -> bool {
         match self {
             CallError::Session(e) => e.may_have_executed(),
-            CallError::Refused(_) => false,
+            CallError::Refused(_) | CallError::Unreachable { .. } => false,
             CallError::Stopped => true,
         }
     }
@@ -134,6 +147,8 @@ impl Initiator {
             close_waiters: Vec::new(),
             reconnect_at: None,
             ended: None,
+            no_session_since: None,
+            last_error: "no connection attempt yet".to_owned(),
         };
         tokio::spawn(driver.run(rx));
         Initiator { requests: tx }
@@ -224,6 +239,10 @@ struct Driver {
     close_waiters: Vec<oneshot::Sender<Result<(), SessionLoss>>>,
     reconnect_at: Option<tokio::time::Instant>,
     ended: Option<SessionLoss>,
+    /// Since when there has been no session (none yet, or replaced).
+    no_session_since: Option<tokio::time::Instant>,
+    /// The last connect or login failure, for error messages.
+    last_error: String,
 }
 
 impl Driver {
@@ -243,13 +262,9 @@ impl Driver {
                 self.maybe_connect().await;
             }
             let timer = self.core.poll_timeout().map(|t| self.clock.instant(t));
-            let wake = match (
-                timer,
-                self.conn.is_none().then_some(self.reconnect_at).flatten(),
-            ) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let reconnect = self.conn.is_none().then_some(self.reconnect_at).flatten();
+            let give_up = self.refuse_waiting_if_unreachable();
+            let wake = [timer, reconnect, give_up].into_iter().flatten().min();
             let accept_requests = self.waiting.is_none();
             buf.reserve(self.options.read_buffer);
             tokio::select! {
@@ -283,6 +298,34 @@ impl Driver {
         }
     }
 
+    /// A request waits for credit, and there has been no session for the
+    /// whole session-loss timeout: refuse it (it was never sent). Returns when
+    /// to check again otherwise.
+    fn refuse_waiting_if_unreachable(&mut self) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        if self.core.session().is_some() {
+            self.no_session_since = None;
+            return None;
+        }
+        let since = *self.no_session_since.get_or_insert(now);
+        let limit = self.options.protocol.session_loss_timeout?;
+        self.waiting.as_ref()?;
+        if now < since + limit {
+            return Some(since + limit);
+        }
+        if let Some(ApiRequest::Submit { reply, .. }) = self.waiting.take() {
+            let e = CallError::Unreachable {
+                waited: now - since,
+                last_error: self.last_error.clone(),
+            };
+            match reply {
+                Reply::Call(tx) => drop(tx.send(Err(e))),
+                Reply::Send(tx) => drop(tx.send(Err(e))),
+            }
+        }
+        None
+    }
+
     fn refuse(&mut self, r: ApiRequest) {
         let loss = self.ended.clone().unwrap_or(SessionLoss::Aborted);
         match r {
@@ -314,9 +357,11 @@ impl Driver {
                 };
                 match result {
                     Ok(id) => {
+                        debug!(?id, command, "submitted");
                         self.replies.insert(id, reply);
                     }
                     Err(SubmitError::NoCredit) => {
+                        debug!(command, "waiting for credit");
                         self.waiting = Some(ApiRequest::Submit {
                             command,
                             payload,
@@ -382,28 +427,41 @@ impl Driver {
             Ok(Err(e)) => {
                 let delay = self.backoff.next_delay();
                 debug!(error = %e, ?delay, "connect failed");
+                self.last_error = format!("connect: {e}");
                 self.reconnect_at =
                     Some(tokio::time::Instant::now() + delay.max(Duration::from_millis(1)));
             }
             Err(_) => {
                 let delay = self.backoff.next_delay();
                 debug!(?delay, "connect timed out");
+                self.last_error =
+                    format!("connect timed out after {:?}", self.options.connect_timeout);
                 self.reconnect_at = Some(tokio::time::Instant::now() + delay);
             }
         }
         self.flush();
     }
 
-    /// Writes what the core wants written and acts on its events.
+    /// Writes what the core wants written and acts on its events, until
+    /// neither is left: acting on an event (a waiting request submitted on
+    /// `Connected`, say) can produce more to write.
     fn flush(&mut self) {
-        let now = self.clock.now();
-        while let Some(chunks) = self.core.poll_transmit(now) {
-            if let Some(c) = &self.conn {
-                let _ = c.writer.send(Some(chunks));
+        loop {
+            let now = self.clock.now();
+            let mut progressed = false;
+            while let Some(chunks) = self.core.poll_transmit(now) {
+                progressed = true;
+                if let Some(c) = &self.conn {
+                    let _ = c.writer.send(Some(chunks));
+                }
             }
-        }
-        while let Some(event) = self.core.poll_event() {
-            self.event(event);
+            while let Some(event) = self.core.poll_event() {
+                progressed = true;
+                self.event(event);
+            }
+            if !progressed {
+                return;
+            }
         }
     }
 
@@ -452,6 +510,7 @@ impl Driver {
                 reconnect_at,
             } => {
                 warn!(%error, "connection lost");
+                self.last_error = error.to_string();
                 if let Some(c) = self.conn.take() {
                     let _ = c.writer.send(None);
                 }

@@ -21,6 +21,9 @@ mod service;
 mod target;
 pub mod transport;
 
+/// The sans-IO protocol core this runtime drives.
+pub use holdfast_proto as proto;
+
 pub use backoff::Backoff;
 pub use holdfast_proto::{
     CallOptions, InitiatorConfig, InitiatorStats, SessionLoss, TargetConfig, TargetStats,

@@ -1,0 +1,230 @@
+//! Defensive limits over real sockets: a client that connects and says
+//! nothing, one that announces a 4 GiB frame, one too many connections and
+//! one too many sessions each cost a bounded amount and are dropped, while
+//! the target keeps serving everyone else. Also: the Unix socket transport.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use holdfast::{
+    Endpoint, EndpointConnector, Initiator, InitiatorConfig, InitiatorOptions, Target,
+    TargetConfig, TargetOptions,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn target(protocol: TargetConfig) -> (Target, Endpoint, Arc<AtomicU64>) {
+    let value = Arc::new(AtomicU64::new(0));
+    let target = Target::serve(
+        &[Endpoint::Tcp("127.0.0.1:0".parse().expect("addr"))],
+        TargetOptions {
+            protocol,
+            ..TargetOptions::default()
+        },
+        support::counter(value.clone()),
+    )
+    .await
+    .expect("serve");
+    let endpoint = target.endpoints()[0].clone();
+    (target, endpoint, value)
+}
+
+fn initiator(endpoint: Endpoint, protocol: InitiatorConfig) -> Initiator {
+    Initiator::start(
+        Arc::new(EndpointConnector::new(endpoint, Duration::from_secs(2))),
+        InitiatorOptions {
+            protocol,
+            ..InitiatorOptions::default()
+        },
+    )
+}
+
+fn tcp_addr(endpoint: &Endpoint) -> std::net::SocketAddr {
+    match endpoint {
+        Endpoint::Tcp(a) => *a,
+        other => panic!("expected a TCP endpoint, got {other}"),
+    }
+}
+
+/// Reads until the target closes the connection; returns what it sent and
+/// how long that took. Fails the test if the target keeps it open for 5 s.
+async fn read_until_closed(stream: &mut TcpStream) -> (Vec<u8>, Duration) {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, start.elapsed()),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the target kept a hostile connection open for 5 s"),
+        }
+    }
+}
+
+/// Asserts `sent` starts with an ERROR frame (type 7) carrying `code`.
+fn assert_error_frame(sent: &[u8], code: u16) {
+    assert!(sent.len() >= 12, "expected an ERROR frame, got {sent:02x?}");
+    assert_eq!(sent[0], 7, "expected an ERROR frame, got {sent:02x?}");
+    assert_eq!(u16::from_be_bytes([sent[8], sent[9]]), code, "{sent:02x?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_dropped_after_the_login_timeout() {
+    support::init_logs();
+    let login_timeout = Duration::from_millis(300);
+    let (target, endpoint, _) = target(TargetConfig {
+        login_timeout,
+        ..TargetConfig::default()
+    })
+    .await;
+    let mut silent = TcpStream::connect(tcp_addr(&endpoint))
+        .await
+        .expect("connect");
+    let (sent, took) = read_until_closed(&mut silent).await;
+    assert!(
+        took >= login_timeout - Duration::from_millis(20),
+        "dropped after {took:?}"
+    );
+    assert!(
+        took < login_timeout + Duration::from_secs(1),
+        "dropped after {took:?}"
+    );
+    // The reason travels as an ERROR frame (type 7, code 11: login timeout)
+    // before the close.
+    assert_error_frame(&sent, 11);
+    let stats = target.stats().await.expect("stats");
+    assert_eq!(stats.protocol_errors, 1, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_four_gibibyte_frame_header_is_refused_at_once() {
+    support::init_logs();
+    let (target, endpoint, value) = target(TargetConfig::default()).await;
+    let mut hostile = TcpStream::connect(tcp_addr(&endpoint))
+        .await
+        .expect("connect");
+    // A LOGIN header announcing 0xFFFF_FFFF bytes of body.
+    hostile
+        .write_all(&[0x01, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff])
+        .await
+        .expect("write");
+    let (sent, took) = read_until_closed(&mut hostile).await;
+    assert!(took < Duration::from_secs(1), "dropped after {took:?}");
+    assert_error_frame(&sent, 3); // code 3: frame too large
+    let stats = target.stats().await.expect("stats");
+    assert_eq!(stats.protocol_errors, 1, "{stats:?}");
+    assert!(stats.bytes_in <= 8, "{stats:?}");
+
+    // Everyone else is still served.
+    let init = initiator(endpoint, InitiatorConfig::default());
+    init.call(Bytes::from_static(b"x")).await.expect("call");
+    assert_eq!(value.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_closed_without_a_login() {
+    support::init_logs();
+    let (_target, endpoint, _) = target(TargetConfig {
+        max_connections: 2,
+        ..TargetConfig::default()
+    })
+    .await;
+    let _a = TcpStream::connect(tcp_addr(&endpoint))
+        .await
+        .expect("connect");
+    let _b = TcpStream::connect(tcp_addr(&endpoint))
+        .await
+        .expect("connect");
+    let mut c = TcpStream::connect(tcp_addr(&endpoint))
+        .await
+        .expect("connect");
+    let (sent, took) = read_until_closed(&mut c).await;
+    assert!(sent.is_empty(), "the refused connection got {sent:02x?}");
+    assert!(took < Duration::from_secs(1), "closed after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_beyond_the_limit_fail_without_executing() {
+    support::init_logs();
+    let (_target, endpoint, value) = target(TargetConfig {
+        max_sessions: 2,
+        ..TargetConfig::default()
+    })
+    .await;
+    let first = initiator(endpoint.clone(), InitiatorConfig::default());
+    let second = initiator(endpoint.clone(), InitiatorConfig::default());
+    first
+        .call(Bytes::from_static(b"1"))
+        .await
+        .expect("first session");
+    second
+        .call(Bytes::from_static(b"2"))
+        .await
+        .expect("second session");
+    let third = initiator(
+        endpoint,
+        InitiatorConfig {
+            session_loss_timeout: Some(Duration::from_millis(500)),
+            ..InitiatorConfig::default()
+        },
+    );
+    let start = Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        third.call(Bytes::from_static(b"3")),
+    )
+    .await
+    .expect("the third session must give up within its session-loss timeout")
+    .expect_err("the target is at its session limit");
+    eprintln!("third session: {err} after {:?}", start.elapsed());
+    assert!(!err.may_have_executed(), "{err}");
+    assert_eq!(value.load(Ordering::SeqCst), 2);
+    // The first two sessions are unaffected.
+    first
+        .call(Bytes::from_static(b"1"))
+        .await
+        .expect("first session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_sockets_carry_sessions_exactly_once() {
+    support::init_logs();
+    let dir = std::env::temp_dir().join(format!("holdfast-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("target.sock");
+    let _ = std::fs::remove_file(&path);
+    let value = Arc::new(AtomicU64::new(0));
+    let target = Target::serve(
+        &[Endpoint::Unix(path.clone())],
+        TargetOptions::default(),
+        support::counter(value.clone()),
+    )
+    .await
+    .expect("serve on a Unix socket");
+    assert_eq!(target.endpoints(), &[Endpoint::Unix(path.clone())]);
+    let init = initiator(Endpoint::Unix(path.clone()), InitiatorConfig::default());
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let init = init.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut last = 0;
+            for _ in 0..250 {
+                let r = init.call(Bytes::from_static(b"+1")).await.expect("call");
+                let v = u64::from_be_bytes(r.as_ref().try_into().expect("8 bytes"));
+                assert!(v > last, "responses of one caller increase");
+                last = v;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    assert_eq!(value.load(Ordering::SeqCst), 1000);
+    init.close().await.expect("clean close");
+    drop(target);
+    let _ = std::fs::remove_dir_all(&dir);
+}

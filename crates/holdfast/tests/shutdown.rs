@@ -1,0 +1,194 @@
+//! Graceful hand-off over real sockets: a target announces its shutdown
+//! (up for 1 s, come back no sooner than 2 s after that), stops, and a new
+//! target process (fresh state) takes the same port. The initiator must not
+//! reconnect early, must not start commands the notice says cannot finish,
+//! and must report the stateless outcome per call, honestly.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use holdfast::proto::{CallError as SessionCallError, SessionLoss};
+use holdfast::transport::ConnectFuture;
+use holdfast::{
+    service_fn, CallError, CallOptions, Connector, Endpoint, EndpointConnector, Initiator,
+    InitiatorConfig, InitiatorOptions, Request, Target, TargetOptions,
+};
+
+/// A connector that records when each connection attempt starts.
+struct Recording {
+    inner: EndpointConnector,
+    attempts: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Connector for Recording {
+    fn connect(&self) -> ConnectFuture<'_> {
+        self.attempts.lock().expect("attempts").push(Instant::now());
+        self.inner.connect()
+    }
+}
+
+/// A counter service whose `slow` commands take `slow` to run.
+async fn start_target(
+    endpoint: &Endpoint,
+    value: Arc<AtomicU64>,
+    slow: Duration,
+) -> std::io::Result<Target> {
+    let service = service_fn(move |req: Request| {
+        let value = value.clone();
+        async move {
+            if req.payload.as_ref() == b"slow" {
+                tokio::time::sleep(slow).await;
+            }
+            let v = value.fetch_add(1, Ordering::SeqCst) + 1;
+            Ok::<_, std::convert::Infallible>(Bytes::copy_from_slice(&v.to_be_bytes()))
+        }
+    });
+    Target::serve(
+        std::slice::from_ref(endpoint),
+        TargetOptions::default(),
+        service,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_notice_is_honoured_and_the_restart_is_reported_statelessly() {
+    support::init_logs();
+    let max_up = Duration::from_secs(1);
+    let min_hold = Duration::from_secs(2);
+
+    let old_value = Arc::new(AtomicU64::new(0));
+    let old = start_target(
+        &Endpoint::Tcp("127.0.0.1:0".parse().expect("addr")),
+        old_value.clone(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("serve");
+    let endpoint = old.endpoints()[0].clone();
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let connector = Recording {
+        inner: EndpointConnector::new(endpoint.clone(), Duration::from_millis(500)),
+        attempts: attempts.clone(),
+    };
+    let init = Initiator::start(
+        Arc::new(connector),
+        InitiatorOptions {
+            protocol: InitiatorConfig {
+                // This application's commands may take up to 1.5 s: after a
+                // notice that leaves less, none may start.
+                shutdown_margin: Duration::from_millis(1500),
+                ..InitiatorConfig::default().with_detection_bound(Duration::from_millis(500))
+            },
+            ..InitiatorOptions::default()
+        },
+    );
+    init.call(Bytes::from_static(b"warm"))
+        .await
+        .expect("warm-up call");
+
+    // Two slow commands the old target will never answer: one plain, one
+    // declared retry-safe.
+    let plain = tokio::spawn({
+        let init = init.clone();
+        async move { init.call(Bytes::from_static(b"slow")).await }
+    });
+    let safe = tokio::spawn({
+        let init = init.clone();
+        async move {
+            init.call_with(Bytes::from_static(b"slow"), CallOptions::RETRY_SAFE)
+                .await
+        }
+    });
+    // Let both reach the target (its service is now running them).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let notice = Instant::now();
+    let shutdown = tokio::spawn(old.shutdown(max_up, Some(min_hold)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A command issued after the notice cannot finish in time (the notice
+    // leaves under a second, the application's margin is 1.5 s): it is held
+    // back and never reaches the old target.
+    let late = tokio::spawn({
+        let init = init.clone();
+        async move { init.call(Bytes::from_static(b"late")).await }
+    });
+    shutdown.await.expect("shutdown");
+    let stopped = notice.elapsed();
+    assert!(
+        stopped >= max_up,
+        "the target stopped {stopped:?} after its notice, before max_up"
+    );
+    let attempts_before_restart = attempts.lock().expect("attempts").len();
+
+    // The "restarted" target: same port, no state.
+    let new_value = Arc::new(AtomicU64::new(0));
+    let new = start_target(&endpoint, new_value.clone(), Duration::ZERO)
+        .await
+        .expect("restart on the same port");
+
+    let plain = plain.await.expect("task");
+    let safe = safe.await.expect("task");
+    let late = late.await.expect("task");
+    let after = init
+        .call(Bytes::from_static(b"after"))
+        .await
+        .expect("a call on the new session");
+
+    let attempts = attempts.lock().expect("attempts").clone();
+    let reconnects: Vec<Duration> = attempts
+        .iter()
+        .filter(|t| **t > notice)
+        .map(|t| t.duration_since(notice))
+        .collect();
+    eprintln!(
+        "target stopped {stopped:?} after the notice; reconnect attempts at {reconnects:?}; \
+         plain={plain:?} safe={safe:?} late={late:?}"
+    );
+    assert_eq!(
+        attempts_before_restart, 1,
+        "the initiator reconnected while the target was still announcing its hold"
+    );
+    assert!(
+        reconnects[0] >= max_up + min_hold,
+        "first reconnect {:?} after the notice, before up time + hold",
+        reconnects[0]
+    );
+
+    // The honest per-call outcome of a restart.
+    match plain {
+        Err(CallError::Session(SessionCallError::MayHaveExecuted(SessionLoss::Rejected {
+            ..
+        }))) => {}
+        other => panic!("the in-flight plain command must fail as may-have-executed: {other:?}"),
+    }
+    match late {
+        Err(e @ CallError::Session(SessionCallError::NotExecuted(_))) => {
+            assert!(!e.may_have_executed());
+        }
+        other => panic!("the held-back command must fail as not executed: {other:?}"),
+    }
+    let safe = safe.expect("the retry-safe command is re-issued on the new session");
+    assert_eq!(
+        safe.as_ref(),
+        1u64.to_be_bytes(),
+        "it ran first on the new target"
+    );
+    assert_eq!(after.as_ref(), 2u64.to_be_bytes());
+    assert_eq!(new_value.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        old_value.load(Ordering::SeqCst),
+        1,
+        "the old target only finished the warm-up call (its slow calls were cut off)"
+    );
+    let stats = init.stats().await.expect("stats");
+    assert_eq!(stats.stateless_recoveries, 1, "{stats:?}");
+    assert_eq!(stats.reissued, 1, "{stats:?}");
+    assert_eq!(stats.calls_failed, 2, "{stats:?}");
+    let tstats = new.stats().await.expect("stats");
+    assert_eq!(tstats.recoveries_rejected, 1, "{tstats:?}");
+}
