@@ -8,7 +8,7 @@
 //! queues bytes to writers, and feeds completions back in.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use holdfast_proto::target::CloseReason;
 use holdfast_proto::{ConnId, Delivery, RandomSource, Seq, SessionId, TargetConfig, TargetStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -33,6 +33,22 @@ pub struct TargetOptions {
     pub socket_detection_bound: Duration,
     /// Read buffer per connection.
     pub read_buffer: usize,
+    /// Most bytes queued for one connection's socket before the peer is
+    /// judged not to be reading and dropped. `None`: one full credit window
+    /// of the largest frames plus 1 MiB, which a healthy peer never reaches
+    /// (the core emits at most a window of responses at once).
+    pub max_write_queue: Option<usize>,
+}
+
+impl TargetOptions {
+    /// The write-queue bound in effect.
+    pub fn write_queue_limit(&self) -> usize {
+        self.max_write_queue.unwrap_or_else(|| {
+            (self.protocol.credits as usize)
+                .saturating_mul(self.protocol.max_frame as usize)
+                .saturating_add(1 << 20)
+        })
+    }
 }
 
 impl Default for TargetOptions {
@@ -41,13 +57,14 @@ impl Default for TargetOptions {
             protocol: TargetConfig::default(),
             socket_detection_bound: Duration::from_secs(2),
             read_buffer: 64 * 1024,
+            max_write_queue: None,
         }
     }
 }
 
 /// Messages to the engine.
 enum EngineMsg {
-    Accepted(ConnId, mpsc::UnboundedSender<WriterCmd>),
+    Accepted(ConnId, Writer),
     Input(ConnId, Bytes),
     Closed(ConnId),
     Completed(SessionId, Seq, Bytes),
@@ -57,12 +74,77 @@ enum EngineMsg {
         done: oneshot::Sender<()>,
     },
     Stats(oneshot::Sender<TargetStats>),
+    OpenConnections(oneshot::Sender<usize>),
 }
 
 /// Messages to a connection's writer.
 enum WriterCmd {
     Data(Vec<Bytes>),
     Close,
+}
+
+/// How long a closing connection may take to flush its last bytes before
+/// its socket is torn down regardless.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The engine's end of one connection's writer task. The channel is
+/// unbounded so the engine never blocks on a slow peer, but the bytes in it
+/// are counted: a peer that stops reading is dropped, not buffered for.
+struct Writer {
+    tx: mpsc::UnboundedSender<WriterCmd>,
+    queued: Arc<AtomicUsize>,
+    /// Set to true to stop both of the connection's tasks at once.
+    kill: Arc<watch::Sender<bool>>,
+}
+
+impl Writer {
+    /// Starts the writer task for `sink`; `kill` also stops the reader.
+    fn spawn(sink: tokio::io::WriteHalf<BoxStream>, kill: watch::Sender<bool>) -> Writer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let stop = kill.subscribe();
+        let counter = queued.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = write_loop(sink, rx, counter) => {}
+                () = killed(stop) => {}
+            }
+        });
+        Writer {
+            tx,
+            queued,
+            kill: Arc::new(kill),
+        }
+    }
+
+    /// Tears the connection down now, dropping whatever is queued.
+    fn kill(&self) {
+        let _ = self.kill.send(true);
+    }
+
+    /// Queues bytes; returns how many are now waiting for the socket.
+    fn send(&self, chunks: Vec<Bytes>) -> usize {
+        let len: usize = chunks.iter().map(Bytes::len).sum();
+        let queued = self.queued.fetch_add(len, Ordering::Relaxed) + len;
+        let _ = self.tx.send(WriterCmd::Data(chunks));
+        queued
+    }
+
+    /// Flushes what is queued, then closes the socket; a peer that does not
+    /// take the bytes within [`CLOSE_GRACE`] is cut off.
+    fn close(&self) {
+        let _ = self.tx.send(WriterCmd::Close);
+        let kill = self.kill.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(CLOSE_GRACE).await;
+            let _ = kill.send(true);
+        });
+    }
+}
+
+/// Resolves once `kill` is set (or its sender is gone).
+async fn killed(mut kill: watch::Receiver<bool>) {
+    let _ = kill.wait_for(|k| *k).await;
 }
 
 /// A running target.
@@ -137,6 +219,7 @@ impl Target {
             clock,
             service,
             conns: HashMap::new(),
+            write_queue_limit: options.write_queue_limit(),
             tx: tx.clone(),
             shutdown_waiters: Vec::new(),
         };
@@ -148,6 +231,16 @@ impl Target {
             acceptors,
             engine_task: Some(engine_task),
         }
+    }
+
+    /// How many connections are open right now (logging in or attached).
+    pub async fn connections(&self) -> Option<usize> {
+        let (tx, rx) = oneshot::channel();
+        self.engine
+            .send(EngineMsg::OpenConnections(tx))
+            .await
+            .ok()?;
+        rx.await.ok()
     }
 
     /// The endpoints actually bound.
@@ -220,19 +313,29 @@ async fn accept_loop(
         let conn = ConnId(next_conn.fetch_add(1, Ordering::Relaxed));
         debug!(?conn, %peer, "accepted");
         let (reader, writer) = tokio::io::split(stream);
-        let (wtx, wrx) = mpsc::unbounded_channel();
-        if engine.send(EngineMsg::Accepted(conn, wtx)).await.is_err() {
+        let (kill, stop) = watch::channel(false);
+        if engine
+            .send(EngineMsg::Accepted(conn, Writer::spawn(writer, kill)))
+            .await
+            .is_err()
+        {
             return;
         }
-        tokio::spawn(write_loop(writer, wrx));
-        tokio::spawn(read_loop(conn, reader, engine.clone(), read_buffer));
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = read_loop(conn, reader, &engine, read_buffer) => {}
+                () = killed(stop) => {}
+            }
+            let _ = engine.send(EngineMsg::Closed(conn)).await;
+        });
     }
 }
 
 async fn read_loop(
     conn: ConnId,
     mut reader: tokio::io::ReadHalf<BoxStream>,
-    engine: mpsc::Sender<EngineMsg>,
+    engine: &mpsc::Sender<EngineMsg>,
     buffer: usize,
 ) {
     let mut buf = BytesMut::with_capacity(buffer);
@@ -251,12 +354,12 @@ async fn read_loop(
             }
         }
     }
-    let _ = engine.send(EngineMsg::Closed(conn)).await;
 }
 
 async fn write_loop(
     mut writer: tokio::io::WriteHalf<BoxStream>,
     mut commands: mpsc::UnboundedReceiver<WriterCmd>,
+    queued: Arc<AtomicUsize>,
 ) {
     while let Some(cmd) = commands.recv().await {
         match cmd {
@@ -265,6 +368,7 @@ async fn write_loop(
                     if writer.write_all(&chunk).await.is_err() {
                         return;
                     }
+                    queued.fetch_sub(chunk.len(), Ordering::Relaxed);
                 }
                 if writer.flush().await.is_err() {
                     return;
@@ -282,7 +386,8 @@ struct Engine<S> {
     core: holdfast_proto::Target,
     clock: Clock,
     service: S,
-    conns: HashMap<ConnId, mpsc::UnboundedSender<WriterCmd>>,
+    conns: HashMap<ConnId, Writer>,
+    write_queue_limit: usize,
     tx: mpsc::Sender<EngineMsg>,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -323,7 +428,7 @@ impl<S: SessionService> Engine<S> {
             EngineMsg::Accepted(conn, writer) => {
                 if let Err(e) = self.core.accept(conn, now) {
                     warn!(?conn, error = %e, "connection refused");
-                    let _ = writer.send(WriterCmd::Close);
+                    writer.close();
                 } else {
                     self.conns.insert(conn, writer);
                 }
@@ -352,6 +457,9 @@ impl<S: SessionService> Engine<S> {
             EngineMsg::Stats(reply) => {
                 let _ = reply.send(self.core.stats().clone());
             }
+            EngineMsg::OpenConnections(reply) => {
+                let _ = reply.send(self.conns.len());
+            }
         }
     }
 
@@ -360,8 +468,22 @@ impl<S: SessionService> Engine<S> {
             let ready = self.core.ready();
             // In-memory store: the changes are already "persisted".
             for t in ready.transmits {
-                if let Some(w) = self.conns.get(&t.conn) {
-                    let _ = w.send(WriterCmd::Data(t.chunks));
+                let Some(w) = self.conns.get(&t.conn) else {
+                    continue;
+                };
+                let queued = w.send(t.chunks);
+                if queued > self.write_queue_limit {
+                    warn!(
+                        conn = ?t.conn,
+                        queued,
+                        limit = self.write_queue_limit,
+                        "the peer is not reading its responses; dropping the connection \
+                         (its session stays recoverable)"
+                    );
+                    if let Some(w) = self.conns.remove(&t.conn) {
+                        w.kill();
+                    }
+                    self.core.connection_closed(t.conn, self.clock.now());
                 }
             }
             for c in ready.closes {
@@ -372,7 +494,7 @@ impl<S: SessionService> Engine<S> {
                     other => debug!(conn = ?c.conn, reason = ?other, "closing connection"),
                 }
                 if let Some(w) = self.conns.remove(&c.conn) {
-                    let _ = w.send(WriterCmd::Close);
+                    w.close();
                 }
             }
             for d in ready.deliveries {

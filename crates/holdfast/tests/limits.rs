@@ -228,3 +228,80 @@ async fn unix_sockets_carry_sessions_exactly_once() {
     drop(target);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_is_dropped_at_the_write_queue_bound() {
+    use holdfast::proto::wire::{encode_to_vec, Digests, Frame};
+    use holdfast::proto::{ConnId, Timestamp};
+    support::init_logs();
+    let value = Arc::new(AtomicU64::new(0));
+    let limit = 64 * 1024;
+    let target = Target::serve(
+        &[Endpoint::Tcp("127.0.0.1:0".parse().expect("addr"))],
+        TargetOptions {
+            max_write_queue: Some(limit),
+            ..TargetOptions::default()
+        },
+        support::counter(value),
+    )
+    .await
+    .expect("serve");
+    let addr = tcp_addr(&target.endpoints()[0]);
+
+    // A real LOGIN from the protocol core, then a flood of PINGs whose PONGs
+    // we never read, through a tiny receive buffer.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let stream = socket.connect(addr).await.expect("connect");
+    let (_unread, mut write) = stream.into_split();
+    let mut core = holdfast::proto::Initiator::new(
+        holdfast::InitiatorConfig::default(),
+        Timestamp::from_nanos(0),
+    );
+    core.connect(ConnId(1), Timestamp::from_nanos(0))
+        .expect("connect");
+    let login = core
+        .poll_transmit(Timestamp::from_nanos(0))
+        .expect("a LOGIN to send");
+    for chunk in login {
+        write.write_all(&chunk).await.expect("login");
+    }
+    let mut batch = Vec::new();
+    for token in 0..1024u64 {
+        batch.extend(encode_to_vec(&Frame::Ping { token, ack: 0 }, Digests::NONE));
+    }
+    let start = Instant::now();
+    let mut sent = 0usize;
+    let dropped = loop {
+        // Bounded: 64 MiB of PINGs or 20 s, whichever comes first.
+        if sent > 64 << 20 || start.elapsed() > Duration::from_secs(20) {
+            break false;
+        }
+        match tokio::time::timeout(Duration::from_secs(2), write.write_all(&batch)).await {
+            Ok(Ok(())) => sent += batch.len(),
+            Ok(Err(_)) => break true,
+            // Our own send buffer is full: the target stopped reading us.
+            Err(_) => break target_dropped(&target).await,
+        }
+    };
+    eprintln!("sent {sent} bytes of PINGs in {:?}", start.elapsed());
+    assert!(
+        dropped,
+        "the target kept a non-reading peer after {sent} bytes of PINGs"
+    );
+    let stats = target.stats().await.expect("stats");
+    assert_eq!(stats.sessions_created, 1, "{stats:?}");
+}
+
+/// True once the target holds no connection (it dropped the flooding peer).
+async fn target_dropped(target: &Target) -> bool {
+    for _ in 0..50 {
+        if let Some(info) = target.connections().await {
+            if info == 0 {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
