@@ -18,7 +18,7 @@ use holdfast_proto::{
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::backoff::Backoff;
 use crate::clock::Clock;
@@ -150,7 +150,8 @@ impl Initiator {
             no_session_since: None,
             last_error: "no connection attempt yet".to_owned(),
         };
-        tokio::spawn(driver.run(rx));
+        let span = tracing::info_span!("initiator", session = tracing::field::Empty);
+        tokio::spawn(driver.run(rx).instrument(span));
         Initiator { requests: tx }
     }
 
@@ -493,6 +494,10 @@ impl Driver {
                 resent,
             } => {
                 self.backoff.reset();
+                if !recovered {
+                    // A new session (first, or after a stateless recovery).
+                    tracing::Span::current().record("session", tracing::field::display(session));
+                }
                 info!(%session, recovered, resent, "session established");
                 if let Some(r) = self.waiting.take() {
                     self.request(r);

@@ -14,11 +14,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use holdfast_proto::target::CloseReason;
-use holdfast_proto::{ConnId, Delivery, RandomSource, Seq, SessionId, TargetConfig, TargetStats};
+use holdfast_proto::{
+    ConnId, Delivery, RandomSource, Seq, SessionId, StateChange, TargetConfig, TargetStats,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn, Instrument};
 
 use crate::clock::Clock;
 use crate::service::{Request, SessionService};
@@ -223,7 +225,8 @@ impl Target {
             tx: tx.clone(),
             shutdown_waiters: Vec::new(),
         };
-        let engine_task = tokio::spawn(engine.run(rx));
+        let span = tracing::info_span!("target", endpoints = ?bound);
+        let engine_task = tokio::spawn(engine.run(rx).instrument(span));
         info!(endpoints = ?bound, "target serving");
         Target {
             engine: tx,
@@ -466,7 +469,11 @@ impl<S: SessionService> Engine<S> {
     async fn drain_ready(&mut self) {
         while self.core.has_ready() {
             let ready = self.core.ready();
-            // In-memory store: the changes are already "persisted".
+            // In-memory store: the changes are already "persisted"; they
+            // are logged so an operator can follow each session's life.
+            for change in &ready.changes {
+                log_change(change);
+            }
             for t in ready.transmits {
                 let Some(w) = self.conns.get(&t.conn) else {
                     continue;
@@ -547,6 +554,18 @@ impl<S: SessionService> Engine<S> {
                 let _ = tx.send(EngineMsg::Completed(session, seq, response)).await;
             }
         });
+    }
+}
+
+/// Logs a session state change: lifecycle events at info, per-message
+/// changes at trace.
+fn log_change(change: &StateChange) {
+    match change {
+        StateChange::SessionCreated {
+            session, credits, ..
+        } => info!(%session, credits, "session created"),
+        StateChange::SessionEnded { session } => info!(%session, "session ended"),
+        other => trace!(change = ?other, "state change"),
     }
 }
 
