@@ -86,7 +86,6 @@ async fn counter_is_exact_under_mixed_faults() {
         let proxy = proxy.clone();
         let done = done.clone();
         tokio::spawn(async move {
-            let mut n = 0u64;
             let kinds = [
                 Fault::Reset,
                 Fault::CutAfter(37),
@@ -95,22 +94,28 @@ async fn counter_is_exact_under_mixed_faults() {
                 Fault::Blackhole,
                 Fault::CutAfter(0),
             ];
+            // Faults that hit at least one open link, per kind.
+            let mut hits = [0u64; 6];
+            let mut n = 0;
             while done.load(Ordering::Relaxed) < total / tasks * tasks {
                 tokio::time::sleep(Duration::from_millis(15)).await;
-                proxy.inject(kinds[(n % kinds.len() as u64) as usize]);
+                if proxy.inject(kinds[n % kinds.len()]) > 0 {
+                    hits[n % kinds.len()] += 1;
+                }
                 n += 1;
             }
-            n
+            hits
         })
     };
     let mut succeeded = 0;
     for h in handles {
         succeeded += h.await.expect("task");
     }
-    let faults = chaos.await.expect("chaos");
+    let hits = chaos.await.expect("chaos");
+    let faults: u64 = hits.iter().sum();
     let stats = target.stats().await.expect("stats");
     let istats = init.stats().await.expect("stats");
-    eprintln!("faults {faults}; target {stats:?}; initiator {istats:?}");
+    eprintln!("faults {faults} {hits:?}; target {stats:?}; initiator {istats:?}");
     assert_eq!(
         value.load(Ordering::SeqCst),
         succeeded,
@@ -118,6 +123,10 @@ async fn counter_is_exact_under_mixed_faults() {
     );
     assert_eq!(succeeded, total / tasks * tasks, "every call succeeded");
     assert!(faults >= min_faults, "only {faults} faults were injected");
+    assert!(
+        hits.iter().all(|h| *h > 0),
+        "every fault kind must hit a live link: {hits:?} (reset, cut-37, delay, reset, blackhole, cut-0)"
+    );
     assert!(istats.recoveries > 0);
 }
 

@@ -87,18 +87,25 @@ impl Proxy {
         self.addr
     }
 
-    /// Applies a fault to every open link.
-    pub fn inject(&self, fault: Fault) {
-        self.faults.fetch_add(1, Ordering::Relaxed);
+    /// Applies a fault to every open link; returns how many links it hit
+    /// (a fault with no open link is not counted as injected).
+    pub fn inject(&self, fault: Fault) -> usize {
         let mode = match fault {
             Fault::Reset => LinkMode::Reset,
             Fault::Blackhole => LinkMode::Blackhole,
             Fault::Delay(d) => LinkMode::Delay(d),
             Fault::CutAfter(n) => LinkMode::CutAfter(n),
         };
+        let mut hit = 0;
         for l in self.links.lock().expect("links").iter() {
-            let _ = l.mode.send(mode);
+            if !l.tasks.iter().all(JoinHandle::is_finished) && l.mode.send(mode).is_ok() {
+                hit += 1;
+            }
         }
+        if hit > 0 {
+            self.faults.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
     }
 }
 
