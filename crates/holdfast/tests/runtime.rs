@@ -152,3 +152,61 @@ async fn blackhole_is_detected_within_the_bound() {
         "took {recovered:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_beyond_the_credit_window_wait_instead_of_queueing() {
+    support::init_logs();
+    let credits = 4;
+    let running = Arc::new(AtomicU64::new(0));
+    let peak = Arc::new(AtomicU64::new(0));
+    let service = {
+        let (running, peak) = (running.clone(), peak.clone());
+        holdfast::service_fn(move |_req: holdfast::Request| {
+            let (running, peak) = (running.clone(), peak.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, std::convert::Infallible>(Bytes::new())
+            }
+        })
+    };
+    let target = Target::serve(
+        &[Endpoint::Tcp("127.0.0.1:0".parse().expect("addr"))],
+        TargetOptions {
+            protocol: TargetConfig {
+                credits,
+                ..TargetConfig::default()
+            },
+            ..TargetOptions::default()
+        },
+        service,
+    )
+    .await
+    .expect("serve");
+    let Endpoint::Tcp(addr) = target.endpoints()[0].clone() else {
+        unreachable!("bound a TCP endpoint")
+    };
+    let init = initiator(addr, Duration::from_secs(2));
+    let mut callers = Vec::new();
+    for _ in 0..64 {
+        let init = init.clone();
+        callers.push(tokio::spawn(async move {
+            for _ in 0..4 {
+                init.call(Bytes::from_static(b"work")).await.expect("call");
+            }
+        }));
+    }
+    for c in callers {
+        c.await.expect("caller");
+    }
+    let peak = peak.load(Ordering::SeqCst);
+    eprintln!("peak concurrency at the service: {peak} (credits {credits})");
+    assert!(
+        peak <= u64::from(credits),
+        "the service ran {peak} commands at once"
+    );
+    assert!(peak >= 2, "the window was not used at all: {peak}");
+    assert_eq!(target.stats().await.expect("stats").commands, 256);
+}
