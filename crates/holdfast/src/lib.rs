@@ -2,14 +2,46 @@
 //!
 //! A thin tokio runtime around the sans-IO core in `holdfast-proto`:
 //!
-//! * [`Target`] binds endpoints and serves a `tower::Service` of
-//!   [`Request`]s; each command reaches the service exactly once, in session
-//!   order, however often the connection breaks;
-//! * [`Initiator`] is a cloneable handle: `call`, `send`, `close`; it detects
-//!   dead connections within the configured bound, reconnects (at once, then
-//!   with jittered exponential backoff), honours the target's shutdown hold
-//!   time, and fails calls with an error that says whether they may have
-//!   executed.
+//! * [`Target`] binds endpoints (TCP, Unix sockets, or any [`Acceptor`]) and
+//!   serves a `tower::Service` of [`Request`]s; each command reaches the
+//!   service exactly once, in session order, however often the connection
+//!   breaks;
+//! * [`Initiator`] is a cloneable handle: `call`, `send`, `close`. It detects
+//!   dead connections within the configured bound (PINGs, the target's
+//!   inactivity deadline, and TCP keep-alive plus `TCP_USER_TIMEOUT` as a
+//!   second line), reconnects (at once, then with jittered exponential
+//!   backoff), honours the target's shutdown hold time, and fails calls with
+//!   an error that says whether they may have executed.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use holdfast::{service_fn, Endpoint, EndpointConnector, Initiator, InitiatorOptions,
+//!                Request, Target, TargetOptions};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! // A target that upper-cases what it is sent.
+//! let service = service_fn(|req: Request| async move {
+//!     Ok::<_, std::convert::Infallible>(Bytes::from(req.payload.to_ascii_uppercase()))
+//! });
+//! let target = Target::serve(
+//!     &[Endpoint::Tcp("127.0.0.1:0".parse().unwrap())],
+//!     TargetOptions::default(),
+//!     service,
+//! )
+//! .await?;
+//!
+//! // An initiator: cheap to clone, share it between tasks.
+//! let connector = EndpointConnector::new(target.endpoints()[0].clone(), Duration::from_secs(2));
+//! let init = Initiator::start(Arc::new(connector), InitiatorOptions::default());
+//! let reply = init.call(Bytes::from_static(b"hello")).await.expect("exactly once");
+//! assert_eq!(reply, Bytes::from_static(b"HELLO"));
+//! init.close().await.expect("FIN exchanged");
+//! # Ok(())
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
