@@ -192,3 +192,108 @@ async fn shutdown_notice_is_honoured_and_the_restart_is_reported_statelessly() {
     let tstats = new.stats().await.expect("stats");
     assert_eq!(tstats.recoveries_rejected, 1, "{tstats:?}");
 }
+
+/// An initiator to `endpoint` that gives up after `session_loss`.
+fn initiator_with_loss_timeout(endpoint: Endpoint, session_loss: Duration) -> Initiator {
+    Initiator::start(
+        Arc::new(EndpointConnector::new(endpoint, Duration::from_millis(500))),
+        InitiatorOptions {
+            protocol: InitiatorConfig {
+                session_loss_timeout: Some(session_loss),
+                ..InitiatorConfig::default().with_detection_bound(Duration::from_millis(500))
+            },
+            ..InitiatorOptions::default()
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_announces_no_return_ends_the_session_at_once() {
+    support::init_logs();
+    let value = Arc::new(AtomicU64::new(0));
+    let target = start_target(
+        &Endpoint::Tcp("127.0.0.1:0".parse().expect("addr")),
+        value,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("serve");
+    let init = initiator_with_loss_timeout(target.endpoints()[0].clone(), Duration::from_secs(60));
+    init.call(Bytes::from_static(b"warm"))
+        .await
+        .expect("warm-up");
+    let slow = tokio::spawn({
+        let init = init.clone();
+        async move { init.call(Bytes::from_static(b"slow")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = Instant::now();
+    target.shutdown(Duration::from_millis(200), None).await;
+    let err = tokio::time::timeout(Duration::from_secs(5), slow)
+        .await
+        .expect("the outstanding call must fail promptly, not wait 60 s")
+        .expect("task")
+        .expect_err("the target is gone");
+    eprintln!("after {:?}: {err}", start.elapsed());
+    assert!(err.may_have_executed(), "it was sent: {err}");
+    assert!(
+        matches!(
+            err,
+            CallError::Session(SessionCallError::MayHaveExecuted(SessionLoss::TargetGone))
+        ),
+        "{err:?}"
+    );
+    let later = init.call(Bytes::from_static(b"later")).await;
+    assert!(
+        matches!(&later, Err(e) if !e.may_have_executed()),
+        "a call after the end is refused, not executed: {later:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_target_fails_calls_after_the_session_loss_timeout() {
+    support::init_logs();
+    let session_loss = Duration::from_millis(1500);
+    let value = Arc::new(AtomicU64::new(0));
+    let target = start_target(
+        &Endpoint::Tcp("127.0.0.1:0".parse().expect("addr")),
+        value,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("serve");
+    let init = initiator_with_loss_timeout(target.endpoints()[0].clone(), session_loss);
+    init.call(Bytes::from_static(b"warm"))
+        .await
+        .expect("warm-up");
+    let slow = tokio::spawn({
+        let init = init.clone();
+        async move { init.call(Bytes::from_static(b"slow")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // No notice: the process is gone and the port refuses connections.
+    let start = Instant::now();
+    drop(target);
+    let err = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .expect("the outstanding call must fail within the session-loss timeout")
+        .expect("task")
+        .expect_err("the target is gone");
+    let took = start.elapsed();
+    eprintln!("after {took:?}: {err}");
+    assert!(
+        matches!(
+            err,
+            CallError::Session(SessionCallError::MayHaveExecuted(SessionLoss::GaveUp(_)))
+        ),
+        "{err:?}"
+    );
+    assert!(
+        took >= session_loss - Duration::from_millis(100),
+        "gave up after {took:?}"
+    );
+    assert!(
+        took < session_loss + Duration::from_secs(2),
+        "gave up after {took:?}"
+    );
+}
