@@ -149,6 +149,7 @@ impl Initiator {
             ended: None,
             no_session_since: None,
             last_error: "no connection attempt yet".to_owned(),
+            connecting: None,
         };
         let span = tracing::info_span!("initiator", session = tracing::field::Empty);
         tokio::spawn(driver.run(rx).instrument(span));
@@ -244,6 +245,8 @@ struct Driver {
     no_session_since: Option<tokio::time::Instant>,
     /// The last connect or login failure, for error messages.
     last_error: String,
+    /// A connection attempt in progress.
+    connecting: Option<Connecting>,
 }
 
 impl Driver {
@@ -259,24 +262,30 @@ impl Driver {
                 }
                 continue;
             }
-            if self.conn.is_none() {
-                self.maybe_connect().await;
+            if self.conn.is_none() && self.connecting.is_none() {
+                self.start_connect_if_due();
             }
             let timer = self.core.poll_timeout().map(|t| self.clock.instant(t));
-            let reconnect = self.conn.is_none().then_some(self.reconnect_at).flatten();
+            let reconnect = (self.conn.is_none() && self.connecting.is_none())
+                .then_some(self.reconnect_at)
+                .flatten();
             let give_up = self.refuse_waiting_if_unreachable();
             let wake = [timer, reconnect, give_up].into_iter().flatten().min();
             let accept_requests = self.waiting.is_none();
             buf.reserve(self.options.read_buffer);
+            // Biased, so that a seeded simulation replays exactly (an
+            // unbiased select draws from tokio's own OS-seeded generator).
+            // Timers first: a busy connection cannot postpone detection.
             tokio::select! {
-                r = requests.recv(), if accept_requests => match r {
-                    Some(r) => self.request(r),
-                    None => {
-                        self.core.abort(self.clock.now());
-                        self.flush();
-                        return;
-                    }
-                },
+                biased;
+                () = sleep_until(wake) => {
+                    let now = self.clock.now();
+                    self.core.handle_timeout(now);
+                }
+                attempt = await_connect(&mut self.connecting) => {
+                    self.connecting = None;
+                    self.connect_finished(attempt);
+                }
                 n = read_some(&mut self.conn, &mut buf) => {
                     let now = self.clock.now();
                     if let Some(c) = &self.conn {
@@ -290,10 +299,14 @@ impl Driver {
                         }
                     }
                 },
-                () = sleep_until(wake) => {
-                    let now = self.clock.now();
-                    self.core.handle_timeout(now);
-                }
+                r = requests.recv(), if accept_requests => match r {
+                    Some(r) => self.request(r),
+                    None => {
+                        self.core.abort(self.clock.now());
+                        self.flush();
+                        return;
+                    }
+                },
             }
             self.flush();
         }
@@ -393,7 +406,10 @@ impl Driver {
         }
     }
 
-    async fn maybe_connect(&mut self) {
+    /// Starts a connection attempt if one is due. The attempt runs inside
+    /// the driver's select, so calls, `stats()`, `close()` and timers are
+    /// served while it is pending.
+    fn start_connect_if_due(&mut self) {
         let Some(at) = self.reconnect_at else {
             return;
         };
@@ -403,8 +419,16 @@ impl Driver {
             self.reconnect_at = Some(at);
             return;
         }
-        let attempt =
-            tokio::time::timeout(self.options.connect_timeout, self.connector.connect()).await;
+        self.reconnect_at = None;
+        let connector = self.connector.clone();
+        let limit = self.options.connect_timeout;
+        self.connecting = Some(Box::pin(async move {
+            tokio::time::timeout(limit, connector.connect()).await
+        }));
+    }
+
+    /// Acts on a finished connection attempt.
+    fn connect_finished(&mut self, attempt: ConnectAttempt) {
         let now = self.clock.now();
         match attempt {
             Ok(Ok(stream)) => {
@@ -557,6 +581,20 @@ impl Driver {
             }
             _ => {}
         }
+    }
+}
+
+/// The outcome of one connection attempt.
+type ConnectAttempt = Result<std::io::Result<BoxStream>, tokio::time::error::Elapsed>;
+
+/// A pending connection attempt.
+type Connecting = std::pin::Pin<Box<dyn std::future::Future<Output = ConnectAttempt> + Send>>;
+
+/// Waits for the pending connection attempt, or forever without one.
+async fn await_connect(connecting: &mut Option<Connecting>) -> ConnectAttempt {
+    match connecting {
+        Some(f) => f.await,
+        None => std::future::pending().await,
     }
 }
 

@@ -108,8 +108,9 @@ impl Writer {
         let counter = queued.clone();
         tokio::spawn(async move {
             tokio::select! {
-                () = write_loop(sink, rx, counter) => {}
+                biased;
                 () = killed(stop) => {}
+                () = write_loop(sink, rx, counter) => {}
             }
         });
         Writer {
@@ -327,8 +328,9 @@ async fn accept_loop(
         let engine = engine.clone();
         tokio::spawn(async move {
             tokio::select! {
-                () = read_loop(conn, reader, &engine, read_buffer) => {}
+                biased;
                 () = killed(stop) => {}
+                () = read_loop(conn, reader, &engine, read_buffer) => {}
             }
             let _ = engine.send(EngineMsg::Closed(conn)).await;
         });
@@ -399,15 +401,18 @@ impl<S: SessionService> Engine<S> {
     async fn run(mut self, mut rx: mpsc::Receiver<EngineMsg>) {
         loop {
             let deadline = self.core.poll_timeout().map(|t| self.clock.instant(t));
+            // Biased (timers first), so that seeded simulations replay
+            // exactly and a flood of input cannot postpone deadlines.
             tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(m) => self.handle(m),
-                    None => return,
-                },
+                biased;
                 () = sleep_until(deadline) => {
                     let now = self.clock.now();
                     self.core.handle_timeout(now);
                 }
+                msg = rx.recv() => match msg {
+                    Some(m) => self.handle(m),
+                    None => return,
+                },
             }
             // Batch whatever else is already queued before producing output.
             for _ in 0..256 {

@@ -210,3 +210,41 @@ async fn callers_beyond_the_credit_window_wait_instead_of_queueing() {
     assert!(peak >= 2, "the window was not used at all: {peak}");
     assert_eq!(target.stats().await.expect("stats").commands, 256);
 }
+
+/// A connector whose attempts never complete (a host that drops SYNs).
+struct Unanswered;
+
+impl holdfast::Connector for Unanswered {
+    fn connect(&self) -> holdfast::transport::ConnectFuture<'_> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_connect_does_not_block_the_handle() {
+    support::init_logs();
+    let init = Initiator::start(
+        Arc::new(Unanswered),
+        InitiatorOptions {
+            connect_timeout: Duration::from_secs(30),
+            protocol: InitiatorConfig {
+                session_loss_timeout: Some(Duration::from_millis(300)),
+                ..InitiatorConfig::default()
+            },
+            ..InitiatorOptions::default()
+        },
+    );
+    let stats = tokio::time::timeout(Duration::from_secs(2), init.stats())
+        .await
+        .expect("stats() must answer while a connect is pending");
+    assert!(stats.is_some());
+    let err = tokio::time::timeout(Duration::from_secs(2), init.call(Bytes::from_static(b"x")))
+        .await
+        .expect("the session-loss timeout must fire while a connect is pending")
+        .expect_err("no session can be established");
+    assert!(!err.may_have_executed(), "{err}");
+    assert!(
+        matches!(err, holdfast::CallError::Unreachable { .. }),
+        "{err:?}"
+    );
+}

@@ -1,9 +1,9 @@
 //! The runtime under a simulated network (turmoil): partitions, held
 //! (delayed, not dropped) traffic and target restarts, every run bounded in
-//! simulated time. The network (latencies, fault schedule) and the
-//! initiator's backoff jitter follow the seed; the runtime itself does not
-//! yet repeat exactly for a seed (see `same_seed_same_run`), so a printed
-//! seed replays the same faults but not necessarily the same interleaving.
+//! simulated time. The network (latencies, fault schedule), the
+//! initiator's backoff jitter and the runtime's event loops (biased selects)
+//! all follow the seed, so a printed seed replays exactly
+//! (`same_seed_same_run` checks it).
 //!
 //! The target serves a counter that is NOT idempotent and records each
 //! payload as it starts executing (the "ledger", which outlives restarts like
@@ -567,17 +567,9 @@ fn assert_repeats(name: &str, seed: u64, scenario: fn(u64) -> Outcome) {
 
 /// The same seed must give the same run: the client's trace (simulated
 /// time, event), the ledger and both sides' stats, for every scenario.
-///
-/// BUG (reported, not fixed here): this fails. The runtime's event loops
-/// (`Driver::run` in `src/initiator.rs`, `Engine::run` and friends in
-/// `src/target.rs`) use `tokio::select!` without `biased;`, so when several
-/// branches are ready at once tokio picks the order with its per-runtime
-/// RNG, which is seeded from the operating system unless tokio is built
-/// with `--cfg tokio_unstable` (turmoil then seeds it from the simulation's
-/// seed). Either `biased;` in those selects or `RUSTFLAGS="--cfg
-/// tokio_unstable"` makes this pass; run it with `--ignored`.
+/// This holds because every `tokio::select!` in the runtime is `biased;`:
+/// an unbiased one draws from tokio's own OS-seeded generator.
 #[test]
-#[ignore = "BUG: unbiased tokio::select! in the runtime makes runs differ per seed; see the doc comment"]
 fn same_seed_same_run() {
     init_logs();
     let seed = seeds(1)[0];
