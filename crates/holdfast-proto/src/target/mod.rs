@@ -57,6 +57,10 @@ pub struct TargetStats {
     pub duplicates_dropped: u64,
     /// Connections closed for a protocol violation.
     pub protocol_errors: u64,
+    /// Connections closed because a deadline passed: no login within the
+    /// login timeout, or silence past the inactivity deadline. Not counted
+    /// in `protocol_errors`: nothing malformed arrived.
+    pub timeouts: u64,
     /// Of those, violations of the credit limit.
     pub credit_violations: u64,
     /// Connections fenced off by a newer connection of their session.
@@ -602,7 +606,10 @@ impl Target {
 
     /// Queues an ERROR frame and closes the connection.
     fn fail_conn(&mut self, conn: ConnId, error: ProtocolError) {
-        self.stats.protocol_errors += 1;
+        match error.code() {
+            ErrorCode::LoginTimeout | ErrorCode::Inactivity => self.stats.timeouts += 1,
+            _ => self.stats.protocol_errors += 1,
+        }
         let frame = Frame::Error {
             code: error.code(),
             text: error.reason().to_owned(),
