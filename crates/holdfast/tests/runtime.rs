@@ -248,3 +248,38 @@ async fn a_pending_connect_does_not_block_the_handle() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_command_on_a_live_connection_is_kept_alive_by_pings() {
+    support::init_logs();
+    let bound = Duration::from_millis(300);
+    let service = holdfast::service_fn(|_req: holdfast::Request| async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        Ok::<_, std::convert::Infallible>(Bytes::from_static(b"done"))
+    });
+    let target = Target::serve(
+        &[Endpoint::Tcp("127.0.0.1:0".parse().expect("addr"))],
+        TargetOptions::default(),
+        service,
+    )
+    .await
+    .expect("serve");
+    let Endpoint::Tcp(addr) = target.endpoints()[0].clone() else {
+        unreachable!("bound a TCP endpoint")
+    };
+    let init = initiator(addr, bound);
+    let reply = init
+        .call(Bytes::from_static(b"slow"))
+        .await
+        .expect("slow call");
+    assert_eq!(reply.as_ref(), b"done");
+    let stats = init.stats().await.expect("stats");
+    assert_eq!(
+        stats.disconnects, 0,
+        "a live connection was declared dead: {stats:?}"
+    );
+    assert!(
+        stats.pings >= 3,
+        "a 1.5 s wait with a 300 ms bound needs pings: {stats:?}"
+    );
+}
