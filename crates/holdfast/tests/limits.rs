@@ -202,20 +202,29 @@ async fn unix_sockets_carry_sessions_exactly_once() {
     let path = dir.join("target.sock");
     let _ = std::fs::remove_file(&path);
     let value = Arc::new(AtomicU64::new(0));
+    // One target on two endpoints: a Unix socket and TCP.
     let target = Target::serve(
-        &[Endpoint::Unix(path.clone())],
+        &[
+            Endpoint::Unix(path.clone()),
+            Endpoint::Tcp("127.0.0.1:0".parse().expect("addr")),
+        ],
         TargetOptions::default(),
         support::counter(value.clone()),
     )
     .await
-    .expect("serve on a Unix socket");
-    assert_eq!(target.endpoints(), &[Endpoint::Unix(path.clone())]);
+    .expect("serve on a Unix socket and TCP");
+    assert_eq!(target.endpoints()[0], Endpoint::Unix(path.clone()));
+    let over_tcp = initiator(target.endpoints()[1].clone(), InitiatorConfig::default());
+    over_tcp
+        .call(Bytes::from_static(b"+1"))
+        .await
+        .expect("a call over TCP");
     let init = initiator(Endpoint::Unix(path.clone()), InitiatorConfig::default());
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let init = init.clone();
         tasks.push(tokio::spawn(async move {
-            let mut last = 0;
+            let mut last = 1;
             for _ in 0..250 {
                 let r = init.call(Bytes::from_static(b"+1")).await.expect("call");
                 let v = u64::from_be_bytes(r.as_ref().try_into().expect("8 bytes"));
@@ -227,7 +236,7 @@ async fn unix_sockets_carry_sessions_exactly_once() {
     for t in tasks {
         t.await.expect("task");
     }
-    assert_eq!(value.load(Ordering::SeqCst), 1000);
+    assert_eq!(value.load(Ordering::SeqCst), 1001);
     init.close().await.expect("clean close");
     drop(target);
     let _ = std::fs::remove_dir_all(&dir);
