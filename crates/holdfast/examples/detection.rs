@@ -10,20 +10,16 @@
 //!
 //! RUNS defaults to 20 and BOUND_MS (the detection bound) to 2000.
 
-#[path = "../tests/support/proxy.rs"]
-#[allow(dead_code, unreachable_pub)]
-mod proxy;
-
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use holdfast::chaos::{Fault, Proxy};
 use holdfast::{
     service_fn, Endpoint, EndpointConnector, Initiator, InitiatorConfig, InitiatorOptions, Request,
     Target, TargetOptions,
 };
-use proxy::{Fault, Proxy};
 
 fn arg(n: usize, default: u64) -> u64 {
     std::env::args()
@@ -60,7 +56,7 @@ async fn main() {
         unreachable!("bound a TCP endpoint")
     };
     for (name, fault) in [("rst", Fault::Reset), ("blackhole", Fault::Blackhole)] {
-        let proxy = Proxy::start(addr).await;
+        let proxy = Proxy::start(addr).await.expect("proxy on 127.0.0.1");
         let init = Initiator::start(
             Arc::new(EndpointConnector::new(Endpoint::Tcp(proxy.addr()), bound)),
             InitiatorOptions {

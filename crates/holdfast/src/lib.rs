@@ -47,6 +47,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod backoff;
+pub mod chaos;
 mod clock;
 mod initiator;
 mod service;

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use holdfast::chaos::{Fault, Proxy};
 use holdfast::{
     Endpoint, EndpointConnector, Initiator, InitiatorConfig, InitiatorOptions, Target,
     TargetConfig, TargetOptions,
 };
-use support::proxy::{Fault, Proxy};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -62,7 +62,7 @@ async fn counter_is_exact_under_mixed_faults() {
     let total = env_u64("HOLDFAST_RUNTIME_CALLS", 100_000);
     let min_faults = env_u64("HOLDFAST_RUNTIME_FAULTS", 100);
     let (target, addr, value) = counter_target(Duration::from_secs(60)).await;
-    let proxy = Arc::new(Proxy::start(addr).await);
+    let proxy = Arc::new(Proxy::start(addr).await.expect("proxy"));
     let init = initiator(proxy.addr(), Duration::from_millis(200));
     let done = Arc::new(AtomicU64::new(0));
     let tasks = 16;
@@ -135,7 +135,7 @@ async fn blackhole_is_detected_within_the_bound() {
     support::init_logs();
     let bound = Duration::from_millis(500);
     let (_target, addr, _value) = counter_target(Duration::from_secs(60)).await;
-    let proxy = Proxy::start(addr).await;
+    let proxy = Proxy::start(addr).await.expect("proxy");
     let init = initiator(proxy.addr(), bound);
     init.call(Bytes::from_static(b"warm"))
         .await

@@ -1,8 +1,6 @@
 //! Shared pieces for the runtime's integration tests.
 #![allow(dead_code, unreachable_pub)]
 
-pub mod proxy;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 

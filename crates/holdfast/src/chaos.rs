@@ -48,10 +48,19 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Starts a proxy to `upstream`.
-    pub async fn start(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("addr");
+    /// Starts a proxy on 127.0.0.1 (an ephemeral port) to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> std::io::Result<Proxy> {
+        Proxy::bind(
+            "127.0.0.1:0".parse().map_err(std::io::Error::other)?,
+            upstream,
+        )
+        .await
+    }
+
+    /// Starts a proxy listening on `listen`, forwarding to `upstream`.
+    pub async fn bind(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
         let links: Arc<Mutex<Vec<Link>>> = Arc::default();
         let l2 = links.clone();
         let accept = tokio::spawn(async move {
@@ -66,7 +75,7 @@ impl Proxy {
                 let up = Arc::new(up);
                 let t1 = tokio::spawn(pump(down.clone(), up.clone(), rx.clone()));
                 let t2 = tokio::spawn(pump(up, down, rx));
-                let mut links = l2.lock().expect("links");
+                let mut links = lock(&l2);
                 links.retain(|l| !l.tasks.iter().all(JoinHandle::is_finished));
                 links.push(Link {
                     mode: tx,
@@ -74,12 +83,12 @@ impl Proxy {
                 });
             }
         });
-        Proxy {
+        Ok(Proxy {
             addr,
             links,
             accept,
             faults: AtomicU64::new(0),
-        }
+        })
     }
 
     /// Where initiators connect.
@@ -97,7 +106,7 @@ impl Proxy {
             Fault::CutAfter(n) => LinkMode::CutAfter(n),
         };
         let mut hit = 0;
-        for l in self.links.lock().expect("links").iter() {
+        for l in lock(&self.links).iter() {
             if !l.tasks.iter().all(JoinHandle::is_finished) && l.mode.send(mode).is_ok() {
                 hit += 1;
             }
@@ -112,13 +121,18 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
-        for l in self.links.lock().expect("links").iter() {
+        for l in lock(&self.links).iter() {
             let _ = l.mode.send(LinkMode::Reset);
             for t in &l.tasks {
                 t.abort();
             }
         }
     }
+}
+
+/// Locks the link list; a panicked holder cannot leave it inconsistent.
+fn lock(links: &Mutex<Vec<Link>>) -> std::sync::MutexGuard<'_, Vec<Link>> {
+    links.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn reset(s: &TcpStream) {
