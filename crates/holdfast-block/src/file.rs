@@ -1,0 +1,585 @@
+//! A [`BlockDevice`] over a regular file or a block device.
+//!
+//! I/O is positional (`pread`/`pwrite` through
+//! [`std::os::unix::fs::FileExt`]) and runs on tokio's blocking pool, so
+//! requests proceed concurrently; ordering between overlapping requests is
+//! the caller's business (see [`crate::ordering`]).
+//!
+//! Durability:
+//! * FLUSH is `fdatasync` on the file.
+//! * A FUA write goes through a second descriptor opened with `O_DSYNC`, so
+//!   it is durable when `pwrite` returns, without syncing anything else.
+//! * With [`OpenOptions::direct`], both descriptors use `O_DIRECT` (the page
+//!   cache is bypassed). O_DIRECT needs aligned memory, offsets and lengths:
+//!   buffers are aligned here (in safe code, by offsetting into a larger
+//!   allocation), and requests whose offset or length is not a multiple of
+//!   [`DIRECT_ALIGN`] are refused with [`BlockError::Invalid`].
+//!
+//! TRIM and WRITE_ZEROES write zeroes, in chunks of at most
+//! [`ZERO_CHUNK`] bytes. Punching holes (`fallocate` with
+//! `FALLOC_FL_PUNCH_HOLE` or `FALLOC_FL_ZERO_RANGE`) would be cheaper, but
+//! `libc::fallocate` is an unsafe call and this crate forbids unsafe code; a
+//! safe wrapper crate (rustix) would allow it.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::device::{BlockDevice, BlockError};
+
+/// Alignment of memory, offsets and lengths for O_DIRECT I/O. 4096 satisfies
+/// every common logical block size (512 and 4096).
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// The largest write issued when writing zeroes.
+pub const ZERO_CHUNK: usize = 1 << 20;
+
+/// A page-aligned chunk of zeroes (aligned for O_DIRECT).
+#[repr(align(4096))]
+struct AlignedZeroes([u8; ZERO_CHUNK]);
+
+static ZEROES: AlignedZeroes = AlignedZeroes([0; ZERO_CHUNK]);
+
+/// How to open a [`FileDevice`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// For a regular file: create it if missing and extend it (sparsely) to
+    /// this size; a larger file is refused rather than shrunk. `None`: the
+    /// file must exist and its size is used. Must be `None` for a block
+    /// device (whose size is its own).
+    pub size: Option<u64>,
+    /// Open read-only: writes, trims and write-zeroes are refused.
+    pub read_only: bool,
+    /// Use O_DIRECT (bypass the page cache); requests must then be aligned
+    /// to [`DIRECT_ALIGN`].
+    pub direct: bool,
+}
+
+/// Why a file could not be opened as a device.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The operating system refused.
+    #[error("{path}: {action}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The path or the options are not usable.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Counters of a [`FileDevice`], for tests and operators.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileStats {
+    /// Reads completed.
+    pub reads: u64,
+    /// Writes completed (FUA or not; trims and write-zeroes excluded).
+    pub writes: u64,
+    /// Writes, trims and write-zeroes that went through the O_DSYNC
+    /// descriptor.
+    pub fua_writes: u64,
+    /// `fdatasync` calls (flushes).
+    pub syncs: u64,
+    /// Bytes zeroed by trims and write-zeroes.
+    pub zeroed: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    fua_writes: AtomicU64,
+    syncs: AtomicU64,
+    zeroed: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    file: File,
+    /// The same file opened with O_DSYNC, for FUA writes (`None` if read-only).
+    dsync: Option<File>,
+    size: u64,
+    read_only: bool,
+    direct: bool,
+    counters: Counters,
+}
+
+/// A block device backed by a regular file or a block device. Cheap to
+/// clone: clones share the open descriptors.
+#[derive(Clone, Debug)]
+pub struct FileDevice {
+    inner: Arc<Inner>,
+}
+
+impl FileDevice {
+    /// Opens (and for a regular file with [`OpenOptions::size`], creates or
+    /// extends) `path` as a device.
+    pub fn open(path: impl AsRef<Path>, options: OpenOptions) -> Result<FileDevice, OpenError> {
+        let path = path.as_ref().to_path_buf();
+        let io = |action: &'static str| {
+            let path = path.clone();
+            move |source| OpenError::Io {
+                path,
+                action,
+                source,
+            }
+        };
+        let invalid = |reason: String| OpenError::Invalid {
+            path: path.clone(),
+            reason,
+        };
+        if options.read_only && options.size.is_some() {
+            return Err(invalid(
+                "a size was given for a read-only device; it could not be applied".into(),
+            ));
+        }
+        let existed = path.exists();
+        let flags = if options.direct { libc::O_DIRECT } else { 0 };
+        let open = |extra_flags: i32, create: bool| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(!options.read_only)
+                .create(create)
+                .custom_flags(flags | extra_flags)
+                .open(&path)
+        };
+        let file = open(0, options.size.is_some() && !options.read_only).map_err(io("open"))?;
+        let meta = file.metadata().map_err(io("stat"))?;
+        let file_type = meta.file_type();
+        let size = if file_type.is_block_device() {
+            if let Some(s) = options.size {
+                return Err(invalid(format!(
+                    "is a block device; its size is its own (a size of {s} bytes was given)"
+                )));
+            }
+            (&file).seek(SeekFrom::End(0)).map_err(io("seek"))?
+        } else if file_type.is_file() {
+            match options.size {
+                None => meta.len(),
+                Some(s) if s < meta.len() => {
+                    return Err(invalid(format!(
+                        "the file is {} bytes, larger than the requested {s}; \
+                         refusing to shrink it",
+                        meta.len()
+                    )))
+                }
+                Some(s) => {
+                    if s > meta.len() {
+                        file.set_len(s).map_err(io("extend"))?;
+                    }
+                    if s != meta.len() || !existed {
+                        // Make the new size (and the new name) durable now,
+                        // so a FLUSH never has to cover them.
+                        file.sync_all().map_err(io("sync"))?;
+                        sync_parent(&path).map_err(io("sync the directory"))?;
+                    }
+                    s
+                }
+            }
+        } else {
+            return Err(invalid(
+                "is neither a regular file nor a block device".into(),
+            ));
+        };
+        let dsync = if options.read_only {
+            None
+        } else {
+            Some(open(libc::O_DSYNC, false).map_err(io("open with O_DSYNC"))?)
+        };
+        Ok(FileDevice {
+            inner: Arc::new(Inner {
+                path,
+                file,
+                dsync,
+                size,
+                read_only: options.read_only,
+                direct: options.direct,
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    /// The path it was opened from.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// True if opened with O_DIRECT.
+    pub fn is_direct(&self) -> bool {
+        self.inner.direct
+    }
+
+    /// The alignment requests must keep: [`DIRECT_ALIGN`] with O_DIRECT,
+    /// otherwise 1.
+    pub fn alignment(&self) -> u32 {
+        if self.inner.direct {
+            DIRECT_ALIGN as u32
+        } else {
+            1
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> FileStats {
+        let c = &self.inner.counters;
+        FileStats {
+            reads: c.reads.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+            fua_writes: c.fua_writes.load(Ordering::Relaxed),
+            syncs: c.syncs.load(Ordering::Relaxed),
+            zeroed: c.zeroed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Checks range, alignment and (for writes) read-only.
+    fn check(&self, offset: u64, len: u64, write: bool) -> Result<(), BlockError> {
+        if write && self.inner.read_only {
+            return Err(BlockError::ReadOnly);
+        }
+        BlockError::check_range(offset, len, self.inner.size)?;
+        let align = DIRECT_ALIGN as u64;
+        if self.inner.direct && (offset % align != 0 || len % align != 0) {
+            return Err(BlockError::Invalid(format!(
+                "{offset}+{len}: the device is opened with O_DIRECT; offsets and lengths \
+                 must be multiples of {DIRECT_ALIGN}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the blocking pool.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, BlockError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, BlockError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| BlockError::Io(format!("the I/O worker failed: {e}")))?
+    }
+}
+
+/// Fsyncs the directory holding `path`, so a new file's name is durable.
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
+}
+
+/// Maps an I/O error to a block error.
+fn io_error(op: &str, offset: u64, len: u64, path: &Path, e: &std::io::Error) -> BlockError {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => BlockError::NoSpace,
+        _ => BlockError::Io(format!("{op} {offset}+{len} on {}: {e}", path.display())),
+    }
+}
+
+/// A zeroed buffer of `len` bytes whose `[start, start + len)` is aligned
+/// for O_DIRECT: returns the allocation and `start`.
+fn aligned_buffer(len: usize) -> (Vec<u8>, usize) {
+    let buf = vec![0u8; len + DIRECT_ALIGN];
+    // Only the address's value is used, to find an aligned offset.
+    let addr = buf.as_ptr() as usize;
+    let start = (DIRECT_ALIGN - addr % DIRECT_ALIGN) % DIRECT_ALIGN;
+    (buf, start)
+}
+
+impl Inner {
+    fn read(&self, offset: u64, len: usize) -> Result<Bytes, BlockError> {
+        let err = |e: std::io::Error| io_error("read", offset, len as u64, &self.path, &e);
+        let data = if self.direct {
+            let (mut buf, start) = aligned_buffer(len);
+            self.file
+                .read_exact_at(&mut buf[start..start + len], offset)
+                .map_err(err)?;
+            Bytes::from(buf).slice(start..start + len)
+        } else {
+            let mut buf = vec![0u8; len];
+            self.file.read_exact_at(&mut buf, offset).map_err(err)?;
+            Bytes::from(buf)
+        };
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(data)
+    }
+
+    fn target(&self, fua: bool) -> &File {
+        match (&self.dsync, fua) {
+            (Some(f), true) => f,
+            _ => &self.file,
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
+        let file = self.target(fua);
+        let result = if self.direct && data.as_ptr() as usize % DIRECT_ALIGN != 0 {
+            let (mut buf, start) = aligned_buffer(data.len());
+            buf[start..start + data.len()].copy_from_slice(data);
+            file.write_all_at(&buf[start..start + data.len()], offset)
+        } else {
+            file.write_all_at(data, offset)
+        };
+        result.map_err(|e| io_error("write", offset, data.len() as u64, &self.path, &e))?;
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        if fua {
+            self.counters.fua_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn zero(&self, offset: u64, len: u64, fua: bool) -> Result<(), BlockError> {
+        let file = self.target(fua);
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(ZERO_CHUNK as u64) as usize;
+            file.write_all_at(&ZEROES.0[..n], offset + done)
+                .map_err(|e| io_error("write zeroes", offset + done, n as u64, &self.path, &e))?;
+            done += n as u64;
+        }
+        self.counters.zeroed.fetch_add(len, Ordering::Relaxed);
+        if fua {
+            self.counters.fua_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), BlockError> {
+        self.file
+            .sync_data()
+            .map_err(|e| io_error("flush", 0, self.size, &self.path, &e))?;
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl BlockDevice for FileDevice {
+    fn size(&self) -> u64 {
+        self.inner.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
+    async fn read_at(&self, offset: u64, len: u32) -> Result<Bytes, BlockError> {
+        self.check(offset, u64::from(len), false)?;
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        self.blocking(move |f| f.read(offset, len as usize)).await
+    }
+
+    async fn write_at(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), BlockError> {
+        self.check(offset, data.len() as u64, true)?;
+        if data.is_empty() {
+            return if fua { self.flush().await } else { Ok(()) };
+        }
+        self.blocking(move |f| f.write(offset, &data, fua)).await
+    }
+
+    async fn flush(&self) -> Result<(), BlockError> {
+        if self.inner.read_only {
+            return Ok(());
+        }
+        self.blocking(Inner::sync).await
+    }
+
+    async fn trim(&self, offset: u64, len: u32) -> Result<(), BlockError> {
+        self.write_zeroes(offset, len, false).await
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> Result<(), BlockError> {
+        self.check(offset, u64::from(len), true)?;
+        self.blocking(move |f| f.zero(offset, u64::from(len), fua))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TempPath(PathBuf);
+
+    impl TempPath {
+        fn new(name: &str) -> TempPath {
+            let p = std::env::temp_dir().join(format!(
+                "holdfast-block-{}-{name}-{:?}",
+                std::process::id(),
+                std::time::SystemTime::now()
+            ));
+            TempPath(p)
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn create(path: &Path, size: u64) -> FileDevice {
+        FileDevice::open(
+            path,
+            OpenOptions {
+                size: Some(size),
+                ..OpenOptions::default()
+            },
+        )
+        .expect("open")
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn reads_what_was_written_and_zeroes() {
+        let tmp = TempPath::new("rw");
+        let dev = create(&tmp.0, 1 << 20);
+        assert_eq!(dev.size(), 1 << 20);
+        dev.write_at(100, Bytes::from_static(b"hello"), false)
+            .await
+            .expect("write");
+        dev.write_at(200, Bytes::from_static(b"durable"), true)
+            .await
+            .expect("fua write");
+        assert_eq!(dev.read_at(100, 5).await.expect("read").as_ref(), b"hello");
+        assert_eq!(
+            dev.read_at(200, 7).await.expect("read").as_ref(),
+            b"durable"
+        );
+        dev.write_zeroes(101, 3, false).await.expect("zeroes");
+        assert_eq!(
+            dev.read_at(100, 5).await.expect("read").as_ref(),
+            b"h\0\0\0o"
+        );
+        dev.trim(200, 7).await.expect("trim");
+        assert_eq!(dev.read_at(200, 7).await.expect("read").as_ref(), &[0; 7]);
+        dev.flush().await.expect("flush");
+        let s = dev.stats();
+        assert_eq!((s.writes, s.fua_writes, s.syncs, s.zeroed), (2, 1, 1, 10));
+        assert_eq!(dev.read_at(0, 0).await.expect("empty read").len(), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn ranges_are_checked() {
+        let tmp = TempPath::new("range");
+        let dev = create(&tmp.0, 4096);
+        assert!(matches!(
+            dev.read_at(4000, 100).await,
+            Err(BlockError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            dev.write_at(u64::MAX, Bytes::from_static(b"x"), false)
+                .await,
+            Err(BlockError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            dev.write_zeroes(4096, 1, false).await,
+            Err(BlockError::OutOfRange { .. })
+        ));
+        assert!(dev.read_at(4096, 0).await.is_ok());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn reopening_keeps_contents_and_refuses_to_shrink() {
+        let tmp = TempPath::new("reopen");
+        let dev = create(&tmp.0, 8192);
+        dev.write_at(8000, Bytes::from_static(b"kept"), true)
+            .await
+            .expect("write");
+        drop(dev);
+        let dev = FileDevice::open(&tmp.0, OpenOptions::default()).expect("reopen");
+        assert_eq!(dev.size(), 8192);
+        assert_eq!(dev.read_at(8000, 4).await.expect("read").as_ref(), b"kept");
+        let grown = create(&tmp.0, 16384);
+        assert_eq!(grown.size(), 16384);
+        assert_eq!(
+            grown.read_at(8000, 4).await.expect("read").as_ref(),
+            b"kept"
+        );
+        let err = FileDevice::open(
+            &tmp.0,
+            OpenOptions {
+                size: Some(4096),
+                ..OpenOptions::default()
+            },
+        )
+        .expect_err("shrinking is refused");
+        assert!(err.to_string().contains("refusing to shrink"), "{err}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn read_only_devices_refuse_writes() {
+        let tmp = TempPath::new("ro");
+        drop(create(&tmp.0, 4096));
+        let dev = FileDevice::open(
+            &tmp.0,
+            OpenOptions {
+                read_only: true,
+                ..OpenOptions::default()
+            },
+        )
+        .expect("open read-only");
+        assert!(dev.read_only());
+        assert_eq!(
+            dev.write_at(0, Bytes::from_static(b"x"), false).await,
+            Err(BlockError::ReadOnly)
+        );
+        assert_eq!(dev.trim(0, 1).await, Err(BlockError::ReadOnly));
+        assert!(dev.read_at(0, 10).await.is_ok());
+        assert!(dev.flush().await.is_ok());
+    }
+
+    #[test]
+    fn bad_paths_and_options_are_refused() {
+        let missing = TempPath::new("missing");
+        assert!(matches!(
+            FileDevice::open(&missing.0, OpenOptions::default()),
+            Err(OpenError::Io { .. })
+        ));
+        assert!(matches!(
+            FileDevice::open(std::env::temp_dir(), OpenOptions::default()),
+            Err(OpenError::Io { .. } | OpenError::Invalid { .. })
+        ));
+        assert!(matches!(
+            FileDevice::open(
+                &missing.0,
+                OpenOptions {
+                    size: Some(1),
+                    read_only: true,
+                    direct: false
+                }
+            ),
+            Err(OpenError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn aligned_buffers_are_aligned() {
+        for len in [0, 1, 4096, 10_000] {
+            let (buf, start) = aligned_buffer(len);
+            assert_eq!((buf.as_ptr() as usize + start) % DIRECT_ALIGN, 0);
+            assert!(buf.len() >= start + len);
+        }
+        assert_eq!(ZEROES.0.as_ptr() as usize % DIRECT_ALIGN, 0);
+    }
+}
