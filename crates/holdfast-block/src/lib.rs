@@ -1,12 +1,34 @@
 //! # holdfast-block: block storage over holdfast sessions
 //!
 //! * [`BlockDevice`]: the interface every device here offers.
+//! * [`FileDevice`]: a regular file or block device (pread/pwrite; FLUSH is
+//!   fdatasync, FUA goes through an `O_DSYNC` descriptor; optional O_DIRECT).
+//! * [`BlockService`]: the target side, a `tower::Service` for
+//!   [`holdfast::Target`]. Requests run concurrently; overlapping ones keep
+//!   session order ([`ordering`]).
+//! * [`Volume`]: the initiator side, a remote volume over a
+//!   [`holdfast::Initiator`]; every request is retry-safe, so a target
+//!   restart re-issues in-flight writes in order instead of failing them.
+//! * [`nbd`]: an NBD server for any [`BlockDevice`], so qemu-img, qemu-io,
+//!   fio, nbdcopy and the kernel's nbd client can use a [`Volume`].
+//! * [`wire`]: the block protocol carried in holdfast commands.
 //! * [`MemoryDevice`]: an in-memory device for tests and reference models.
 
 #![forbid(unsafe_code)]
 
 pub mod device;
+pub mod file;
 pub mod memory;
+pub mod nbd;
+pub mod ordering;
+pub mod service;
+pub mod volume;
+pub mod wire;
 
 pub use device::{BlockDevice, BlockError};
+pub use file::{FileDevice, OpenOptions};
 pub use memory::MemoryDevice;
+pub use nbd::{NbdError, NbdOptions};
+pub use service::{BlockService, ServiceOptions};
+pub use volume::{Volume, VolumeError, VolumeOptions};
+pub use wire::Info;

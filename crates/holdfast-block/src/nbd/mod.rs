@@ -1,0 +1,281 @@
+//! An NBD (Network Block Device) server for any [`BlockDevice`].
+//!
+//! The server speaks the fixed newstyle handshake (`NBD_OPT_EXPORT_NAME`,
+//! `NBD_OPT_GO`, `NBD_OPT_INFO`, `NBD_OPT_LIST`, `NBD_OPT_ABORT`; every other
+//! option gets `NBD_REP_ERR_UNSUP`) and simple replies in transmission:
+//! `READ`, `WRITE` (with FUA), `FLUSH`, `TRIM`, `WRITE_ZEROES` and `DISC`.
+//! Requests are pipelined: each runs as its own task and its reply goes out
+//! as soon as it completes, in any order, through one writer per connection.
+//! At most [`consts::MAX_IN_FLIGHT`] requests (and
+//! [`consts::MAX_IN_FLIGHT_BYTES`] of payload) per connection are in flight;
+//! beyond that the server stops reading until one finishes.
+//!
+//! Hostile input never panics the server: a bad magic, an oversized option
+//! or an oversized write payload drops the connection; a malformed or
+//! out-of-range request gets an error reply.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use holdfast_block::{nbd, MemoryDevice};
+//!
+//! let device = Arc::new(MemoryDevice::new(64 << 20));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:10809").await?;
+//! let server = nbd::Server::new(device, nbd::NbdOptions::default());
+//! server.serve_listener(listener).await;
+//! # Ok(()) }
+//! ```
+
+pub mod consts;
+mod handshake;
+mod transmission;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::device::BlockDevice;
+
+use handshake::Negotiated;
+
+/// Configuration of an NBD server.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NbdOptions {
+    /// Name of the one export. Clients may ask for it by this name or by the
+    /// empty default name; any other name is refused.
+    pub export_name: String,
+    /// Bound on the device work of each request (a FUA trim's trim and
+    /// flush count as one). When it passes, the device call is abandoned,
+    /// the request is answered with `EIO` and a warning is logged. `None`
+    /// waits indefinitely (a remote volume waits while its session
+    /// recovers).
+    pub io_timeout: Option<Duration>,
+}
+
+/// Why an NBD connection ended abnormally.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum NbdError {
+    /// Reading from or writing to the client failed.
+    #[error("connection I/O failed: {0}")]
+    Io(#[from] io::Error),
+    /// The client sent a wrong magic number.
+    #[error("bad {what} magic {found:#x}")]
+    BadMagic {
+        /// Which magic was expected.
+        what: &'static str,
+        /// What arrived instead.
+        found: u64,
+    },
+    /// The client set handshake flags this server does not know.
+    #[error("unknown client flags {0:#x}")]
+    ClientFlags(u32),
+    /// An option carried more data than the server accepts.
+    #[error("option {option} carries {len} bytes, more than the limit of {max}")]
+    OptionTooLarge {
+        /// The option code.
+        option: u32,
+        /// Its announced data length.
+        len: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// The client sent more options than one negotiation allows.
+    #[error("more than {0} options in one negotiation")]
+    TooManyOptions(usize),
+    /// `NBD_OPT_EXPORT_NAME` named an export that does not exist; that
+    /// option has no error reply, so the connection is dropped.
+    #[error("unknown export {0:?} requested with NBD_OPT_EXPORT_NAME")]
+    UnknownExport(String),
+    /// A write announced a payload larger than the server accepts; the
+    /// payload cannot be skipped safely, so the connection is dropped.
+    #[error("write payload of {len} bytes exceeds the limit of {max}")]
+    PayloadTooLarge {
+        /// The announced length.
+        len: u32,
+        /// The limit.
+        max: u32,
+    },
+}
+
+/// Something that accepts NBD client connections: implemented for tokio's
+/// TCP and Unix socket listeners.
+pub trait NbdListener: Send + Sync + 'static {
+    /// A connected client.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Waits for the next client; returns its stream and a printable peer.
+    fn accept_client(&self) -> impl Future<Output = io::Result<(Self::Stream, String)>> + Send;
+}
+
+impl NbdListener for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+
+    async fn accept_client(&self) -> io::Result<(Self::Stream, String)> {
+        let (stream, peer) = self.accept().await?;
+        // Replies are small and latency-bound: do not let Nagle hold them.
+        stream.set_nodelay(true)?;
+        Ok((stream, peer.to_string()))
+    }
+}
+
+#[cfg(unix)]
+impl NbdListener for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+
+    async fn accept_client(&self) -> io::Result<(Self::Stream, String)> {
+        let (stream, peer) = self.accept().await?;
+        let peer = match peer.as_pathname() {
+            Some(p) => p.display().to_string(),
+            None => "unix".to_owned(),
+        };
+        Ok((stream, peer))
+    }
+}
+
+/// An NBD server exporting one device. Cheap to clone.
+#[derive(Debug)]
+pub struct Server<D> {
+    device: Arc<D>,
+    options: Arc<NbdOptions>,
+}
+
+impl<D> Clone for Server<D> {
+    fn clone(&self) -> Self {
+        Server {
+            device: Arc::clone(&self.device),
+            options: Arc::clone(&self.options),
+        }
+    }
+}
+
+impl<D: BlockDevice> Server<D> {
+    /// A server exporting `device` as configured by `options`.
+    pub fn new(device: Arc<D>, options: NbdOptions) -> Self {
+        Server {
+            device,
+            options: Arc::new(options),
+        }
+    }
+
+    /// The configuration.
+    pub fn options(&self) -> &NbdOptions {
+        &self.options
+    }
+
+    /// Serves one client connection: the handshake, then requests until the
+    /// client disconnects. Returns `Ok` when the client ends the session
+    /// (`NBD_OPT_ABORT`, `NBD_CMD_DISC`, or closing between messages), and
+    /// waits for the replies of every request already read before it
+    /// returns. Dropping the future abandons the connection at once.
+    pub async fn serve<S>(&self, stream: S) -> Result<(), NbdError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // The buffer survives into transmission: a client may pipeline its
+        // first requests right behind NBD_OPT_GO.
+        let mut stream = BufReader::with_capacity(64 * 1024, stream);
+        let negotiated = handshake::negotiate(&mut stream, &*self.device, &self.options).await;
+        match negotiated {
+            Ok(Negotiated::Transmission(export)) => {
+                debug!(
+                    size = export.size,
+                    flags = export.flags,
+                    "nbd: transmission"
+                );
+                transmission::run(
+                    stream,
+                    Arc::clone(&self.device),
+                    export,
+                    self.options.io_timeout,
+                )
+                .await
+            }
+            Ok(Negotiated::Closed) => {
+                let _ = stream.shutdown().await;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = stream.shutdown().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Accepts clients from `listener` forever, serving each on its own
+    /// task. Accept errors (such as running out of descriptors) are logged
+    /// and retried after a short pause. Dropping the future closes every
+    /// connection it accepted.
+    pub async fn serve_listener<L: NbdListener>(&self, listener: L) -> Infallible {
+        let mut connections = JoinSet::new();
+        loop {
+            // Reap finished connections so the set does not grow.
+            while connections.try_join_next().is_some() {}
+            let (stream, peer) = match listener.accept_client().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "nbd: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            debug!(%peer, "nbd: client connected");
+            let server = self.clone();
+            let span = tracing::info_span!("nbd", %peer);
+            connections.spawn(
+                async move {
+                    match server.serve(stream).await {
+                        Ok(()) => debug!("nbd: client disconnected"),
+                        Err(e) => info!(error = %e, "nbd: connection dropped"),
+                    }
+                }
+                .instrument(span),
+            );
+        }
+    }
+}
+
+/// Serves one client connection; see [`Server::serve`].
+pub async fn serve<S, D>(stream: S, device: Arc<D>, options: NbdOptions) -> Result<(), NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    D: BlockDevice,
+{
+    Server::new(device, options).serve(stream).await
+}
+
+/// Accepts and serves clients forever; see [`Server::serve_listener`].
+pub async fn serve_listener<L, D>(listener: L, device: Arc<D>, options: NbdOptions) -> Infallible
+where
+    L: NbdListener,
+    D: BlockDevice,
+{
+    Server::new(device, options).serve_listener(listener).await
+}
+
+/// Fills `buf` completely, or returns `Ok(false)` if the stream ends before
+/// its first byte (a clean end between messages).
+async fn read_exact_or_eof<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut [u8]) -> io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let Some(rest) = buf.get_mut(filled..) else {
+            break;
+        };
+        let n = rd.read(rest).await?;
+        if n == 0 {
+            if filled == 0 {
+                return Ok(false);
+            }
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        filled += n;
+    }
+    Ok(true)
+}
