@@ -1,13 +1,98 @@
-//! `holdfast`: the command-line tool.
+//! `holdfast`: serve a volume over sessions that survive broken connections,
+//! export it to standard tools over NBD, and see it survive faults in a
+//! one-command demo.
 
-use clap::Parser;
+mod config;
+mod demo;
+mod nbd_cmd;
+mod target_cmd;
+mod units;
 
-/// Sessions that survive broken connections.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Block storage over sessions that survive broken connections: every
+/// command executes exactly once and in order, however often the network
+/// breaks.
 #[derive(Debug, Parser)]
-#[command(name = "holdfast", version)]
-struct Cli {}
+#[command(
+    name = "holdfast",
+    version,
+    after_help = "Start with `holdfast demo`. Logs go to stderr; set RUST_LOG=debug for more."
+)]
+struct Cli {
+    /// A TOML file with a [target] and/or [nbd] table whose keys are the
+    /// long flag names (e.g. `volume = "/srv/disk.img"`); flags override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a file or block device as a holdfast block target.
+    #[command(
+        after_help = "Example:\n  holdfast target --volume /srv/disk.img --size 1G --listen 0.0.0.0:7400"
+    )]
+    Target(target_cmd::TargetArgs),
+    /// Connect to a target and export its volume over NBD, for qemu-img,
+    /// qemu-io, fio, nbdcopy and the kernel's nbd client.
+    #[command(
+        after_help = "Example:\n  holdfast nbd --target 10.0.0.5:7400 --listen 127.0.0.1:10809\n  qemu-img info nbd://127.0.0.1:10809/"
+    )]
+    Nbd(nbd_cmd::NbdArgs),
+    /// Run a verified read/write workload through a fault-injecting proxy
+    /// (resets, blackholes, a graceful target restart) and report what
+    /// survived. Needs nothing: it creates a temporary volume.
+    #[command(after_help = "Example:\n  holdfast demo --duration 20s --seed 7")]
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo draws a progress line and a table: keep its logs to errors
+    // unless asked. The services log their sessions' lives by default.
+    init_logs(match cli.command {
+        Command::Demo(_) => "error",
+        _ => "info",
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let file = config::ConfigFile::load(cli.config.as_deref())?;
+        match cli.command {
+            Command::Target(args) => target_cmd::run(args.merged(file.target)?).await,
+            Command::Nbd(args) => nbd_cmd::run(args.merged(file.nbd)?).await,
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (else by `default`).
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

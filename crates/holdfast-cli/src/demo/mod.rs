@@ -1,0 +1,355 @@
+//! `holdfast demo`: the whole stack in one process, under fire.
+//!
+//! A temporary file becomes a volume behind a block target; an initiator
+//! reaches it through the fault proxy; workers run a verified read/write
+//! workload while the proxy resets, blackholes and cuts the connection and
+//! the target is restarted once, gracefully, with its session state gone.
+//! At the end every block is read back and checked, and a table says what
+//! happened. The exit status is non-zero if anything was lost, duplicated
+//! or corrupted.
+
+mod blocks;
+mod faults;
+mod ledger;
+mod report;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use hdrhistogram::Histogram;
+use holdfast::chaos::Proxy;
+use holdfast::{
+    Endpoint, EndpointConnector, Initiator, InitiatorConfig, InitiatorOptions, Target,
+    TargetConfig, TargetOptions,
+};
+use holdfast_block::{BlockService, FileDevice, OpenOptions, Volume};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::units::{parse_duration, parse_size};
+use blocks::BLOCK;
+use faults::DemoFault;
+use ledger::{Duplicates, Ledger};
+use report::Summary;
+use workload::{Tally, Worker};
+
+/// Options of `holdfast demo`.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// How long the workload runs (faults are injected in the first 80%).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Seed for the workload and the fault schedule; the same seed gives
+    /// the same schedule.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// How many faults to inject (one of them a graceful target restart
+    /// unless --no-restart).
+    #[arg(long, default_value_t = 12)]
+    faults: u32,
+    /// Do not restart the target.
+    #[arg(long)]
+    no_restart: bool,
+    /// Size of the temporary volume.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    size: u64,
+    /// Concurrent workers (each owns a region of the volume).
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// The detection bound for a silent connection.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    detection: Duration,
+    /// Print the result as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The running target: a fresh process image for every restart.
+struct TargetSide {
+    target: Option<Target>,
+    addr: SocketAddr,
+    volume: std::path::PathBuf,
+    duplicates: Arc<Duplicates>,
+    /// Responses answered from the cache by earlier incarnations.
+    cache_answers_before: u64,
+}
+
+impl TargetSide {
+    async fn start(
+        addr: SocketAddr,
+        volume: &std::path::Path,
+        duplicates: Arc<Duplicates>,
+    ) -> anyhow::Result<TargetSide> {
+        let mut side = TargetSide {
+            target: None,
+            addr,
+            volume: volume.to_owned(),
+            duplicates,
+            cache_answers_before: 0,
+        };
+        side.spawn().await?;
+        Ok(side)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let device = FileDevice::open(&self.volume, OpenOptions::default())
+            .with_context(|| format!("could not open the demo volume {}", self.volume.display()))?;
+        let service = BlockService::new(Ledger::new(device, self.duplicates.clone()));
+        let options = TargetOptions {
+            protocol: TargetConfig {
+                retain: Duration::from_secs(30),
+                ..TargetConfig::default()
+            },
+            ..TargetOptions::default()
+        };
+        let target = Target::serve(&[Endpoint::Tcp(self.addr)], options, service)
+            .await
+            .with_context(|| format!("could not listen on {}", self.addr))?;
+        if let Some(Endpoint::Tcp(bound)) = target.endpoints().first() {
+            self.addr = *bound;
+        }
+        self.target = Some(target);
+        Ok(())
+    }
+
+    /// Announces a shutdown, stops, and starts a new target on the same
+    /// port and volume: the session state is gone. Returns when the old
+    /// target stopped.
+    async fn restart(&mut self) -> anyhow::Result<Instant> {
+        if let Some(old) = self.target.take() {
+            if let Some(stats) = old.stats().await {
+                self.cache_answers_before += stats.answered_from_cache;
+            }
+            old.shutdown(Duration::from_millis(500), Some(Duration::from_millis(500)))
+                .await;
+        }
+        let stopped = Instant::now();
+        self.spawn().await?;
+        Ok(stopped)
+    }
+
+    async fn stats(&self) -> Option<holdfast::TargetStats> {
+        self.target.as_ref()?.stats().await
+    }
+}
+
+/// Runs the demo.
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    if args.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let blocks_total = args.size / BLOCK as u64;
+    let per_worker = blocks_total / args.workers as u64;
+    if per_worker < 16 {
+        bail!(
+            "--size {} is too small for {} workers: each needs at least 64 KiB",
+            args.size,
+            args.workers
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("holdfast-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
+    let volume = dir.join("volume.img");
+    let file = std::fs::File::create(&volume)
+        .with_context(|| format!("could not create {}", volume.display()))?;
+    file.set_len(args.size)
+        .with_context(|| format!("could not size {}", volume.display()))?;
+    drop(file);
+    let result = run_in(&args, &volume, per_worker).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let summary = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!("\nholdfast demo: a verified workload through a fault-injecting proxy\n");
+        for p in &summary.problems {
+            println!("  problem: {p}");
+        }
+        print!("{}", summary.table());
+    }
+    Ok(if summary.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn run_in(
+    args: &DemoArgs,
+    volume: &std::path::Path,
+    per_worker: u64,
+) -> anyhow::Result<Summary> {
+    let duplicates = Arc::new(Duplicates::default());
+    let mut target = TargetSide::start(
+        "127.0.0.1:0".parse().context("address")?,
+        volume,
+        duplicates.clone(),
+    )
+    .await?;
+    let proxy = Proxy::start(target.addr)
+        .await
+        .context("could not start the fault proxy on 127.0.0.1")?;
+    let initiator = Initiator::start(
+        Arc::new(EndpointConnector::new(
+            Endpoint::Tcp(proxy.addr()),
+            args.detection,
+        )),
+        InitiatorOptions {
+            protocol: InitiatorConfig {
+                session_loss_timeout: Some(Duration::from_secs(30)),
+                ..InitiatorConfig::default().with_detection_bound(args.detection)
+            },
+            jitter_seed: Some(args.seed),
+            ..InitiatorOptions::default()
+        },
+    );
+    let device = Arc::new(
+        tokio::time::timeout(Duration::from_secs(10), Volume::connect(initiator.clone()))
+            .await
+            .context("the demo target did not answer within 10 s")?
+            .context("could not open the demo volume")?,
+    );
+
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..args.workers {
+        let worker = Worker::new(
+            device.clone(),
+            w as u64 * per_worker,
+            per_worker,
+            args.seed ^ ((w as u64 + 1) << 32),
+            tally.clone(),
+            start,
+        );
+        workers.push(tokio::spawn(worker.run(stop.clone())));
+    }
+
+    let progress = progress_bar(args.json);
+    let schedule = faults::schedule(args.duration, args.faults, !args.no_restart, args.seed);
+    let mut injected: BTreeMap<String, u64> = BTreeMap::new();
+    let mut recovery = Histogram::<u64>::new(3).context("histogram")?;
+    for (at, fault) in schedule {
+        wait_until(start + at, &tally, &progress, &injected).await;
+        let since = match fault.proxy_fault() {
+            Some(f) => {
+                proxy.inject(f);
+                Instant::now()
+            }
+            None => target.restart().await?,
+        };
+        *injected.entry(fault.name().to_owned()).or_default() += 1;
+        let limit = Duration::from_secs(10) + args.detection;
+        match faults::time_to_recover(&tally, start, since, limit).await {
+            Some(d) => {
+                let _ = recovery.record(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+            }
+            None => tally
+                .problems
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!(
+                    "no operation completed within {limit:?} of a {} fault",
+                    fault.name()
+                )),
+        }
+        if fault == DemoFault::Restart {
+            progress.println("  the target restarted: its session state is gone");
+        }
+    }
+    wait_until(start + args.duration, &tally, &progress, &injected).await;
+    stop.store(true, Ordering::Relaxed);
+    progress.set_message("verifying every block");
+    for w in workers {
+        w.await.context("a workload task panicked")?;
+    }
+    progress.finish_and_clear();
+    let elapsed = start.elapsed();
+
+    let istats = initiator.stats().await.unwrap_or_default();
+    let tstats = target.stats().await.unwrap_or_default();
+    let _ = initiator.close().await;
+    if let Some(t) = target.target.take() {
+        t.shutdown(Duration::ZERO, None).await;
+    }
+    let ms = |q: f64| (!recovery.is_empty()).then(|| recovery.value_at_quantile(q) as f64 / 1000.0);
+    let problems = tally
+        .problems
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    Ok(Summary {
+        seed: args.seed,
+        duration_s: elapsed.as_secs_f64(),
+        volume_bytes: args.size,
+        workers: args.workers,
+        operations: load(&tally.ops),
+        reads: load(&tally.reads),
+        writes: load(&tally.writes),
+        write_zeroes: load(&tally.zeroes),
+        flushes: load(&tally.flushes),
+        bytes_read: load(&tally.bytes_read),
+        bytes_written: load(&tally.bytes_written),
+        faults: injected,
+        reconnects: istats.disconnects,
+        stateful_recoveries: istats.recoveries,
+        stateless_recoveries: istats.stateless_recoveries,
+        resent: istats.resent,
+        reissued: istats.reissued,
+        answered_from_cache: target.cache_answers_before + tstats.answered_from_cache,
+        recovery_p50_ms: ms(0.5),
+        recovery_p99_ms: ms(0.99),
+        recovery_max_ms: ms(1.0),
+        failed_operations: load(&tally.failed),
+        lost: load(&tally.lost),
+        duplicated: duplicates.0.load(Ordering::Relaxed),
+        corrupt: load(&tally.corrupt),
+        problems,
+    })
+}
+
+fn progress_bar(hidden: bool) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed:>3} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// Sleeps until `deadline`, refreshing the progress line.
+async fn wait_until(
+    deadline: Instant,
+    tally: &Tally,
+    progress: &ProgressBar,
+    injected: &BTreeMap<String, u64>,
+) {
+    loop {
+        let faults: u64 = injected.values().sum();
+        progress.set_message(format!(
+            "{} ops, {} MiB written, {} faults injected, lost {} corrupt {}",
+            tally.ops.load(Ordering::Relaxed),
+            tally.bytes_written.load(Ordering::Relaxed) >> 20,
+            faults,
+            tally.lost.load(Ordering::Relaxed),
+            tally.corrupt.load(Ordering::Relaxed),
+        ));
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        tokio::time::sleep((deadline - now).min(Duration::from_millis(200))).await;
+    }
+}

@@ -1,0 +1,334 @@
+//! The demo's verified workload: workers that write, read back, zero and
+//! flush self-describing blocks through any [`BlockDevice`], each keeping an
+//! exact model of its own region so every read is checked.
+//!
+//! Each worker owns a disjoint region and runs one operation at a time, so
+//! its model is exact; the workers run concurrently, so the session carries
+//! many operations at once. A write whose call failed might or might not
+//! have landed: the model then accepts either outcome for those blocks
+//! until a read settles it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use holdfast_block::BlockDevice;
+
+use super::blocks::{decode, encode, Content, BLOCK};
+
+/// Counters shared by all workers and read by the progress line.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub(crate) ops: AtomicU64,
+    pub(crate) reads: AtomicU64,
+    pub(crate) writes: AtomicU64,
+    pub(crate) zeroes: AtomicU64,
+    pub(crate) flushes: AtomicU64,
+    pub(crate) bytes_read: AtomicU64,
+    pub(crate) bytes_written: AtomicU64,
+    /// Blocks that read back older than the last acknowledged write.
+    pub(crate) lost: AtomicU64,
+    /// Blocks that read back torn, misplaced or never written.
+    pub(crate) corrupt: AtomicU64,
+    /// Operations that returned an error.
+    pub(crate) failed: AtomicU64,
+    /// When the last operation completed, in ns since `start`.
+    pub(crate) last_completion_ns: AtomicU64,
+    /// The first few problems, described.
+    pub(crate) problems: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn problem(&self, text: String) {
+        let mut p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        if p.len() < 20 {
+            p.push(text);
+        }
+    }
+}
+
+/// What one block should hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Expect {
+    /// The generation of the last acknowledged change (0 = never written).
+    generation: u64,
+    /// True if that change wrote zeroes.
+    zero: bool,
+    /// A change that failed and may or may not have landed.
+    maybe: Option<(u64, bool)>,
+}
+
+const NEVER: Expect = Expect {
+    generation: 0,
+    zero: true,
+    maybe: None,
+};
+
+/// One worker: its region and its model.
+pub(crate) struct Worker<D> {
+    device: Arc<D>,
+    first_block: u64,
+    blocks: u64,
+    model: HashMap<u64, Expect>,
+    next_generation: u64,
+    rng: u64,
+    tally: Arc<Tally>,
+    start: Instant,
+}
+
+impl<D: BlockDevice> Worker<D> {
+    /// A worker over blocks `first_block .. first_block + blocks`.
+    pub(crate) fn new(
+        device: Arc<D>,
+        first_block: u64,
+        blocks: u64,
+        seed: u64,
+        tally: Arc<Tally>,
+        start: Instant,
+    ) -> Self {
+        Worker {
+            device,
+            first_block,
+            blocks,
+            model: HashMap::new(),
+            next_generation: 1,
+            rng: seed | 1,
+            tally,
+            start,
+        }
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// Runs operations until `stop` is set, then verifies its whole region.
+    pub(crate) async fn run(mut self, stop: Arc<AtomicBool>) {
+        while !stop.load(Ordering::Relaxed) {
+            self.step().await;
+        }
+        self.verify_all().await;
+    }
+
+    async fn step(&mut self) {
+        let roll = self.random() % 100;
+        let max_run = 16.min(self.blocks);
+        let count = 1 + self.random() % max_run;
+        let first = self.first_block + self.random() % (self.blocks - count + 1);
+        match roll {
+            0..=54 => self.write(first, count).await,
+            55..=89 => self.read(first, count).await,
+            90..=94 => self.zero(first, count.min(4)).await,
+            _ => self.flush().await,
+        }
+    }
+
+    fn completed(&self) {
+        self.tally.ops.fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.tally
+            .last_completion_ns
+            .fetch_max(ns, Ordering::Relaxed);
+    }
+
+    fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
+        self.tally.failed.fetch_add(1, Ordering::Relaxed);
+        self.tally.problem(format!("{what} failed: {error}"));
+    }
+
+    async fn write(&mut self, first: u64, count: u64) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let mut data = BytesMut::with_capacity(count as usize * BLOCK);
+        for b in first..first + count {
+            data.extend_from_slice(&encode(b, generation));
+        }
+        let fua = self.random() % 10 == 0;
+        let len = data.len() as u64;
+        match self
+            .device
+            .write_at(first * BLOCK as u64, data.freeze(), fua)
+            .await
+        {
+            Ok(()) => {
+                for b in first..first + count {
+                    self.model.insert(
+                        b,
+                        Expect {
+                            generation,
+                            zero: false,
+                            maybe: None,
+                        },
+                    );
+                }
+                self.tally.writes.fetch_add(1, Ordering::Relaxed);
+                self.tally.bytes_written.fetch_add(len, Ordering::Relaxed);
+                self.completed();
+            }
+            Err(e) => {
+                self.uncertain(first, count, generation, false);
+                self.failed("write", &e);
+            }
+        }
+    }
+
+    async fn zero(&mut self, first: u64, count: u64) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let len = u32::try_from(count as usize * BLOCK).unwrap_or(u32::MAX);
+        match self
+            .device
+            .write_zeroes(first * BLOCK as u64, len, false)
+            .await
+        {
+            Ok(()) => {
+                for b in first..first + count {
+                    self.model.insert(
+                        b,
+                        Expect {
+                            generation,
+                            zero: true,
+                            maybe: None,
+                        },
+                    );
+                }
+                self.tally.zeroes.fetch_add(1, Ordering::Relaxed);
+                self.completed();
+            }
+            Err(e) => {
+                self.uncertain(first, count, generation, true);
+                self.failed("write-zeroes", &e);
+            }
+        }
+    }
+
+    /// A change failed: it may or may not have landed.
+    fn uncertain(&mut self, first: u64, count: u64, generation: u64, zero: bool) {
+        for b in first..first + count {
+            let e = self.model.entry(b).or_insert(NEVER);
+            e.maybe = Some((generation, zero));
+        }
+    }
+
+    async fn flush(&mut self) {
+        match self.device.flush().await {
+            Ok(()) => {
+                self.tally.flushes.fetch_add(1, Ordering::Relaxed);
+                self.completed();
+            }
+            Err(e) => self.failed("flush", &e),
+        }
+    }
+
+    async fn read(&mut self, first: u64, count: u64) {
+        let len = u32::try_from(count as usize * BLOCK).unwrap_or(u32::MAX);
+        match self.device.read_at(first * BLOCK as u64, len).await {
+            Ok(data) => {
+                self.check(first, &data);
+                self.tally.reads.fetch_add(1, Ordering::Relaxed);
+                self.tally
+                    .bytes_read
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                self.completed();
+            }
+            Err(e) => self.failed("read", &e),
+        }
+    }
+
+    /// Checks blocks read at `first` against the model.
+    fn check(&mut self, first: u64, data: &Bytes) {
+        if data.len() % BLOCK != 0 {
+            self.tally.corrupt.fetch_add(1, Ordering::Relaxed);
+            self.tally.problem(format!(
+                "a read at block {first} returned {} bytes",
+                data.len()
+            ));
+            return;
+        }
+        for (i, chunk) in data.chunks(BLOCK).enumerate() {
+            let block = first + i as u64;
+            let expect = self.model.get(&block).copied().unwrap_or(NEVER);
+            let got = decode(chunk);
+            let matches = |generation: u64, zero: bool| match got {
+                Content::Zero => zero,
+                Content::Written {
+                    block: b,
+                    generation: g,
+                } => !zero && b == block && g == generation,
+                Content::Corrupt => false,
+            };
+            if matches(expect.generation, expect.zero) {
+                if expect.maybe.is_some() {
+                    // The failed change did not land; the model is exact again.
+                    self.model.insert(
+                        block,
+                        Expect {
+                            maybe: None,
+                            ..expect
+                        },
+                    );
+                }
+                continue;
+            }
+            if let Some((generation, zero)) = expect.maybe {
+                if matches(generation, zero) {
+                    self.model.insert(
+                        block,
+                        Expect {
+                            generation,
+                            zero,
+                            maybe: None,
+                        },
+                    );
+                    continue;
+                }
+            }
+            match got {
+                Content::Written {
+                    block: b,
+                    generation: g,
+                } if b == block && g < expect.generation => {
+                    self.tally.lost.fetch_add(1, Ordering::Relaxed);
+                    self.tally.problem(format!(
+                        "block {block}: lost write: read generation {g}, expected {}",
+                        expect.generation
+                    ));
+                }
+                Content::Zero if !expect.zero => {
+                    self.tally.lost.fetch_add(1, Ordering::Relaxed);
+                    self.tally.problem(format!(
+                        "block {block}: lost write: read zeroes, expected generation {}",
+                        expect.generation
+                    ));
+                }
+                other => {
+                    self.tally.corrupt.fetch_add(1, Ordering::Relaxed);
+                    self.tally.problem(format!(
+                        "block {block}: corrupt: read {other:?}, expected generation {} (zero: {})",
+                        expect.generation, expect.zero
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Reads the whole region back and checks every block.
+    async fn verify_all(&mut self) {
+        let mut block = self.first_block;
+        let end = self.first_block + self.blocks;
+        while block < end {
+            let count = 64.min(end - block);
+            let len = u32::try_from(count as usize * BLOCK).unwrap_or(u32::MAX);
+            match self.device.read_at(block * BLOCK as u64, len).await {
+                Ok(data) => self.check(block, &data),
+                Err(e) => self.failed("final verification read", &e),
+            }
+            block += count;
+        }
+    }
+}

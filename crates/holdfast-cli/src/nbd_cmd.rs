@@ -1,0 +1,174 @@
+//! `holdfast nbd`: connect to a holdfast block target and export its volume
+//! over NBD on a local address, so qemu-img, qemu-io, fio, nbdcopy and the
+//! kernel's nbd client use it unchanged while the session rides out
+//! connection loss underneath.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use holdfast::{Endpoint, EndpointConnector, Initiator, InitiatorConfig, InitiatorOptions};
+use holdfast_block::nbd::{NbdOptions, Server};
+use holdfast_block::Volume;
+use serde::Deserialize;
+
+use crate::config::pick;
+use crate::units::{parse_duration, parse_endpoint};
+
+/// Options of `holdfast nbd` (also the `[nbd]` table of a config file).
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct NbdArgs {
+    /// The holdfast target: HOST:PORT or unix:PATH.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) target: Option<String>,
+    /// Where NBD clients connect: HOST:PORT or unix:PATH
+    /// [default: 127.0.0.1:10809].
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<String>,
+    /// The export's name (clients may also ask for the default, empty name).
+    #[arg(long)]
+    pub(crate) export: Option<String>,
+    /// How long an NBD request may wait (e.g. while the session recovers)
+    /// before it fails with EIO [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) io_timeout: Option<String>,
+    /// How fast a silent connection is declared dead [default: 2s].
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) detection: Option<String>,
+    /// Give the session up after this long without a connection
+    /// [default: 120s]; requests then fail with EIO.
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) session_loss: Option<String>,
+    /// Print the export's address and size as a JSON line.
+    #[arg(long)]
+    #[serde(default)]
+    pub(crate) json: bool,
+}
+
+/// Settings after merging flags, file and defaults.
+#[derive(Debug)]
+pub(crate) struct NbdSettings {
+    target: Endpoint,
+    listen: Endpoint,
+    export: String,
+    io_timeout: Duration,
+    detection: Duration,
+    session_loss: Duration,
+    json: bool,
+}
+
+impl NbdArgs {
+    /// Merges these flags over the config file's values and checks them.
+    pub(crate) fn merged(self, file: NbdArgs) -> anyhow::Result<NbdSettings> {
+        let Some(target) = pick(self.target, file.target) else {
+            bail!("no target: give --target HOST:PORT (where `holdfast target` listens)");
+        };
+        let endpoint = |s: &str| parse_endpoint(s).map_err(anyhow::Error::msg);
+        let duration = |v: Option<String>, default: Duration| -> anyhow::Result<Duration> {
+            v.map_or(Ok(default), |s| {
+                parse_duration(&s).map_err(anyhow::Error::msg)
+            })
+        };
+        Ok(NbdSettings {
+            target: endpoint(&target)?,
+            listen: endpoint(
+                &pick(self.listen, file.listen).unwrap_or_else(|| "127.0.0.1:10809".to_owned()),
+            )?,
+            export: pick(self.export, file.export).unwrap_or_default(),
+            io_timeout: duration(
+                pick(self.io_timeout, file.io_timeout),
+                Duration::from_secs(60),
+            )?,
+            detection: duration(pick(self.detection, file.detection), Duration::from_secs(2))?,
+            session_loss: duration(
+                pick(self.session_loss, file.session_loss),
+                Duration::from_secs(120),
+            )?,
+            json: self.json || file.json,
+        })
+    }
+}
+
+/// A bound NBD listener.
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// Connects, exports, and serves until Ctrl-C.
+pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
+    let initiator = Initiator::start(
+        Arc::new(EndpointConnector::new(s.target.clone(), s.detection)),
+        InitiatorOptions {
+            protocol: InitiatorConfig {
+                session_loss_timeout: Some(s.session_loss),
+                ..InitiatorConfig::default().with_detection_bound(s.detection)
+            },
+            ..InitiatorOptions::default()
+        },
+    );
+    let volume = Volume::connect(initiator.clone())
+        .await
+        .with_context(|| format!("could not open the volume of the target at {}", s.target))?;
+    let size = volume.size();
+    let server = Server::new(
+        Arc::new(volume),
+        NbdOptions {
+            export_name: s.export.clone(),
+            io_timeout: Some(s.io_timeout),
+        },
+    );
+    // Bind first, so the address printed is the one bound (port 0 works).
+    let listener = match &s.listen {
+        Endpoint::Tcp(addr) => Listener::Tcp(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("could not listen on {addr}"))?,
+        ),
+        Endpoint::Unix(path) => Listener::Unix(
+            tokio::net::UnixListener::bind(path)
+                .with_context(|| format!("could not listen on {}", path.display()))?,
+        ),
+        Endpoint::Named(n) => bail!("cannot listen on {n}"),
+    };
+    let uri = match &listener {
+        Listener::Tcp(l) => format!("nbd://{}/{}", l.local_addr()?, s.export),
+        Listener::Unix(_) => match &s.listen {
+            Endpoint::Unix(p) => format!("nbd+unix:///{}?socket={}", s.export, p.display()),
+            other => other.to_string(),
+        },
+    };
+    if s.json {
+        println!(
+            "{}",
+            serde_json::json!({ "event": "exporting", "uri": uri, "size": size, "target": s.target.to_string() })
+        );
+    } else {
+        eprintln!(
+            "exporting the volume of {} ({size} bytes) as {uri}; Ctrl-C to stop",
+            s.target
+        );
+    }
+    let serve = async {
+        match listener {
+            Listener::Tcp(l) => server.serve_listener(l).await,
+            Listener::Unix(l) => server.serve_listener(l).await,
+        }
+    };
+    tokio::select! {
+        never = serve => match never {},
+        r = tokio::signal::ctrl_c() => r.context("could not wait for Ctrl-C")?,
+    }
+    if let Endpoint::Unix(path) = &s.listen {
+        let _ = std::fs::remove_file(path);
+    }
+    eprintln!("closing the session");
+    initiator
+        .close()
+        .await
+        .context("the session did not close cleanly")?;
+    Ok(ExitCode::SUCCESS)
+}

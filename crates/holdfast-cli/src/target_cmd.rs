@@ -1,0 +1,185 @@
+//! `holdfast target`: serve a file or block device as a holdfast block
+//! target until interrupted, then hand initiators off gracefully.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use holdfast::{Endpoint, Target, TargetConfig, TargetOptions};
+use holdfast_block::{BlockService, FileDevice, OpenOptions};
+use serde::Deserialize;
+
+use crate::config::pick;
+use crate::units::{parse_duration, parse_endpoint, parse_size};
+
+/// Options of `holdfast target` (also the `[target]` table of a config file).
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct TargetArgs {
+    /// The file or block device to serve.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) volume: Option<PathBuf>,
+    /// Create the file, or grow it, to this size (e.g. 1G). Without it the
+    /// volume must exist.
+    #[arg(long)]
+    pub(crate) size: Option<String>,
+    /// Where to listen: HOST:PORT or unix:PATH; repeat for several.
+    #[arg(long, value_name = "ADDR")]
+    #[serde(default)]
+    pub(crate) listen: Vec<String>,
+    /// Refuse writes.
+    #[arg(long)]
+    #[serde(default)]
+    pub(crate) read_only: bool,
+    /// Open the volume with O_DIRECT (bypass the page cache).
+    #[arg(long)]
+    #[serde(default)]
+    pub(crate) direct: bool,
+    /// Commands one session may have outstanding (its credit window).
+    #[arg(long)]
+    pub(crate) credits: Option<u32>,
+    /// How long a session's state is kept after its connection is lost.
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) retain: Option<String>,
+    /// The most sessions served at once.
+    #[arg(long)]
+    pub(crate) max_sessions: Option<usize>,
+    /// On Ctrl-C: how long connections stay up after the shutdown notice.
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) shutdown_up: Option<String>,
+    /// On Ctrl-C: how long initiators wait after that before reconnecting.
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) shutdown_hold: Option<String>,
+    /// Print the bound endpoints and final counters as JSON lines.
+    #[arg(long)]
+    #[serde(default)]
+    pub(crate) json: bool,
+}
+
+/// Settings after merging flags, file and defaults.
+#[derive(Debug)]
+pub(crate) struct TargetSettings {
+    volume: PathBuf,
+    size: Option<u64>,
+    listen: Vec<Endpoint>,
+    read_only: bool,
+    direct: bool,
+    protocol: TargetConfig,
+    shutdown_up: Duration,
+    shutdown_hold: Duration,
+    json: bool,
+}
+
+impl TargetArgs {
+    /// Merges these flags over the config file's values and checks them.
+    pub(crate) fn merged(self, file: TargetArgs) -> anyhow::Result<TargetSettings> {
+        let Some(volume) = pick(self.volume, file.volume) else {
+            bail!("no volume: give --volume PATH (a file or block device)");
+        };
+        let listen = if self.listen.is_empty() {
+            file.listen
+        } else {
+            self.listen
+        };
+        if listen.is_empty() {
+            bail!("nowhere to listen: give --listen HOST:PORT (or unix:PATH)");
+        }
+        let listen = listen
+            .iter()
+            .map(|l| parse_endpoint(l).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let size = pick(self.size, file.size)
+            .map(|s| parse_size(&s).map_err(anyhow::Error::msg))
+            .transpose()?;
+        let duration = |v: Option<String>, default: Duration| -> anyhow::Result<Duration> {
+            v.map_or(Ok(default), |s| {
+                parse_duration(&s).map_err(anyhow::Error::msg)
+            })
+        };
+        let mut protocol = TargetConfig::default();
+        if let Some(c) = pick(self.credits, file.credits) {
+            protocol.credits = c;
+        }
+        protocol.retain = duration(pick(self.retain, file.retain), protocol.retain)?;
+        if let Some(m) = pick(self.max_sessions, file.max_sessions) {
+            protocol.max_sessions = m;
+        }
+        Ok(TargetSettings {
+            volume,
+            size,
+            listen,
+            read_only: self.read_only || file.read_only,
+            direct: self.direct || file.direct,
+            protocol,
+            shutdown_up: duration(
+                pick(self.shutdown_up, file.shutdown_up),
+                Duration::from_secs(1),
+            )?,
+            shutdown_hold: duration(
+                pick(self.shutdown_hold, file.shutdown_hold),
+                Duration::from_secs(2),
+            )?,
+            json: self.json || file.json,
+        })
+    }
+}
+
+/// Serves until Ctrl-C.
+pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
+    let device = FileDevice::open(
+        &s.volume,
+        OpenOptions {
+            size: s.size,
+            read_only: s.read_only,
+            direct: s.direct,
+        },
+    )
+    .with_context(|| format!("could not open the volume {}", s.volume.display()))?;
+    let size = holdfast_block::BlockDevice::size(&device);
+    let target = Target::serve(
+        &s.listen,
+        TargetOptions {
+            protocol: s.protocol,
+            ..TargetOptions::default()
+        },
+        BlockService::new(device),
+    )
+    .await
+    .context("could not listen")?;
+    let endpoints: Vec<String> = target.endpoints().iter().map(ToString::to_string).collect();
+    if s.json {
+        println!(
+            "{}",
+            serde_json::json!({ "event": "serving", "volume": s.volume, "size": size, "endpoints": endpoints })
+        );
+    } else {
+        eprintln!(
+            "serving {} ({} bytes) on {}; Ctrl-C to stop",
+            s.volume.display(),
+            size,
+            endpoints.join(", ")
+        );
+    }
+    tokio::signal::ctrl_c()
+        .await
+        .context("could not wait for Ctrl-C")?;
+    eprintln!(
+        "shutting down: connections stay up {:?}, initiators come back after {:?} more",
+        s.shutdown_up, s.shutdown_hold
+    );
+    let stats = target.stats().await;
+    target.shutdown(s.shutdown_up, Some(s.shutdown_hold)).await;
+    if let Some(stats) = stats {
+        if s.json {
+            println!(
+                "{}",
+                serde_json::json!({ "event": "stopped", "stats": format!("{stats:?}") })
+            );
+        } else {
+            eprintln!("stopped: {stats:?}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
