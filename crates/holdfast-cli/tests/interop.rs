@@ -363,11 +363,20 @@ fn fio_verify(uri: &str, seconds: u32) {
             "--verify_fatal=1",
             "--do_verify=1",
             "--verify_state_save=0",
-            "--output-format=terse",
+            "--output-format=json",
         ],
         Duration::from_secs(u64::from(seconds) + 120),
     );
-    assert!(!out.contains("verify: bad"), "{out}");
+    // fio exits non-zero on a verify failure (run() asserts success); also
+    // check the verify pass really read the data back.
+    let json = &out[out.find('{').unwrap_or(0)..];
+    let report: serde_json::Value = serde_json::from_str(json).expect("fio JSON report");
+    let job = &report["jobs"][0];
+    let written = job["write"]["io_bytes"].as_u64().unwrap_or(0);
+    let verified = job["read"]["io_bytes"].as_u64().unwrap_or(0);
+    eprintln!("fio: {written} bytes written, {verified} bytes read back and verified");
+    assert!(written > 0, "fio wrote nothing: {out}");
+    assert!(verified > 0, "fio verified nothing: {out}");
 }
 
 #[test]
