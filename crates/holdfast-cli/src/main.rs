@@ -6,7 +6,9 @@ mod config;
 mod demo;
 mod nbd_cmd;
 mod target_cmd;
+mod torture;
 mod units;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +52,13 @@ enum Command {
     /// survived. Needs nothing: it creates a temporary volume.
     #[command(after_help = "Example:\n  holdfast demo --duration 20s --seed 7")]
     Demo(demo::DemoArgs),
+    /// Run a long verified workload through chaos links and check its
+    /// history: block reads against acknowledged writes, or an exactly-once
+    /// counter and in-order one-way messages.
+    #[command(
+        after_help = "Examples:\n  holdfast torture --duration 600s --seed 3\n  holdfast torture --mode log --duration 60s\n  holdfast torture --target 127.0.0.1:7400 --no-restart"
+    )]
+    Torture(torture::TortureArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,7 +66,7 @@ fn main() -> ExitCode {
     // The demo draws a progress line and a table: keep its logs to errors
     // unless asked. The services log their sessions' lives by default.
     init_logs(match cli.command {
-        Command::Demo(_) => "error",
+        Command::Demo(_) | Command::Torture(_) => "error",
         _ => "info",
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -76,6 +85,7 @@ fn main() -> ExitCode {
             Command::Target(args) => target_cmd::run(args.merged(file.target)?).await,
             Command::Nbd(args) => nbd_cmd::run(args.merged(file.nbd)?).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Torture(args) => torture::run(args).await,
         }
     });
     match result {

@@ -431,3 +431,72 @@ fn the_demo_reports_nothing_lost_duplicated_or_corrupt() {
     assert!(v["stateful_recoveries"].as_u64() >= Some(1), "{text}");
     assert!(v["operations"].as_u64() > Some(100), "{text}");
 }
+
+/// Runs `holdfast torture ARGS --json` and returns its report.
+fn torture(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .arg("torture")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run torture");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "torture {args:?} failed ({}):\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("torture JSON: {e}\n{text}"))
+}
+
+#[test]
+fn torture_log_mode_counts_exactly_and_keeps_message_order() {
+    let v = torture(&["--mode", "log", "--duration", "15s", "--seed", "11"]);
+    for key in [
+        "failed_operations",
+        "counter_violations",
+        "messages_lost",
+        "messages_duplicated",
+        "messages_out_of_order",
+    ] {
+        assert_eq!(v[key], 0, "{key}: {v}");
+    }
+    assert_eq!(v["counter"], v["increments_ok"], "{v}");
+    assert!(v["messages_ok"].as_u64() > Some(100), "{v}");
+    let faults: u64 = v["faults"]
+        .as_object()
+        .expect("faults")
+        .values()
+        .filter_map(serde_json::Value::as_u64)
+        .sum();
+    assert_eq!(faults, 30, "two faults per second by default: {v}");
+}
+
+#[test]
+fn torture_block_mode_against_a_running_target() {
+    let dir = Scratch::new("torture-block");
+    let volume = dir.path("volume.img");
+    let (_target, info) = start(&[
+        "target",
+        "--volume",
+        volume.to_str().expect("path"),
+        "--size",
+        "32M",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let addr = info["endpoints"][0]
+        .as_str()
+        .expect("endpoint")
+        .trim_start_matches("tcp://")
+        .to_owned();
+    let v = torture(&["--target", &addr, "--duration", "15s", "--seed", "12"]);
+    for key in ["lost", "corrupt", "failed_operations"] {
+        assert_eq!(v[key], 0, "{key}: {v}");
+    }
+    // An external target has no ledger: duplicates are not claimed.
+    assert!(v["duplicated"].is_null(), "{v}");
+    assert!(v["stateful_recoveries"].as_u64() >= Some(10), "{v}");
+    assert!(v["operations"].as_u64() > Some(1000), "{v}");
+}

@@ -5,6 +5,16 @@
 //! shedding and tracing layers from `tower` wrap it unchanged, and a plain
 //! closure becomes one with `tower::service_fn`. The trait crate itself has no
 //! dependencies.
+//!
+//! # Order
+//!
+//! The target invokes [`tower_service::Service::call`] once per command or
+//! message, in session order. The futures `call` returns then run
+//! concurrently. A service whose effects must follow session order does
+//! its ordered part inside `call` itself (as a counter or an append-only
+//! log would), or sequences its futures itself (as the block service does
+//! for overlapping ranges); work done only inside the future may run out of
+//! order with later requests.
 
 use bytes::Bytes;
 use holdfast_proto::{Seq, SessionId};

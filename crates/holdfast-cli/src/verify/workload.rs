@@ -58,13 +58,22 @@ struct Expect {
     zero: bool,
     /// A change that failed and may or may not have landed.
     maybe: Option<(u64, bool)>,
+    /// When the acknowledged change was issued and acknowledged (ns since
+    /// the start), for the history excerpt of a violation.
+    acked: (u64, u64),
 }
 
 const NEVER: Expect = Expect {
     generation: 0,
     zero: true,
     maybe: None,
+    acked: (0, 0),
 };
+
+/// Formats nanoseconds since the start as seconds.
+fn at(ns: u64) -> String {
+    format!("{:.6}s", ns as f64 / 1e9)
+}
 
 /// One worker: its region and its model.
 pub(crate) struct Worker<D> {
@@ -128,9 +137,13 @@ impl<D: BlockDevice> Worker<D> {
         }
     }
 
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
     fn completed(&self) {
         self.tally.ops.fetch_add(1, Ordering::Relaxed);
-        let ns = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let ns = self.now_ns();
         self.tally
             .last_completion_ns
             .fetch_max(ns, Ordering::Relaxed);
@@ -139,6 +152,22 @@ impl<D: BlockDevice> Worker<D> {
     fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
         self.tally.failed.fetch_add(1, Ordering::Relaxed);
         self.tally.problem(format!("{what} failed: {error}"));
+    }
+
+    /// Records an acknowledged change of `count` blocks at `first`.
+    fn acknowledged(&mut self, first: u64, count: u64, generation: u64, zero: bool, invoked: u64) {
+        let acked = (invoked, self.now_ns());
+        for b in first..first + count {
+            self.model.insert(
+                b,
+                Expect {
+                    generation,
+                    zero,
+                    maybe: None,
+                    acked,
+                },
+            );
+        }
     }
 
     async fn write(&mut self, first: u64, count: u64) {
@@ -150,22 +179,14 @@ impl<D: BlockDevice> Worker<D> {
         }
         let fua = self.random() % 10 == 0;
         let len = data.len() as u64;
+        let invoked = self.now_ns();
         match self
             .device
             .write_at(first * BLOCK as u64, data.freeze(), fua)
             .await
         {
             Ok(()) => {
-                for b in first..first + count {
-                    self.model.insert(
-                        b,
-                        Expect {
-                            generation,
-                            zero: false,
-                            maybe: None,
-                        },
-                    );
-                }
+                self.acknowledged(first, count, generation, false, invoked);
                 self.tally.writes.fetch_add(1, Ordering::Relaxed);
                 self.tally.bytes_written.fetch_add(len, Ordering::Relaxed);
                 self.completed();
@@ -181,22 +202,14 @@ impl<D: BlockDevice> Worker<D> {
         let generation = self.next_generation;
         self.next_generation += 1;
         let len = u32::try_from(count as usize * BLOCK).unwrap_or(u32::MAX);
+        let invoked = self.now_ns();
         match self
             .device
             .write_zeroes(first * BLOCK as u64, len, false)
             .await
         {
             Ok(()) => {
-                for b in first..first + count {
-                    self.model.insert(
-                        b,
-                        Expect {
-                            generation,
-                            zero: true,
-                            maybe: None,
-                        },
-                    );
-                }
+                self.acknowledged(first, count, generation, true, invoked);
                 self.tally.zeroes.fetch_add(1, Ordering::Relaxed);
                 self.completed();
             }
@@ -227,9 +240,10 @@ impl<D: BlockDevice> Worker<D> {
 
     async fn read(&mut self, first: u64, count: u64) {
         let len = u32::try_from(count as usize * BLOCK).unwrap_or(u32::MAX);
+        let invoked = self.now_ns();
         match self.device.read_at(first * BLOCK as u64, len).await {
             Ok(data) => {
-                self.check(first, &data);
+                self.check(first, &data, invoked);
                 self.tally.reads.fetch_add(1, Ordering::Relaxed);
                 self.tally
                     .bytes_read
@@ -240,8 +254,12 @@ impl<D: BlockDevice> Worker<D> {
         }
     }
 
-    /// Checks blocks read at `first` against the model.
-    fn check(&mut self, first: u64, data: &Bytes) {
+    /// Checks blocks read at `first` (a read issued at `invoked`) against
+    /// the model. Per block, the model is exact: one worker owns the block
+    /// and runs one operation at a time, so the read must return the last
+    /// acknowledged change (or a failed one that may have landed after it).
+    fn check(&mut self, first: u64, data: &Bytes, invoked: u64) {
+        let returned = self.now_ns();
         if data.len() % BLOCK != 0 {
             self.tally.corrupt.fetch_add(1, Ordering::Relaxed);
             self.tally.problem(format!(
@@ -283,37 +301,45 @@ impl<D: BlockDevice> Worker<D> {
                             generation,
                             zero,
                             maybe: None,
+                            acked: (invoked, returned),
                         },
                     );
                     continue;
                 }
             }
-            match got {
+            let kind = match got {
                 Content::Written {
                     block: b,
                     generation: g,
                 } if b == block && g < expect.generation => {
                     self.tally.lost.fetch_add(1, Ordering::Relaxed);
-                    self.tally.problem(format!(
-                        "block {block}: lost write: read generation {g}, expected {}",
-                        expect.generation
-                    ));
+                    "lost write"
                 }
                 Content::Zero if !expect.zero => {
                     self.tally.lost.fetch_add(1, Ordering::Relaxed);
-                    self.tally.problem(format!(
-                        "block {block}: lost write: read zeroes, expected generation {}",
-                        expect.generation
-                    ));
+                    "lost write"
                 }
-                other => {
+                _ => {
                     self.tally.corrupt.fetch_add(1, Ordering::Relaxed);
-                    self.tally.problem(format!(
-                        "block {block}: corrupt: read {other:?}, expected generation {} (zero: {})",
-                        expect.generation, expect.zero
-                    ));
+                    "corrupt block"
                 }
-            }
+            };
+            // The shortest history that shows it: the acknowledged change
+            // the read should have returned, then the read.
+            let wrote = if expect.zero { "write-zeroes" } else { "write" };
+            let also = expect
+                .maybe
+                .map(|(g, _)| format!(" (a failed change, generation {g}, was also allowed)"))
+                .unwrap_or_default();
+            self.tally.problem(format!(
+                "block {block}: {kind}. History: [{} .. {}] {wrote} generation {} acknowledged; \
+                 [{} .. {}] read returned {got:?}{also}",
+                at(expect.acked.0),
+                at(expect.acked.1),
+                expect.generation,
+                at(invoked),
+                at(returned),
+            ));
         }
     }
 
@@ -324,8 +350,9 @@ impl<D: BlockDevice> Worker<D> {
         while block < end {
             let count = 64.min(end - block);
             let len = u32::try_from(count as usize * BLOCK).unwrap_or(u32::MAX);
+            let invoked = self.now_ns();
             match self.device.read_at(block * BLOCK as u64, len).await {
-                Ok(data) => self.check(block, &data),
+                Ok(data) => self.check(block, &data, invoked),
                 Err(e) => self.failed("final verification read", &e),
             }
             block += count;

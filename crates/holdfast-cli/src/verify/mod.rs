@@ -1,28 +1,23 @@
-//! `holdfast demo`: the whole stack in one process, under fire.
-//!
-//! A temporary file becomes a volume behind a block target; an initiator
-//! reaches it through the fault proxy; workers run a verified read/write
-//! workload while the proxy resets, blackholes and cuts the connection and
-//! the target is restarted once, gracefully, with its session state gone.
-//! At the end every block is read back and checked, and a table says what
-//! happened. The exit status is non-zero if anything was lost, duplicated
-//! or corrupted.
+//! The verified block workload shared by `holdfast demo` and `holdfast
+//! torture`: workers write, read back, zero and flush self-describing blocks
+//! through a [`Volume`] reached via the fault proxy, while a fault schedule
+//! runs (resets, blackholes, cuts and, when the target is in-process, a
+//! graceful restart that loses its session state). At the end every block is
+//! read back and checked, and a [`Summary`] says what happened.
 
-mod blocks;
-mod faults;
-mod ledger;
-mod report;
-mod workload;
+pub(crate) mod blocks;
+pub(crate) mod faults;
+pub(crate) mod ledger;
+pub(crate) mod report;
+pub(crate) mod workload;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::Args;
 use hdrhistogram::Histogram;
 use holdfast::chaos::Proxy;
 use holdfast::{
@@ -32,42 +27,33 @@ use holdfast::{
 use holdfast_block::{BlockService, FileDevice, OpenOptions, Volume};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::units::{parse_duration, parse_size};
 use blocks::BLOCK;
 use faults::DemoFault;
 use ledger::{Duplicates, Ledger};
-use report::Summary;
+pub(crate) use report::Summary;
 use workload::{Tally, Worker};
 
-/// Options of `holdfast demo`.
-#[derive(Debug, Args)]
-pub(crate) struct DemoArgs {
-    /// How long the workload runs (faults are injected in the first 80%).
-    #[arg(long, default_value = "20s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Seed for the workload and the fault schedule; the same seed gives
-    /// the same schedule.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// How many faults to inject (one of them a graceful target restart
-    /// unless --no-restart).
-    #[arg(long, default_value_t = 12)]
-    faults: u32,
-    /// Do not restart the target.
-    #[arg(long)]
-    no_restart: bool,
-    /// Size of the temporary volume.
-    #[arg(long, default_value = "64M", value_parser = parse_size)]
-    size: u64,
-    /// Concurrent workers (each owns a region of the volume).
-    #[arg(long, default_value_t = 8)]
-    workers: usize,
-    /// The detection bound for a silent connection.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
-    detection: Duration,
-    /// Print the result as JSON instead of a table.
-    #[arg(long)]
-    json: bool,
+/// What to run.
+#[derive(Clone, Debug)]
+pub(crate) struct Scenario {
+    /// How long the workload runs (faults land in the first 80%).
+    pub(crate) duration: Duration,
+    /// Seed of the workload and the fault schedule.
+    pub(crate) seed: u64,
+    /// How many faults to inject.
+    pub(crate) faults: u32,
+    /// Restart the in-process target once (ignored with an external target).
+    pub(crate) restart: bool,
+    /// Volume size, for an in-process target.
+    pub(crate) size: u64,
+    /// Concurrent workers, each owning a region.
+    pub(crate) workers: usize,
+    /// Detection bound for silent connections.
+    pub(crate) detection: Duration,
+    /// An external target to use instead of an in-process one.
+    pub(crate) target: Option<SocketAddr>,
+    /// Draw a progress line.
+    pub(crate) progress: bool,
 }
 
 /// The running target: a fresh process image for every restart.
@@ -81,6 +67,21 @@ struct TargetSide {
 }
 
 impl TargetSide {
+    /// A target run by someone else: it cannot be restarted from here.
+    fn external(addr: SocketAddr) -> TargetSide {
+        TargetSide {
+            target: None,
+            addr,
+            volume: std::path::PathBuf::new(),
+            duplicates: Arc::default(),
+            cache_answers_before: 0,
+        }
+    }
+
+    fn in_process(&self) -> bool {
+        !self.volume.as_os_str().is_empty()
+    }
+
     async fn start(
         addr: SocketAddr,
         volume: &std::path::Path,
@@ -139,59 +140,68 @@ impl TargetSide {
     }
 }
 
-/// Runs the demo.
-pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    if args.workers == 0 {
+/// Runs the verified block workload of `scenario` and reports.
+pub(crate) async fn run_block(scenario: &Scenario) -> anyhow::Result<Summary> {
+    if scenario.workers == 0 {
         bail!("--workers must be at least 1");
     }
-    let blocks_total = args.size / BLOCK as u64;
-    let per_worker = blocks_total / args.workers as u64;
-    if per_worker < 16 {
-        bail!(
-            "--size {} is too small for {} workers: each needs at least 64 KiB",
-            args.size,
-            args.workers
-        );
-    }
-    let dir = std::env::temp_dir().join(format!("holdfast-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
-    let volume = dir.join("volume.img");
-    let file = std::fs::File::create(&volume)
-        .with_context(|| format!("could not create {}", volume.display()))?;
-    file.set_len(args.size)
-        .with_context(|| format!("could not size {}", volume.display()))?;
-    drop(file);
-    let result = run_in(&args, &volume, per_worker).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    let summary = result?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        println!("\nholdfast demo: a verified workload through a fault-injecting proxy\n");
-        for p in &summary.problems {
-            println!("  problem: {p}");
-        }
-        print!("{}", summary.table());
-    }
-    Ok(if summary.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    // An in-process target gets a temporary volume, removed afterwards.
+    let scratch = match scenario.target {
+        Some(_) => None,
+        None => Some(Scratch::create(scenario.size)?),
+    };
+    let result = run_in(scenario, scratch.as_ref()).await;
+    drop(scratch);
+    result
 }
 
-async fn run_in(
-    args: &DemoArgs,
-    volume: &std::path::Path,
-    per_worker: u64,
-) -> anyhow::Result<Summary> {
+/// A temporary directory holding the in-process target's volume.
+struct Scratch {
+    dir: std::path::PathBuf,
+    volume: std::path::PathBuf,
+}
+
+impl Scratch {
+    fn create(size: u64) -> anyhow::Result<Scratch> {
+        let dir = std::env::temp_dir().join(format!(
+            "holdfast-verify-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("could not create {}", dir.display()))?;
+        let volume = dir.join("volume.img");
+        let file = std::fs::File::create(&volume)
+            .with_context(|| format!("could not create {}", volume.display()))?;
+        file.set_len(size)
+            .with_context(|| format!("could not size {}", volume.display()))?;
+        Ok(Scratch { dir, volume })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn run_in(scenario: &Scenario, scratch: Option<&Scratch>) -> anyhow::Result<Summary> {
+    let args = scenario;
     let duplicates = Arc::new(Duplicates::default());
-    let mut target = TargetSide::start(
-        "127.0.0.1:0".parse().context("address")?,
-        volume,
-        duplicates.clone(),
-    )
-    .await?;
+    let mut target = match (scratch, scenario.target) {
+        (Some(s), _) => {
+            TargetSide::start(
+                "127.0.0.1:0".parse().context("address")?,
+                &s.volume,
+                duplicates.clone(),
+            )
+            .await?
+        }
+        (None, Some(addr)) => TargetSide::external(addr),
+        (None, None) => bail!("no target and no volume"),
+    };
     let proxy = Proxy::start(target.addr)
         .await
         .context("could not start the fault proxy on 127.0.0.1")?;
@@ -212,9 +222,20 @@ async fn run_in(
     let device = Arc::new(
         tokio::time::timeout(Duration::from_secs(10), Volume::connect(initiator.clone()))
             .await
-            .context("the demo target did not answer within 10 s")?
-            .context("could not open the demo volume")?,
+            .with_context(|| format!("the target at {} did not answer within 10 s", target.addr))?
+            .with_context(|| {
+                format!("could not open the volume of the target at {}", target.addr)
+            })?,
     );
+    let blocks_total = device.size() / BLOCK as u64;
+    let per_worker = blocks_total / args.workers as u64;
+    if per_worker < 16 {
+        bail!(
+            "the volume ({} bytes) is too small for {} workers: each needs at least 64 KiB",
+            device.size(),
+            args.workers
+        );
+    }
 
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -232,8 +253,9 @@ async fn run_in(
         workers.push(tokio::spawn(worker.run(stop.clone())));
     }
 
-    let progress = progress_bar(args.json);
-    let schedule = faults::schedule(args.duration, args.faults, !args.no_restart, args.seed);
+    let progress = progress_bar(!args.progress);
+    let restart = args.restart && target.in_process();
+    let schedule = faults::schedule(args.duration, args.faults, restart, args.seed);
     let mut injected: BTreeMap<String, u64> = BTreeMap::new();
     let mut recovery = Histogram::<u64>::new(3).context("histogram")?;
     for (at, fault) in schedule {
@@ -289,7 +311,7 @@ async fn run_in(
     Ok(Summary {
         seed: args.seed,
         duration_s: elapsed.as_secs_f64(),
-        volume_bytes: args.size,
+        volume_bytes: device.size(),
         workers: args.workers,
         operations: load(&tally.ops),
         reads: load(&tally.reads),
@@ -310,13 +332,15 @@ async fn run_in(
         recovery_max_ms: ms(1.0),
         failed_operations: load(&tally.failed),
         lost: load(&tally.lost),
-        duplicated: duplicates.0.load(Ordering::Relaxed),
+        duplicated: target
+            .in_process()
+            .then(|| duplicates.0.load(Ordering::Relaxed)),
         corrupt: load(&tally.corrupt),
         problems,
     })
 }
 
-fn progress_bar(hidden: bool) -> ProgressBar {
+pub(crate) fn progress_bar(hidden: bool) -> ProgressBar {
     if hidden {
         return ProgressBar::hidden();
     }

@@ -1,0 +1,384 @@
+//! The exactly-once torture mode: an in-process target serves a counter
+//! (commands, NOT idempotent) and a message log (one-way messages), and
+//! workers increment and send through the fault proxy. Afterwards the
+//! counter must equal the number of successful increments and every
+//! worker's log must hold exactly the messages it sent, once each, in order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::{BufMut, Bytes, BytesMut};
+use holdfast::chaos::Proxy;
+use holdfast::{
+    service_fn, Endpoint, EndpointConnector, Initiator, InitiatorConfig, InitiatorOptions, Request,
+    Target, TargetOptions,
+};
+use serde::Serialize;
+
+use crate::verify::faults::{schedule, time_to_recover};
+use crate::verify::workload::Tally;
+
+/// The service's state: it outlives nothing, the target runs throughout.
+#[derive(Default)]
+struct LogState {
+    counter: AtomicU64,
+    logs: Mutex<HashMap<u32, Vec<u64>>>,
+}
+
+/// What the log mode found.
+#[derive(Debug, Serialize)]
+pub(crate) struct LogSummary {
+    pub(crate) seed: u64,
+    pub(crate) duration_s: f64,
+    pub(crate) workers: usize,
+    pub(crate) increments_ok: u64,
+    pub(crate) messages_ok: u64,
+    pub(crate) counter: u64,
+    pub(crate) faults: BTreeMap<String, u64>,
+    pub(crate) reconnects: u64,
+    pub(crate) recoveries: u64,
+    pub(crate) resent: u64,
+    pub(crate) answered_from_cache: u64,
+    pub(crate) failed_operations: u64,
+    pub(crate) counter_violations: u64,
+    pub(crate) messages_lost: u64,
+    pub(crate) messages_duplicated: u64,
+    pub(crate) messages_out_of_order: u64,
+    pub(crate) problems: Vec<String>,
+}
+
+impl LogSummary {
+    /// True when every invariant held.
+    pub(crate) fn passed(&self) -> bool {
+        self.failed_operations == 0
+            && self.counter_violations == 0
+            && self.messages_lost == 0
+            && self.messages_duplicated == 0
+            && self.messages_out_of_order == 0
+    }
+
+    /// The table a person reads.
+    pub(crate) fn table(&self) -> String {
+        let faults: u64 = self.faults.values().sum();
+        let kinds: Vec<String> = self
+            .faults
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect();
+        let rows = [
+            (
+                "duration",
+                format!("{:.1} s, seed {}", self.duration_s, self.seed),
+            ),
+            (
+                "operations",
+                format!(
+                    "{} increments and {} one-way messages acknowledged, {} workers",
+                    self.increments_ok, self.messages_ok, self.workers
+                ),
+            ),
+            (
+                "counter",
+                format!("{} (must equal the increments)", self.counter),
+            ),
+            (
+                "faults injected",
+                format!("{faults} ({})", kinds.join(", ")),
+            ),
+            (
+                "recoveries",
+                format!(
+                    "{} reconnects, {} stateful recoveries, {} resent, {} answered from cache",
+                    self.reconnects, self.recoveries, self.resent, self.answered_from_cache
+                ),
+            ),
+            ("failed operations", self.failed_operations.to_string()),
+            ("counter violations", self.counter_violations.to_string()),
+            ("messages lost", self.messages_lost.to_string()),
+            ("messages duplicated", self.messages_duplicated.to_string()),
+            (
+                "messages out of order",
+                self.messages_out_of_order.to_string(),
+            ),
+        ];
+        let mut out = String::new();
+        for (k, v) in rows {
+            out.push_str(&format!("  {k:<22} {v}\n"));
+        }
+        out.push_str(if self.passed() {
+            "\nPASS: every increment executed exactly once; every message arrived once, in order.\n"
+        } else {
+            "\nFAIL: an invariant broke; see the problems above.\n"
+        });
+        out
+    }
+}
+
+/// The log mode's settings.
+pub(crate) struct LogScenario {
+    pub(crate) duration: Duration,
+    pub(crate) seed: u64,
+    pub(crate) faults: u32,
+    pub(crate) workers: usize,
+    pub(crate) detection: Duration,
+}
+
+fn message(worker: u32, n: u64) -> Bytes {
+    let mut b = BytesMut::with_capacity(13);
+    b.put_u8(b'M');
+    b.put_u32(worker);
+    b.put_u64(n);
+    b.freeze()
+}
+
+/// Runs the log mode.
+pub(crate) async fn run(
+    s: &LogScenario,
+    progress: &indicatif::ProgressBar,
+) -> anyhow::Result<LogSummary> {
+    let state = Arc::new(LogState::default());
+    let service = {
+        let state = state.clone();
+        // The work happens in `call` itself, which the target invokes in
+        // session order; the returned future only carries the answer.
+        // (Work done inside the future would run concurrently with later
+        // requests' futures and could reorder.)
+        service_fn(move |req: Request| {
+            let p = req.payload;
+            let reply = match p.first() {
+                Some(b'M') if p.len() == 13 => {
+                    let worker = u32::from_be_bytes([p[1], p[2], p[3], p[4]]);
+                    let mut n = [0u8; 8];
+                    n.copy_from_slice(&p[5..13]);
+                    state
+                        .logs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(worker)
+                        .or_default()
+                        .push(u64::from_be_bytes(n));
+                    Bytes::new()
+                }
+                _ => {
+                    let v = state.counter.fetch_add(1, Ordering::SeqCst) + 1;
+                    Bytes::copy_from_slice(&v.to_be_bytes())
+                }
+            };
+            std::future::ready(Ok::<_, std::convert::Infallible>(reply))
+        })
+    };
+    let target = Target::serve(
+        &[Endpoint::Tcp("127.0.0.1:0".parse().context("address")?)],
+        TargetOptions::default(),
+        service,
+    )
+    .await
+    .context("could not start the in-process target")?;
+    let Some(Endpoint::Tcp(addr)) = target.endpoints().first().cloned() else {
+        anyhow::bail!("the target bound no TCP endpoint");
+    };
+    let proxy = Proxy::start(addr)
+        .await
+        .context("could not start the fault proxy")?;
+    let initiator = Initiator::start(
+        Arc::new(EndpointConnector::new(
+            Endpoint::Tcp(proxy.addr()),
+            s.detection,
+        )),
+        InitiatorOptions {
+            protocol: InitiatorConfig {
+                session_loss_timeout: Some(Duration::from_secs(30)),
+                ..InitiatorConfig::default().with_detection_bound(s.detection)
+            },
+            jitter_seed: Some(s.seed),
+            ..InitiatorOptions::default()
+        },
+    );
+
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let increments = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for w in 0..s.workers {
+        let (init, stop, tally, increments) = (
+            initiator.clone(),
+            stop.clone(),
+            tally.clone(),
+            increments.clone(),
+        );
+        let mut rng = s.seed ^ ((w as u64 + 1) << 32) | 1;
+        workers.push(tokio::spawn(async move {
+            let worker = w as u32;
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let ok = if rng % 10 < 6 {
+                    let r = init.call(Bytes::from_static(b"I")).await;
+                    if r.is_ok() {
+                        increments.fetch_add(1, Ordering::Relaxed);
+                    }
+                    r.map(drop)
+                } else {
+                    let r = init.send(message(worker, sent + 1)).await;
+                    if r.is_ok() {
+                        sent += 1;
+                    }
+                    r
+                };
+                match ok {
+                    Ok(()) => {
+                        tally.ops.fetch_add(1, Ordering::Relaxed);
+                        let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                        tally.last_completion_ns.fetch_max(ns, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tally.failed.fetch_add(1, Ordering::Relaxed);
+                        let mut p = tally.problems.lock().unwrap_or_else(|e| e.into_inner());
+                        if p.len() < 20 {
+                            p.push(format!("worker {worker}: an operation failed: {e}"));
+                        }
+                        // A failed send may or may not have arrived: stop
+                        // this worker's stream so the check stays exact.
+                        return (worker, sent, false);
+                    }
+                }
+            }
+            (worker, sent, true)
+        }));
+    }
+
+    let mut injected: BTreeMap<String, u64> = BTreeMap::new();
+    for (at, fault) in schedule(s.duration, s.faults, false, s.seed) {
+        wait(start + at, &tally, progress, &injected).await;
+        let Some(f) = fault.proxy_fault() else {
+            continue;
+        };
+        proxy.inject(f);
+        let since = Instant::now();
+        *injected.entry(fault.name().to_owned()).or_default() += 1;
+        if time_to_recover(&tally, start, since, Duration::from_secs(10) + s.detection)
+            .await
+            .is_none()
+        {
+            tally
+                .problems
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!(
+                    "no operation completed within 10 s of a {} fault",
+                    fault.name()
+                ));
+        }
+    }
+    wait(start + s.duration, &tally, progress, &injected).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut sent = HashMap::new();
+    for w in workers {
+        let (worker, n, _clean) = w.await.context("a worker panicked")?;
+        sent.insert(worker, n);
+    }
+    // FIN: everything sent before the close is delivered.
+    let stats = initiator.stats().await.unwrap_or_default();
+    initiator
+        .close()
+        .await
+        .context("the session did not close cleanly")?;
+    let tstats = target.stats().await.unwrap_or_default();
+    let elapsed = start.elapsed();
+
+    let mut problems = tally
+        .problems
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let failed = tally.failed.load(Ordering::Relaxed);
+    let increments_ok = increments.load(Ordering::Relaxed);
+    let counter = state.counter.load(Ordering::SeqCst);
+    // A failed increment may have executed: allow that many extra.
+    let counter_violations = u64::from(counter < increments_ok || counter > increments_ok + failed);
+    if counter_violations > 0 {
+        problems.push(format!(
+            "the counter is {counter} but {increments_ok} increments succeeded ({failed} failed)"
+        ));
+    }
+    let (mut lost, mut duplicated, mut out_of_order) = (0u64, 0u64, 0u64);
+    let logs = state.logs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for (&worker, &n) in &sent {
+        let log = logs.get(&worker).cloned().unwrap_or_default();
+        let mut seen = std::collections::HashSet::new();
+        let mut last = 0;
+        for (i, &m) in log.iter().enumerate() {
+            if !seen.insert(m) {
+                duplicated += 1;
+                problems.push(format!(
+                    "worker {worker}: message {m} arrived again at position {i}"
+                ));
+            } else if m < last {
+                out_of_order += 1;
+                problems.push(format!(
+                    "worker {worker}: message {m} arrived after message {last} (position {i})"
+                ));
+            }
+            last = last.max(m);
+        }
+        for m in 1..=n {
+            if !seen.contains(&m) {
+                lost += 1;
+                if lost <= 5 {
+                    problems.push(format!(
+                        "worker {worker}: acknowledged message {m} never arrived"
+                    ));
+                }
+            }
+        }
+    }
+    let messages_ok = sent.values().sum();
+    problems.truncate(40);
+    Ok(LogSummary {
+        seed: s.seed,
+        duration_s: elapsed.as_secs_f64(),
+        workers: s.workers,
+        increments_ok,
+        messages_ok,
+        counter,
+        faults: injected,
+        reconnects: stats.disconnects,
+        recoveries: stats.recoveries,
+        resent: stats.resent,
+        answered_from_cache: tstats.answered_from_cache,
+        failed_operations: failed,
+        counter_violations,
+        messages_lost: lost,
+        messages_duplicated: duplicated,
+        messages_out_of_order: out_of_order,
+        problems,
+    })
+}
+
+async fn wait(
+    deadline: Instant,
+    tally: &Tally,
+    progress: &indicatif::ProgressBar,
+    injected: &BTreeMap<String, u64>,
+) {
+    loop {
+        let faults: u64 = injected.values().sum();
+        progress.set_message(format!(
+            "{} ops, {} faults injected, {} failed",
+            tally.ops.load(Ordering::Relaxed),
+            faults,
+            tally.failed.load(Ordering::Relaxed),
+        ));
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        tokio::time::sleep((deadline - now).min(Duration::from_millis(200))).await;
+    }
+}
