@@ -67,4 +67,9 @@ pub struct TestSwitches {
     /// for credit and everything pending is sent at once after a reconnect
     /// (the xprtrdma flood of seed 002).
     pub ignore_credits: bool,
+    /// The target does not fence: a recovery login leaves the connection it
+    /// replaces attached, and bytes that arrive late on that connection are
+    /// still read as the session's (the stale path of seed 001). Sequence
+    /// deduplication still drops what they repeat unless `no_dedup` is set.
+    pub no_fencing: bool,
 }

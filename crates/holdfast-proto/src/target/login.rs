@@ -137,8 +137,12 @@ impl Target {
         }
         s.ack_responses(login.response_ack, &mut self.changes)?;
         s.peer_max_frame = login.max_frame;
+        #[cfg(feature = "test-switches")]
+        let fencing = !self.config.switches.no_fencing;
+        #[cfg(not(feature = "test-switches"))]
+        let fencing = true;
         if let Some(old) = s.conn {
-            if old != conn {
+            if old != conn && fencing {
                 self.fence(old);
             }
         }

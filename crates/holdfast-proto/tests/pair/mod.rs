@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use holdfast_proto::wire::{Decoder, Direction, Frame};
 use holdfast_proto::{
-    ConnId, Delivery, Initiator, InitiatorConfig, InitiatorEvent, MemoryStore, SeededRandom,
-    StateChange, Target, TargetConfig, Timestamp,
+    ConnId, ConnectError, Delivery, Initiator, InitiatorConfig, InitiatorEvent, MemoryStore,
+    SeededRandom, StateChange, Target, TargetConfig, Timestamp,
 };
 
 /// Two state machines and the bytes between them.
@@ -83,6 +83,20 @@ impl Pair {
         self.initiator
             .connect(self.conn, self.now)
             .expect("connect");
+    }
+
+    /// Opens a new connection if the initiator allows it now (an eager
+    /// driver's reconnect attempt). On refusal nothing changes: the target
+    /// never sees the connection and the bytes in flight stay where they are.
+    pub fn try_connect(&mut self) -> Result<(), ConnectError> {
+        let conn = ConnId(self.next_conn);
+        self.initiator.connect(conn, self.now)?;
+        self.next_conn += 1;
+        self.conn = conn;
+        self.to_target.clear();
+        self.to_initiator.clear();
+        self.target.accept(conn, self.now).expect("accept");
+        Ok(())
     }
 
     /// Moves time forward and fires timers.
