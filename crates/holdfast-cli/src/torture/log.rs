@@ -259,7 +259,10 @@ pub(crate) async fn run(
         let Some(f) = fault.proxy_fault() else {
             continue;
         };
-        proxy.inject(f);
+        // Only a fault that hit a live link counts as injected.
+        if proxy.inject(f) == 0 {
+            continue;
+        }
         let since = Instant::now();
         *injected.entry(fault.name().to_owned()).or_default() += 1;
         if time_to_recover(&tally, start, since, Duration::from_secs(10) + s.detection)

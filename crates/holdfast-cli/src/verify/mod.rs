@@ -262,7 +262,10 @@ async fn run_in(scenario: &Scenario, scratch: Option<&Scratch>) -> anyhow::Resul
         wait_until(start + at, &tally, &progress, &injected).await;
         let since = match fault.proxy_fault() {
             Some(f) => {
-                proxy.inject(f);
+                // Only a fault that hit a live link counts as injected.
+                if proxy.inject(f) == 0 {
+                    continue;
+                }
                 Instant::now()
             }
             None => target.restart().await?,
