@@ -180,9 +180,11 @@ pub(crate) async fn run(
     let Some(Endpoint::Tcp(addr)) = target.endpoints().first().cloned() else {
         anyhow::bail!("the target bound no TCP endpoint");
     };
-    let proxy = Proxy::start(addr)
-        .await
-        .context("could not start the fault proxy")?;
+    let proxy = Arc::new(
+        Proxy::start(addr)
+            .await
+            .context("could not start the fault proxy")?,
+    );
     let initiator = Initiator::start(
         Arc::new(EndpointConnector::new(
             Endpoint::Tcp(proxy.addr()),
@@ -256,15 +258,25 @@ pub(crate) async fn run(
     let mut injected: BTreeMap<String, u64> = BTreeMap::new();
     for (at, fault) in schedule(s.duration, s.faults, false, s.seed) {
         wait(start + at, &tally, progress, &injected).await;
-        let Some(f) = fault.proxy_fault() else {
+        let Some((now, later)) = fault.proxy_specs() else {
             continue;
         };
         // Only a fault that hit a live link counts as injected.
-        if proxy.inject(f) == 0 {
+        if proxy.apply(now) == 0 {
             continue;
         }
         let since = Instant::now();
+        if let Some((after, spec)) = later {
+            let proxy = proxy.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                proxy.apply(spec);
+            });
+        }
         *injected.entry(fault.name().to_owned()).or_default() += 1;
+        if !fault.is_outage() {
+            continue;
+        }
         if time_to_recover(&tally, start, since, Duration::from_secs(10) + s.detection)
             .await
             .is_none()

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use holdfast::chaos::Fault;
+use holdfast::chaos::{Direction, FaultKind, FaultSpec, Scope};
 
 use super::workload::Tally;
 
@@ -19,6 +19,16 @@ pub(crate) enum DemoFault {
     Blackhole,
     /// The proxy forwards a few more bytes, then nothing (a cut mid-frame).
     Cut(u64),
+    /// The initiator's bytes are held (not lost) while it gives up on the
+    /// connection and recovers on a new one; then the held bytes are
+    /// delivered, late, on the old one: the stale-command shape of seed 001.
+    HoldThenRelease,
+    /// The initiator's direction is closed with FIN; the other goes on.
+    HalfClose,
+    /// Every chunk is delayed 20-70 ms for two seconds (not an outage).
+    Delay,
+    /// The link is throttled to 256 KiB/s for two seconds (not an outage).
+    Bandwidth,
     /// The target announces a shutdown, stops, and a new target process
     /// (no session state) starts on the same port and volume.
     Restart,
@@ -31,18 +41,58 @@ impl DemoFault {
             DemoFault::Reset => "reset",
             DemoFault::Blackhole => "blackhole",
             DemoFault::Cut(_) => "cut",
+            DemoFault::HoldThenRelease => "hold-release",
+            DemoFault::HalfClose => "half-close",
+            DemoFault::Delay => "delay",
+            DemoFault::Bandwidth => "bandwidth",
             DemoFault::Restart => "restart",
         }
     }
 
-    /// The proxy fault, for those the proxy injects.
-    pub(crate) fn proxy_fault(self) -> Option<Fault> {
-        match self {
-            DemoFault::Reset => Some(Fault::Reset),
-            DemoFault::Blackhole => Some(Fault::Blackhole),
-            DemoFault::Cut(n) => Some(Fault::CutAfter(n)),
-            DemoFault::Restart => None,
-        }
+    /// True if the fault interrupts the session (so recovery time counts).
+    pub(crate) fn is_outage(self) -> bool {
+        !matches!(self, DemoFault::Delay | DemoFault::Bandwidth)
+    }
+
+    /// What the proxy applies now and, for faults that end, what it
+    /// applies how much later. `None` for the restart.
+    pub(crate) fn proxy_specs(self) -> Option<(FaultSpec, Option<(Duration, FaultSpec)>)> {
+        let all = |kind, direction| FaultSpec::new(kind, direction, Scope::All);
+        let newest = |kind, direction| FaultSpec::new(kind, direction, Scope::Newest);
+        let heal_after = |d: Duration| Some((d, all(FaultKind::Heal, Direction::Both)));
+        Some(match self {
+            DemoFault::Reset => (all(FaultKind::Reset, Direction::Both), None),
+            DemoFault::Blackhole => (all(FaultKind::Blackhole, Direction::Both), None),
+            DemoFault::Cut(n) => (all(FaultKind::CutAfter(n), Direction::Both), None),
+            DemoFault::HoldThenRelease => (
+                newest(FaultKind::Hold, Direction::Up),
+                Some((
+                    Duration::from_millis(1500),
+                    all(FaultKind::Release, Direction::Up),
+                )),
+            ),
+            DemoFault::HalfClose => (newest(FaultKind::HalfClose, Direction::Up), None),
+            DemoFault::Delay => (
+                all(
+                    FaultKind::Delay {
+                        base: Duration::from_millis(20),
+                        jitter: Duration::from_millis(50),
+                    },
+                    Direction::Both,
+                ),
+                heal_after(Duration::from_secs(2)),
+            ),
+            DemoFault::Bandwidth => (
+                all(
+                    FaultKind::Bandwidth {
+                        bytes_per_sec: 256 << 10,
+                    },
+                    Direction::Both,
+                ),
+                heal_after(Duration::from_secs(2)),
+            ),
+            DemoFault::Restart => return None,
+        })
     }
 }
 
@@ -66,10 +116,14 @@ pub(crate) fn schedule(
     let mut faults: Vec<(Duration, DemoFault)> = (0..count)
         .map(|i| {
             let at = window.mul_f64(f64::from(i + 1) / f64::from(count + 1));
-            let kind = match next() % 4 {
-                0 | 1 => DemoFault::Reset,
-                2 => DemoFault::Blackhole,
-                _ => DemoFault::Cut(next() % 200),
+            let kind = match next() % 20 {
+                0..=5 => DemoFault::Reset,
+                6..=8 => DemoFault::Blackhole,
+                9..=11 => DemoFault::Cut(next() % 200),
+                12..=14 => DemoFault::HoldThenRelease,
+                15..=16 => DemoFault::HalfClose,
+                17..=18 => DemoFault::Delay,
+                _ => DemoFault::Bandwidth,
             };
             (at, kind)
         })

@@ -202,9 +202,11 @@ async fn run_in(scenario: &Scenario, scratch: Option<&Scratch>) -> anyhow::Resul
         (None, Some(addr)) => TargetSide::external(addr),
         (None, None) => bail!("no target and no volume"),
     };
-    let proxy = Proxy::start(target.addr)
-        .await
-        .context("could not start the fault proxy on 127.0.0.1")?;
+    let proxy = Arc::new(
+        Proxy::start(target.addr)
+            .await
+            .context("could not start the fault proxy on 127.0.0.1")?,
+    );
     let initiator = Initiator::start(
         Arc::new(EndpointConnector::new(
             Endpoint::Tcp(proxy.addr()),
@@ -260,17 +262,28 @@ async fn run_in(scenario: &Scenario, scratch: Option<&Scratch>) -> anyhow::Resul
     let mut recovery = Histogram::<u64>::new(3).context("histogram")?;
     for (at, fault) in schedule {
         wait_until(start + at, &tally, &progress, &injected).await;
-        let since = match fault.proxy_fault() {
-            Some(f) => {
+        let since = match fault.proxy_specs() {
+            Some((now, later)) => {
                 // Only a fault that hit a live link counts as injected.
-                if proxy.inject(f) == 0 {
+                if proxy.apply(now) == 0 {
                     continue;
                 }
-                Instant::now()
+                let since = Instant::now();
+                if let Some((after, spec)) = later {
+                    let proxy = proxy.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        proxy.apply(spec);
+                    });
+                }
+                since
             }
             None => target.restart().await?,
         };
         *injected.entry(fault.name().to_owned()).or_default() += 1;
+        if !fault.is_outage() {
+            continue;
+        }
         let limit = Duration::from_secs(10) + args.detection;
         match faults::time_to_recover(&tally, start, since, limit).await {
             Some(d) => {
