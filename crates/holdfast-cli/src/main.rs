@@ -5,6 +5,7 @@
 mod chaos_cmd;
 mod config;
 mod demo;
+mod logsvc;
 mod nbd_cmd;
 mod target_cmd;
 mod torture;

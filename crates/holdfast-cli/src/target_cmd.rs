@@ -12,12 +12,17 @@ use holdfast_block::{BlockService, FileDevice, OpenOptions};
 use serde::Deserialize;
 
 use crate::config::pick;
+use crate::logsvc::LogService;
 use crate::units::{parse_duration, parse_endpoint, parse_size};
 
 /// Options of `holdfast target` (also the `[target]` table of a config file).
 #[derive(Debug, Default, Args, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub(crate) struct TargetArgs {
+    /// What to serve: `block` (a volume) or `log` (the exactly-once test
+    /// service that `holdfast torture --mode log` drives) [default: block].
+    #[arg(long)]
+    pub(crate) service: Option<String>,
     /// The file or block device to serve.
     #[arg(long, value_name = "PATH")]
     pub(crate) volume: Option<PathBuf>,
@@ -61,7 +66,8 @@ pub(crate) struct TargetArgs {
 /// Settings after merging flags, file and defaults.
 #[derive(Debug)]
 pub(crate) struct TargetSettings {
-    volume: PathBuf,
+    /// `None` for the log service.
+    volume: Option<PathBuf>,
     size: Option<u64>,
     listen: Vec<Endpoint>,
     read_only: bool,
@@ -75,8 +81,13 @@ pub(crate) struct TargetSettings {
 impl TargetArgs {
     /// Merges these flags over the config file's values and checks them.
     pub(crate) fn merged(self, file: TargetArgs) -> anyhow::Result<TargetSettings> {
-        let Some(volume) = pick(self.volume, file.volume) else {
-            bail!("no volume: give --volume PATH (a file or block device)");
+        let service = pick(self.service, file.service).unwrap_or_else(|| "block".to_owned());
+        let volume = match (service.as_str(), pick(self.volume, file.volume)) {
+            ("block", Some(v)) => Some(v),
+            ("block", None) => bail!("no volume: give --volume PATH (a file or block device)"),
+            ("log", None) => None,
+            ("log", Some(_)) => bail!("--service log serves no volume: drop --volume"),
+            (other, _) => bail!("--service {other}: expected block or log"),
         };
         let listen = if self.listen.is_empty() {
             file.listen
@@ -128,37 +139,44 @@ impl TargetArgs {
 
 /// Serves until Ctrl-C.
 pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
-    let device = FileDevice::open(
-        &s.volume,
-        OpenOptions {
-            size: s.size,
-            read_only: s.read_only,
-            direct: s.direct,
-        },
-    )
-    .with_context(|| format!("could not open the volume {}", s.volume.display()))?;
-    let size = holdfast_block::BlockDevice::size(&device);
-    let target = Target::serve(
-        &s.listen,
-        TargetOptions {
-            protocol: s.protocol,
-            ..TargetOptions::default()
-        },
-        BlockService::new(device),
-    )
-    .await
-    .context("could not listen")?;
+    let options = TargetOptions {
+        protocol: s.protocol.clone(),
+        ..TargetOptions::default()
+    };
+    let (target, what, size) = match &s.volume {
+        Some(volume) => {
+            let device = FileDevice::open(
+                volume,
+                OpenOptions {
+                    size: s.size,
+                    read_only: s.read_only,
+                    direct: s.direct,
+                },
+            )
+            .with_context(|| format!("could not open the volume {}", volume.display()))?;
+            let size = holdfast_block::BlockDevice::size(&device);
+            let target = Target::serve(&s.listen, options, BlockService::new(device))
+                .await
+                .context("could not listen")?;
+            (target, volume.display().to_string(), Some(size))
+        }
+        None => {
+            let target = Target::serve(&s.listen, options, LogService::default().service())
+                .await
+                .context("could not listen")?;
+            (target, "the log service".to_owned(), None)
+        }
+    };
     let endpoints: Vec<String> = target.endpoints().iter().map(ToString::to_string).collect();
     if s.json {
         println!(
             "{}",
-            serde_json::json!({ "event": "serving", "volume": s.volume, "size": size, "endpoints": endpoints })
+            serde_json::json!({ "event": "serving", "service": what, "size": size, "endpoints": endpoints })
         );
     } else {
         eprintln!(
-            "serving {} ({} bytes) on {}; Ctrl-C to stop",
-            s.volume.display(),
-            size,
+            "serving {what}{} on {}; Ctrl-C to stop",
+            size.map(|b| format!(" ({b} bytes)")).unwrap_or_default(),
             endpoints.join(", ")
         );
     }

@@ -505,3 +505,38 @@ fn torture_block_mode_against_a_running_target() {
     assert!(v["stateful_recoveries"].as_u64() >= Some(10), "{v}");
     assert!(v["operations"].as_u64() > Some(1000), "{v}");
 }
+
+#[test]
+fn torture_log_mode_against_a_running_log_target() {
+    let (_target, info) = start(&["target", "--service", "log", "--listen", "127.0.0.1:0"]);
+    let addr = info["endpoints"][0]
+        .as_str()
+        .expect("endpoint")
+        .trim_start_matches("tcp://")
+        .to_owned();
+    // Two runs against the same target: the second must not be confused by
+    // the first's counter and streams.
+    for seed in ["21", "22"] {
+        let v = torture(&[
+            "--mode",
+            "log",
+            "--target",
+            &addr,
+            "--duration",
+            "8s",
+            "--seed",
+            seed,
+        ]);
+        for key in [
+            "failed_operations",
+            "counter_violations",
+            "messages_lost",
+            "messages_duplicated",
+            "messages_out_of_order",
+        ] {
+            assert_eq!(v[key], 0, "{key}: {v}");
+        }
+        assert_eq!(v["counter"], v["increments_ok"], "{v}");
+        assert!(v["messages_ok"].as_u64() > Some(100), "{v}");
+    }
+}

@@ -222,6 +222,23 @@ async fn cut_after_forwards_n_bytes_then_nothing() {
     assert_eq!(read_n(&mut c, 2).await, b"ok");
 }
 
+/// A cut stops the stream; it never punches a hole in it. Bytes past the
+/// cut wait in the proxy, and a heal resumes exactly where the cut was (the
+/// first version dropped the rest of the chunk it cut, and a heal then
+/// delivered a stream with a gap: holdfast saw garbage frames).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healed_cut_resumes_the_stream_without_a_gap() {
+    let (target, proxy) = setup(ProxyOptions::default()).await;
+    let (mut c, mut s) = link(&target, &proxy).await;
+    proxy.apply(spec(FaultKind::CutAfter(10), Direction::Up, Scope::All));
+    let sent: Vec<u8> = (0..100u8).collect();
+    c.write_all(&sent).await.expect("write");
+    assert_eq!(read_n(&mut s, 10).await, sent[..10]);
+    silent(&mut s, QUIET).await;
+    proxy.apply(spec(FaultKind::Heal, Direction::Both, Scope::All));
+    assert_eq!(read_n(&mut s, 90).await, sent[10..]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_up_sends_fin_and_keeps_down() {
     let (target, proxy) = setup(ProxyOptions::default()).await;

@@ -1,32 +1,29 @@
-//! The exactly-once torture mode: an in-process target serves a counter
-//! (commands, NOT idempotent) and a message log (one-way messages), and
-//! workers increment and send through the fault proxy. Afterwards the
-//! counter must equal the number of successful increments and every
-//! worker's log must hold exactly the messages it sent, once each, in order.
+//! The exactly-once torture mode: workers increment a counter (commands,
+//! NOT idempotent) and send numbered one-way messages through the fault
+//! proxy to the log service (`crate::logsvc`), in-process or in a running
+//! `holdfast target --service log`. Afterwards the counter must have grown
+//! by exactly the successful increments and every sender's stream must hold
+//! each acknowledged message exactly once, in order; the service checks the
+//! streams as they arrive and reports through a query over the session.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use holdfast::chaos::Proxy;
 use holdfast::{
-    service_fn, Endpoint, EndpointConnector, Initiator, InitiatorConfig, InitiatorOptions, Request,
-    Target, TargetOptions,
+    Endpoint, EndpointConnector, Initiator, InitiatorConfig, InitiatorOptions, Target,
+    TargetOptions,
 };
 use serde::Serialize;
 
+use crate::logsvc::{message, LogService, Report, INCREMENT, QUERY};
 use crate::verify::faults::{schedule, time_to_recover};
 use crate::verify::workload::Tally;
-
-/// The service's state: it outlives nothing, the target runs throughout.
-#[derive(Default)]
-struct LogState {
-    counter: AtomicU64,
-    logs: Mutex<HashMap<u32, Vec<u64>>>,
-}
 
 /// What the log mode found.
 #[derive(Debug, Serialize)]
@@ -124,14 +121,8 @@ pub(crate) struct LogScenario {
     pub(crate) faults: u32,
     pub(crate) workers: usize,
     pub(crate) detection: Duration,
-}
-
-fn message(worker: u32, n: u64) -> Bytes {
-    let mut b = BytesMut::with_capacity(13);
-    b.put_u8(b'M');
-    b.put_u32(worker);
-    b.put_u64(n);
-    b.freeze()
+    /// A running `holdfast target --service log`; `None` starts one here.
+    pub(crate) target: Option<SocketAddr>,
 }
 
 /// Runs the log mode.
@@ -139,52 +130,30 @@ pub(crate) async fn run(
     s: &LogScenario,
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<LogSummary> {
-    let state = Arc::new(LogState::default());
-    let service = {
-        let state = state.clone();
-        // The work happens in `call` itself, which the target invokes in
-        // session order; the returned future only carries the answer.
-        // (Work done inside the future would run concurrently with later
-        // requests' futures and could reorder.)
-        service_fn(move |req: Request| {
-            let p = req.payload;
-            let reply = match p.first() {
-                Some(b'M') if p.len() == 13 => {
-                    let worker = u32::from_be_bytes([p[1], p[2], p[3], p[4]]);
-                    let mut n = [0u8; 8];
-                    n.copy_from_slice(&p[5..13]);
-                    state
-                        .logs
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .entry(worker)
-                        .or_default()
-                        .push(u64::from_be_bytes(n));
-                    Bytes::new()
-                }
-                _ => {
-                    let v = state.counter.fetch_add(1, Ordering::SeqCst) + 1;
-                    Bytes::copy_from_slice(&v.to_be_bytes())
-                }
+    let (local, addr) = match s.target {
+        Some(addr) => (None, addr),
+        None => {
+            let target = Target::serve(
+                &[Endpoint::Tcp("127.0.0.1:0".parse().context("address")?)],
+                TargetOptions::default(),
+                LogService::default().service(),
+            )
+            .await
+            .context("could not start the in-process target")?;
+            let Some(Endpoint::Tcp(addr)) = target.endpoints().first().cloned() else {
+                anyhow::bail!("the target bound no TCP endpoint");
             };
-            std::future::ready(Ok::<_, std::convert::Infallible>(reply))
-        })
-    };
-    let target = Target::serve(
-        &[Endpoint::Tcp("127.0.0.1:0".parse().context("address")?)],
-        TargetOptions::default(),
-        service,
-    )
-    .await
-    .context("could not start the in-process target")?;
-    let Some(Endpoint::Tcp(addr)) = target.endpoints().first().cloned() else {
-        anyhow::bail!("the target bound no TCP endpoint");
+            (Some(target), addr)
+        }
     };
     let proxy = Arc::new(
         Proxy::start(addr)
             .await
             .context("could not start the fault proxy")?,
     );
+    // Sender ids unique to this run, so runs against one target don't mix.
+    let base =
+        u32::try_from((s.seed.wrapping_mul(0x9e37_79b9) ^ now_nanos()) & 0x7fff_0000).unwrap_or(0);
     let initiator = Initiator::start(
         Arc::new(EndpointConnector::new(
             Endpoint::Tcp(proxy.addr()),
@@ -200,6 +169,10 @@ pub(crate) async fn run(
         },
     );
 
+    let before = query(&initiator)
+        .await
+        .with_context(|| format!("the target at {addr} did not answer a log-service query"))?;
+
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -214,14 +187,14 @@ pub(crate) async fn run(
         );
         let mut rng = s.seed ^ ((w as u64 + 1) << 32) | 1;
         workers.push(tokio::spawn(async move {
-            let worker = w as u32;
+            let worker = base + w as u32;
             let mut sent = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
                 let ok = if rng % 10 < 6 {
-                    let r = init.call(Bytes::from_static(b"I")).await;
+                    let r = init.call(Bytes::from_static(INCREMENT)).await;
                     if r.is_ok() {
                         increments.fetch_add(1, Ordering::Relaxed);
                     }
@@ -295,16 +268,22 @@ pub(crate) async fn run(
     stop.store(true, Ordering::Relaxed);
     let mut sent = HashMap::new();
     for w in workers {
-        let (worker, n, _clean) = w.await.context("a worker panicked")?;
-        sent.insert(worker, n);
+        let (worker, n, clean) = w.await.context("a worker panicked")?;
+        sent.insert(worker, (n, clean));
     }
-    // FIN: everything sent before the close is delivered.
     let stats = initiator.stats().await.unwrap_or_default();
+    // The query is a command, answered after everything sent before it.
+    let after = query(&initiator)
+        .await
+        .context("the final log-service query failed")?;
     initiator
         .close()
         .await
         .context("the session did not close cleanly")?;
-    let tstats = target.stats().await.unwrap_or_default();
+    let cache = match &local {
+        Some(t) => t.stats().await.unwrap_or_default().answered_from_cache,
+        None => 0,
+    };
     let elapsed = start.elapsed();
 
     let mut problems = tally
@@ -314,46 +293,38 @@ pub(crate) async fn run(
         .clone();
     let failed = tally.failed.load(Ordering::Relaxed);
     let increments_ok = increments.load(Ordering::Relaxed);
-    let counter = state.counter.load(Ordering::SeqCst);
+    let counter = after.counter.saturating_sub(before.counter);
     // A failed increment may have executed: allow that many extra.
     let counter_violations = u64::from(counter < increments_ok || counter > increments_ok + failed);
     if counter_violations > 0 {
         problems.push(format!(
-            "the counter is {counter} but {increments_ok} increments succeeded ({failed} failed)"
+            "the counter grew by {counter} but {increments_ok} increments succeeded ({failed} failed)"
         ));
     }
     let (mut lost, mut duplicated, mut out_of_order) = (0u64, 0u64, 0u64);
-    let logs = state.logs.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    for (&worker, &n) in &sent {
-        let log = logs.get(&worker).cloned().unwrap_or_default();
-        let mut seen = std::collections::HashSet::new();
-        let mut last = 0;
-        for (i, &m) in log.iter().enumerate() {
-            if !seen.insert(m) {
-                duplicated += 1;
-                problems.push(format!(
-                    "worker {worker}: message {m} arrived again at position {i}"
-                ));
-            } else if m < last {
-                out_of_order += 1;
-                problems.push(format!(
-                    "worker {worker}: message {m} arrived after message {last} (position {i})"
-                ));
-            }
-            last = last.max(m);
+    for (&worker, &(n, clean)) in &sent {
+        let stream = after.streams.get(&worker).cloned().unwrap_or_default();
+        duplicated += stream.repeated;
+        out_of_order += stream.skipped;
+        if let Some(v) = &stream.first_violation {
+            problems.push(format!("sender {worker}: {v}"));
         }
-        for m in 1..=n {
-            if !seen.contains(&m) {
-                lost += 1;
-                if lost <= 5 {
-                    problems.push(format!(
-                        "worker {worker}: acknowledged message {m} never arrived"
-                    ));
-                }
-            }
+        // A sender that stopped on a failure may have had one more arrive.
+        let arrived_in_order = stream.next.saturating_sub(1);
+        let extra_allowed = u64::from(!clean);
+        if arrived_in_order < n {
+            lost += n - arrived_in_order;
+            problems.push(format!(
+                "sender {worker}: {n} messages acknowledged but only 1..={arrived_in_order} arrived in order"
+            ));
+        } else if arrived_in_order > n + extra_allowed {
+            duplicated += arrived_in_order - n - extra_allowed;
+            problems.push(format!(
+                "sender {worker}: {arrived_in_order} messages arrived but only {n} were sent"
+            ));
         }
     }
-    let messages_ok = sent.values().sum();
+    let messages_ok = sent.values().map(|(n, _)| n).sum();
     problems.truncate(40);
     Ok(LogSummary {
         seed: s.seed,
@@ -366,7 +337,7 @@ pub(crate) async fn run(
         reconnects: stats.disconnects,
         recoveries: stats.recoveries,
         resent: stats.resent,
-        answered_from_cache: tstats.answered_from_cache,
+        answered_from_cache: cache,
         failed_operations: failed,
         counter_violations,
         messages_lost: lost,
@@ -374,6 +345,21 @@ pub(crate) async fn run(
         messages_out_of_order: out_of_order,
         problems,
     })
+}
+
+/// Asks the log service for its report.
+async fn query(initiator: &Initiator) -> anyhow::Result<Report> {
+    let reply = initiator
+        .call(Bytes::from_static(QUERY))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    serde_json::from_slice(&reply).context("the target's reply is not a log-service report")
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0))
 }
 
 async fn wait(

@@ -8,10 +8,10 @@
 //!   sequential and every read is checked against the last acknowledged
 //!   write (per-block linearizability): a read of an older generation means
 //!   a write was lost or a stale one landed after a newer one.
-//! * `log` runs an in-process target whose service is a counter (NOT
-//!   idempotent) and a per-worker message log: the counter must equal the
-//!   successful increments and every log must hold each acknowledged
-//!   one-way message exactly once, in order.
+//! * `log` drives the log service (a counter, NOT idempotent, and numbered
+//!   one-way message streams), in-process or in `holdfast target --service
+//!   log`: the counter must grow by exactly the successful increments and
+//!   every stream must hold each acknowledged message exactly once, in order.
 //!
 //! A violation prints the shortest history excerpt that shows it and the
 //! exit status is non-zero.
@@ -44,8 +44,8 @@ pub(crate) struct TortureArgs {
     /// What to torture.
     #[arg(long, value_enum, default_value = "block")]
     mode: Mode,
-    /// A running `holdfast target` (block mode); without it an in-process
-    /// target serves a temporary volume.
+    /// A running target: `holdfast target` for block mode, `holdfast target
+    /// --service log` for log mode. Without it an in-process target runs.
     #[arg(long, value_name = "ADDR")]
     target: Option<String>,
     /// How long to run.
@@ -113,9 +113,6 @@ pub(crate) async fn run(args: TortureArgs) -> anyhow::Result<ExitCode> {
             summary.passed()
         }
         Mode::Log => {
-            if target.is_some() {
-                bail!("--mode log runs its own in-process target; drop --target");
-            }
             let progress = progress_bar(args.json);
             let summary = log::run(
                 &log::LogScenario {
@@ -124,6 +121,7 @@ pub(crate) async fn run(args: TortureArgs) -> anyhow::Result<ExitCode> {
                     faults,
                     workers: args.workers,
                     detection: args.detection,
+                    target,
                 },
                 &progress,
             )

@@ -281,6 +281,7 @@ async fn run_in(scenario: &Scenario, scratch: Option<&Scratch>) -> anyhow::Resul
             None => target.restart().await?,
         };
         *injected.entry(fault.name().to_owned()).or_default() += 1;
+        tracing::info!(fault = fault.name(), "fault injected");
         if !fault.is_outage() {
             continue;
         }

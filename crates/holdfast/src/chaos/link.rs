@@ -113,7 +113,7 @@ impl Dir {
     }
 
     fn writes(&self) -> bool {
-        matches!(self.gate, Gate::Open | Gate::Cut(_))
+        matches!(self.gate, Gate::Open) || matches!(self.gate, Gate::Cut(n) if n > 0)
     }
 
     fn finish(&mut self) {
@@ -317,12 +317,9 @@ impl Link {
         if d.discard {
             return;
         }
-        let mut n = n;
-        if let Gate::Cut(rest) = &mut d.gate {
-            let take = (*rest).min(n as u64);
-            *rest -= take;
-            n = take as usize;
-        }
+        // A cut limits what is written, not what is read: bytes past the
+        // cut stay queued, so a later heal resumes the stream without a gap
+        // (TCP never delivers a stream with a hole, and neither do we).
         if n == 0 {
             return;
         }
@@ -361,8 +358,14 @@ impl Link {
             if rate > 0 {
                 len = len.min(quantum(rate));
             }
+            if let Gate::Cut(rest) = d.gate {
+                len = len.min(usize::try_from(rest).unwrap_or(usize::MAX));
+            }
             match sink.try_write(&bytes[*sent..*sent + len]) {
                 Ok(n) => {
+                    if let Gate::Cut(rest) = &mut d.gate {
+                        *rest = rest.saturating_sub(n as u64);
+                    }
                     *sent += n;
                     let finished = *sent == bytes.len();
                     d.queued -= n;

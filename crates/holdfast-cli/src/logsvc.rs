@@ -1,0 +1,141 @@
+//! The exactly-once test service behind `holdfast target --service log` and
+//! `holdfast torture --mode log`: a counter (commands, NOT idempotent) and
+//! per-sender message streams (one-way messages) that the service itself
+//! checks as they arrive, in constant memory per sender.
+//!
+//! Requests (payloads of holdfast commands and messages):
+//! * `I`: increment the counter; the response is its new value (u64 BE).
+//! * `M` + sender (u32 BE) + n (u64 BE), one-way: the sender's n-th message.
+//!   Each sender's messages must arrive as 1, 2, 3, ... exactly once each.
+//! * `Q`: the response is a JSON [`Report`] of the counter and every stream.
+//!
+//! The work happens in `call`, which the target invokes in session order;
+//! the returned future only carries the answer.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use holdfast::{service_fn, Request, SessionService};
+use serde::{Deserialize, Serialize};
+
+/// One sender's stream, as the service saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Stream {
+    /// Messages received.
+    pub(crate) received: u64,
+    /// The next number expected (1 + the highest in-order number).
+    pub(crate) next: u64,
+    /// Messages that arrived with a number already seen or below `next`
+    /// (a duplicate or a reordering).
+    pub(crate) repeated: u64,
+    /// Messages that arrived ahead of `next` (something before them was
+    /// skipped: lost or reordered).
+    pub(crate) skipped: u64,
+    /// The first violation, described.
+    pub(crate) first_violation: Option<String>,
+}
+
+/// The service's state, as `Q` reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Report {
+    /// The counter.
+    pub(crate) counter: u64,
+    /// Every sender's stream.
+    pub(crate) streams: BTreeMap<u32, Stream>,
+}
+
+/// Builds the `M` message `n` of `sender`.
+pub(crate) fn message(sender: u32, n: u64) -> Bytes {
+    let mut b = BytesMut::with_capacity(13);
+    b.put_u8(b'M');
+    b.put_u32(sender);
+    b.put_u64(n);
+    b.freeze()
+}
+
+/// The request that increments the counter.
+pub(crate) const INCREMENT: &[u8] = b"I";
+/// The request that asks for the [`Report`].
+pub(crate) const QUERY: &[u8] = b"Q";
+
+/// A cloneable handle on the log service's state, and the service itself.
+#[derive(Clone, Default)]
+pub(crate) struct LogService {
+    state: Arc<Mutex<Report>>,
+}
+
+impl LogService {
+    /// The tower service to hand to a [`holdfast::Target`].
+    pub(crate) fn service(&self) -> impl SessionService {
+        let state = self.state.clone();
+        service_fn(move |req: Request| {
+            std::future::ready(Ok::<_, std::convert::Infallible>(handle(
+                &state,
+                &req.payload,
+            )))
+        })
+    }
+}
+
+/// Applies one request to the state.
+fn handle(state: &Mutex<Report>, p: &[u8]) -> Bytes {
+    let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+    match p.first() {
+        Some(b'M') if p.len() == 13 => {
+            let sender = u32::from_be_bytes([p[1], p[2], p[3], p[4]]);
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&p[5..13]);
+            let n = u64::from_be_bytes(n);
+            let stream = s.streams.entry(sender).or_insert(Stream {
+                next: 1,
+                ..Stream::default()
+            });
+            stream.received += 1;
+            if n == stream.next {
+                stream.next += 1;
+            } else {
+                if n < stream.next {
+                    stream.repeated += 1;
+                } else {
+                    stream.skipped += 1;
+                    stream.next = n + 1;
+                }
+                if stream.first_violation.is_none() {
+                    stream.first_violation = Some(format!(
+                        "message {n} arrived when {} was expected (after {} messages)",
+                        stream.next,
+                        stream.received - 1
+                    ));
+                }
+            }
+            Bytes::new()
+        }
+        Some(b'Q') if p.len() == 1 => Bytes::from(serde_json::to_vec(&*s).unwrap_or_default()),
+        _ => {
+            s.counter += 1;
+            Bytes::copy_from_slice(&s.counter.to_be_bytes())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_catch_repeats_and_skips() {
+        let state = Mutex::new(Report::default());
+        for n in [1, 2, 3] {
+            handle(&state, &message(7, n));
+        }
+        assert_eq!(handle(&state, INCREMENT).as_ref(), 1u64.to_be_bytes());
+        handle(&state, &message(7, 3)); // repeated
+        handle(&state, &message(7, 5)); // skipped 4
+        let report: Report = serde_json::from_slice(&handle(&state, QUERY)).expect("report JSON");
+        let s = &report.streams[&7];
+        assert_eq!((s.received, s.next, s.repeated, s.skipped), (5, 6, 1, 1));
+        assert!(s.first_violation.is_some());
+        assert_eq!(report.counter, 1);
+    }
+}
