@@ -51,7 +51,7 @@ enum Gate {
     Open,
     Blackhole,
     Hold,
-    /// Forward this many more bytes (counted as they are read).
+    /// Write this many more bytes, then nothing; later bytes wait queued.
     Cut(u64),
 }
 

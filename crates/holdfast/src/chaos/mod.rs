@@ -118,7 +118,8 @@ pub enum FaultKind {
         /// The rate.
         bytes_per_sec: u64,
     },
-    /// Forward this many more bytes, then blackhole.
+    /// Forward this many more bytes, then blackhole; bytes past the cut
+    /// wait in the proxy, so a later heal resumes without a gap.
     CutAfter(u64),
     /// Send FIN to the receiver once the bytes already read are delivered;
     /// later bytes are read and discarded. The other direction goes on.
