@@ -2,6 +2,7 @@
 //! export it to standard tools over NBD, and see it survive faults in a
 //! one-command demo.
 
+mod bench;
 mod chaos_cmd;
 mod config;
 mod demo;
@@ -68,6 +69,13 @@ enum Command {
         after_help = "Examples:\n  holdfast torture --duration 600s --seed 3\n  holdfast torture --mode log --duration 60s\n  holdfast torture --target 127.0.0.1:7400 --no-restart"
     )]
     Torture(torture::TortureArgs),
+    /// Measure holdfast on this machine: its overhead against plain TCP and
+    /// the time from a fault to the first completed call. Prints tables and
+    /// writes Markdown reports and SVG plots.
+    #[command(
+        after_help = "Examples:\n  holdfast bench all --quick\n  holdfast bench overhead --results bench-results\n  holdfast bench recovery --quick --json"
+    )]
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,7 +83,7 @@ fn main() -> ExitCode {
     // The demo draws a progress line and a table: keep its logs to errors
     // unless asked. The services log their sessions' lives by default.
     init_logs(match cli.command {
-        Command::Demo(_) | Command::Torture(_) => "error",
+        Command::Demo(_) | Command::Torture(_) | Command::Bench(_) => "error",
         _ => "info",
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -96,6 +104,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Chaos(args) => chaos_cmd::run(args).await,
             Command::Torture(args) => torture::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,151 @@
+//! `holdfast bench all` end to end, shrunk to a smoke run: the real binary
+//! writes every report and plot, and its JSON has every row. It checks that
+//! the benchmark produces its output, not how fast anything is.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("holdfast-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Reads `dir/name` and checks it is not empty.
+fn non_empty(dir: &std::path::Path, name: &str) -> String {
+    let path = dir.join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{} was not written: {e}", path.display()));
+    assert!(!text.trim().is_empty(), "{} is empty", path.display());
+    text
+}
+
+#[test]
+fn bench_all_writes_every_report_plot_and_row() {
+    let scratch = Scratch::new("bench");
+    // The results directory does not exist yet: the bench creates it.
+    let dir = scratch.0.join("results");
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["bench", "all", "--quick", "--smoke", "--json", "--results"])
+        .arg(&dir)
+        .output()
+        .expect("run holdfast bench");
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "holdfast bench failed ({:?}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    eprintln!("holdfast bench all --quick --smoke took {took:?}");
+    assert!(
+        took < Duration::from_secs(120),
+        "the smoke run took {took:?}"
+    );
+
+    let json: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("--json printed no JSON ({e}):\n{stdout}"));
+    assert_eq!(json["mode"], "smoke");
+
+    // Overhead: every payload at every depth, both sides measured.
+    let rows = json["overhead"]["rows"].as_array().expect("overhead rows");
+    let mut cells = Vec::new();
+    for r in rows {
+        cells.push((
+            r["payload_bytes"].as_u64().expect("payload_bytes"),
+            r["depth"].as_u64().expect("depth"),
+        ));
+        for side in ["holdfast", "baseline"] {
+            for field in ["ops", "ops_per_s", "mib_per_s", "p50_us", "p99_us"] {
+                assert!(
+                    r[side][field].is_number(),
+                    "overhead row {r} lacks {side}.{field}"
+                );
+            }
+            assert!(
+                r[side]["ops"].as_u64().expect("ops") > 0,
+                "no {side} request completed in {r}"
+            );
+        }
+        assert!(r["throughput_ratio"].is_number() && r["p50_delta_us"].is_number());
+    }
+    let mut expected = Vec::new();
+    for payload in [64, 4096, 65536, 1 << 20] {
+        for depth in [1, 32] {
+            expected.push((payload, depth));
+        }
+    }
+    assert_eq!(cells, expected, "overhead rows");
+    let targets: usize = rows
+        .iter()
+        .map(|r| r["targets"].as_array().expect("targets").len())
+        .sum();
+    assert_eq!(targets, 7, "the issue's overhead targets apply to 7 cells");
+
+    // Recovery: every fault, each with its trials, and the documented rows.
+    let rows = json["recovery"]["rows"].as_array().expect("recovery rows");
+    let faults: Vec<&str> = rows
+        .iter()
+        .map(|r| r["fault"].as_str().expect("fault"))
+        .collect();
+    assert_eq!(
+        faults,
+        [
+            "reset",
+            "blackhole, bound 100 ms",
+            "blackhole, bound 500 ms",
+            "blackhole, bound 2 s",
+            "graceful restart"
+        ]
+    );
+    for r in rows {
+        let trials = r["trials"].as_u64().expect("trials");
+        assert!(trials > 0);
+        assert_eq!(
+            r["samples_ms"].as_array().expect("samples").len() as u64,
+            trials
+        );
+        for field in ["p50_ms", "p99_ms", "max_ms"] {
+            assert!(
+                r[field].as_f64().expect(field) > 0.0,
+                "recovery row {r} has no {field}"
+            );
+        }
+    }
+    let documented = json["recovery"]["documented"]
+        .as_array()
+        .expect("documented rows");
+    assert_eq!(documented.len(), 2);
+
+    // The files.
+    let overhead = non_empty(&dir, "overhead.md");
+    assert!(overhead.contains("| 1 MiB | 32 |"), "{overhead}");
+    assert!(overhead.contains("overhead.svg"));
+    let recovery = non_empty(&dir, "recovery.md");
+    assert!(recovery.contains("| graceful restart |"), "{recovery}");
+    assert!(recovery.contains("documented, not measured"));
+    for plot in ["overhead.svg", "recovery.svg"] {
+        let svg = non_empty(&dir, plot);
+        assert!(svg.contains("<svg") && svg.contains("</svg>"), "{plot}");
+    }
+    let index = non_empty(&dir, "README.md");
+    for link in ["overhead.md", "recovery.md", "overhead.svg", "recovery.svg"] {
+        assert!(index.contains(link), "README.md does not link {link}");
+    }
+}
