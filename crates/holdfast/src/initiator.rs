@@ -23,7 +23,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::target::sleep_until;
-use crate::transport::{BoxStream, Connector};
+use crate::transport::{write_batch, BoxStream, Connector};
 
 /// Initiator settings: the protocol's plus the runtime's.
 #[derive(Clone, Debug)]
@@ -610,14 +610,29 @@ async fn write_loop(
     mut writer: tokio::io::WriteHalf<BoxStream>,
     mut commands: mpsc::UnboundedReceiver<Option<Vec<Bytes>>>,
 ) {
-    while let Some(Some(chunks)) = commands.recv().await {
-        for chunk in chunks {
-            if writer.write_all(&chunk).await.is_err() {
-                return;
+    let mut scratch = BytesMut::new();
+    while let Some(Some(first)) = commands.recv().await {
+        // Take everything already queued: one write for a burst of frames.
+        let mut chunks = first;
+        let mut stop = false;
+        loop {
+            match commands.try_recv() {
+                Ok(Some(more)) => chunks.extend(more),
+                Ok(None) => {
+                    stop = true;
+                    break;
+                }
+                Err(_) => break,
             }
         }
-        if writer.flush().await.is_err() {
+        if write_batch(&mut writer, chunks, &mut scratch)
+            .await
+            .is_err()
+        {
             return;
+        }
+        if stop {
+            break;
         }
     }
     let _ = writer.shutdown().await;

@@ -24,7 +24,7 @@ use tracing::{debug, info, trace, warn, Instrument};
 
 use crate::clock::Clock;
 use crate::service::{Request, SessionService};
-use crate::transport::{Acceptor, BoxStream, Endpoint, Listener};
+use crate::transport::{write_batch, Acceptor, BoxStream, Endpoint, Listener};
 
 /// Target settings: the protocol's plus the runtime's.
 #[derive(Clone, Debug)]
@@ -366,23 +366,34 @@ async fn write_loop(
     mut commands: mpsc::UnboundedReceiver<WriterCmd>,
     queued: Arc<AtomicUsize>,
 ) {
+    let mut scratch = BytesMut::new();
     while let Some(cmd) = commands.recv().await {
-        match cmd {
-            WriterCmd::Data(chunks) => {
-                for chunk in chunks {
-                    if writer.write_all(&chunk).await.is_err() {
-                        return;
-                    }
-                    queued.fetch_sub(chunk.len(), Ordering::Relaxed);
-                }
-                if writer.flush().await.is_err() {
-                    return;
+        // Take everything already queued, so a burst of responses goes
+        // out in one write instead of one per frame.
+        let mut chunks = Vec::new();
+        let mut close = false;
+        let mut next = Some(cmd);
+        while let Some(cmd) = next.take() {
+            match cmd {
+                WriterCmd::Data(c) => chunks.extend(c),
+                WriterCmd::Close => {
+                    close = true;
+                    break;
                 }
             }
-            WriterCmd::Close => {
-                let _ = writer.shutdown().await;
-                return;
-            }
+            next = commands.try_recv().ok();
+        }
+        let len: usize = chunks.iter().map(Bytes::len).sum();
+        if write_batch(&mut writer, chunks, &mut scratch)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        queued.fetch_sub(len, Ordering::Relaxed);
+        if close {
+            let _ = writer.shutdown().await;
+            return;
         }
     }
 }
@@ -509,16 +520,29 @@ impl<S: SessionService> Engine<S> {
                     w.close();
                 }
             }
+            let mut finished = Vec::new();
             for d in ready.deliveries {
-                self.deliver(d).await;
+                if let Some(done) = self.deliver(d).await {
+                    finished.push(done);
+                }
             }
             self.core.advance(self.clock.now());
+            // Services that answered at once are completed here, without a
+            // task and a channel hop each.
+            let now = self.clock.now();
+            for (session, seq, response) in finished {
+                if let Err(e) = self.core.complete(session, seq, response, now) {
+                    debug!(%session, seq, error = %e, "completion dropped");
+                }
+            }
         }
     }
 
-    /// Calls the service in session order; the call runs concurrently and
-    /// its completion comes back through the engine's channel.
-    async fn deliver(&mut self, d: Delivery) {
+    /// Calls the service in session order. A future that is ready at once
+    /// is answered inline (returned for completion); one that is not runs
+    /// concurrently on its own task and its completion comes back through
+    /// the engine's channel.
+    async fn deliver(&mut self, d: Delivery) -> Option<(SessionId, Seq, Bytes)> {
         let request = match d {
             Delivery::Command {
                 session,
@@ -545,7 +569,21 @@ impl<S: SessionService> Engine<S> {
             warn!(error = %e, "service not ready");
         }
         let (session, seq, one_way) = (request.session, request.seq, request.one_way);
-        let fut = self.service.call(request);
+        let mut fut = Box::pin(self.service.call(request));
+        // One poll with a no-op waker: most services answer at once. A
+        // future that is pending is spawned and polled again with a real
+        // waker, as the future contract requires.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(result) = std::future::Future::poll(fut.as_mut(), &mut cx) {
+            let response = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(%session, seq, error = %e, "service failed; answering empty");
+                    Bytes::new()
+                }
+            };
+            return (!one_way).then_some((session, seq, response));
+        }
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let response = match fut.await {
@@ -559,6 +597,7 @@ impl<S: SessionService> Engine<S> {
                 let _ = tx.send(EngineMsg::Completed(session, seq, response)).await;
             }
         });
+        None
     }
 }
 
