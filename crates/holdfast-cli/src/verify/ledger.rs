@@ -1,11 +1,14 @@
 //! The target-side witness of exactly-once: a [`BlockDevice`] wrapper that
-//! records every block write it executes, by (block, generation), and
-//! counts a write executed twice in one target incarnation as a duplicate.
+//! records, per block, the newest generation it has executed. Each block has
+//! one writer issuing one write at a time with rising generations, so in
+//! one target incarnation every write must carry a newer generation than
+//! the last: one that does not is a duplicate (or a stale write landing
+//! late), and is counted. Memory is one entry per block written.
 //!
 //! After a target restart the session is new and retry-safe writes are
 //! re-issued by design; those land on a fresh ledger and are not counted.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -21,7 +24,7 @@ pub(crate) struct Duplicates(pub(crate) AtomicU64);
 /// A device that records the writes it executes.
 pub(crate) struct Ledger<D> {
     inner: D,
-    seen: Mutex<HashSet<(u64, u64)>>,
+    newest: Mutex<HashMap<u64, u64>>,
     duplicates: Arc<Duplicates>,
 }
 
@@ -30,7 +33,7 @@ impl<D> Ledger<D> {
     pub(crate) fn new(inner: D, duplicates: Arc<Duplicates>) -> Self {
         Ledger {
             inner,
-            seen: Mutex::new(HashSet::new()),
+            newest: Mutex::new(HashMap::new()),
             duplicates,
         }
     }
@@ -39,12 +42,20 @@ impl<D> Ledger<D> {
         if offset % BLOCK as u64 != 0 {
             return;
         }
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
         for chunk in data.chunks(BLOCK) {
             if let Content::Written { block, generation } = decode(chunk) {
-                if !seen.insert((block, generation)) {
+                let last = newest.entry(block).or_insert(0);
+                if generation <= *last {
                     self.duplicates.0.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(block, generation, "a write executed twice in one session");
+                    tracing::error!(
+                        block,
+                        generation,
+                        newest = *last,
+                        "a write executed twice, or a stale one landed, in one session"
+                    );
+                } else {
+                    *last = generation;
                 }
             }
         }
@@ -79,5 +90,44 @@ impl<D: BlockDevice> BlockDevice for Ledger<D> {
 
     async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> Result<(), BlockError> {
         self.inner.write_zeroes(offset, len, fua).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::blocks::encode;
+    use holdfast_block::MemoryDevice;
+
+    #[tokio::test]
+    async fn repeated_or_stale_generations_are_counted() {
+        let duplicates = Arc::new(Duplicates::default());
+        let ledger = Ledger::new(MemoryDevice::new(64 * BLOCK), duplicates.clone());
+        let at = |b: u64| b * BLOCK as u64;
+        let count = || duplicates.0.load(Ordering::Relaxed);
+        ledger
+            .write_at(at(5), encode(5, 2), false)
+            .await
+            .expect("write");
+        assert_eq!(count(), 0);
+        ledger
+            .write_at(at(5), encode(5, 2), false)
+            .await
+            .expect("write");
+        assert_eq!(count(), 1, "the same write executed twice");
+        ledger
+            .write_at(at(5), encode(5, 1), false)
+            .await
+            .expect("write");
+        assert_eq!(count(), 2, "an older write landing after a newer one");
+        ledger
+            .write_at(at(5), encode(5, 3), false)
+            .await
+            .expect("write");
+        ledger
+            .write_at(at(6), encode(6, 1), false)
+            .await
+            .expect("write");
+        assert_eq!(count(), 2);
     }
 }
