@@ -14,15 +14,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use holdfast::chaos::Proxy;
-use holdfast::{
-    Endpoint, EndpointConnector, Initiator, InitiatorConfig, InitiatorOptions, Target,
-    TargetOptions,
-};
+use holdfast::{Endpoint, Initiator, Target, TargetOptions};
 use serde::Serialize;
 
 use crate::logsvc::{message, LogService, Report, INCREMENT, QUERY};
-use crate::verify::faults::{schedule, time_to_recover};
+use crate::verify::connect_through_proxy;
+use crate::verify::faults::{inject, schedule, time_to_recover};
 use crate::verify::workload::Tally;
 
 /// What the log mode found.
@@ -146,28 +143,10 @@ pub(crate) async fn run(
             (Some(target), addr)
         }
     };
-    let proxy = Arc::new(
-        Proxy::start(addr)
-            .await
-            .context("could not start the fault proxy")?,
-    );
     // Sender ids unique to this run, so runs against one target don't mix.
     let base =
         u32::try_from((s.seed.wrapping_mul(0x9e37_79b9) ^ now_nanos()) & 0x7fff_0000).unwrap_or(0);
-    let initiator = Initiator::start(
-        Arc::new(EndpointConnector::new(
-            Endpoint::Tcp(proxy.addr()),
-            s.detection,
-        )),
-        InitiatorOptions {
-            protocol: InitiatorConfig {
-                session_loss_timeout: Some(Duration::from_secs(30)),
-                ..InitiatorConfig::default().with_detection_bound(s.detection)
-            },
-            jitter_seed: Some(s.seed),
-            ..InitiatorOptions::default()
-        },
-    );
+    let (proxy, initiator) = connect_through_proxy(addr, s.detection, s.seed).await?;
 
     let before = query(&initiator)
         .await
@@ -214,10 +193,7 @@ pub(crate) async fn run(
                     }
                     Err(e) => {
                         tally.failed.fetch_add(1, Ordering::Relaxed);
-                        let mut p = tally.problems.lock().unwrap_or_else(|e| e.into_inner());
-                        if p.len() < 20 {
-                            p.push(format!("worker {worker}: an operation failed: {e}"));
-                        }
+                        tally.problem(format!("worker {worker}: an operation failed: {e}"));
                         // A failed send may or may not have arrived: stop
                         // this worker's stream so the check stays exact.
                         return (worker, sent, false);
@@ -231,37 +207,13 @@ pub(crate) async fn run(
     let mut injected: BTreeMap<String, u64> = BTreeMap::new();
     for (at, fault) in schedule(s.duration, s.faults, false, s.seed) {
         wait(start + at, &tally, progress, &injected).await;
-        let Some((now, later)) = fault.proxy_specs() else {
+        let Some(since) = inject(&proxy, fault) else {
             continue;
         };
-        // Only a fault that hit a live link counts as injected.
-        if proxy.apply(now) == 0 {
-            continue;
-        }
-        let since = Instant::now();
-        if let Some((after, spec)) = later {
-            let proxy = proxy.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(after).await;
-                proxy.apply(spec);
-            });
-        }
         *injected.entry(fault.name().to_owned()).or_default() += 1;
-        if !fault.is_outage() {
-            continue;
-        }
-        if time_to_recover(&tally, start, since, Duration::from_secs(10) + s.detection)
-            .await
-            .is_none()
-        {
-            tally
-                .problems
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(format!(
-                    "no operation completed within 10 s of a {} fault",
-                    fault.name()
-                ));
+        if fault.is_outage() {
+            let limit = Duration::from_secs(10) + s.detection;
+            time_to_recover(&tally, start, since, limit, fault).await;
         }
     }
     wait(start + s.duration, &tally, progress, &injected).await;

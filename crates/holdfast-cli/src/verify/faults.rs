@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use holdfast::chaos::{Direction, FaultKind, FaultSpec, Scope};
+use holdfast::chaos::{Direction, FaultKind, FaultSpec, Proxy, Scope};
 
 use super::workload::Tally;
 
@@ -136,13 +136,34 @@ pub(crate) fn schedule(
     faults
 }
 
+/// Applies a proxy fault now and schedules its end (a heal or a release)
+/// if it has one. Returns when it was injected, or `None` if it hit no live
+/// link (the client was between connections): such a fault is not counted.
+pub(crate) fn inject(proxy: &Arc<Proxy>, fault: DemoFault) -> Option<Instant> {
+    let (now, later) = fault.proxy_specs()?;
+    if proxy.apply(now) == 0 {
+        return None;
+    }
+    let since = Instant::now();
+    if let Some((after, spec)) = later {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            proxy.apply(spec);
+        });
+    }
+    tracing::info!(fault = fault.name(), "fault injected");
+    Some(since)
+}
+
 /// Waits until an operation completes after `injected`, up to `limit`, and
-/// returns how long that took.
+/// returns how long that took; on timeout, records a problem in `tally`.
 pub(crate) async fn time_to_recover(
     tally: &Arc<Tally>,
     start: Instant,
     injected: Instant,
     limit: Duration,
+    fault: DemoFault,
 ) -> Option<Duration> {
     let since_start = u64::try_from(injected.duration_since(start).as_nanos()).unwrap_or(0);
     let give_up = injected + limit;
@@ -152,6 +173,10 @@ pub(crate) async fn time_to_recover(
             return Some(Duration::from_nanos(last - since_start));
         }
         if Instant::now() > give_up {
+            tally.problem(format!(
+                "no operation completed within {limit:?} of a {} fault",
+                fault.name()
+            ));
             return None;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;

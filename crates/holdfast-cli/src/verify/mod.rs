@@ -140,6 +140,36 @@ impl TargetSide {
     }
 }
 
+/// Starts a fault proxy in front of `upstream` and an initiator that
+/// reaches the target through it (detection bound `detection`, backoff
+/// jitter seeded with `seed`, 30 s session-loss timeout).
+pub(crate) async fn connect_through_proxy(
+    upstream: SocketAddr,
+    detection: Duration,
+    seed: u64,
+) -> anyhow::Result<(Arc<Proxy>, Initiator)> {
+    let proxy = Arc::new(
+        Proxy::start(upstream)
+            .await
+            .context("could not start the fault proxy on 127.0.0.1")?,
+    );
+    let initiator = Initiator::start(
+        Arc::new(EndpointConnector::new(
+            Endpoint::Tcp(proxy.addr()),
+            detection,
+        )),
+        InitiatorOptions {
+            protocol: InitiatorConfig {
+                session_loss_timeout: Some(Duration::from_secs(30)),
+                ..InitiatorConfig::default().with_detection_bound(detection)
+            },
+            jitter_seed: Some(seed),
+            ..InitiatorOptions::default()
+        },
+    );
+    Ok((proxy, initiator))
+}
+
 /// Runs the verified block workload of `scenario` and reports.
 pub(crate) async fn run_block(scenario: &Scenario) -> anyhow::Result<Summary> {
     if scenario.workers == 0 {
@@ -202,25 +232,7 @@ async fn run_in(scenario: &Scenario, scratch: Option<&Scratch>) -> anyhow::Resul
         (None, Some(addr)) => TargetSide::external(addr),
         (None, None) => bail!("no target and no volume"),
     };
-    let proxy = Arc::new(
-        Proxy::start(target.addr)
-            .await
-            .context("could not start the fault proxy on 127.0.0.1")?,
-    );
-    let initiator = Initiator::start(
-        Arc::new(EndpointConnector::new(
-            Endpoint::Tcp(proxy.addr()),
-            args.detection,
-        )),
-        InitiatorOptions {
-            protocol: InitiatorConfig {
-                session_loss_timeout: Some(Duration::from_secs(30)),
-                ..InitiatorConfig::default().with_detection_bound(args.detection)
-            },
-            jitter_seed: Some(args.seed),
-            ..InitiatorOptions::default()
-        },
-    );
+    let (proxy, initiator) = connect_through_proxy(target.addr, args.detection, args.seed).await?;
     let device = Arc::new(
         tokio::time::timeout(Duration::from_secs(10), Volume::connect(initiator.clone()))
             .await
@@ -262,42 +274,20 @@ async fn run_in(scenario: &Scenario, scratch: Option<&Scratch>) -> anyhow::Resul
     let mut recovery = Histogram::<u64>::new(3).context("histogram")?;
     for (at, fault) in schedule {
         wait_until(start + at, &tally, &progress, &injected).await;
-        let since = match fault.proxy_specs() {
-            Some((now, later)) => {
-                // Only a fault that hit a live link counts as injected.
-                if proxy.apply(now) == 0 {
-                    continue;
-                }
-                let since = Instant::now();
-                if let Some((after, spec)) = later {
-                    let proxy = proxy.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(after).await;
-                        proxy.apply(spec);
-                    });
-                }
-                since
-            }
-            None => target.restart().await?,
+        let since = match fault {
+            DemoFault::Restart => target.restart().await?,
+            _ => match faults::inject(&proxy, fault) {
+                Some(since) => since,
+                None => continue,
+            },
         };
         *injected.entry(fault.name().to_owned()).or_default() += 1;
-        tracing::info!(fault = fault.name(), "fault injected");
         if !fault.is_outage() {
             continue;
         }
         let limit = Duration::from_secs(10) + args.detection;
-        match faults::time_to_recover(&tally, start, since, limit).await {
-            Some(d) => {
-                let _ = recovery.record(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-            }
-            None => tally
-                .problems
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(format!(
-                    "no operation completed within {limit:?} of a {} fault",
-                    fault.name()
-                )),
+        if let Some(d) = faults::time_to_recover(&tally, start, since, limit, fault).await {
+            let _ = recovery.record(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         }
         if fault == DemoFault::Restart {
             progress.println("  the target restarted: its session state is gone");

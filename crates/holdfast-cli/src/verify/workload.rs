@@ -41,7 +41,8 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    fn problem(&self, text: String) {
+    /// Records a problem (the first 20 are kept).
+    pub(crate) fn problem(&self, text: String) {
         let mut p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
         if p.len() < 20 {
             p.push(text);
