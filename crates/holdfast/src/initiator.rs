@@ -316,11 +316,12 @@ impl Driver {
     /// whole session-loss timeout: refuse it (it was never sent). Returns when
     /// to check again otherwise.
     fn refuse_waiting_if_unreachable(&mut self) -> Option<tokio::time::Instant> {
-        let now = tokio::time::Instant::now();
         if self.core.session().is_some() {
             self.no_session_since = None;
             return None;
         }
+        // Only read the clock without a session: this runs every loop turn.
+        let now = tokio::time::Instant::now();
         let since = *self.no_session_since.get_or_insert(now);
         let limit = self.options.protocol.session_loss_timeout?;
         self.waiting.as_ref()?;
