@@ -223,7 +223,7 @@ impl Initiator {
 
 struct Connection {
     id: ConnId,
-    reader: tokio::io::ReadHalf<BoxStream>,
+    reader: crate::transport::ReadHalf,
     writer: mpsc::UnboundedSender<Option<Vec<Bytes>>>,
 }
 
@@ -439,7 +439,7 @@ impl Driver {
                     self.reconnect_at = None;
                     return;
                 }
-                let (reader, writer) = tokio::io::split(stream);
+                let (reader, writer) = crate::transport::split(stream);
                 let (wtx, wrx) = mpsc::unbounded_channel();
                 tokio::spawn(write_loop(writer, wrx));
                 self.conn = Some(Connection {
@@ -608,7 +608,7 @@ async fn read_some(conn: &mut Option<Connection>, buf: &mut BytesMut) -> std::io
 }
 
 async fn write_loop(
-    mut writer: tokio::io::WriteHalf<BoxStream>,
+    mut writer: crate::transport::WriteHalf,
     mut commands: mpsc::UnboundedReceiver<Option<Vec<Bytes>>>,
 ) {
     let mut scratch = BytesMut::new();

@@ -24,7 +24,7 @@ use tracing::{debug, info, trace, warn, Instrument};
 
 use crate::clock::Clock;
 use crate::service::{Request, SessionService};
-use crate::transport::{write_batch, Acceptor, BoxStream, Endpoint, Listener};
+use crate::transport::{write_batch, Acceptor, Endpoint, Listener};
 
 /// Target settings: the protocol's plus the runtime's.
 #[derive(Clone, Debug)]
@@ -101,7 +101,7 @@ struct Writer {
 
 impl Writer {
     /// Starts the writer task for `sink`; `kill` also stops the reader.
-    fn spawn(sink: tokio::io::WriteHalf<BoxStream>, kill: watch::Sender<bool>) -> Writer {
+    fn spawn(sink: crate::transport::WriteHalf, kill: watch::Sender<bool>) -> Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let stop = kill.subscribe();
@@ -316,7 +316,7 @@ async fn accept_loop(
         };
         let conn = ConnId(next_conn.fetch_add(1, Ordering::Relaxed));
         debug!(?conn, %peer, "accepted");
-        let (reader, writer) = tokio::io::split(stream);
+        let (reader, writer) = crate::transport::split(stream);
         let (kill, stop) = watch::channel(false);
         if engine
             .send(EngineMsg::Accepted(conn, Writer::spawn(writer, kill)))
@@ -339,7 +339,7 @@ async fn accept_loop(
 
 async fn read_loop(
     conn: ConnId,
-    mut reader: tokio::io::ReadHalf<BoxStream>,
+    mut reader: crate::transport::ReadHalf,
     engine: &mpsc::Sender<EngineMsg>,
     buffer: usize,
 ) {
@@ -362,7 +362,7 @@ async fn read_loop(
 }
 
 async fn write_loop(
-    mut writer: tokio::io::WriteHalf<BoxStream>,
+    mut writer: crate::transport::WriteHalf,
     mut commands: mpsc::UnboundedReceiver<WriterCmd>,
     queued: Arc<AtomicUsize>,
 ) {
