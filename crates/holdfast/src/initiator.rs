@@ -308,6 +308,18 @@ impl Driver {
                     }
                 },
             }
+            // Take the calls already queued before producing output: one
+            // write for a burst instead of one per call. Bounded, so a flood
+            // of calls cannot postpone timers or reads for long.
+            for _ in 0..256 {
+                if self.waiting.is_some() {
+                    break;
+                }
+                match requests.try_recv() {
+                    Ok(r) => self.request(r),
+                    Err(_) => break,
+                }
+            }
             self.flush();
         }
     }
