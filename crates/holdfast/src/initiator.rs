@@ -16,14 +16,15 @@ use holdfast_proto::{
     SubmitError,
 };
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::backoff::Backoff;
 use crate::clock::Clock;
+use crate::outbox::Outbox;
 use crate::target::sleep_until;
-use crate::transport::{write_batch, BoxStream, Connector};
+use crate::transport::{BoxStream, Connector};
 
 /// Initiator settings: the protocol's plus the runtime's.
 #[derive(Clone, Debug)]
@@ -141,6 +142,7 @@ impl Initiator {
             clock,
             connector,
             conn: None,
+            outbox: None,
             next_conn: 1,
             replies: HashMap::new(),
             waiting: None,
@@ -224,7 +226,6 @@ impl Initiator {
 struct Connection {
     id: ConnId,
     reader: crate::transport::ReadHalf,
-    writer: mpsc::UnboundedSender<Option<Vec<Bytes>>>,
 }
 
 struct Driver {
@@ -234,6 +235,9 @@ struct Driver {
     connector: Arc<dyn Connector>,
     backoff: Backoff,
     conn: Option<Connection>,
+    /// The current connection's write side (a separate field, so a read and
+    /// a write can wait at once).
+    outbox: Option<Outbox>,
     next_conn: u64,
     replies: HashMap<CallId, Reply>,
     /// A request refused for credit, retried on `CreditAvailable`.
@@ -304,7 +308,13 @@ impl Driver {
                     None => {
                         self.core.abort(self.clock.now());
                         self.flush();
+                        self.release_connection();
                         return;
+                    }
+                },
+                written = drain(&mut self.outbox), if self.outbox.as_ref().is_some_and(Outbox::has_pending) => {
+                    if written.is_err() {
+                        self.write_failed();
                     }
                 },
             }
@@ -452,13 +462,9 @@ impl Driver {
                     return;
                 }
                 let (reader, writer) = crate::transport::split(stream);
-                let (wtx, wrx) = mpsc::unbounded_channel();
-                tokio::spawn(write_loop(writer, wrx));
-                self.conn = Some(Connection {
-                    id,
-                    reader,
-                    writer: wtx,
-                });
+                self.release_connection();
+                self.outbox = Some(Outbox::new(writer));
+                self.conn = Some(Connection { id, reader });
                 self.reconnect_at = None;
                 debug!(?id, "connected");
             }
@@ -489,8 +495,15 @@ impl Driver {
             let mut progressed = false;
             while let Some(chunks) = self.core.poll_transmit(now) {
                 progressed = true;
-                if let Some(c) = &self.conn {
-                    let _ = c.writer.send(Some(chunks));
+                if let Some(out) = &mut self.outbox {
+                    out.push(chunks);
+                }
+            }
+            // One write for everything this turn produced.
+            if let Some(out) = &mut self.outbox {
+                if out.has_pending() && out.write_now().is_err() {
+                    self.write_failed();
+                    progressed = true;
                 }
             }
             while let Some(event) = self.core.poll_event() {
@@ -501,6 +514,25 @@ impl Driver {
                 return;
             }
         }
+    }
+
+    /// Lets the current connection go: what is queued for it is still
+    /// written, then its write side is closed, in a task of its own.
+    fn release_connection(&mut self) {
+        self.conn = None;
+        if let Some(out) = self.outbox.take() {
+            out.finish();
+        }
+    }
+
+    /// A write failed: the connection is broken.
+    fn write_failed(&mut self) {
+        if let Some(c) = &self.conn {
+            let now = self.clock.now();
+            self.core.connection_lost(c.id, now);
+        }
+        // Nothing more can be written to it.
+        self.outbox = None;
     }
 
     fn event(&mut self, event: InitiatorEvent) {
@@ -553,9 +585,7 @@ impl Driver {
             } => {
                 warn!(%error, "connection lost");
                 self.last_error = error.to_string();
-                if let Some(c) = self.conn.take() {
-                    let _ = c.writer.send(None);
-                }
+                self.release_connection();
                 let delay = self.backoff.next_delay();
                 let at = self
                     .clock
@@ -570,9 +600,7 @@ impl Driver {
                 info!(?up_until, ?reconnect_at, "target announced a shutdown");
             }
             InitiatorEvent::Closed => {
-                if let Some(c) = self.conn.take() {
-                    let _ = c.writer.send(None);
-                }
+                self.release_connection();
                 for w in self.close_waiters.drain(..) {
                     let _ = w.send(Ok(()));
                 }
@@ -580,9 +608,7 @@ impl Driver {
             }
             InitiatorEvent::SessionEnded(loss) => {
                 warn!(%loss, "session ended");
-                if let Some(c) = self.conn.take() {
-                    let _ = c.writer.send(None);
-                }
+                self.release_connection();
                 for w in self.close_waiters.drain(..) {
                     let _ = w.send(Err(loss.clone()));
                 }
@@ -612,41 +638,17 @@ async fn await_connect(connecting: &mut Option<Connecting>) -> ConnectAttempt {
 }
 
 /// Reads from the current connection, or waits forever without one.
+/// Waits until the outbox is written out.
+async fn drain(outbox: &mut Option<Outbox>) -> std::io::Result<()> {
+    match outbox {
+        Some(out) => out.drain().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn read_some(conn: &mut Option<Connection>, buf: &mut BytesMut) -> std::io::Result<usize> {
     match conn {
         Some(c) => c.reader.read_buf(buf).await,
         None => std::future::pending().await,
     }
-}
-
-async fn write_loop(
-    mut writer: crate::transport::WriteHalf,
-    mut commands: mpsc::UnboundedReceiver<Option<Vec<Bytes>>>,
-) {
-    let mut scratch = BytesMut::new();
-    while let Some(Some(first)) = commands.recv().await {
-        // Take everything already queued: one write for a burst of frames.
-        let mut chunks = first;
-        let mut stop = false;
-        loop {
-            match commands.try_recv() {
-                Ok(Some(more)) => chunks.extend(more),
-                Ok(None) => {
-                    stop = true;
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        if write_batch(&mut writer, chunks, &mut scratch)
-            .await
-            .is_err()
-        {
-            return;
-        }
-        if stop {
-            break;
-        }
-    }
-    let _ = writer.shutdown().await;
 }

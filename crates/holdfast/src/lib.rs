@@ -50,6 +50,7 @@ mod backoff;
 pub mod chaos;
 mod clock;
 mod initiator;
+mod outbox;
 mod service;
 mod target;
 pub mod transport;
