@@ -69,11 +69,13 @@ enum Command {
         after_help = "Examples:\n  holdfast torture --duration 600s --seed 3\n  holdfast torture --mode log --duration 60s\n  holdfast torture --target 127.0.0.1:7400 --no-restart"
     )]
     Torture(torture::TortureArgs),
-    /// Measure holdfast on this machine: its overhead against plain TCP and
-    /// the time from a fault to the first completed call. Prints tables and
-    /// writes Markdown reports and SVG plots.
+    /// Measure holdfast on this machine beside baselines run in the same
+    /// invocation: overhead against plain TCP, recovery time after faults,
+    /// block I/O against qemu-nbd, nbdkit and the local file, and scale
+    /// (memory per session, fairness). Prints tables and writes Markdown
+    /// reports and SVG plots.
     #[command(
-        after_help = "Examples:\n  holdfast bench all --quick\n  holdfast bench overhead --results bench-results\n  holdfast bench recovery --quick --json"
+        after_help = "Examples:\n  holdfast bench all --quick        # every scenario, under 5 minutes\n  holdfast bench overhead --results bench-results\n  holdfast bench block --quick      # needs fio, qemu-nbd, nbdkit\n  holdfast bench scale --json"
     )]
     Bench(bench::BenchArgs),
 }

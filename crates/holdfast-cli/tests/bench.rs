@@ -148,4 +148,129 @@ fn bench_all_writes_every_report_plot_and_row() {
     for link in ["overhead.md", "recovery.md", "overhead.svg", "recovery.svg"] {
         assert!(index.contains(link), "README.md does not link {link}");
     }
+    check_block(&json, &dir, &index);
+    check_scale(&json, &dir, &index);
+}
+
+/// The block scenario: every job on every system (CI installs fio,
+/// qemu-nbd and nbdkit), each with positive figures and the targets
+/// where they apply; its report and plot, linked from the index.
+fn check_block(json: &serde_json::Value, dir: &std::path::Path, index: &str) {
+    let block = &json["block"];
+    let skipped = block["skipped"].as_array().expect("skipped");
+    assert!(skipped.is_empty(), "systems skipped: {skipped:?}");
+    let rows = block["rows"].as_array().expect("block rows");
+    let jobs = [
+        "4 KiB randread QD 1",
+        "4 KiB randread QD 32",
+        "4 KiB randwrite QD 1",
+        "4 KiB randwrite QD 32",
+        "1 MiB read QD 8",
+        "1 MiB write QD 8",
+    ];
+    let systems = [
+        "local file",
+        "qemu-nbd",
+        "nbdkit file",
+        "holdfast nbd",
+        "holdfast native",
+    ];
+    let mut want = Vec::new();
+    for job in jobs {
+        for system in systems {
+            want.push(format!("{job} / {system}"));
+        }
+    }
+    let got: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{} / {}",
+                r["workload"].as_str().expect("workload"),
+                r["system"].as_str().expect("system")
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "block rows");
+    for r in rows {
+        for field in ["iops", "mib_per_s", "p50_us", "p99_us", "cpu_us_per_io"] {
+            let v = r[field].as_f64().unwrap_or(f64::NAN);
+            assert!(v > 0.0, "block row {r} has no positive {field}");
+        }
+        assert!(r["vs_qemu_nbd"].as_f64().expect("vs_qemu_nbd") > 0.0);
+        assert!(r["vs_local"].as_f64().expect("vs_local") > 0.0);
+    }
+    let targets: usize = rows
+        .iter()
+        .map(|r| r["targets"].as_array().expect("targets").len())
+        .sum();
+    // holdfast nbd: one per job (6); native: 4 KiB randread QD 32 and the
+    // two 1 MiB jobs (3).
+    assert_eq!(targets, 9, "the issue's block targets");
+
+    let md = non_empty(dir, "block.md");
+    assert!(
+        md.contains("| 4 KiB randread QD 32 | holdfast native |"),
+        "{md}"
+    );
+    assert!(md.contains("block.svg"));
+    let svg = non_empty(dir, "block.svg");
+    assert!(svg.contains("<svg") && svg.contains("</svg>"));
+    for link in ["block.md", "block.svg"] {
+        assert!(index.contains(link), "README.md does not link {link}");
+    }
+}
+
+/// The scale scenario: both idle counts with positive per-session memory,
+/// the active sessions with a Jain index in (0, 1], the fault-injected run's
+/// RSS samples; its report and plot, linked from the index.
+fn check_scale(json: &serde_json::Value, dir: &std::path::Path, index: &str) {
+    let scale = &json["scale"];
+    let idle = scale["idle"].as_array().expect("scale idle rows");
+    let counts: Vec<u64> = idle
+        .iter()
+        .map(|r| r["sessions"].as_u64().expect("sessions"))
+        .collect();
+    assert_eq!(counts, [100, 300], "the smoke run's idle session counts");
+    for r in idle {
+        for field in [
+            "target_rss_start_mib",
+            "target_rss_mib",
+            "target_kib_per_session",
+            "opened_per_s",
+        ] {
+            let v = r[field].as_f64().unwrap_or(f64::NAN);
+            assert!(v > 0.0, "scale idle row {r} has no positive {field}");
+        }
+        assert!(r["initiator_kib_per_session"].is_number(), "{r}");
+        assert!(r["target"]["met"].is_boolean(), "{r}");
+    }
+    let active = &scale["active"];
+    assert_eq!(active["sessions"].as_u64(), Some(50), "{active}");
+    let jain = active["jain"].as_f64().expect("jain");
+    assert!(jain > 0.0 && jain <= 1.0, "Jain's index {jain}");
+    for field in ["calls", "min_calls", "max_calls"] {
+        assert!(active[field].as_u64().expect(field) > 0, "{active}");
+    }
+    assert!(active["ops_per_s"].as_f64().expect("ops_per_s") > 0.0);
+    let soak = &scale["soak"];
+    assert!(
+        soak["operations"].as_u64().expect("operations") > 0,
+        "{soak}"
+    );
+    let samples = soak["samples"].as_array().expect("soak samples");
+    assert!(samples.len() >= 3, "{soak}");
+    for field in ["start_mib", "end_mib", "max_mib"] {
+        assert!(soak[field].as_f64().expect(field) > 0.0, "{soak}");
+    }
+    assert!(soak["second_half_growth_mib"].is_number());
+
+    let md = non_empty(dir, "scale.md");
+    assert!(md.contains("| 300 |") && md.contains("Jain"), "{md}");
+    assert!(md.contains("scale.svg"));
+    let svg = non_empty(dir, "scale.svg");
+    assert!(svg.contains("<svg") && svg.contains("</svg>"));
+    for link in ["scale.md", "scale.svg"] {
+        assert!(index.contains(link), "README.md does not link {link}");
+    }
 }

@@ -8,7 +8,12 @@
 //!   detection bounds, a graceful target restart) to the first completed
 //!   call after it, over many trials, beside the documented defaults of
 //!   open-iscsi and Linux nvme-tcp;
-//! * `all`: both, and an index.
+//! * `block`: fio against `holdfast nbd`, qemu-nbd and nbdkit serving the
+//!   same file, holdfast's native client, and fio on the file itself;
+//! * `scale`: a target's resident memory per idle session at two counts,
+//!   throughput and fairness with many active sessions, and resident memory
+//!   over a long fault-injected run;
+//! * `all`: every scenario, and an index.
 //!
 //! Each scenario prints a table (JSON with `--json`) and writes a Markdown
 //! report and an SVG plot into the results directory. Targets from the
@@ -16,9 +21,14 @@
 //! status only says whether the benchmark itself ran.
 
 mod baseline;
+mod block;
+mod child;
+mod fio;
+mod native;
 mod overhead;
 mod plot;
 mod recovery;
+mod scale;
 mod table;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +58,14 @@ enum ScenarioCmd {
     /// Time from a fault to the first completed call: reset, blackhole at
     /// detection bounds 100 ms, 500 ms and 2 s, graceful target restart.
     Recovery(Options),
+    /// fio (4 KiB random read/write at QD 1 and 32, 1 MiB sequential at
+    /// QD 8) against `holdfast nbd`, qemu-nbd and nbdkit serving one file,
+    /// holdfast's native client, and fio on the file (the ceiling).
+    Block(Options),
+    /// Resident memory per idle session on a target (1,000 and 10,000
+    /// sessions), throughput and Jain's fairness index with 1,000 active
+    /// sessions, and resident memory over a 10-minute fault-injected run.
+    Scale(Options),
     /// Every scenario, and an index of the reports (DIR/README.md).
     All(Options),
 }
@@ -131,6 +149,25 @@ impl Check {
         } else {
             "missed"
         }
+    }
+
+    /// A table cell for a row's targets: verdicts for the terminal, each
+    /// target with its verdict in bold for Markdown, `-` for none.
+    pub(crate) fn cell(checks: &[Check], markdown: bool) -> String {
+        if checks.is_empty() {
+            return "-".to_owned();
+        }
+        let each: Vec<String> = checks
+            .iter()
+            .map(|c| {
+                if markdown {
+                    format!("{}: **{}**", c.target, c.verdict())
+                } else {
+                    c.verdict().to_owned()
+                }
+            })
+            .collect();
+        each.join(if markdown { "; " } else { ", " })
     }
 }
 
@@ -219,16 +256,24 @@ struct JsonReport {
     overhead: Option<overhead::OverheadReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     recovery: Option<recovery::RecoveryReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    block: Option<block::BlockReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scale: Option<scale::ScaleReport>,
 }
 
 /// Runs the chosen scenarios, prints their tables (or JSON) and writes
 /// their reports.
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let (run_overhead, run_recovery, opts) = match args.scenario {
-        ScenarioCmd::Overhead(o) => (true, false, o),
-        ScenarioCmd::Recovery(o) => (false, true, o),
-        ScenarioCmd::All(o) => (true, true, o),
+    // One scenario, or every one (`None`).
+    let (only, opts) = match args.scenario {
+        ScenarioCmd::Overhead(o) => (Some("overhead"), o),
+        ScenarioCmd::Recovery(o) => (Some("recovery"), o),
+        ScenarioCmd::Block(o) => (Some("block"), o),
+        ScenarioCmd::Scale(o) => (Some("scale"), o),
+        ScenarioCmd::All(o) => (None, o),
     };
+    let runs = |scenario: &str| only.is_none_or(|o| o == scenario);
     let mode = if opts.smoke {
         Mode::Smoke
     } else if opts.quick {
@@ -250,9 +295,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         machine: machine.clone(),
         overhead: None,
         recovery: None,
+        block: None,
+        scale: None,
     };
 
-    if run_overhead {
+    if runs("overhead") {
         let r = overhead::run(mode, progress).await?;
         write_file(dir, "overhead.md", &r.markdown(&machine))?;
         plot::overhead(&dir.join("overhead.svg"), &r.rows)?;
@@ -262,7 +309,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         report.overhead = Some(r);
     }
-    if run_recovery {
+    if runs("recovery") {
         let r = recovery::run(mode, progress).await?;
         write_file(dir, "recovery.md", &r.markdown(&machine))?;
         plot::recovery(&dir.join("recovery.svg"), &r.rows)?;
@@ -272,7 +319,27 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         report.recovery = Some(r);
     }
-    if run_overhead && run_recovery {
+    if runs("block") {
+        let r = block::run(mode, progress).await?;
+        write_file(dir, "block.md", &r.markdown(&machine))?;
+        plot::block(&dir.join("block.svg"), &r.rows)?;
+        if !opts.json {
+            println!("\nholdfast bench block ({} mode)\n", mode.name());
+            print!("{}", r.table());
+        }
+        report.block = Some(r);
+    }
+    if runs("scale") {
+        let r = scale::run(mode, progress).await?;
+        write_file(dir, "scale.md", &r.markdown(&machine))?;
+        plot::scale(&dir.join("scale.svg"), &r)?;
+        if !opts.json {
+            println!("\nholdfast bench scale ({} mode)\n", mode.name());
+            print!("{}", r.table());
+        }
+        report.scale = Some(r);
+    }
+    if only.is_none() {
         write_file(dir, "README.md", &index(&report))?;
     }
 
@@ -317,6 +384,24 @@ fn index(report: &JsonReport) -> String {
         md.push_str(&format!(
             "| recovery | fault to first completed call: reset, blackhole, restart | {} | [recovery.md](recovery.md) | [recovery.svg](recovery.svg) |\n",
             count(r.rows.iter().filter_map(|r| r.target.as_ref()).collect()),
+        ));
+    }
+    if let Some(b) = &report.block {
+        md.push_str(&format!(
+            "| block | fio via holdfast nbd, qemu-nbd, nbdkit; native client; local file | {} | [block.md](block.md) | [block.svg](block.svg) |\n",
+            count(b.rows.iter().flat_map(|r| &r.targets).collect()),
+        ));
+    }
+    if let Some(s) = &report.scale {
+        md.push_str(&format!(
+            "| scale | RSS per idle session, fairness of many active sessions, RSS under faults | {} | [scale.md](scale.md) | [scale.svg](scale.svg) |\n",
+            count(
+                s.idle
+                    .iter()
+                    .map(|r| &r.target)
+                    .chain([&s.active.target])
+                    .collect()
+            ),
         ));
     }
     md.push_str(

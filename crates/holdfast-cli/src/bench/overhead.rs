@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::baseline::{self, Measured};
-use super::table::{histogram, num, quantile_us, record, size, Table};
+use super::table::{histogram, merge_latencies, num, quantile_us, record, size, Table};
 use super::{Check, Machine, Mode};
 
 /// The payload sizes, in bytes.
@@ -236,13 +236,7 @@ async fn measure_holdfast(
             })
         })
         .collect();
-    let mut latency = histogram()?;
-    for t in tasks {
-        let h = t.await.context("a holdfast echo task panicked")??;
-        latency
-            .add(&h)
-            .map_err(|e| anyhow!("could not merge latency histograms: {e}"))?;
-    }
+    let latency = merge_latencies(tasks, "holdfast echo").await?;
     Ok(Measured { latency, window })
 }
 
@@ -266,17 +260,6 @@ impl OverheadReport {
         ])
         .align_left(&[12]);
         for r in &self.rows {
-            let targets: Vec<String> = r
-                .targets
-                .iter()
-                .map(|c| {
-                    if markdown {
-                        format!("{}: **{}**", c.target, c.verdict())
-                    } else {
-                        c.verdict().to_owned()
-                    }
-                })
-                .collect();
             t.push(vec![
                 size(r.payload_bytes),
                 r.depth.to_string(),
@@ -290,11 +273,7 @@ impl OverheadReport {
                 num(r.baseline.p99_us, 1),
                 format!("{}x", num(r.throughput_ratio, 3)),
                 format!("{:+.1}", r.p50_delta_us),
-                if targets.is_empty() {
-                    "-".to_owned()
-                } else {
-                    targets.join(if markdown { "; " } else { ", " })
-                },
+                Check::cell(&r.targets, markdown),
             ]);
         }
         t

@@ -5,19 +5,22 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
+use super::block::{BlockRow, SYSTEMS, WORKLOADS};
 use super::overhead::{OverheadRow, DEPTHS, PAYLOADS};
 use super::recovery::RecoveryRow;
+use super::scale::{IdleRow, ScaleReport, IDLE_KIB_TARGET};
 use super::table::size;
 
 /// The text font of every plot.
 const FONT: &str = "sans-serif";
 
 /// Colors of the series, in order.
-const PALETTE: [RGBColor; 4] = [
+const PALETTE: [RGBColor; 5] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
 ];
 
 /// A log-scale range covering `values` (zeros and negatives ignored) with
@@ -49,6 +52,35 @@ fn axis_number(v: &f64) -> String {
         format!("{v:.1}")
     } else {
         format!("{v}")
+    }
+}
+
+/// Draws the series legend in the plots' common style.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font((FONT, 12))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("could not draw a legend: {e}"))
+}
+
+/// Labels the categories of a bar chart at whole x values (`0`, `1`, …).
+fn category(labels: &[String]) -> impl Fn(&f64) -> String + '_ {
+    move |x| {
+        let i = x.round();
+        if (x - i).abs() > 0.01 || i < 0.0 {
+            return String::new();
+        }
+        labels.get(i as usize).cloned().unwrap_or_default()
     }
 }
 
@@ -127,13 +159,7 @@ pub(crate) fn overhead(path: &Path, rows: &[OverheadRow]) -> anyhow::Result<()> 
                     });
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .label_font((FONT, 12))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     }
     root.present()?;
     Ok(())
@@ -151,6 +177,7 @@ pub(crate) fn recovery(path: &Path, rows: &[RecoveryRow]) -> anyhow::Result<()> 
     );
     let lo = y.start;
     let n = rows.len().max(1);
+    let labels: Vec<String> = rows.iter().map(|r| r.fault.clone()).collect();
     let mut chart = ChartBuilder::on(&root)
         .caption(
             "holdfast bench recovery: fault to first completed call (ms, log)",
@@ -164,15 +191,7 @@ pub(crate) fn recovery(path: &Path, rows: &[RecoveryRow]) -> anyhow::Result<()> 
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(n)
-        .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() > 0.01 || i < 0.0 {
-                return String::new();
-            }
-            rows.get(i as usize)
-                .map(|r| r.fault.clone())
-                .unwrap_or_default()
-        })
+        .x_label_formatter(&category(&labels))
         .y_desc("ms")
         .y_label_formatter(&axis_number)
         .label_style((FONT, 12))
@@ -207,13 +226,155 @@ pub(crate) fn recovery(path: &Path, rows: &[RecoveryRow]) -> anyhow::Result<()> 
         }))?
         .label("target (p99)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    root.present()?;
+    Ok(())
+}
+
+/// IOPS of every system relative to qemu-nbd's, by job: one bar per system,
+/// a line at 1.0 (qemu-nbd itself). Jobs without a qemu-nbd row are left
+/// out.
+pub(crate) fn block(path: &Path, rows: &[BlockRow]) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (1100, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let jobs: Vec<&str> = WORKLOADS
+        .iter()
+        .filter_map(|(rw, b, d)| {
+            rows.iter()
+                .find(|r| r.rw == *rw && r.block_bytes == *b && r.depth == *d)
+                .map(|r| r.workload.as_str())
+        })
+        .collect();
+    let y = log_range(rows.iter().filter_map(|r| r.vs_qemu_nbd), 0.1);
+    let lo = y.start.min(0.5);
+    let hi = y.end.max(2.0);
+    let n = jobs.len().max(1);
+    let labels: Vec<String> = jobs.iter().map(|j| (*j).to_owned()).collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "holdfast bench block: IOPS relative to fio against qemu-nbd (log)",
+            (FONT, 18),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5f64..n as f64 - 0.5, (lo..hi).log_scale())?;
     chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font((FONT, 12))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n)
+        .x_label_formatter(&category(&labels))
+        .y_desc("x qemu-nbd")
+        .y_label_formatter(&axis_number)
+        .label_style((FONT, 12))
         .draw()?;
+    let width = 0.8 / SYSTEMS.len() as f64;
+    for (k, (system, color)) in SYSTEMS.iter().zip(PALETTE).enumerate() {
+        let left = |i: usize| i as f64 - 0.4 + k as f64 * width;
+        chart
+            .draw_series(jobs.iter().enumerate().filter_map(|(i, job)| {
+                let r = rows
+                    .iter()
+                    .find(|r| r.workload == *job && r.system == *system)?;
+                let v = r.vs_qemu_nbd?;
+                Some(Rectangle::new(
+                    [(left(i), lo), (left(i) + width * 0.9, visible(v, lo))],
+                    color.filled(),
+                ))
+            }))?
+            .label(*system)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    chart.draw_series(std::iter::once(PathElement::new(
+        vec![(-0.5, 1.0), (n as f64 - 0.5, 1.0)],
+        BLACK.stroke_width(1),
+    )))?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    root.present()?;
+    Ok(())
+}
+
+/// The scale scenario: resident memory over the fault-injected run (left),
+/// and KiB per idle session at each count, target and initiator side, with
+/// the bound as a black line (right).
+pub(crate) fn scale(path: &Path, report: &ScaleReport) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (1100, 460)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(
+        "holdfast bench scale: resident memory (127.0.0.1)",
+        (FONT, 18),
+    )?;
+    let panels = root.split_evenly((1, 2));
+    let samples = &report.soak.samples;
+    let t_max = samples.last().map_or(1.0, |s| s.seconds).max(1.0);
+    let m_max = samples.iter().map(|s| s.mib).fold(1.0, f64::max) * 1.2;
+    let mut chart = ChartBuilder::on(&panels[0])
+        .caption("RSS during torture --mode log with faults", (FONT, 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..t_max, 0f64..m_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("MiB")
+        .label_style((FONT, 12))
+        .draw()?;
+    chart.draw_series(LineSeries::new(
+        samples.iter().map(|s| (s.seconds, s.mib)),
+        PALETTE[0].stroke_width(2),
+    ))?;
+
+    let rows = &report.idle;
+    let n = rows.len().max(1);
+    let y_max = rows
+        .iter()
+        .flat_map(|r| [r.target_kib_per_session, r.initiator_kib_per_session])
+        .fold(IDLE_KIB_TARGET, f64::max)
+        * 1.5;
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{} sessions", r.sessions))
+        .collect();
+    let mut chart = ChartBuilder::on(&panels[1])
+        .caption("KiB per idle session", (FONT, 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5f64..n as f64 - 0.5, 0f64..y_max)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n)
+        .x_label_formatter(&category(&labels))
+        .y_desc("KiB")
+        .label_style((FONT, 12))
+        .draw()?;
+    type Side = (&'static str, fn(&IdleRow) -> f64);
+    let sides: [Side; 2] = [
+        ("target", |r| r.target_kib_per_session),
+        ("initiator (this process)", |r| r.initiator_kib_per_session),
+    ];
+    for (k, ((name, value), color)) in sides.iter().zip(PALETTE).enumerate() {
+        let left = |i: usize| i as f64 - 0.35 + k as f64 * 0.35;
+        chart
+            .draw_series(rows.iter().enumerate().map(|(i, r)| {
+                Rectangle::new(
+                    [(left(i), 0.0), (left(i) + 0.3, value(r).max(0.0))],
+                    color.filled(),
+                )
+            }))?
+            .label(*name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(-0.5, IDLE_KIB_TARGET), (n as f64 - 0.5, IDLE_KIB_TARGET)],
+            BLACK.stroke_width(2),
+        )))?
+        .label(format!("the issue's bound: {IDLE_KIB_TARGET} KiB"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present()?;
     Ok(())
 }

@@ -161,6 +161,24 @@ pub(crate) fn write_file(dir: &Path, name: &str, contents: &str) -> anyhow::Resu
     std::fs::write(&path, contents).with_context(|| format!("could not write {}", path.display()))
 }
 
+/// Waits for tasks that each record a latency histogram and merges them;
+/// `what` names the tasks in errors.
+pub(crate) async fn merge_latencies(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Histogram<u64>>>>,
+    what: &str,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut latency = histogram()?;
+    for t in tasks {
+        let h = t
+            .await
+            .with_context(|| format!("a {what} task panicked"))??;
+        latency
+            .add(&h)
+            .map_err(|e| anyhow::anyhow!("could not merge latency histograms: {e}"))?;
+    }
+    Ok(latency)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
