@@ -343,17 +343,30 @@ async fn read_loop(
     engine: &mpsc::Sender<EngineMsg>,
     buffer: usize,
 ) {
+    // A small read is copied out of the connection's buffer, which is then
+    // reused. Handing the engine a slice of it instead would pin it until
+    // the engine is done with the slice, so (the engine running behind)
+    // every read allocated a fresh `buffer`-sized block: a 64 KiB
+    // allocation per read, however small. The copy costs less, and an idle
+    // connection keeps only the pages its reads touched. A large read is
+    // handed over as it is: copying it would cost more than a new block.
+    const COPY_BELOW: usize = 16 * 1024;
     let mut buf = BytesMut::with_capacity(buffer);
     loop {
-        buf.reserve(buffer);
+        if buf.capacity() < buffer {
+            buf.reserve(buffer);
+        }
         match reader.read_buf(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(_) => {
-                if engine
-                    .send(EngineMsg::Input(conn, buf.split().freeze()))
-                    .await
-                    .is_err()
-                {
+            Ok(n) => {
+                let input = if n < COPY_BELOW {
+                    let input = Bytes::copy_from_slice(&buf);
+                    buf.clear();
+                    input
+                } else {
+                    buf.split().freeze()
+                };
+                if engine.send(EngineMsg::Input(conn, input)).await.is_err() {
                     return;
                 }
             }
