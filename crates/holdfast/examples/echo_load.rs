@@ -4,10 +4,11 @@
 //!
 //! ```text
 //! cargo build --release -p holdfast --example echo_load
-//! perf record -g target/release/examples/echo_load -- [PAYLOAD] [DEPTH] [SECONDS]
+//! perf record -g target/release/examples/echo_load -- [PAYLOAD] [DEPTH] [SECONDS] [READ_BUFFER]
 //! ```
 //!
-//! PAYLOAD (bytes) defaults to 4096, DEPTH to 32, SECONDS to 5.
+//! PAYLOAD (bytes) defaults to 4096, DEPTH to 32, SECONDS to 5, READ_BUFFER
+//! (bytes, both ends) to 65536.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,12 +35,16 @@ async fn main() {
     let payload = arg(1, 4096) as usize;
     let depth = arg(2, 32) as usize;
     let seconds = arg(3, 5);
+    let read_buffer = arg(4, 64 * 1024) as usize;
     let echo = service_fn(|req: Request| {
         std::future::ready(Ok::<_, std::convert::Infallible>(req.payload))
     });
     let target = Target::serve(
         &[Endpoint::Tcp(([127, 0, 0, 1], 0).into())],
-        TargetOptions::default(),
+        TargetOptions {
+            read_buffer,
+            ..TargetOptions::default()
+        },
         echo,
     )
     .await
@@ -47,7 +52,10 @@ async fn main() {
     let endpoint = target.endpoints()[0].clone();
     let init = Initiator::start(
         Arc::new(EndpointConnector::new(endpoint, Duration::from_secs(2))),
-        InitiatorOptions::default(),
+        InitiatorOptions {
+            read_buffer,
+            ..InitiatorOptions::default()
+        },
     );
     let data = Bytes::from(vec![0x5a; payload]);
     let done = Arc::new(AtomicU64::new(0));
