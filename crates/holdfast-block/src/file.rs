@@ -1,9 +1,11 @@
 //! A [`BlockDevice`] over a regular file or a block device.
 //!
 //! I/O is positional (`pread`/`pwrite` through
-//! [`std::os::unix::fs::FileExt`]) and runs on tokio's blocking pool, so
-//! requests proceed concurrently; ordering between overlapping requests is
-//! the caller's business (see [`crate::ordering`]).
+//! [`std::os::unix::fs::FileExt`]). A read or write the page cache can serve
+//! at once is done inline (`RWF_NOWAIT`, see `nowait.rs`); the rest runs on
+//! tokio's blocking pool, so requests proceed concurrently and a cache miss
+//! never stalls the runtime. Ordering between overlapping requests is the
+//! caller's business (see [`crate::ordering`]).
 //!
 //! Durability:
 //! * FLUSH is `fdatasync` on the file.
@@ -32,6 +34,7 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use crate::device::{BlockDevice, BlockError};
+use crate::nowait::NoWait;
 
 /// Alignment of memory, offsets and lengths for O_DIRECT I/O. 4096 satisfies
 /// every common logical block size (512 and 4096).
@@ -121,6 +124,8 @@ struct Inner {
     read_only: bool,
     direct: bool,
     counters: Counters,
+    /// Inline attempts that only touch the page cache.
+    nowait: NoWait,
 }
 
 /// A block device backed by a regular file or a block device. Cheap to
@@ -214,6 +219,7 @@ impl FileDevice {
                 read_only: options.read_only,
                 direct: options.direct,
                 counters: Counters::default(),
+                nowait: NoWait::new(!options.direct),
             }),
         })
     }
@@ -316,12 +322,23 @@ impl Inner {
                 .map_err(err)?;
             Bytes::from(buf).slice(start..start + len)
         } else {
-            let mut buf = vec![0u8; len];
-            self.file.read_exact_at(&mut buf, offset).map_err(err)?;
-            Bytes::from(buf)
+            return self.read_rest(offset, vec![0u8; len], 0);
         };
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         Ok(data)
+    }
+
+    /// Finishes a buffered read of `buf.len()` bytes at `offset` whose first
+    /// `done` bytes are already in `buf`.
+    fn read_rest(&self, offset: u64, mut buf: Vec<u8>, done: usize) -> Result<Bytes, BlockError> {
+        let len = buf.len();
+        if let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+            self.file
+                .read_exact_at(rest, offset + done as u64)
+                .map_err(|e| io_error("read", offset, len as u64, &self.path, &e))?;
+        }
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(Bytes::from(buf))
     }
 
     fn target(&self, fua: bool) -> &File {
@@ -387,7 +404,18 @@ impl BlockDevice for FileDevice {
         if len == 0 {
             return Ok(Bytes::new());
         }
-        self.blocking(move |f| f.read(offset, len as usize)).await
+        let len = len as usize;
+        if self.inner.direct {
+            return self.blocking(move |f| f.read(offset, len)).await;
+        }
+        // From the page cache at once if it can; the rest on the pool.
+        let mut buf = vec![0u8; len];
+        let done = self.inner.nowait.read(&self.inner.file, offset, &mut buf);
+        if done == len {
+            self.inner.counters.reads.fetch_add(1, Ordering::Relaxed);
+            return Ok(Bytes::from(buf));
+        }
+        self.blocking(move |f| f.read_rest(offset, buf, done)).await
     }
 
     async fn write_at(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), BlockError> {
@@ -395,7 +423,19 @@ impl BlockDevice for FileDevice {
         if data.is_empty() {
             return if fua { self.flush().await } else { Ok(()) };
         }
-        self.blocking(move |f| f.write(offset, &data, fua)).await
+        // Into the page cache at once if it can (a FUA write waits for the
+        // device by definition); the rest on the pool.
+        let done = if fua || self.inner.direct {
+            0
+        } else {
+            self.inner.nowait.write(&self.inner.file, offset, &data)
+        };
+        if done == data.len() {
+            self.inner.counters.writes.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.blocking(move |f| f.write(offset + done as u64, &data[done..], fua))
+            .await
     }
 
     async fn flush(&self) -> Result<(), BlockError> {

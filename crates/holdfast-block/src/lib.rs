@@ -20,6 +20,7 @@ pub mod device;
 pub mod file;
 pub mod memory;
 pub mod nbd;
+mod nowait;
 pub mod ordering;
 pub mod service;
 pub mod volume;
