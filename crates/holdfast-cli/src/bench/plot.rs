@@ -247,7 +247,8 @@ pub(crate) fn block(path: &Path, rows: &[BlockRow]) -> anyhow::Result<()> {
         .collect();
     let y = log_range(rows.iter().filter_map(|r| r.vs_qemu_nbd), 0.1);
     let lo = y.start.min(0.5);
-    let hi = y.end.max(2.0);
+    // Headroom above the tallest bar for the legend.
+    let hi = (y.end * 4.0).max(2.0);
     let n = jobs.len().max(1);
     let labels: Vec<String> = jobs.iter().map(|j| (*j).to_owned()).collect();
     let mut chart = ChartBuilder::on(&root)
