@@ -14,7 +14,9 @@
 //!   together in memory: `call`, the initiator's bytes into the target, the
 //!   delivery, `complete` with an echo of the request, the target's bytes
 //!   back, and the initiator's `Response` event. Throughput counts the
-//!   payload both ways.
+//!   payload both ways. The link drives both sides as the runtime does,
+//!   reusing buffers: `poll_transmit_into` with one chunk list, and every
+//!   Ready handed back with `Target::recycle`.
 //! * `pipelined`: 32 calls issued at once, then everything moved until all 32
 //!   responses are back. Throughput is in calls.
 //!
@@ -183,6 +185,8 @@ struct Link {
     initiator: Initiator,
     target: Target,
     now: Timestamp,
+    /// The chunk list `poll_transmit_into` fills, drained after each use.
+    chunks: Vec<Bytes>,
 }
 
 impl Link {
@@ -197,6 +201,7 @@ impl Link {
                 Timestamp::ZERO,
             ),
             now,
+            chunks: Vec::new(),
         };
         link.target.accept(CONN, now).expect("accept");
         link.initiator.connect(CONN, now).expect("connect");
@@ -226,15 +231,15 @@ impl Link {
         let (mut responses, mut bytes) = (0, 0);
         loop {
             let mut moved = false;
-            while let Some(chunks) = self.initiator.poll_transmit(now) {
+            while self.initiator.poll_transmit_into(now, &mut self.chunks) {
                 moved = true;
-                for chunk in &chunks {
-                    self.target.handle_input(CONN, chunk, now);
+                for chunk in self.chunks.drain(..) {
+                    self.target.handle_input(CONN, &chunk, now);
                 }
             }
             while self.target.has_ready() {
                 moved = true;
-                let ready = self.target.ready();
+                let mut ready = self.target.ready();
                 assert!(ready.closes.is_empty(), "target closed: {:?}", ready.closes);
                 for t in &ready.transmits {
                     for chunk in &t.chunks {
@@ -243,7 +248,7 @@ impl Link {
                 }
                 // Changes would be persisted here; deliveries run after that.
                 self.target.advance(now);
-                for delivery in ready.deliveries {
+                for delivery in ready.deliveries.drain(..) {
                     let Delivery::Command {
                         session,
                         seq,
@@ -256,6 +261,7 @@ impl Link {
                         .complete(session, seq, payload, now)
                         .expect("complete a delivered command");
                 }
+                self.target.recycle(ready);
             }
             while let Some(event) = self.initiator.poll_event() {
                 moved = true;

@@ -143,6 +143,7 @@ impl Initiator {
             connector,
             conn: None,
             outbox: None,
+            chunks: Vec::new(),
             next_conn: 1,
             replies: HashMap::new(),
             waiting: None,
@@ -238,6 +239,9 @@ struct Driver {
     /// The current connection's write side (a separate field, so a read and
     /// a write can wait at once).
     outbox: Option<Outbox>,
+    /// The core's bytes on their way to the outbox; drained after each
+    /// use, so its capacity is reused instead of a list allocated per write.
+    chunks: Vec<Bytes>,
     next_conn: u64,
     replies: HashMap<CallId, Reply>,
     /// A request refused for credit, retried on `CreditAvailable`.
@@ -493,11 +497,12 @@ impl Driver {
         loop {
             let now = self.clock.now();
             let mut progressed = false;
-            while let Some(chunks) = self.core.poll_transmit(now) {
+            while self.core.poll_transmit_into(now, &mut self.chunks) {
                 progressed = true;
                 if let Some(out) = &mut self.outbox {
-                    out.push(chunks);
+                    out.push(self.chunks.drain(..));
                 }
+                self.chunks.clear();
             }
             // One write for everything this turn produced.
             if let Some(out) = &mut self.outbox {

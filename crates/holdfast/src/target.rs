@@ -497,13 +497,13 @@ impl<S: SessionService> Engine<S> {
 
     async fn drain_ready(&mut self) {
         while self.core.has_ready() {
-            let ready = self.core.ready();
+            let mut ready = self.core.ready();
             // In-memory store: the changes are already "persisted"; they
             // are logged so an operator can follow each session's life.
             for change in &ready.changes {
                 log_change(change);
             }
-            for t in ready.transmits {
+            for t in ready.transmits.drain(..) {
                 let Some(w) = self.conns.get(&t.conn) else {
                     continue;
                 };
@@ -522,7 +522,7 @@ impl<S: SessionService> Engine<S> {
                     self.core.connection_closed(t.conn, self.clock.now());
                 }
             }
-            for c in ready.closes {
+            for c in ready.closes.drain(..) {
                 match &c.reason {
                     CloseReason::Protocol(e) => {
                         warn!(conn = ?c.conn, error = %e, "closing connection")
@@ -534,11 +534,13 @@ impl<S: SessionService> Engine<S> {
                 }
             }
             let mut finished = Vec::new();
-            for d in ready.deliveries {
+            for d in ready.deliveries.drain(..) {
                 if let Some(done) = self.deliver(d).await {
                     finished.push(done);
                 }
             }
+            // The emptied vectors go back for the next batches.
+            self.core.recycle(ready);
             self.core.advance(self.clock.now());
             // Services that answered at once are completed here, without a
             // task and a channel hop each.

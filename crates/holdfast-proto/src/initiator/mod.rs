@@ -394,18 +394,35 @@ impl Initiator {
     /// after every input.
     #[must_use]
     pub fn poll_transmit(&mut self, now: Timestamp) -> Option<Vec<Bytes>> {
+        self.prepare_transmit(now).then(|| self.out.take_chunks())
+    }
+
+    /// Like [`Initiator::poll_transmit`], but appends the bytes to `out`
+    /// and returns whether there were any. A driver that drains `out` and
+    /// hands the same vector in again allocates no chunk list per write.
+    pub fn poll_transmit_into(&mut self, now: Timestamp, out: &mut Vec<Bytes>) -> bool {
+        let any = self.prepare_transmit(now);
+        if any {
+            self.out.take_chunks_into(out);
+        }
+        any
+    }
+
+    /// Queues the frames due and accounts for sending them; true when
+    /// there are bytes to take.
+    fn prepare_transmit(&mut self, now: Timestamp) -> bool {
         if self.conn.as_ref().is_some_and(|c| c.logged_in) {
             self.write_session_frames(now);
         }
         if self.out.is_empty() {
-            return None;
+            return false;
         }
         self.stats.bytes_out += self.out.len() as u64;
         if let Some(c) = self.conn.as_mut() {
             c.last_send = now;
         }
         self.refresh_expecting(now);
-        Some(self.out.take_chunks())
+        true
     }
 
     /// Writes data frames, FIN, a standalone ACK and a keep-alive PING as due.

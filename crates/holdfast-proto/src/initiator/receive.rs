@@ -257,15 +257,15 @@ impl Initiator {
             return;
         }
         let keep_commands = self.naive_resend();
-        let newly: Vec<Seq> = self
-            .entries
-            .range(self.acked + 1..=ack)
-            .map(|(s, _)| *s)
-            .collect();
-        for seq in newly {
-            let Some(e) = self.entries.get_mut(&seq) else {
-                continue;
+        // Walks the newly acknowledged entries in order, looking each next
+        // one up afresh (messages are removed on the way), without
+        // collecting their sequence numbers first.
+        let mut from = self.acked + 1;
+        while from <= ack {
+            let Some((&seq, e)) = self.entries.range_mut(from..=ack).next() else {
+                break;
             };
+            let next = seq.checked_add(1);
             if e.command {
                 if !e.retry_safe && !keep_commands {
                     e.payload = None;
@@ -277,6 +277,10 @@ impl Initiator {
                 self.events
                     .push_back(InitiatorEvent::MessageDelivered { call });
             }
+            let Some(next) = next else {
+                break;
+            };
+            from = next;
         }
         self.acked = ack;
     }

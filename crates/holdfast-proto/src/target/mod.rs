@@ -9,7 +9,8 @@
 //!   [`Target::poll_timeout`] passes, [`Target::shutdown`] to go away politely;
 //! * outputs: while [`Target::has_ready`], take [`Target::ready`], persist its
 //!   changes, send its bytes, close its connections, give its deliveries to
-//!   the service, then call [`Target::advance`].
+//!   the service, then call [`Target::advance`]; optionally hand the
+//!   drained Ready back with [`Target::recycle`] so its vectors are reused.
 
 mod login;
 mod ready;
@@ -39,6 +40,46 @@ use tombstones::Tombstones;
 
 /// The largest non-login frame accepted before a login completes.
 const PRE_LOGIN_MAX_FRAME: u32 = 64;
+
+/// Vectors handed back with [`Target::recycle`] (and internal work lists)
+/// are kept for reuse only up to this capacity, so one burst does not pin
+/// its memory for the target's life.
+const KEEP_CAPACITY: usize = 1024;
+
+/// The most transmit chunk lists kept for reuse (one per connection in a
+/// batch), and the largest capacity of one that is kept.
+const KEEP_CHUNK_LISTS: usize = 32;
+const KEEP_CHUNKS_CAPACITY: usize = 256;
+
+/// Empty vectors kept from Readies handed back with [`Target::recycle`], to
+/// be filled by the next batches instead of fresh ones.
+#[derive(Debug, Default)]
+struct Spare {
+    changes: Vec<StateChange>,
+    transmits: Vec<Transmit>,
+    closes: Vec<Close>,
+    deliveries: Vec<Delivery>,
+    /// Chunk lists of transmits, each empty.
+    chunks: Vec<Vec<Bytes>>,
+}
+
+/// Keeps `v` (cleared) in `slot` if it is worth keeping: `slot` has less
+/// capacity and `v`'s is within [`KEEP_CAPACITY`].
+fn keep<T>(slot: &mut Vec<T>, mut v: Vec<T>) {
+    if v.capacity() > slot.capacity() && v.capacity() <= KEEP_CAPACITY {
+        v.clear();
+        *slot = v;
+    }
+}
+
+/// Puts a work list that was taken out for iteration back, emptied, unless
+/// it grew beyond [`KEEP_CAPACITY`] (or something was queued meanwhile).
+fn put_back<T>(slot: &mut Vec<T>, mut v: Vec<T>) {
+    if slot.is_empty() && v.capacity() <= KEEP_CAPACITY {
+        v.clear();
+        *slot = v;
+    }
+}
 
 /// Counters a target keeps for observability. All only ever increase.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -158,6 +199,8 @@ pub struct Target {
     releasing: Vec<SessionId>,
     /// A Ready is with the driver and `advance` has not been called.
     awaiting_advance: bool,
+    /// Vectors handed back with `recycle`, for the next Readies.
+    spare: Spare,
     shutdown: Option<ShutdownNotice>,
     stats: TargetStats,
 }
@@ -196,6 +239,7 @@ impl Target {
             delivering: Vec::new(),
             releasing: Vec::new(),
             awaiting_advance: false,
+            spare: Spare::default(),
             shutdown: None,
             stats: TargetStats::default(),
         }
@@ -432,8 +476,9 @@ impl Target {
             return Ready::default();
         }
         let now = self.now;
-        let mut transmits = Vec::new();
-        for conn in std::mem::take(&mut self.dirty) {
+        let mut transmits = std::mem::take(&mut self.spare.transmits);
+        let dirty = std::mem::take(&mut self.dirty);
+        for &conn in &dirty {
             let Some(c) = self.conns.get_mut(&conn) else {
                 continue;
             };
@@ -444,7 +489,8 @@ impl Target {
                 }
             }
             if !c.out.is_empty() {
-                let chunks = c.out.take_chunks();
+                let mut chunks = self.spare.chunks.pop().unwrap_or_default();
+                c.out.take_chunks_into(&mut chunks);
                 let t = Transmit { conn, chunks };
                 self.stats.bytes_out += t.len() as u64;
                 transmits.push(t);
@@ -453,18 +499,26 @@ impl Target {
                 self.conns.remove(&conn);
             }
         }
-        for id in std::mem::take(&mut self.delivering) {
+        // Nothing above queues connections: the list goes back for reuse.
+        put_back(&mut self.dirty, dirty);
+        let delivering = std::mem::take(&mut self.delivering);
+        for &id in &delivering {
             if let Some(s) = self.sessions.get_mut(&id) {
                 if s.hand_out_deliveries() {
                     self.releasing.push(id);
                 }
             }
         }
+        put_back(&mut self.delivering, delivering);
+        let spare = &mut self.spare;
         let ready = Ready {
-            changes: std::mem::take(&mut self.changes),
+            changes: std::mem::replace(&mut self.changes, std::mem::take(&mut spare.changes)),
             transmits,
-            closes: std::mem::take(&mut self.closes),
-            deliveries: std::mem::take(&mut self.deliveries),
+            closes: std::mem::replace(&mut self.closes, std::mem::take(&mut spare.closes)),
+            deliveries: std::mem::replace(
+                &mut self.deliveries,
+                std::mem::take(&mut spare.deliveries),
+            ),
         };
         self.awaiting_advance = !ready.is_empty();
         ready
@@ -476,12 +530,43 @@ impl Target {
     pub fn advance(&mut self, now: Timestamp) {
         self.now = now;
         self.awaiting_advance = false;
-        for id in std::mem::take(&mut self.releasing) {
+        let releasing = std::mem::take(&mut self.releasing);
+        for &id in &releasing {
             if let Some(s) = self.sessions.get_mut(&id) {
                 s.release_delivered();
                 self.owe_ack(id);
             }
         }
+        put_back(&mut self.releasing, releasing);
+    }
+
+    /// Hands a [`Ready`] back once the driver is done with it, so the next
+    /// batches reuse its vectors instead of allocating new ones. Optional:
+    /// a driver that drops its Readies works the same, it only allocates
+    /// more. Whatever the vectors still hold is dropped; drain them (for
+    /// example `ready.deliveries.drain(..)`) to keep their capacity for
+    /// reuse. Only vectors of bounded capacity are kept.
+    pub fn recycle(&mut self, ready: Ready) {
+        let Ready {
+            changes,
+            mut transmits,
+            closes,
+            deliveries,
+        } = ready;
+        for t in transmits.drain(..) {
+            let mut chunks = t.chunks;
+            if self.spare.chunks.len() < KEEP_CHUNK_LISTS
+                && chunks.capacity() > 0
+                && chunks.capacity() <= KEEP_CHUNKS_CAPACITY
+            {
+                chunks.clear();
+                self.spare.chunks.push(chunks);
+            }
+        }
+        keep(&mut self.spare.transmits, transmits);
+        keep(&mut self.spare.changes, changes);
+        keep(&mut self.spare.closes, closes);
+        keep(&mut self.spare.deliveries, deliveries);
     }
 
     // ----- internals -----
@@ -643,7 +728,7 @@ impl Target {
             if s.conn == Some(conn) {
                 s.detach(now);
                 self.timers
-                    .arm(now + self.config.retain, TimerKey::Session(id));
+                    .arm_session(now + self.config.retain, id, &mut s.armed);
             }
         }
     }
@@ -681,7 +766,7 @@ impl Target {
         if s.ack_due.is_none() {
             let due = now + delay;
             s.ack_due = Some(due);
-            self.timers.arm(due, TimerKey::Session(id));
+            self.timers.arm_session(due, id, &mut s.armed);
         }
         if s.ack_urgent() || s.has_unsent() || delay.is_zero() {
             self.mark_dirty(conn);
@@ -726,6 +811,8 @@ impl Target {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
+        // The entry that brought us here is gone from the heap.
+        s.armed = None;
         if let Some(since) = s.detached_since {
             let expiry = since + retain;
             if expiry <= now {
@@ -733,7 +820,7 @@ impl Target {
                 self.stats.sessions_expired += 1;
                 return;
             }
-            self.timers.arm(expiry, TimerKey::Session(id));
+            self.timers.arm_session(expiry, id, &mut s.armed);
         }
         if let Some(due) = s.ack_due {
             if due <= now {
@@ -741,7 +828,7 @@ impl Target {
                     self.mark_dirty(conn);
                 }
             } else {
-                self.timers.arm(due, TimerKey::Session(id));
+                self.timers.arm_session(due, id, &mut s.armed);
             }
         }
     }

@@ -59,6 +59,9 @@ pub(crate) struct Session {
     advertised: (Seq, Seq),
     /// When a standalone ACK becomes due, if one is owed.
     pub(crate) ack_due: Option<Timestamp>,
+    /// The earliest timer entry of this session known to be in the target's
+    /// heap (see `Timers::arm_session`); `None` when unknown.
+    pub(crate) armed: Option<Timestamp>,
     /// Messages delivered since the last Ready was taken.
     delivered_messages: u32,
     /// Messages delivered in the Ready now with the driver, released at advance.
@@ -90,6 +93,7 @@ impl Session {
             send_cursor: 1,
             advertised: (0, 0),
             ack_due: None,
+            armed: None,
             delivered_messages: 0,
             releasing: 0,
             owed: 0,

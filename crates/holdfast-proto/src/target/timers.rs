@@ -35,6 +35,26 @@ impl Timers {
         }
     }
 
+    /// Asks to look at session `id` no later than `at`, where `armed` is the
+    /// session's record of the earliest entry it has in the heap. When that
+    /// entry is due no later than `at`, nothing is pushed: it pops in time,
+    /// and the session's timer handler recomputes and re-arms whatever
+    /// deadline is then pending. So a deadline moved later on every command
+    /// (the ack delay) costs one entry per delay, not one per command.
+    /// Whoever pops an entry of the session must reset `armed` to `None`.
+    pub(crate) fn arm_session(
+        &mut self,
+        at: Timestamp,
+        id: SessionId,
+        armed: &mut Option<Timestamp>,
+    ) {
+        if at == Timestamp::NEVER || armed.is_some_and(|t| t <= at) {
+            return;
+        }
+        self.heap.push(Reverse((at, TimerKey::Session(id))));
+        *armed = Some(at);
+    }
+
     /// The earliest armed deadline.
     pub(crate) fn next(&self) -> Option<Timestamp> {
         self.heap.peek().map(|Reverse((at, _))| *at)

@@ -87,9 +87,27 @@ impl Decoder {
             if input.is_empty() {
                 return Ok(None);
             }
+            if self.buf.is_empty() {
+                self.reserve_frame(input);
+            }
             let n = needed.min(input.len());
             self.buf.extend_from_slice(&input[..n]);
             *input = &input[n..];
+        }
+    }
+
+    /// Before a new frame's first byte is buffered: when `input` holds its
+    /// whole header and the header is valid, makes room for the whole frame
+    /// at once, so a buffer that must be replaced (an earlier large payload
+    /// still holds the old one) is allocated once at its final size instead
+    /// of for the header and again for the rest. The room is bounded by the
+    /// validated length, never by an unchecked one; an invalid header
+    /// reserves nothing and is rejected as before once it is buffered.
+    fn reserve_frame(&mut self, input: &[u8]) {
+        if let Some(header) = input.get(..HEADER_LEN) {
+            if let Ok(total) = self.frame_total_of(header) {
+                self.buf.reserve(total);
+            }
         }
     }
 
@@ -105,7 +123,12 @@ impl Decoder {
 
     /// Validates the common header in `buf` and returns the frame's total size.
     fn frame_total(&self) -> Result<usize, ProtocolError> {
-        let h = &self.buf[..HEADER_LEN];
+        self.frame_total_of(&self.buf[..HEADER_LEN])
+    }
+
+    /// Validates the common header `h` (`HEADER_LEN` bytes) and returns the
+    /// frame's total size.
+    fn frame_total_of(&self, h: &[u8]) -> Result<usize, ProtocolError> {
         let k = h[0];
         let fixed = match fixed_len(k, self.direction) {
             Some(f) => f,

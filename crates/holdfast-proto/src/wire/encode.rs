@@ -11,6 +11,22 @@ use super::frame::{kind, Digests, Frame, LoginKind, HEADER_LEN, LOGIN_MAGIC};
 /// Payloads at least this long travel as their own chunk instead of being copied.
 const ZERO_COPY_THRESHOLD: usize = 4096;
 
+/// Room the scratch buffer is given when a frame's header does not fit in
+/// what it has left: headers of many frames share one block instead of each
+/// starting a buffer of its own that then grows by doubling (a scratch
+/// whose previous chunks are still being written cannot be reused in place).
+const SCRATCH_BLOCK: usize = 512;
+
+/// The most header bytes one frame writes to the scratch: the common header,
+/// the largest fixed fields (LOGIN's 60) and both digests.
+const MAX_FRAME_OVERHEAD: usize = HEADER_LEN + 64 + 8;
+
+/// The chunk list's capacity is kept for the next frames up to this many
+/// entries (a credit window of large responses is two chunks per frame);
+/// beyond it the list is let go, so an idle connection does not hold the
+/// memory of its largest burst.
+const KEEP_CHUNKS: usize = 128;
+
 /// Bytes ready for one connection, as a list of chunks in order.
 #[derive(Debug, Default)]
 pub struct Outgoing {
@@ -47,6 +63,21 @@ impl Outgoing {
         self.flush_scratch();
         self.chunk_bytes = 0;
         std::mem::take(&mut self.chunks)
+    }
+
+    /// Moves the queued chunks to the end of `out`, leaving the buffer empty.
+    ///
+    /// Unlike [`Outgoing::take_chunks`], this keeps the buffer's own chunk
+    /// list (up to a bounded capacity) for the next frames, and fills a
+    /// vector the caller drained and hands in again, so a driver that
+    /// reuses `out` allocates no list per batch.
+    pub fn take_chunks_into(&mut self, out: &mut Vec<Bytes>) {
+        self.flush_scratch();
+        self.chunk_bytes = 0;
+        out.append(&mut self.chunks);
+        if self.chunks.capacity() > KEEP_CHUNKS {
+            self.chunks = Vec::new();
+        }
     }
 
     /// Takes the queued bytes as one contiguous vector (copies; for tests and
@@ -95,6 +126,9 @@ fn encode(frame: &Frame, digests: Digests, out: &mut Outgoing) {
     } else {
         digests
     };
+    if out.scratch.capacity() - out.scratch.len() < MAX_FRAME_OVERHEAD {
+        out.scratch.reserve(SCRATCH_BLOCK);
+    }
     let start = out.scratch.len();
     out.scratch.put_u8(k);
     out.scratch.put_u8(digests.bits());
