@@ -7,6 +7,7 @@ mod chaos_cmd;
 mod config;
 mod demo;
 mod logsvc;
+mod malloc;
 mod nbd_cmd;
 mod target_cmd;
 mod torture;
@@ -81,6 +82,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    malloc::keep_large_blocks();
     let cli = Cli::parse();
     // The demo draws a progress line and a table: keep its logs to errors
     // unless asked. The services log their sessions' lives by default.
