@@ -53,6 +53,7 @@ mod initiator;
 mod outbox;
 mod service;
 mod target;
+mod target_writer;
 pub mod transport;
 
 /// The sans-IO protocol core this runtime drives.

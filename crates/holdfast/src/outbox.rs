@@ -32,6 +32,8 @@ pub(crate) struct Outbox {
     /// Small chunks being copied together; sealed into `pending` at the end
     /// of each [`Outbox::push`].
     scratch: BytesMut,
+    /// Bytes in `pending`.
+    pending_len: usize,
 }
 
 impl Outbox {
@@ -41,6 +43,7 @@ impl Outbox {
             writer,
             pending: VecDeque::new(),
             scratch: BytesMut::new(),
+            pending_len: 0,
         }
     }
 
@@ -49,9 +52,15 @@ impl Outbox {
         !self.pending.is_empty()
     }
 
+    /// Bytes waiting to be written.
+    pub(crate) fn pending_len(&self) -> usize {
+        self.pending_len
+    }
+
     /// Queues chunks behind everything queued before.
     pub(crate) fn push(&mut self, chunks: impl IntoIterator<Item = Bytes>) {
         for chunk in chunks {
+            self.pending_len += chunk.len();
             if chunk.len() < COPY_BELOW {
                 self.scratch.extend_from_slice(&chunk);
             } else {
@@ -80,7 +89,7 @@ impl Outbox {
     }
 
     /// Writes until nothing is pending (or the socket fails).
-    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.pending.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let mut count = 0;
@@ -100,8 +109,15 @@ impl Outbox {
         Poll::Ready(Ok(()))
     }
 
+    /// Closes the write side (FIN) once nothing is pending.
+    pub(crate) fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.writer).poll_shutdown(cx)
+    }
+
     /// Drops `n` written bytes from the front of the queue.
     fn consume(&mut self, mut n: usize) {
+        self.pending_len = self.pending_len.saturating_sub(n);
         while n > 0 {
             let Some(front) = self.pending.front_mut() else {
                 return;

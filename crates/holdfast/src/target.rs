@@ -1,5 +1,5 @@
 //! The target runtime: listeners, one engine task that owns the sans-IO
-//! [`holdfast_proto::Target`], a reader and a writer task per connection, and
+//! [`holdfast_proto::Target`], a reader task and a writer per connection, and
 //! the application's service.
 //!
 //! Readers send bytes to the engine over a bounded channel (so a flooding
@@ -8,7 +8,7 @@
 //! queues bytes to writers, and feeds completions back in.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,14 +17,15 @@ use holdfast_proto::target::CloseReason;
 use holdfast_proto::{
     ConnId, Delivery, RandomSource, Seq, SessionId, StateChange, TargetConfig, TargetStats,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, trace, warn, Instrument};
 
 use crate::clock::Clock;
 use crate::service::{Request, SessionService};
-use crate::transport::{write_batch, Acceptor, Endpoint, Listener};
+use crate::target_writer::{killed, ConnWriter};
+use crate::transport::{Acceptor, Endpoint, Listener};
 
 /// Target settings: the protocol's plus the runtime's.
 #[derive(Clone, Debug)]
@@ -66,7 +67,7 @@ impl Default for TargetOptions {
 
 /// Messages to the engine.
 enum EngineMsg {
-    Accepted(ConnId, Writer),
+    Accepted(ConnId, ConnWriter),
     Input(ConnId, Bytes),
     Closed(ConnId),
     Completed(SessionId, Seq, Bytes),
@@ -77,77 +78,6 @@ enum EngineMsg {
     },
     Stats(oneshot::Sender<TargetStats>),
     OpenConnections(oneshot::Sender<usize>),
-}
-
-/// Messages to a connection's writer.
-enum WriterCmd {
-    Data(Vec<Bytes>),
-    Close,
-}
-
-/// How long a closing connection may take to flush its last bytes before
-/// its socket is torn down regardless.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// The engine's end of one connection's writer task. The channel is
-/// unbounded so the engine never blocks on a slow peer, but the bytes in it
-/// are counted: a peer that stops reading is dropped, not buffered for.
-struct Writer {
-    tx: mpsc::UnboundedSender<WriterCmd>,
-    queued: Arc<AtomicUsize>,
-    /// Set to true to stop both of the connection's tasks at once.
-    kill: Arc<watch::Sender<bool>>,
-}
-
-impl Writer {
-    /// Starts the writer task for `sink`; `kill` also stops the reader.
-    fn spawn(sink: crate::transport::WriteHalf, kill: watch::Sender<bool>) -> Writer {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let stop = kill.subscribe();
-        let counter = queued.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                biased;
-                () = killed(stop) => {}
-                () = write_loop(sink, rx, counter) => {}
-            }
-        });
-        Writer {
-            tx,
-            queued,
-            kill: Arc::new(kill),
-        }
-    }
-
-    /// Tears the connection down now, dropping whatever is queued.
-    fn kill(&self) {
-        let _ = self.kill.send(true);
-    }
-
-    /// Queues bytes; returns how many are now waiting for the socket.
-    fn send(&self, chunks: Vec<Bytes>) -> usize {
-        let len: usize = chunks.iter().map(Bytes::len).sum();
-        let queued = self.queued.fetch_add(len, Ordering::Relaxed) + len;
-        let _ = self.tx.send(WriterCmd::Data(chunks));
-        queued
-    }
-
-    /// Flushes what is queued, then closes the socket; a peer that does not
-    /// take the bytes within [`CLOSE_GRACE`] is cut off.
-    fn close(&self) {
-        let _ = self.tx.send(WriterCmd::Close);
-        let kill = self.kill.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(CLOSE_GRACE).await;
-            let _ = kill.send(true);
-        });
-    }
-}
-
-/// Resolves once `kill` is set (or its sender is gone).
-async fn killed(mut kill: watch::Receiver<bool>) {
-    let _ = kill.wait_for(|k| *k).await;
 }
 
 /// A running target.
@@ -319,7 +249,7 @@ async fn accept_loop(
         let (reader, writer) = crate::transport::split(stream);
         let (kill, stop) = watch::channel(false);
         if engine
-            .send(EngineMsg::Accepted(conn, Writer::spawn(writer, kill)))
+            .send(EngineMsg::Accepted(conn, ConnWriter::spawn(writer, kill)))
             .await
             .is_err()
         {
@@ -374,48 +304,11 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(
-    mut writer: crate::transport::WriteHalf,
-    mut commands: mpsc::UnboundedReceiver<WriterCmd>,
-    queued: Arc<AtomicUsize>,
-) {
-    let mut scratch = BytesMut::new();
-    while let Some(cmd) = commands.recv().await {
-        // Take everything already queued, so a burst of responses goes
-        // out in one write instead of one per frame.
-        let mut chunks = Vec::new();
-        let mut close = false;
-        let mut next = Some(cmd);
-        while let Some(cmd) = next.take() {
-            match cmd {
-                WriterCmd::Data(c) => chunks.extend(c),
-                WriterCmd::Close => {
-                    close = true;
-                    break;
-                }
-            }
-            next = commands.try_recv().ok();
-        }
-        let len: usize = chunks.iter().map(Bytes::len).sum();
-        if write_batch(&mut writer, chunks, &mut scratch)
-            .await
-            .is_err()
-        {
-            return;
-        }
-        queued.fetch_sub(len, Ordering::Relaxed);
-        if close {
-            let _ = writer.shutdown().await;
-            return;
-        }
-    }
-}
-
 struct Engine<S> {
     core: holdfast_proto::Target,
     clock: Clock,
     service: S,
-    conns: HashMap<ConnId, Writer>,
+    conns: HashMap<ConnId, ConnWriter>,
     write_queue_limit: usize,
     tx: mpsc::Sender<EngineMsg>,
     shutdown_waiters: Vec<oneshot::Sender<()>>,

@@ -254,38 +254,6 @@ fn split_natively(stream: BoxStream) -> (ReadHalf, WriteHalf) {
     unreachable!("the stream was checked to be a TCP or Unix socket");
 }
 
-/// Writes a batch of chunks with few system calls: chunks below 64 KiB are
-/// copied together into `scratch` and written at once; larger ones are
-/// written as they are (zero-copy).
-pub(crate) async fn write_batch<W: tokio::io::AsyncWrite + Unpin>(
-    writer: &mut W,
-    chunks: impl IntoIterator<Item = bytes::Bytes>,
-    scratch: &mut bytes::BytesMut,
-) -> io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    const COPY_BELOW: usize = 64 * 1024;
-    for chunk in chunks {
-        if chunk.len() < COPY_BELOW {
-            scratch.extend_from_slice(&chunk);
-            if scratch.len() >= COPY_BELOW {
-                writer.write_all(scratch).await?;
-                scratch.clear();
-            }
-        } else {
-            if !scratch.is_empty() {
-                writer.write_all(scratch).await?;
-                scratch.clear();
-            }
-            writer.write_all(&chunk).await?;
-        }
-    }
-    if !scratch.is_empty() {
-        writer.write_all(scratch).await?;
-        scratch.clear();
-    }
-    writer.flush().await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
