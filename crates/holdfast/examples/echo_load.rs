@@ -9,6 +9,12 @@
 //!
 //! PAYLOAD (bytes) defaults to 4096, DEPTH to 32, SECONDS to 5, READ_BUFFER
 //! (bytes, both ends) to 65536.
+//!
+//! The `holdfast` binary tunes glibc's malloc to keep large freed blocks
+//! (`crates/holdfast-cli/src/malloc.rs`); this example does not. To profile
+//! large payloads as the binary runs them, set the same values through the
+//! environment: `MALLOC_MMAP_THRESHOLD_=16777216
+//! MALLOC_TRIM_THRESHOLD_=33554432`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
