@@ -499,10 +499,10 @@ impl Driver {
             let mut progressed = false;
             while self.core.poll_transmit_into(now, &mut self.chunks) {
                 progressed = true;
-                if let Some(out) = &mut self.outbox {
-                    out.push(self.chunks.drain(..));
+                match &mut self.outbox {
+                    Some(out) => out.push(self.chunks.drain(..)),
+                    None => self.chunks.clear(),
                 }
-                self.chunks.clear();
             }
             // One write for everything this turn produced.
             if let Some(out) = &mut self.outbox {

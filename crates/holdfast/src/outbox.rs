@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 
 use crate::transport::WriteHalf;
 
@@ -140,9 +140,7 @@ impl Outbox {
     /// of its own: the connection is being let go.
     pub(crate) fn finish(mut self) {
         tokio::spawn(async move {
-            if self.drain().await.is_ok() {
-                let _ = self.writer.shutdown().await;
-            }
+            let _ = poll_fn(|cx| self.poll_shutdown(cx)).await;
         });
     }
 }
