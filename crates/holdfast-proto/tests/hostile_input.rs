@@ -285,7 +285,8 @@ impl Harness {
             command_ack: before.received,
             credit_limit: before.limit,
             max_frame: self.max_frame,
-            inactivity_ms: 4 * KEEPALIVE_MS,
+            // Four keep-alives, capped by the default max_inactivity of 30 s.
+            inactivity_ms: (4 * KEEPALIVE_MS).min(30_000),
             retain_ms: 60_000,
             credits: before.credits,
         };
@@ -807,7 +808,8 @@ proptest! {
                 command_ack: 0,
                 credit_limit,
                 max_frame: 1 << 16,
-                inactivity_ms: 4 * KEEPALIVE_MS,
+                // Four keep-alives, capped by the default max_inactivity of 30 s.
+            inactivity_ms: (4 * KEEPALIVE_MS).min(30_000),
                 retain_ms: 60_000,
                 credits: 8,
             });

@@ -13,7 +13,9 @@ use holdfast_proto::wire::{
     encode_to_vec, Decoder, Digests, Direction, ErrorCode, Frame, Login, LoginAccept, LoginKind,
     LoginReject, NEVER_MS,
 };
-use holdfast_proto::{ConnId, SeededRandom, SessionId, SessionSecret, Target, TargetConfig, Timestamp};
+use holdfast_proto::{
+    ConnId, SeededRandom, SessionId, SessionSecret, Target, TargetConfig, Timestamp,
+};
 
 /// A target fed raw bytes, with everything it sends decoded per connection.
 struct Raw {
@@ -184,9 +186,17 @@ fn keepalive_ms_outside_the_accepted_range_is_rejected_for_good() {
         let mut raw = Raw::new(TargetConfig::default());
         let conn = ConnId(i as u64 + 1);
         let reject = raw.reject_of(conn, new_login(keepalive));
-        assert_eq!(reject.reason.to_wire(), 10, "keepalive {keepalive}: {reject:?}");
+        assert_eq!(
+            reject.reason.to_wire(),
+            10,
+            "keepalive {keepalive}: {reject:?}"
+        );
         assert_eq!(reject.retry_after_ms, NEVER_MS, "keepalive {keepalive}");
-        assert_eq!(raw.target.session_count(), 0, "no session for a rejected login");
+        assert_eq!(
+            raw.target.session_count(),
+            0,
+            "no session for a rejected login"
+        );
         // The connection stays in the login phase (like every reject).
         assert!(!raw.is_closed(conn));
     }
@@ -200,8 +210,16 @@ fn a_recovery_with_a_rejected_keepalive_leaves_the_session_untouched() {
     login.keepalive_ms = 0;
     let reject = raw.reject_of(ConnId(2), login);
     assert_eq!(reject.reason.to_wire(), 10, "{reject:?}");
-    assert!(!raw.is_closed(ConnId(1)), "the attached connection is not fenced");
-    assert!(raw.target.session_info(a.session).expect("session").attached);
+    assert!(
+        !raw.is_closed(ConnId(1)),
+        "the attached connection is not fenced"
+    );
+    assert!(
+        raw.target
+            .session_info(a.session)
+            .expect("session")
+            .attached
+    );
 }
 
 #[test]
@@ -211,9 +229,15 @@ fn the_longest_keepalive_accepted_is_the_cap_and_gets_exactly_the_cap() {
     assert_eq!(a.inactivity_ms, 30_000, "4 x 30 s capped at 30 s");
     // And the deadline enforced is the one advertised, to the millisecond.
     raw.at(29_999);
-    assert!(!raw.is_closed(ConnId(1)), "closed before the advertised deadline");
+    assert!(
+        !raw.is_closed(ConnId(1)),
+        "closed before the advertised deadline"
+    );
     raw.at(30_000);
-    assert!(raw.is_closed(ConnId(1)), "still open after the advertised deadline");
+    assert!(
+        raw.is_closed(ConnId(1)),
+        "still open after the advertised deadline"
+    );
     let last = raw.frames(ConnId(1)).last().cloned().expect("frames");
     assert_eq!(error_code(&last), Some(ErrorCode::Inactivity));
 }
@@ -227,7 +251,10 @@ fn a_long_keepalive_is_capped_by_max_inactivity() {
     raw.at(29_999);
     assert!(!raw.is_closed(ConnId(1)));
     raw.at(30_000);
-    assert!(raw.is_closed(ConnId(1)), "the enforced deadline is the advertised one");
+    assert!(
+        raw.is_closed(ConnId(1)),
+        "the enforced deadline is the advertised one"
+    );
 }
 
 #[test]
@@ -243,7 +270,10 @@ fn the_advertised_inactivity_is_the_deadline_enforced_to_the_millisecond() {
     raw.at(advertised - 1);
     assert!(!raw.is_closed(ConnId(1)), "closed before {advertised} ms");
     raw.at(advertised);
-    assert!(raw.is_closed(ConnId(1)), "open after the advertised {advertised} ms");
+    assert!(
+        raw.is_closed(ConnId(1)),
+        "open after the advertised {advertised} ms"
+    );
 }
 
 // ----- item 4: control replies are bounded -----
@@ -284,15 +314,27 @@ fn a_pong_comes_before_the_responses_of_the_same_batch_and_carries_the_ack() {
         },
         Digests::NONE,
     );
-    bytes.extend(encode_to_vec(&Frame::Ping { token: 5, ack: 0 }, Digests::NONE));
+    bytes.extend(encode_to_vec(
+        &Frame::Ping { token: 5, ack: 0 },
+        Digests::NONE,
+    ));
     let before = raw.frames(conn).len();
     raw.input(conn, &bytes);
     let frames = raw.frames(conn)[before..].to_vec();
     assert!(
-        matches!(frames.first(), Some(Frame::Pong { token: 5, ack: 1, .. })),
+        matches!(
+            frames.first(),
+            Some(Frame::Pong {
+                token: 5,
+                ack: 1,
+                ..
+            })
+        ),
         "{frames:?}"
     );
-    assert!(frames.iter().any(|f| matches!(f, Frame::Response { command: 1, .. })));
+    assert!(frames
+        .iter()
+        .any(|f| matches!(f, Frame::Response { command: 1, .. })));
 }
 
 #[test]
@@ -363,7 +405,10 @@ fn an_error_without_digests_on_a_digest_connection_gets_no_reply() {
     assert!(raw.is_closed(conn), "an ERROR closes the connection");
     let reply = raw.frames(conn)[before..].to_vec();
     assert!(reply.is_empty(), "the target answered an ERROR: {reply:?}");
-    assert!(raw.target.session_info(a.session).is_some(), "the session survives");
+    assert!(
+        raw.target.session_info(a.session).is_some(),
+        "the session survives"
+    );
 }
 
 #[test]
@@ -395,7 +440,10 @@ fn an_error_with_a_bad_digest_gets_no_reply() {
     bytes[last] ^= 0xff; // breaks the header digest
     raw.input(conn, &bytes);
     assert!(raw.is_closed(conn));
-    assert!(raw.frames(conn)[before..].is_empty(), "the target answered an ERROR");
+    assert!(
+        raw.frames(conn)[before..].is_empty(),
+        "the target answered an ERROR"
+    );
 }
 
 // ----- item 6: cheap exhaustion -----
@@ -404,7 +452,9 @@ fn an_error_with_a_bad_digest_gets_no_reply() {
 fn logins_in_progress_are_limited_at_accept() {
     let mut raw = Raw::new(TargetConfig::default());
     for c in 0..1024u64 {
-        raw.target.accept(ConnId(c + 1), raw.now).expect("within the limit");
+        raw.target
+            .accept(ConnId(c + 1), raw.now)
+            .expect("within the limit");
     }
     assert!(
         raw.target.accept(ConnId(5000), raw.now).is_err(),
@@ -412,7 +462,9 @@ fn logins_in_progress_are_limited_at_accept() {
     );
     // A connection that logs in frees its place.
     raw.send(ConnId(1), &Frame::Login(new_login(500)), Digests::NONE);
-    raw.target.accept(ConnId(5001), raw.now).expect("a place is free");
+    raw.target
+        .accept(ConnId(5001), raw.now)
+        .expect("a place is free");
 }
 
 #[test]
@@ -441,7 +493,10 @@ fn an_unused_session_is_retained_only_briefly_a_used_one_for_retain() {
     assert!(raw.target.session_info(used.session).is_some());
     // A late recovery of the unused one is told it expired.
     let reject = raw.reject_of(ConnId(3), recover_login(unused.session, unused.secret));
-    assert_eq!(reject.reason, holdfast_proto::wire::RejectReason::SessionExpired);
+    assert_eq!(
+        reject.reason,
+        holdfast_proto::wire::RejectReason::SessionExpired
+    );
     raw.at(60_000);
     assert!(raw.target.session_info(used.session).is_none());
 }
@@ -459,7 +514,10 @@ fn a_recovery_of_session_id_zero_is_an_unknown_session() {
             Box::new(SeededRandom::new(seed)),
             Timestamp::ZERO,
         );
-        let reject = raw.reject_of(ConnId(1), recover_login(SessionId(0), SessionSecret([0; 16])));
+        let reject = raw.reject_of(
+            ConnId(1),
+            recover_login(SessionId(0), SessionSecret([0; 16])),
+        );
         assert_eq!(
             reject.reason,
             holdfast_proto::wire::RejectReason::UnknownSession,
@@ -497,11 +555,171 @@ fn a_peer_closing_mid_frame_loses_only_the_partial_frame() {
     raw.input(ConnId(1), &cmd[..cmd.len() / 2]);
     raw.target.connection_closed(ConnId(1), raw.now);
     raw.flush();
-    let info = raw.target.session_info(a.session).expect("the session is retained");
+    let info = raw
+        .target
+        .session_info(a.session)
+        .expect("the session is retained");
     assert_eq!(info.received, 0, "a partial frame is never delivered");
     assert!(!info.attached);
     assert_eq!(raw.target.buffered(ConnId(1)), None, "its buffer is freed");
     // The recovery tells the initiator to resend it.
     let b = raw.accept_of(ConnId(2), recover_login(a.session, a.secret));
     assert_eq!(b.command_ack, 0);
+}
+
+#[test]
+fn sessions_per_source_are_limited_and_free_again_when_they_end() {
+    use holdfast_proto::target::SourceKey;
+    use holdfast_proto::wire::RejectReason;
+    let mut raw = Raw::new(TargetConfig {
+        max_sessions_per_source: 2,
+        ..TargetConfig::default()
+    });
+    let here = SourceKey(1);
+    let mut sessions = Vec::new();
+    for c in 1..=3u64 {
+        raw.target
+            .accept_from(ConnId(c), Some(here), raw.now)
+            .expect("accept");
+        raw.send(ConnId(c), &Frame::Login(new_login(500)), Digests::NONE);
+        match raw.frames(ConnId(c)).last() {
+            Some(Frame::LoginAccept(a)) if c <= 2 => sessions.push(a.session),
+            Some(Frame::LoginReject(r)) if c == 3 => {
+                assert_eq!(r.reason, RejectReason::TooManySessions);
+                assert_eq!(r.retry_after_ms, 1000);
+            }
+            other => panic!("login {c}: {other:?}"),
+        }
+    }
+    // Another source is not affected, and neither is a driver that gives none.
+    raw.target
+        .accept_from(ConnId(10), Some(SourceKey(2)), raw.now)
+        .expect("accept");
+    raw.send(ConnId(10), &Frame::Login(new_login(500)), Digests::NONE);
+    assert!(matches!(
+        raw.frames(ConnId(10)).last(),
+        Some(Frame::LoginAccept(_))
+    ));
+    raw.accept_of(ConnId(11), new_login(500));
+    // A recovery is never limited: it creates nothing.
+    let first = sessions[0];
+    // Ending one of the source's sessions frees its place (the unused one
+    // expires after retain_unused).
+    raw.target.connection_closed(ConnId(1), raw.now);
+    raw.at(2_000);
+    assert!(raw.target.session_info(first).is_none());
+    raw.target
+        .accept_from(ConnId(4), Some(here), raw.now)
+        .expect("accept");
+    raw.send(ConnId(4), &Frame::Login(new_login(500)), Digests::NONE);
+    assert!(matches!(
+        raw.frames(ConnId(4)).last(),
+        Some(Frame::LoginAccept(_))
+    ));
+}
+
+#[test]
+fn logins_in_progress_limit_is_configurable_and_frees_on_close() {
+    let mut raw = Raw::new(TargetConfig {
+        max_logins_in_progress: 2,
+        ..TargetConfig::default()
+    });
+    raw.target.accept(ConnId(1), raw.now).expect("accept");
+    raw.target.accept(ConnId(2), raw.now).expect("accept");
+    let refused = raw.target.accept(ConnId(3), raw.now).expect_err("refused");
+    assert!(refused.to_string().contains("logging in"), "{refused}");
+    raw.target.connection_closed(ConnId(1), raw.now);
+    raw.target
+        .accept(ConnId(3), raw.now)
+        .expect("a place was freed");
+    // The login timeout frees places too.
+    raw.at(5_000);
+    assert_eq!(raw.target.connection_count(), 0);
+    raw.target.accept(ConnId(4), raw.now).expect("accept");
+    raw.target.accept(ConnId(5), raw.now).expect("accept");
+}
+
+#[test]
+fn a_frame_that_would_exceed_the_memory_budget_closes_its_connection() {
+    let mut raw = Raw::new(TargetConfig {
+        memory_budget: 256 * 1024,
+        ..TargetConfig::default()
+    });
+    raw.accept_of(ConnId(1), new_login(500));
+    let other = raw.accept_of(ConnId(2), new_login(500));
+    // Announce a 200 KiB command on connection 1: within the budget.
+    let big = encode_to_vec(
+        &Frame::Command {
+            seq: 1,
+            ack: 0,
+            payload: Bytes::from(vec![7u8; 200 * 1024]),
+        },
+        Digests::NONE,
+    );
+    raw.input(ConnId(1), &big[..1024]);
+    assert!(!raw.is_closed(ConnId(1)));
+    // The same on connection 2 would need 400 KiB in all: refused.
+    raw.input(ConnId(2), &big[..1024]);
+    assert!(raw.is_closed(ConnId(2)), "the budget was not enforced");
+    let last = raw.frames(ConnId(2)).last().cloned().expect("an ERROR");
+    match last {
+        Frame::Error { code, text } => {
+            assert_eq!(code, ErrorCode::Overloaded);
+            assert!(text.contains("memory budget"), "{text}");
+        }
+        other => panic!("expected ERROR, got {other:?}"),
+    }
+    // Its session survives; connection 1 completes its command.
+    assert!(raw.target.session_info(other.session).is_some());
+    raw.input(ConnId(1), &big[1024..]);
+    assert!(!raw.is_closed(ConnId(1)));
+    assert!(raw
+        .frames(ConnId(1))
+        .iter()
+        .any(|f| matches!(f, Frame::Response { command: 1, .. })));
+    // Once that buffer is freed, connection 2's session can send it again.
+    raw.accept_of(ConnId(3), recover_login(other.session, other.secret));
+}
+
+#[test]
+fn driver_queued_bytes_count_against_the_memory_budget() {
+    let mut raw = Raw::new(TargetConfig {
+        memory_budget: 256 * 1024,
+        ..TargetConfig::default()
+    });
+    raw.accept_of(ConnId(1), new_login(500));
+    raw.target.set_queued_bytes(200 * 1024);
+    let big = encode_to_vec(
+        &Frame::Command {
+            seq: 1,
+            ack: 0,
+            payload: Bytes::from(vec![7u8; 100 * 1024]),
+        },
+        Digests::NONE,
+    );
+    raw.input(ConnId(1), &big[..64]);
+    assert!(raw.is_closed(ConnId(1)));
+}
+
+#[test]
+fn the_write_allowance_is_the_response_cache_plus_a_constant() {
+    let mut raw = Raw::new(TargetConfig::default());
+    raw.target.accept(ConnId(9), raw.now).expect("accept");
+    let login_phase = raw.target.write_allowance(ConnId(9)).expect("known");
+    let a = raw.accept_of(ConnId(1), new_login(500));
+    let idle = raw.target.write_allowance(ConnId(1)).expect("known");
+    assert_eq!(idle, login_phase, "nothing owed beyond control frames");
+    raw.send(
+        ConnId(1),
+        &Frame::Command {
+            seq: 1,
+            ack: 0,
+            payload: Bytes::from_static(b"x"),
+        },
+        Digests::NONE,
+    );
+    let owed = raw.target.write_allowance(ConnId(1)).expect("known");
+    assert!(owed > idle, "a cached response is owed: {owed} vs {idle}");
+    assert!(raw.target.session_info(a.session).expect("s").cached == 1);
+    assert_eq!(raw.target.write_allowance(ConnId(77)), None);
 }
