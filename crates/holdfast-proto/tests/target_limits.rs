@@ -723,3 +723,50 @@ fn the_write_allowance_is_the_response_cache_plus_a_constant() {
     assert!(raw.target.session_info(a.session).expect("s").cached == 1);
     assert_eq!(raw.target.write_allowance(ConnId(77)), None);
 }
+
+#[test]
+fn the_initiator_never_answers_an_error_either() {
+    use holdfast_proto::{Initiator, InitiatorConfig};
+    let both = Digests {
+        header: true,
+        data: true,
+    };
+    let now = Timestamp::ZERO;
+    let mut init = Initiator::new(
+        InitiatorConfig {
+            digests: both,
+            ..InitiatorConfig::default()
+        },
+        now,
+    );
+    init.connect(ConnId(1), now).expect("connect");
+    while init.poll_transmit(now).is_some() {}
+    let accept = Frame::LoginAccept(LoginAccept {
+        version: 1,
+        digests: both,
+        kind: LoginKind::New,
+        session: SessionId(0x1_0000_0001),
+        secret: SessionSecret([9; 16]),
+        command_ack: 0,
+        credit_limit: 8,
+        max_frame: 1 << 16,
+        inactivity_ms: 2000,
+        retain_ms: 60_000,
+        credits: 8,
+    });
+    init.handle_input(ConnId(1), &encode_to_vec(&accept, Digests::NONE), now);
+    assert!(init.is_connected());
+    while init.poll_transmit(now).is_some() {}
+    // An ERROR without the negotiated digests: unreadable, but an ERROR.
+    let error = Frame::Error {
+        code: ErrorCode::Shutdown,
+        text: "bye".to_owned(),
+    };
+    init.handle_input(ConnId(1), &encode_to_vec(&error, Digests::NONE), now);
+    assert!(!init.is_connected(), "an ERROR ends the connection");
+    let reply = init.poll_transmit(now);
+    assert!(
+        reply.is_none(),
+        "the initiator answered an ERROR: {reply:?}"
+    );
+}

@@ -24,13 +24,21 @@ impl Initiator {
         }
         self.stats.bytes_in += data.len() as u64;
         loop {
-            let decoded = match self.conn.as_mut() {
-                Some(c) if c.id == conn => c.decoder.decode(&mut data),
+            let (kind, decoded) = match self.conn.as_mut() {
+                Some(c) if c.id == conn => {
+                    (c.decoder.frame_kind(data), c.decoder.decode(&mut data))
+                }
                 _ => return,
             };
             let result = match decoded {
                 Ok(Some(frame)) => self.handle_frame(frame, now),
                 Ok(None) => break,
+                // Never answer an ERROR, even one we cannot read (§8).
+                Err(e) if kind == Some(crate::wire::frame::kind::ERROR) => {
+                    self.out = crate::wire::Outgoing::new();
+                    self.lose_connection(ConnectionError::Protocol(e), now);
+                    return;
+                }
                 Err(e) => Err(e),
             };
             if let Err(e) = result {
