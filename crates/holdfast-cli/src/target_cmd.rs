@@ -51,6 +51,10 @@ pub(crate) struct TargetArgs {
     /// The most sessions served at once.
     #[arg(long)]
     pub(crate) max_sessions: Option<usize>,
+    /// The most sessions held at once that were created from one IP
+    /// address [default: 1024].
+    #[arg(long)]
+    pub(crate) max_sessions_per_source: Option<usize>,
     /// The longest inactivity deadline granted to a connection (it is 4 x
     /// the initiator's keep-alive, capped by this; a login promising a
     /// longer keep-alive is refused) [default: 30s].
@@ -125,6 +129,9 @@ impl TargetArgs {
         protocol.retain = duration(pick(self.retain, file.retain), protocol.retain)?;
         if let Some(m) = pick(self.max_sessions, file.max_sessions) {
             protocol.max_sessions = m;
+        }
+        if let Some(m) = pick(self.max_sessions_per_source, file.max_sessions_per_source) {
+            protocol.max_sessions_per_source = m;
         }
         protocol.max_inactivity = duration(
             pick(self.max_inactivity, file.max_inactivity),
