@@ -51,6 +51,19 @@ pub(crate) struct TargetArgs {
     /// The most sessions served at once.
     #[arg(long)]
     pub(crate) max_sessions: Option<usize>,
+    /// The most sessions held at once that were created from one IP
+    /// address [default: 1024].
+    #[arg(long)]
+    pub(crate) max_sessions_per_source: Option<usize>,
+    /// The longest inactivity deadline granted to a connection (it is 4 x
+    /// the initiator's keep-alive, capped by this; a login promising a
+    /// longer keep-alive is refused) [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) max_inactivity: Option<String>,
+    /// Bytes held for all connections' frames being received and queued to
+    /// send; a connection that would exceed it is closed [default: 1G].
+    #[arg(long, value_name = "SIZE")]
+    pub(crate) memory_budget: Option<String>,
     /// On Ctrl-C: how long connections stay up after the shutdown notice.
     #[arg(long, value_name = "DURATION")]
     pub(crate) shutdown_up: Option<String>,
@@ -116,6 +129,17 @@ impl TargetArgs {
         protocol.retain = duration(pick(self.retain, file.retain), protocol.retain)?;
         if let Some(m) = pick(self.max_sessions, file.max_sessions) {
             protocol.max_sessions = m;
+        }
+        if let Some(m) = pick(self.max_sessions_per_source, file.max_sessions_per_source) {
+            protocol.max_sessions_per_source = m;
+        }
+        protocol.max_inactivity = duration(
+            pick(self.max_inactivity, file.max_inactivity),
+            protocol.max_inactivity,
+        )?;
+        if let Some(b) = pick(self.memory_budget, file.memory_budget) {
+            let bytes = parse_size(&b).map_err(anyhow::Error::msg)?;
+            protocol.memory_budget = usize::try_from(bytes).unwrap_or(usize::MAX);
         }
         Ok(TargetSettings {
             volume,
@@ -200,4 +224,35 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_inactivity_and_memory_budget_reach_the_target_config() {
+        let file: TargetArgs = toml::from_str(
+            "service = \"log\"\nlisten = [\"127.0.0.1:0\"]\nmemory-budget = \"64M\"\n",
+        )
+        .expect("valid config");
+        let flags = TargetArgs {
+            max_inactivity: Some("10s".to_owned()),
+            ..TargetArgs::default()
+        };
+        let s = flags.merged(file).expect("valid settings");
+        assert_eq!(s.protocol.max_inactivity, Duration::from_secs(10));
+        assert_eq!(s.protocol.memory_budget, 64 << 20);
+        let d = TargetArgs {
+            service: Some("log".to_owned()),
+            listen: vec!["127.0.0.1:0".to_owned()],
+            ..TargetArgs::default()
+        }
+        .merged(TargetArgs::default())
+        .expect("valid settings");
+        assert_eq!(
+            d.protocol.max_inactivity,
+            TargetConfig::default().max_inactivity
+        );
+    }
 }

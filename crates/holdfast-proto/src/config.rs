@@ -87,12 +87,33 @@ pub struct TargetConfig {
     pub inactivity_factor: u32,
     /// Lower bound of the inactivity deadline.
     pub min_inactivity: Duration,
+    /// Upper bound of the inactivity deadline, whatever keep-alive the
+    /// initiator promises: a LOGIN whose `keepalive_ms` exceeds it is
+    /// rejected (`KeepaliveRejected`), since the deadline may never be
+    /// shorter than one keep-alive interval (PROTOCOL.md §5.3, §9.2).
+    pub max_inactivity: Duration,
     /// Delay before a standalone ACK or credit update when idle.
     pub ack_delay: Duration,
     /// Digests the target is willing to use.
     pub digests: Digests,
     /// How many ended sessions are remembered to give a precise reject reason.
     pub tombstones: usize,
+    /// How long a session that has received no CMD or MSG yet is kept
+    /// without a connection (at most `retain`): such a session holds
+    /// nothing to recover, so it should not hold a session slot long.
+    pub retain_unused: Duration,
+    /// The most sessions held at once that were created from one source
+    /// address (see [`crate::Target::accept_from`]).
+    pub max_sessions_per_source: usize,
+    /// The most connections in the login phase (accepted, no LOGIN_ACCEPT
+    /// yet) at once; further connections are refused at accept.
+    pub max_logins_in_progress: usize,
+    /// Bytes the target may hold for all connections together: frames
+    /// being received (decoder buffers) plus bytes queued for sending
+    /// that the driver reports (see [`crate::Target::set_queued_bytes`]).
+    /// A connection whose next frame would exceed it is closed with ERROR
+    /// `Overloaded`.
+    pub memory_budget: usize,
     /// Test-only switches that disable protections.
     #[cfg(feature = "test-switches")]
     pub switches: crate::TestSwitches,
@@ -109,12 +130,17 @@ impl Default for TargetConfig {
             login_timeout: Duration::from_secs(5),
             inactivity_factor: 4,
             min_inactivity: Duration::from_millis(50),
+            max_inactivity: Duration::from_secs(30),
             ack_delay: Duration::from_millis(1),
             digests: Digests {
                 header: true,
                 data: true,
             },
             tombstones: 4096,
+            retain_unused: Duration::from_secs(2),
+            max_sessions_per_source: 1024,
+            max_logins_in_progress: 1024,
+            memory_budget: 1 << 30,
             #[cfg(feature = "test-switches")]
             switches: crate::TestSwitches::default(),
         }

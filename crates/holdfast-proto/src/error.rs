@@ -245,6 +245,10 @@ pub enum AcceptError {
     /// The connection id is already in use.
     #[error("connection id {0:?} is already in use")]
     DuplicateId(crate::ConnId),
+    /// The target is at its limit of connections still logging in
+    /// (`TargetConfig::max_logins_in_progress`).
+    #[error("at the limit of {0} connections still logging in")]
+    TooManyLogins(usize),
 }
 
 /// A call failure together with its call id (see [`crate::InitiatorEvent`]).

@@ -263,6 +263,8 @@ fn peak_heap_growth_is_bounded_by_max_frame() {
     let mut now = Timestamp::ZERO;
     let config = TargetConfig {
         max_frame: MAX_FRAME,
+        // The logins promise a 60 s keep-alive (above the default cap).
+        max_inactivity: Duration::from_secs(240),
         ..TargetConfig::default()
     };
     let mut target = Target::new(config, Box::new(SeededRandom::new(1)), now);

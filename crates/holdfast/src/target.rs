@@ -8,12 +8,12 @@
 //! queues bytes to writers, and feeds completions back in.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use holdfast_proto::target::CloseReason;
+use holdfast_proto::target::{CloseReason, SourceKey};
 use holdfast_proto::{
     ConnId, Delivery, RandomSource, Seq, SessionId, StateChange, TargetConfig, TargetStats,
 };
@@ -37,21 +37,11 @@ pub struct TargetOptions {
     /// Read buffer per connection.
     pub read_buffer: usize,
     /// Most bytes queued for one connection's socket before the peer is
-    /// judged not to be reading and dropped. `None`: one full credit window
-    /// of the largest frames plus 1 MiB, which a healthy peer never reaches
-    /// (the core emits at most a window of responses at once).
+    /// judged not to be reading and dropped. `None`: what the connection's
+    /// session legitimately owes ([`holdfast_proto::Target::write_allowance`]:
+    /// its response cache, sized by the initiator's frame limit, plus 64 KiB
+    /// for control frames), which a peer that reads never exceeds.
     pub max_write_queue: Option<usize>,
-}
-
-impl TargetOptions {
-    /// The write-queue bound in effect.
-    pub fn write_queue_limit(&self) -> usize {
-        self.max_write_queue.unwrap_or_else(|| {
-            (self.protocol.credits as usize)
-                .saturating_mul(self.protocol.max_frame as usize)
-                .saturating_add(1 << 20)
-        })
-    }
 }
 
 impl Default for TargetOptions {
@@ -67,7 +57,7 @@ impl Default for TargetOptions {
 
 /// Messages to the engine.
 enum EngineMsg {
-    Accepted(ConnId, ConnWriter),
+    Accepted(ConnId, Option<SourceKey>, ConnWriter),
     Input(ConnId, Bytes),
     Closed(ConnId),
     Completed(SessionId, Seq, Bytes),
@@ -135,6 +125,7 @@ impl Target {
             holdfast_proto::Target::new(options.protocol.clone(), Box::new(OsRandom), clock.now());
         let (tx, rx) = mpsc::channel(1024);
         let next_conn = Arc::new(AtomicU64::new(1));
+        let queued = Arc::new(AtomicUsize::new(0));
         let bound: Vec<Endpoint> = acceptors.iter().map(|a| a.endpoint()).collect();
         let acceptors = acceptors
             .into_iter()
@@ -144,6 +135,7 @@ impl Target {
                     tx.clone(),
                     next_conn.clone(),
                     options.read_buffer,
+                    queued.clone(),
                 ))
             })
             .collect();
@@ -152,7 +144,9 @@ impl Target {
             clock,
             service,
             conns: HashMap::new(),
-            write_queue_limit: options.write_queue_limit(),
+            max_write_queue: options.max_write_queue,
+            memory_budget: options.protocol.memory_budget,
+            queued,
             tx: tx.clone(),
             shutdown_waiters: Vec::new(),
         };
@@ -233,6 +227,7 @@ async fn accept_loop(
     engine: mpsc::Sender<EngineMsg>,
     next_conn: Arc<AtomicU64>,
     read_buffer: usize,
+    queued: Arc<AtomicUsize>,
 ) {
     loop {
         let (stream, peer) = match acceptor.accept().await {
@@ -246,10 +241,17 @@ async fn accept_loop(
         };
         let conn = ConnId(next_conn.fetch_add(1, Ordering::Relaxed));
         debug!(?conn, %peer, "accepted");
+        // The per-source session limit keys on the IP address (none for a
+        // Unix socket or a custom transport).
+        let source = peer
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| SourceKey::from(a.ip()));
         let (reader, writer) = crate::transport::split(stream);
         let (kill, stop) = watch::channel(false);
+        let writer = ConnWriter::spawn(writer, kill, queued.clone());
         if engine
-            .send(EngineMsg::Accepted(conn, ConnWriter::spawn(writer, kill)))
+            .send(EngineMsg::Accepted(conn, source, writer))
             .await
             .is_err()
         {
@@ -309,7 +311,12 @@ struct Engine<S> {
     clock: Clock,
     service: S,
     conns: HashMap<ConnId, ConnWriter>,
-    write_queue_limit: usize,
+    /// A fixed per-connection write-queue bound, if configured.
+    max_write_queue: Option<usize>,
+    /// `TargetConfig::memory_budget`, for the bytes queued to send.
+    memory_budget: usize,
+    /// Bytes waiting in every connection's write queue.
+    queued: Arc<AtomicUsize>,
     tx: mpsc::Sender<EngineMsg>,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -350,15 +357,19 @@ impl<S: SessionService> Engine<S> {
     fn handle(&mut self, msg: EngineMsg) {
         let now = self.clock.now();
         match msg {
-            EngineMsg::Accepted(conn, writer) => {
-                if let Err(e) = self.core.accept(conn, now) {
+            EngineMsg::Accepted(conn, source, writer) => {
+                if let Err(e) = self.core.accept_from(conn, source, now) {
                     warn!(?conn, error = %e, "connection refused");
                     writer.close();
                 } else {
                     self.conns.insert(conn, writer);
                 }
             }
-            EngineMsg::Input(conn, bytes) => self.core.handle_input(conn, &bytes, now),
+            EngineMsg::Input(conn, bytes) => {
+                self.core
+                    .set_queued_bytes(self.queued.load(Ordering::Relaxed));
+                self.core.handle_input(conn, &bytes, now);
+            }
             EngineMsg::Closed(conn) => {
                 if self.conns.remove(&conn).is_some() {
                     debug!(?conn, "connection closed by peer");
@@ -401,13 +412,11 @@ impl<S: SessionService> Engine<S> {
                     continue;
                 };
                 let queued = w.send(t.chunks);
-                if queued > self.write_queue_limit {
+                if let Some(why) = self.over_limit(t.conn, queued) {
                     warn!(
                         conn = ?t.conn,
                         queued,
-                        limit = self.write_queue_limit,
-                        "the peer is not reading its responses; dropping the connection \
-                         (its session stays recoverable)"
+                        "{why}; dropping the connection (its session stays recoverable)"
                     );
                     if let Some(w) = self.conns.remove(&t.conn) {
                         w.kill();
@@ -444,6 +453,37 @@ impl<S: SessionService> Engine<S> {
                 }
             }
         }
+    }
+
+    /// Why a connection with `queued` bytes waiting for its socket must be
+    /// dropped, if it must: more than its session legitimately owes (the
+    /// peer is not reading), or the target's memory budget is exceeded.
+    fn over_limit(&self, conn: ConnId, queued: usize) -> Option<String> {
+        if queued == 0 {
+            return None;
+        }
+        // A connection the core let go is closing: its last bytes get the
+        // close grace period, whatever they are.
+        let limit = self
+            .max_write_queue
+            .or_else(|| self.core.write_allowance(conn))
+            .unwrap_or(usize::MAX);
+        if queued > limit {
+            return Some(format!(
+                "the peer is not reading: {queued} bytes queued, more than the {limit} \
+                 its session can owe"
+            ));
+        }
+        let total = self
+            .queued
+            .load(Ordering::Relaxed)
+            .saturating_add(self.core.decoding_bytes());
+        (total > self.memory_budget).then(|| {
+            format!(
+                "the target's memory budget of {} bytes is exhausted ({total} bytes held)",
+                self.memory_budget
+            )
+        })
     }
 
     /// Calls the service in session order. A future that is ready at once

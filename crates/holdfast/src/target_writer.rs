@@ -14,6 +14,7 @@
 //! task's waker. The task is told through a [`Notify`] when bytes are left.
 
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
@@ -35,6 +36,33 @@ struct Shared {
     outbox: Option<Outbox>,
     /// The engine let the connection go: flush, then close the write side.
     closing: bool,
+    /// This connection's share of `queued` (its outbox's pending bytes
+    /// when last counted).
+    counted: usize,
+    /// Bytes waiting in every connection's outbox, for the target's memory
+    /// budget.
+    queued: Arc<AtomicUsize>,
+}
+
+impl Shared {
+    /// Brings this connection's share of the shared count up to date; call
+    /// after every change to the outbox.
+    fn recount(&mut self) {
+        let now = self.outbox.as_ref().map_or(0, Outbox::pending_len);
+        if now > self.counted {
+            self.queued.fetch_add(now - self.counted, Ordering::Relaxed);
+        } else {
+            self.queued.fetch_sub(self.counted - now, Ordering::Relaxed);
+        }
+        self.counted = now;
+    }
+}
+
+impl Drop for Shared {
+    /// Whatever was still queued is gone with the connection.
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.counted, Ordering::Relaxed);
+    }
 }
 
 /// The engine's end of one connection's write side. The queue is unbounded
@@ -50,10 +78,17 @@ pub(crate) struct ConnWriter {
 
 impl ConnWriter {
     /// Takes over `sink` and starts its task; `kill` also stops the reader.
-    pub(crate) fn spawn(sink: WriteHalf, kill: watch::Sender<bool>) -> ConnWriter {
+    /// The bytes it holds waiting for the socket are counted in `queued`.
+    pub(crate) fn spawn(
+        sink: WriteHalf,
+        kill: watch::Sender<bool>,
+        queued: Arc<AtomicUsize>,
+    ) -> ConnWriter {
         let shared = Arc::new(Mutex::new(Shared {
             outbox: Some(Outbox::new(sink)),
             closing: false,
+            counted: 0,
+            queued,
         }));
         let wake = Arc::new(Notify::new());
         let kill = Arc::new(kill);
@@ -91,9 +126,11 @@ impl ConnWriter {
             if idle && pending > 0 {
                 self.wake.notify_one();
             }
+            shared.recount();
             return pending;
         }
         shared.outbox = None;
+        shared.recount();
         drop(shared);
         let _ = self.kill.send(true);
         0
@@ -101,7 +138,10 @@ impl ConnWriter {
 
     /// Tears the connection down now, dropping whatever is queued.
     pub(crate) fn kill(self) {
-        lock(&self.shared).outbox = None;
+        let mut shared = lock(&self.shared);
+        shared.outbox = None;
+        shared.recount();
+        drop(shared);
         let _ = self.kill.send(true);
     }
 
@@ -158,7 +198,7 @@ impl WriterTask {
                 } else {
                     out.poll_drain(cx)
                 };
-                match polled {
+                let result = match polled {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(Ok(())) if !closing => Poll::Ready(false),
                     // Closed, or the socket failed: let it go.
@@ -166,7 +206,9 @@ impl WriterTask {
                         shared.outbox = None;
                         Poll::Ready(true)
                     }
-                }
+                };
+                shared.recount();
+                result
             })
             .await;
             if done {
@@ -214,7 +256,7 @@ mod tests {
         // waits for the task while more batches queue behind it.
         let (a, mut b) = tokio::io::duplex(1024);
         let (kill, _stop) = watch::channel(false);
-        let w = ConnWriter::spawn(Box::new(a), kill);
+        let w = ConnWriter::spawn(Box::new(a), kill, Arc::default());
         let mut want = Vec::new();
         let mut most_pending = 0;
         for round in 0..20u8 {
@@ -240,7 +282,7 @@ mod tests {
     async fn the_bytes_waiting_are_counted_and_kill_drops_them() {
         let (a, mut b) = tokio::io::duplex(64);
         let (kill, mut stop) = watch::channel(false);
-        let w = ConnWriter::spawn(Box::new(a), kill);
+        let w = ConnWriter::spawn(Box::new(a), kill, Arc::default());
         let pending = w.send(vec![numbered(10_000, 0)]);
         assert_eq!(pending, 10_000 - 64, "all but what the pipe took");
         assert_eq!(w.send(vec![numbered(500, 1)]), 10_000 - 64 + 500);
@@ -252,10 +294,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_bytes_waiting_are_counted_across_connections_until_gone() {
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (a, mut b) = tokio::io::duplex(64);
+        let (c, _d) = tokio::io::duplex(64);
+        let (kill_a, _stop_a) = watch::channel(false);
+        let (kill_c, _stop_c) = watch::channel(false);
+        let wa = ConnWriter::spawn(Box::new(a), kill_a, queued.clone());
+        let wc = ConnWriter::spawn(Box::new(c), kill_c, queued.clone());
+        wa.send(vec![numbered(1000, 0)]);
+        wc.send(vec![numbered(500, 0)]);
+        assert_eq!(queued.load(Ordering::Relaxed), 1000 - 64 + 500 - 64);
+        wc.kill();
+        assert_eq!(queued.load(Ordering::Relaxed), 1000 - 64);
+        // The reader takes everything: the task writes the rest.
+        let mut got = vec![0u8; 1000];
+        b.read_exact(&mut got).await.expect("read");
+        wa.close();
+        let mut rest = Vec::new();
+        b.read_to_end(&mut rest).await.expect("read to the close");
+        assert_eq!(queued.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
     async fn a_broken_socket_stops_the_connection() {
         let (a, b) = tokio::io::duplex(64);
         let (kill, mut stop) = watch::channel(false);
-        let w = ConnWriter::spawn(Box::new(a), kill);
+        let w = ConnWriter::spawn(Box::new(a), kill, Arc::default());
         drop(b);
         assert_eq!(w.send(vec![Bytes::from_static(b"lost")]), 0);
         stop.wait_for(|k| *k).await.expect("told to stop");

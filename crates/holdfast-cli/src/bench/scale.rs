@@ -251,6 +251,9 @@ async fn spawn_target(max_sessions: usize) -> anyhow::Result<(Server, u32, Endpo
         "127.0.0.1:0",
         "--max-sessions",
         &max,
+        // Every session comes from 127.0.0.1.
+        "--max-sessions-per-source",
+        &max,
     ];
     let (server, event) = Server::holdfast("holdfast target --service log", &args).await?;
     let endpoint = event["endpoints"][0]

@@ -38,6 +38,7 @@ use crate::wire::{
 use crate::Seq;
 
 pub use events::{CallOptions, InitiatorEvent, InitiatorStats};
+pub use receive::UNREADABLE_ERROR;
 
 /// Fixed fields of a CMD or MSG frame: the payload limit is the target's
 /// frame limit minus this.

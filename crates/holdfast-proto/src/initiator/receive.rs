@@ -14,6 +14,10 @@ use crate::Seq;
 
 use super::{Initiator, InitiatorEvent, Lifecycle, DATA_FIXED};
 
+/// How the reason of a connection lost to an ERROR frame that could not be
+/// read begins (no ERROR is sent back for it, PROTOCOL.md §8).
+pub const UNREADABLE_ERROR: &str = "an ERROR frame that could not be read";
+
 impl Initiator {
     /// Feeds bytes received on connection `conn` (ignored unless it is the
     /// current one).
@@ -24,13 +28,23 @@ impl Initiator {
         }
         self.stats.bytes_in += data.len() as u64;
         loop {
-            let decoded = match self.conn.as_mut() {
-                Some(c) if c.id == conn => c.decoder.decode(&mut data),
+            let (kind, decoded) = match self.conn.as_mut() {
+                Some(c) if c.id == conn => {
+                    (c.decoder.frame_kind(data), c.decoder.decode(&mut data))
+                }
                 _ => return,
             };
             let result = match decoded {
                 Ok(Some(frame)) => self.handle_frame(frame, now),
                 Ok(None) => break,
+                // Never answer an ERROR, even one we cannot read (§8).
+                Err(e) if kind == Some(crate::wire::frame::kind::ERROR) => {
+                    let text = format!("{UNREADABLE_ERROR}: {}", e.reason());
+                    let e = ProtocolError::new(e.code(), text);
+                    self.out = crate::wire::Outgoing::new();
+                    self.lose_connection(ConnectionError::Protocol(e), now);
+                    return;
+                }
                 Err(e) => Err(e),
             };
             if let Err(e) = result {

@@ -16,6 +16,19 @@ use super::{duration_ms, CloseReason, Phase, StateChange, Target, TimerKey};
 
 impl Target {
     pub(super) fn handle_login(&mut self, conn: ConnId, login: Login) -> Result<(), ProtocolError> {
+        // One answer at a time (§5.1): a LOGIN that arrives before the
+        // reject of the previous one was handed out closes the connection,
+        // so a flood of LOGINs costs one LOGIN_REJECT, not one each.
+        let source = match self.conns.get(&conn) {
+            Some(c) if c.reject_queued => {
+                return Err(ProtocolError::new(
+                    ErrorCode::UnexpectedFrame,
+                    "LOGIN before the answer to the previous LOGIN was sent",
+                ))
+            }
+            Some(c) => c.source,
+            None => return Ok(()),
+        };
         let version = VERSION_MAX.min(login.max_version);
         if version < VERSION_MIN.max(login.min_version) {
             self.reject(
@@ -42,8 +55,30 @@ impl Target {
             );
             return Ok(());
         }
+        let max_keepalive = duration_ms(self.config.max_inactivity);
+        if login.keepalive_ms == 0 || login.keepalive_ms > max_keepalive {
+            self.reject(
+                conn,
+                RejectReason::KeepaliveRejected,
+                NEVER_MS,
+                &format!(
+                    "keepalive_ms {} is outside 1 to {max_keepalive}",
+                    login.keepalive_ms
+                ),
+            );
+            return Ok(());
+        }
         let (id, secret) = match login.kind {
-            LoginKind::New => match self.create_session(&login) {
+            LoginKind::New if !self.source_has_room(source) => {
+                self.reject(
+                    conn,
+                    RejectReason::TooManySessions,
+                    1000,
+                    "at the session limit of this source address",
+                );
+                return Ok(());
+            }
+            LoginKind::New => match self.create_session(&login, source) {
                 Some(created) => created,
                 None => {
                     self.reject(
@@ -72,7 +107,11 @@ impl Target {
         Ok(())
     }
 
-    fn create_session(&mut self, login: &Login) -> Option<(SessionId, SessionSecret)> {
+    fn create_session(
+        &mut self,
+        login: &Login,
+        source: Option<super::SourceKey>,
+    ) -> Option<(SessionId, SessionSecret)> {
         if self.sessions.len() >= self.config.max_sessions {
             return None;
         }
@@ -83,6 +122,7 @@ impl Target {
         let credits = self.config.credits.min(login.requested_credits).max(1);
         self.sessions
             .insert(id, Session::new(id, secret, credits, login.max_frame));
+        self.session_from(id, source);
         self.changes.push(StateChange::SessionCreated {
             session: id,
             secret,
@@ -118,7 +158,10 @@ impl Target {
     ) -> Result<Result<SessionId, RejectReason>, ProtocolError> {
         let id = login.session;
         let Some(s) = self.sessions.get_mut(&id) else {
-            let reason = if id.incarnation() != self.incarnation {
+            // Id 0 is never issued (§2): unknown, whatever the incarnation.
+            let reason = if id == SessionId(0) {
+                RejectReason::UnknownSession
+            } else if id.incarnation() != self.incarnation {
                 RejectReason::TargetRestarted
             } else {
                 self.tombstones
@@ -171,12 +214,9 @@ impl Target {
         secret: SessionSecret,
         login: &Login,
     ) {
-        let keepalive = Duration::from_millis(u64::from(login.keepalive_ms.max(1)));
-        // Never shorter than one keep-alive interval (PROTOCOL.md §5.3), or
-        // the initiator's keep-alive could not keep the connection up.
-        let inactivity = (keepalive * self.config.inactivity_factor)
-            .max(self.config.min_inactivity)
-            .max(keepalive);
+        let inactivity_ms = inactivity_ms(&self.config, login.keepalive_ms);
+        // Enforced exactly as advertised, to the millisecond.
+        let inactivity = Duration::from_millis(u64::from(inactivity_ms));
         let digests = login.digests.intersect(self.config.digests);
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
@@ -194,7 +234,7 @@ impl Target {
             command_ack: s.received(),
             credit_limit: s.limit(),
             max_frame: self.config.max_frame,
-            inactivity_ms: duration_ms(inactivity),
+            inactivity_ms,
             retain_ms: duration_ms(self.config.retain),
             credits: s.credits,
         });
@@ -205,6 +245,7 @@ impl Target {
             return;
         };
         c.out.push(&accept, c.digests);
+        let was_login = c.phase == Phase::Login;
         c.phase = Phase::Attached(id);
         c.digests = digests;
         c.decoder.set_digests(digests);
@@ -212,6 +253,9 @@ impl Target {
         c.inactivity = inactivity;
         c.last_recv = now;
         self.timers.arm(now + inactivity, TimerKey::Conn(conn));
+        if was_login {
+            self.login_done();
+        }
         self.mark_dirty(conn);
         if has_unsent {
             self.owe_ack(id);
@@ -231,7 +275,26 @@ impl Target {
             text: format!("{reason}: {text}"),
         });
         self.push_frame(conn, &frame);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.reject_queued = true;
+        }
     }
+}
+
+/// The inactivity deadline granted for a `keepalive_ms` the target accepted
+/// (1 to `max_inactivity`), in whole milliseconds (PROTOCOL.md §5.3):
+/// `min(max(keepalive × factor, min_inactivity, keepalive), max_inactivity)`,
+/// with `min_inactivity` rounded up and `max_inactivity` down to whole
+/// milliseconds. Never below `keepalive_ms`, since that is at most
+/// `max_inactivity`.
+fn inactivity_ms(config: &crate::config::TargetConfig, keepalive_ms: u32) -> u32 {
+    let ceil_ms = |d: Duration| u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+    let keepalive = u64::from(keepalive_ms);
+    let wanted = (keepalive * u64::from(config.inactivity_factor))
+        .max(ceil_ms(config.min_inactivity))
+        .max(keepalive);
+    let cap = u64::from(duration_ms(config.max_inactivity));
+    u32::try_from(wanted.min(cap)).unwrap_or(NEVER_MS - 1)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //!   the service, then call [`Target::advance`]; optionally hand the
 //!   drained Ready back with [`Target::recycle`] so its vectors are reused.
 
+mod admission;
 mod login;
 mod ready;
 mod session;
@@ -24,15 +25,15 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::TargetConfig;
-use crate::error::{AcceptError, CompleteError, ProtocolError};
+use crate::error::{CompleteError, ProtocolError};
 use crate::ids::{ConnId, SessionId};
 use crate::random::RandomSource;
 use crate::time::Timestamp;
-use crate::wire::{
-    Decoder, Digests, Direction, ErrorCode, Frame, Outgoing, RejectReason, NEVER_MS,
-};
+use crate::wire::{Decoder, Digests, ErrorCode, Frame, Outgoing, RejectReason, NEVER_MS};
 use crate::Seq;
 
+use admission::Admission;
+pub use admission::{SourceKey, CONTROL_ALLOWANCE};
 pub use ready::{Close, CloseReason, Delivery, Ready, StateChange, Transmit};
 use session::Session;
 use timers::{TimerKey, Timers};
@@ -171,6 +172,15 @@ struct Conn {
     opened: Timestamp,
     last_recv: Timestamp,
     inactivity: Duration,
+    /// Where it comes from (for the per-source session limit).
+    source: Option<SourceKey>,
+    /// The token of the latest PING not yet answered: one PONG answers
+    /// every PING read since the last Ready (PROTOCOL.md §9.1).
+    pong: Option<u64>,
+    /// A LOGIN_REJECT is queued and not yet handed out in a Ready.
+    reject_queued: bool,
+    /// Decoder bytes counted against the memory budget.
+    charged: usize,
 }
 
 /// The shutdown notice in force.
@@ -206,6 +216,8 @@ pub struct Target {
     spare: Spare,
     shutdown: Option<ShutdownNotice>,
     stats: TargetStats,
+    /// Counters behind the admission limits and the memory budget.
+    admission: Admission,
 }
 
 impl std::fmt::Debug for Target {
@@ -245,6 +257,7 @@ impl Target {
             spare: Spare::default(),
             shutdown: None,
             stats: TargetStats::default(),
+            admission: Admission::default(),
         }
     }
 
@@ -301,35 +314,6 @@ impl Target {
             .map(|c| (c.decoder.buffered(), c.decoder.capacity()))
     }
 
-    /// Registers a new transport connection. It must log in within the login timeout.
-    pub fn accept(&mut self, conn: ConnId, now: Timestamp) -> Result<(), AcceptError> {
-        self.now = now;
-        if self.conns.contains_key(&conn) {
-            return Err(AcceptError::DuplicateId(conn));
-        }
-        if self.conns.len() >= self.config.max_connections {
-            return Err(AcceptError::TooManyConnections(self.config.max_connections));
-        }
-        self.conns.insert(
-            conn,
-            Conn {
-                decoder: Decoder::new(Direction::ToTarget, PRE_LOGIN_MAX_FRAME),
-                digests: Digests::NONE,
-                phase: Phase::Login,
-                out: Outgoing::new(),
-                dirty: false,
-                closing: false,
-                opened: now,
-                last_recv: now,
-                inactivity: self.config.login_timeout,
-            },
-        );
-        self.timers
-            .arm(now + self.config.login_timeout, TimerKey::Conn(conn));
-        self.stats.connections += 1;
-        Ok(())
-    }
-
     /// Feeds bytes received on a connection. Input on an unknown, closed or
     /// fenced connection is ignored. A protocol violation closes the
     /// connection (see the next [`Ready`]); the session is not harmed.
@@ -341,10 +325,15 @@ impl Target {
         }
         self.stats.bytes_in += data.len() as u64;
         loop {
-            let decoded = match self.conns.get_mut(&conn) {
-                Some(c) if !c.closing => c.decoder.decode(&mut data),
+            if let Err(e) = self.check_budget(conn, data) {
+                self.fail_conn(conn, e);
+                return;
+            }
+            let (kind, decoded) = match self.conns.get_mut(&conn) {
+                Some(c) if !c.closing => (c.decoder.frame_kind(data), c.decoder.decode(&mut data)),
                 _ => return,
             };
+            self.recharge(conn);
             match decoded {
                 Ok(Some(frame)) => {
                     if let Err(e) = self.handle_frame(conn, frame) {
@@ -353,6 +342,12 @@ impl Target {
                     }
                 }
                 Ok(None) => return,
+                // Never answer an ERROR, even one we cannot read (§8).
+                Err(e) if kind == Some(crate::wire::frame::kind::ERROR) => {
+                    let text = format!("an ERROR frame that could not be read: {e}");
+                    self.close_conn(conn, CloseReason::PeerError(text));
+                    return;
+                }
                 Err(e) => {
                     self.fail_conn(conn, e);
                     return;
@@ -364,7 +359,7 @@ impl Target {
     /// The driver reports that a connection ended (EOF, reset, error).
     pub fn connection_closed(&mut self, conn: ConnId, now: Timestamp) {
         self.now = now;
-        if let Some(c) = self.conns.remove(&conn) {
+        if let Some(c) = self.remove_conn(conn) {
             if let Phase::Attached(id) = c.phase {
                 self.detach(id, conn);
             }
@@ -492,8 +487,15 @@ impl Target {
                 continue;
             };
             c.dirty = false;
+            c.reject_queued = false;
+            let pong = c.pong.take();
             if let (Phase::Attached(id), false) = (c.phase, c.closing) {
                 if let Some(s) = self.sessions.get_mut(&id) {
+                    if let Some(token) = pong {
+                        let (ack, limit) = (s.received(), s.limit());
+                        c.out.push(&Frame::Pong { token, ack, limit }, c.digests);
+                        s.mark_advertised();
+                    }
                     s.write_output(&mut c.out, c.digests, now);
                 }
             }
@@ -505,7 +507,7 @@ impl Target {
                 transmits.push(t);
             }
             if c.closing {
-                self.conns.remove(&conn);
+                self.remove_conn(conn);
             }
         }
         // Nothing above queues connections: the list goes back for reuse.
@@ -622,13 +624,11 @@ impl Target {
             }
             Frame::Ping { token, ack } => {
                 s.ack_responses(ack, &mut self.changes)?;
-                let pong = Frame::Pong {
-                    token,
-                    ack: s.received(),
-                    limit: s.limit(),
-                };
-                s.mark_advertised();
-                self.push_frame(conn, &pong);
+                // Answered at the next Ready, by one PONG for all (§9.1).
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.pong = Some(token);
+                }
+                self.mark_dirty(conn);
                 return Ok(());
             }
             Frame::Fin { last_seq, ack } => return self.handle_fin(conn, id, last_seq, ack),
@@ -693,6 +693,7 @@ impl Target {
     /// Removes a session for good.
     fn end_session(&mut self, id: SessionId, reason: RejectReason) {
         if self.sessions.remove(&id).is_some() {
+            self.session_gone(id);
             self.tombstones.bury(id, reason);
             self.changes.push(StateChange::SessionEnded { session: id });
         }
@@ -736,8 +737,8 @@ impl Target {
         if let Some(s) = self.sessions.get_mut(&id) {
             if s.conn == Some(conn) {
                 s.detach(now);
-                self.timers
-                    .arm_session(now + self.config.retain, id, &mut s.armed);
+                let retain = admission::retain_time(&self.config, s);
+                self.timers.arm_session(now + retain, id, &mut s.armed);
             }
         }
     }
@@ -816,7 +817,6 @@ impl Target {
     }
 
     fn session_timer(&mut self, id: SessionId, now: Timestamp) {
-        let retain = self.config.retain;
         #[cfg(feature = "test-switches")]
         let expire_running = self.config.switches.expire_running;
         #[cfg(not(feature = "test-switches"))]
@@ -824,6 +824,7 @@ impl Target {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
+        let retain = admission::retain_time(&self.config, s);
         // The entry that brought us here is gone from the heap.
         s.armed = None;
         if let Some(since) = s.detached_since {

@@ -42,6 +42,9 @@ pub enum ErrorCode {
     Shutdown,
     /// A PONG answered no outstanding PING.
     UnexpectedPong,
+    /// The receiver would exceed its memory budget (or another resource
+    /// limit) by taking this connection's next frame; the text says which.
+    Overloaded,
     /// A code this implementation does not know (kept verbatim).
     Other(u16),
 }
@@ -67,6 +70,7 @@ impl ErrorCode {
             ErrorCode::FinWithOutstanding => 15,
             ErrorCode::Shutdown => 16,
             ErrorCode::UnexpectedPong => 17,
+            ErrorCode::Overloaded => 18,
             ErrorCode::Other(v) => v,
         }
     }
@@ -91,6 +95,7 @@ impl ErrorCode {
             15 => ErrorCode::FinWithOutstanding,
             16 => ErrorCode::Shutdown,
             17 => ErrorCode::UnexpectedPong,
+            18 => ErrorCode::Overloaded,
             other => ErrorCode::Other(other),
         }
     }
@@ -132,6 +137,11 @@ pub enum RejectReason {
     /// will never succeed: `retry_after` is [`super::NEVER_MS`]. The session,
     /// if any, is untouched.
     MaxFrameTooSmall,
+    /// The LOGIN's `keepalive_ms` is 0, 0xFFFFFFFF, or longer than the
+    /// longest inactivity deadline the target grants (its
+    /// `max_inactivity`). The same LOGIN will never succeed: `retry_after`
+    /// is [`super::NEVER_MS`]. The session, if any, is untouched.
+    KeepaliveRejected,
     /// A reason this implementation does not know (kept verbatim).
     Other(u16),
 }
@@ -149,6 +159,7 @@ impl RejectReason {
             RejectReason::ShuttingDown => 7,
             RejectReason::SessionClosed => 8,
             RejectReason::MaxFrameTooSmall => 9,
+            RejectReason::KeepaliveRejected => 10,
             RejectReason::Other(v) => v,
         }
     }
@@ -165,6 +176,7 @@ impl RejectReason {
             7 => RejectReason::ShuttingDown,
             8 => RejectReason::SessionClosed,
             9 => RejectReason::MaxFrameTooSmall,
+            10 => RejectReason::KeepaliveRejected,
             other => RejectReason::Other(other),
         }
     }
@@ -195,6 +207,7 @@ impl fmt::Display for RejectReason {
             RejectReason::ShuttingDown => "the target is shutting down",
             RejectReason::SessionClosed => "the session was closed",
             RejectReason::MaxFrameTooSmall => "the login's max_frame is too small",
+            RejectReason::KeepaliveRejected => "the login's keepalive_ms is not accepted",
             RejectReason::Other(_) => "unknown reason",
         };
         write!(f, "{text} (reject {})", self.to_wire())

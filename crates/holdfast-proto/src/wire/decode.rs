@@ -71,6 +71,30 @@ impl Decoder {
         self.buf.capacity()
     }
 
+    /// The type byte of the frame being received: the one buffered, else
+    /// the first byte of `input` (`None` when there is neither). A call to
+    /// [`Decoder::decode`] works on this frame only, so after an error it
+    /// names the frame that failed.
+    pub fn frame_kind(&self, input: &[u8]) -> Option<u8> {
+        self.buf.first().or(input.first()).copied()
+    }
+
+    /// The whole size (header, fields, digests, payload) of the frame being
+    /// received, once its header is complete in the buffer followed by
+    /// `input` and valid; `None` before that or for an invalid header
+    /// (which [`Decoder::decode`] then rejects).
+    pub fn frame_len(&self, input: &[u8]) -> Option<usize> {
+        if self.buf.len() >= HEADER_LEN {
+            return self.frame_total().ok();
+        }
+        let missing = HEADER_LEN - self.buf.len();
+        let rest = input.get(..missing)?;
+        let mut header = [0u8; HEADER_LEN];
+        header[..self.buf.len()].copy_from_slice(&self.buf);
+        header[self.buf.len()..].copy_from_slice(rest);
+        self.frame_total_of(&header).ok()
+    }
+
     /// Consumes bytes from the front of `input` until one frame is complete
     /// (returned) or `input` is exhausted (`Ok(None)`).
     ///

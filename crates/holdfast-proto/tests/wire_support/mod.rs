@@ -159,16 +159,16 @@ pub(crate) fn arb_text() -> impl Strategy<Value = String> {
 /// Every error code, including unknown ones kept verbatim.
 pub(crate) fn arb_error_code() -> impl Strategy<Value = ErrorCode> {
     prop_oneof![
-        3 => (1u16..=17).prop_map(ErrorCode::from_wire),
-        1 => prop_oneof![Just(0u16), 18u16..=u16::MAX].prop_map(ErrorCode::Other),
+        3 => (1u16..=18).prop_map(ErrorCode::from_wire),
+        1 => prop_oneof![Just(0u16), 19u16..=u16::MAX].prop_map(ErrorCode::Other),
     ]
 }
 
 /// Every reject reason, including unknown ones kept verbatim.
 pub(crate) fn arb_reject_reason() -> impl Strategy<Value = RejectReason> {
     prop_oneof![
-        3 => (1u16..=9).prop_map(RejectReason::from_wire),
-        1 => prop_oneof![Just(0u16), 10u16..=u16::MAX].prop_map(RejectReason::Other),
+        3 => (1u16..=10).prop_map(RejectReason::from_wire),
+        1 => prop_oneof![Just(0u16), 11u16..=u16::MAX].prop_map(RejectReason::Other),
     ]
 }
 
