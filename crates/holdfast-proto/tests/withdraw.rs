@@ -231,3 +231,33 @@ fn abandoning_a_finished_call_does_nothing() {
     p.flush();
     assert!(failure(&p.take_events(), a).is_none());
 }
+
+#[test]
+fn a_call_never_sent_is_withdrawn_at_once_even_without_a_connection() {
+    let mut p = logged_in();
+    let a = submit(&mut p, b"a", CallOptions::default());
+    p.run();
+    p.cut();
+    // Submitted while there is no connection: never sent.
+    let b = submit(&mut p, b"b", CallOptions::RETRY_SAFE);
+    let c = submit(&mut p, b"c", CallOptions::RETRY_SAFE);
+    assert!(p.initiator.abandon(b, p.now));
+    p.flush();
+    assert_eq!(
+        failure(&p.take_events(), b),
+        Some(CallError::Withdrawn {
+            may_have_executed: false
+        }),
+        "settled at once: no connection can deliver it"
+    );
+    p.advance(Duration::from_millis(10));
+    p.connect();
+    p.run();
+    p.complete(1, b"A");
+    p.complete(2, b"C");
+    p.run();
+    let events = p.take_events();
+    assert_eq!(response(&events, a), Some(Bytes::from_static(b"A")));
+    assert_eq!(response(&events, c), Some(Bytes::from_static(b"C")));
+    assert_eq!(delivered_payloads(&p), vec!["a", "c"]);
+}

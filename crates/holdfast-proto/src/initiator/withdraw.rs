@@ -2,9 +2,10 @@
 //! cancelled request) so that a call reported as failed can never execute
 //! later (docs/PROTOCOL.md §11.3).
 //!
-//! * A call the target does not have (not yet sent on the current logged-in
-//!   connection, or sent only on connections the target has since fenced and
-//!   past the acknowledgement it gave at login) is dropped at once, and the
+//! * A call the target does not have (never sent in this session; not yet
+//!   sent on the current logged-in connection; or sent only on connections
+//!   the target has since fenced and past the acknowledgement it gave at
+//!   login) is dropped at once, and the
 //!   sequence numbers after it close up: the target never saw any of them,
 //!   so the stream it receives stays contiguous.
 //! * A call the target may have stays in the session until its fate is
@@ -42,15 +43,20 @@ impl Initiator {
             return false;
         };
         entry.abandoned = true;
+        let never_sent = !entry.transmitted;
         let live_cursor = self
             .conn
             .as_ref()
             .filter(|c| c.logged_in)
             .map(|c| c.send_cursor);
-        if live_cursor.is_some_and(|cursor| seq >= cursor) {
-            if let Some(cursor) = live_cursor {
-                self.withdraw_unreceived(cursor);
-            }
+        match live_cursor {
+            // Not sent on the live connection, which started at the
+            // target's acknowledgement: the target does not have it.
+            Some(cursor) if seq >= cursor => self.withdraw_unreceived(cursor),
+            // Never sent in this session (so nothing after it was either):
+            // no connection, old or new, can deliver it.
+            _ if never_sent => self.withdraw_unreceived(seq),
+            _ => {}
         }
         true
     }
