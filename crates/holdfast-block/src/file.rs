@@ -18,8 +18,20 @@
 //!   allocation), and requests whose offset or length is not a multiple of
 //!   [`DIRECT_ALIGN`] are refused with [`BlockError::Invalid`].
 //!
+//! * If `fdatasync` fails, the device stays failed: Linux reports a lost
+//!   writeback once and then forgets it, so a later FLUSH could succeed
+//!   although data written before it never reached the disk. From the
+//!   first failure on, every FLUSH and every FUA write (and FUA
+//!   WRITE_ZEROES) fails with [`BlockError::Io`] saying so, and is logged,
+//!   until the device is opened again.
+//!
+//! Cancellation (see [`crate::device`]): an operation whose [`Cancel`]
+//! fires before its I/O has started is withdrawn; one that has started
+//! completes, except TRIM and WRITE_ZEROES, which stop between chunks.
+//!
 //! TRIM and WRITE_ZEROES write zeroes, in chunks of at most
-//! [`ZERO_CHUNK`] bytes. Punching holes (`fallocate` with
+//! [`ZERO_CHUNK`] bytes, checking for cancellation before each chunk, so
+//! a cancelled TRIM of any length stops within one chunk's write. Punching holes (`fallocate` with
 //! `FALLOC_FL_PUNCH_HOLE` or `FALLOC_FL_ZERO_RANGE`) would be cheaper, but
 //! `libc::fallocate` is an unsafe call and this crate forbids unsafe code; a
 //! safe wrapper crate (rustix) would allow it.
@@ -29,12 +41,13 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use thiserror::Error;
+use tracing::error;
 
-use crate::device::{BlockDevice, BlockError};
+use crate::device::{BlockDevice, BlockError, Cancel};
 use crate::nowait::NoWait;
 
 /// Buffered writes up to this size that `RWF_NOWAIT` could not complete
@@ -137,6 +150,12 @@ struct Inner {
     counters: Counters,
     /// Inline attempts that only touch the page cache.
     nowait: NoWait,
+    /// Set by the first failed `fdatasync`; from then on every FLUSH and
+    /// FUA write fails with this message.
+    failed: OnceLock<String>,
+    /// Tests: fail the next `fdatasync` calls with EIO.
+    #[cfg(test)]
+    fail_syncs: std::sync::atomic::AtomicU32,
 }
 
 /// A block device backed by a regular file or a block device. Cheap to
@@ -231,6 +250,9 @@ impl FileDevice {
                 direct: options.direct,
                 counters: Counters::default(),
                 nowait: NoWait::new(!options.direct),
+                failed: OnceLock::new(),
+                #[cfg(test)]
+                fail_syncs: std::sync::atomic::AtomicU32::new(0),
             }),
         })
     }
@@ -283,16 +305,32 @@ impl FileDevice {
         Ok(())
     }
 
-    /// Runs `f` on the blocking pool.
-    async fn blocking<T, F>(&self, f: F) -> Result<T, BlockError>
+    /// The error of the first failed `fdatasync`, if one failed.
+    pub fn failure(&self) -> Option<&str> {
+        self.inner.failed.get().map(String::as_str)
+    }
+
+    /// Runs `f` on the blocking pool, unless `cancel` has fired by the time
+    /// a pool thread takes it up (then it is withdrawn: `f` never runs).
+    async fn blocking<T, F>(
+        &self,
+        what: &'static str,
+        cancel: &Cancel,
+        f: F,
+    ) -> Result<T, BlockError>
     where
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<T, BlockError> + Send + 'static,
     {
+        cancel.check(what)?;
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| BlockError::Io(format!("the I/O worker failed: {e}")))?
+        let cancel = cancel.clone();
+        tokio::task::spawn_blocking(move || {
+            cancel.check(what)?;
+            f(&inner)
+        })
+        .await
+        .map_err(|e| BlockError::Io(format!("the I/O worker failed: {e}")))?
     }
 }
 
@@ -359,7 +397,30 @@ impl Inner {
         }
     }
 
+    /// `Err` if an earlier `fdatasync` failed: durability can no longer be
+    /// promised.
+    fn check_durable(&self, op: &str) -> Result<(), BlockError> {
+        match self.failed.get() {
+            None => Ok(()),
+            Some(first) => {
+                error!(
+                    path = %self.path.display(),
+                    "{op} refused: an earlier fdatasync failed ({first}); \
+                     the device stays failed until it is reopened"
+                );
+                Err(BlockError::Io(format!(
+                    "{op} on {}: an earlier fdatasync failed ({first}); written data may \
+                     have been lost, and the device stays failed until it is reopened",
+                    self.path.display()
+                )))
+            }
+        }
+    }
+
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
+        if fua {
+            self.check_durable("FUA write")?;
+        }
         let file = self.target(fua);
         let result = if self.direct && data.as_ptr() as usize % DIRECT_ALIGN != 0 {
             let (mut buf, start) = aligned_buffer(data.len());
@@ -376,16 +437,26 @@ impl Inner {
         Ok(())
     }
 
-    fn zero(&self, offset: u64, len: u64, fua: bool) -> Result<(), BlockError> {
+    /// Zeroes the range chunk by chunk; stops (withdrawn) when `cancel`
+    /// fires between chunks.
+    fn zero(&self, offset: u64, len: u64, fua: bool, cancel: &Cancel) -> Result<(), BlockError> {
+        if fua {
+            self.check_durable("FUA write zeroes")?;
+        }
         let file = self.target(fua);
         let mut done = 0u64;
         while done < len {
+            if done > 0 && cancel.is_cancelled() {
+                return Err(BlockError::Withdrawn(format!(
+                    "zeroing {offset}+{len} stopped after {done} bytes"
+                )));
+            }
             let n = (len - done).min(ZERO_CHUNK as u64) as usize;
             file.write_all_at(&ZEROES.0[..n], offset + done)
                 .map_err(|e| io_error("write zeroes", offset + done, n as u64, &self.path, &e))?;
             done += n as u64;
+            self.counters.zeroed.fetch_add(n as u64, Ordering::Relaxed);
         }
-        self.counters.zeroed.fetch_add(len, Ordering::Relaxed);
         if fua {
             self.counters.fua_writes.fetch_add(1, Ordering::Relaxed);
         }
@@ -393,31 +464,47 @@ impl Inner {
     }
 
     fn sync(&self) -> Result<(), BlockError> {
-        self.file
-            .sync_data()
-            .map_err(|e| io_error("flush", 0, self.size, &self.path, &e))?;
+        self.check_durable("flush")?;
+        #[cfg(test)]
+        let result = if self
+            .fail_syncs
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            Err(std::io::Error::from_raw_os_error(libc::EIO))
+        } else {
+            self.file.sync_data()
+        };
+        #[cfg(not(test))]
+        let result = self.file.sync_data();
+        if let Err(e) = result {
+            let message = e.to_string();
+            error!(
+                path = %self.path.display(),
+                error = %message,
+                "fdatasync failed: writeback may have been lost; the device is failed \
+                 (every FLUSH and FUA write fails) until it is reopened"
+            );
+            let _ = self.failed.set(message);
+            return Err(io_error("flush", 0, self.size, &self.path, &e));
+        }
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
 
-impl BlockDevice for FileDevice {
-    fn size(&self) -> u64 {
-        self.inner.size
-    }
-
-    fn read_only(&self) -> bool {
-        self.inner.read_only
-    }
-
-    async fn read_at(&self, offset: u64, len: u32) -> Result<Bytes, BlockError> {
+impl FileDevice {
+    async fn read(&self, offset: u64, len: u32, cancel: &Cancel) -> Result<Bytes, BlockError> {
         self.check(offset, u64::from(len), false)?;
         if len == 0 {
             return Ok(Bytes::new());
         }
+        cancel.check("read")?;
         let len = len as usize;
         if self.inner.direct {
-            return self.blocking(move |f| f.read(offset, len)).await;
+            return self
+                .blocking("read", cancel, move |f| f.read(offset, len))
+                .await;
         }
         // From the page cache at once if it can; the rest on the pool.
         let mut buf = vec![0u8; len];
@@ -426,13 +513,24 @@ impl BlockDevice for FileDevice {
             self.inner.counters.reads.fetch_add(1, Ordering::Relaxed);
             return Ok(Bytes::from(buf));
         }
-        self.blocking(move |f| f.read_rest(offset, buf, done)).await
+        self.blocking("read", cancel, move |f| f.read_rest(offset, buf, done))
+            .await
     }
 
-    async fn write_at(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), BlockError> {
+    async fn write(
+        &self,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+        cancel: &Cancel,
+    ) -> Result<(), BlockError> {
         self.check(offset, data.len() as u64, true)?;
         if data.is_empty() {
-            return if fua { self.flush().await } else { Ok(()) };
+            return if fua { self.sync(cancel).await } else { Ok(()) };
+        }
+        cancel.check("write")?;
+        if fua {
+            self.inner.check_durable("FUA write")?;
         }
         // Into the page cache at once if it can (a FUA write waits for the
         // device by definition); the rest on the pool.
@@ -448,25 +546,107 @@ impl BlockDevice for FileDevice {
         if !fua && !self.inner.direct && data.len() - done <= INLINE_WRITE_MAX {
             return self.inner.write(offset + done as u64, &data[done..], false);
         }
-        self.blocking(move |f| f.write(offset + done as u64, &data[done..], fua))
-            .await
+        // Part of the write may be in the page cache already: the rest is
+        // no longer withdrawn once started, so it runs regardless.
+        let rest = if done > 0 { &Cancel::new() } else { cancel };
+        self.blocking("write", rest, move |f| {
+            f.write(offset + done as u64, &data[done..], fua)
+        })
+        .await
     }
 
-    async fn flush(&self) -> Result<(), BlockError> {
+    async fn sync(&self, cancel: &Cancel) -> Result<(), BlockError> {
         if self.inner.read_only {
             return Ok(());
         }
-        self.blocking(Inner::sync).await
+        self.blocking("flush", cancel, Inner::sync).await
+    }
+
+    async fn zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        fua: bool,
+        cancel: &Cancel,
+    ) -> Result<(), BlockError> {
+        self.check(offset, u64::from(len), true)?;
+        let c = cancel.clone();
+        self.blocking("write zeroes", cancel, move |f| {
+            f.zero(offset, u64::from(len), fua, &c)
+        })
+        .await
+    }
+}
+
+impl BlockDevice for FileDevice {
+    fn size(&self) -> u64 {
+        self.inner.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
+    async fn read_at(&self, offset: u64, len: u32) -> Result<Bytes, BlockError> {
+        self.read(offset, len, &Cancel::new()).await
+    }
+
+    async fn write_at(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), BlockError> {
+        self.write(offset, data, fua, &Cancel::new()).await
+    }
+
+    async fn flush(&self) -> Result<(), BlockError> {
+        self.sync(&Cancel::new()).await
     }
 
     async fn trim(&self, offset: u64, len: u32) -> Result<(), BlockError> {
-        self.write_zeroes(offset, len, false).await
+        self.zeroes(offset, len, false, &Cancel::new()).await
     }
 
     async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> Result<(), BlockError> {
-        self.check(offset, u64::from(len), true)?;
-        self.blocking(move |f| f.zero(offset, u64::from(len), fua))
-            .await
+        self.zeroes(offset, len, fua, &Cancel::new()).await
+    }
+
+    async fn read_segments(
+        &self,
+        offset: u64,
+        len: u32,
+        cancel: &Cancel,
+    ) -> Result<Vec<Bytes>, BlockError> {
+        self.read(offset, len, cancel).await.map(|b| vec![b])
+    }
+
+    async fn write_at_cancellable(
+        &self,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+        cancel: &Cancel,
+    ) -> Result<(), BlockError> {
+        self.write(offset, data, fua, cancel).await
+    }
+
+    async fn flush_cancellable(&self, cancel: &Cancel) -> Result<(), BlockError> {
+        self.sync(cancel).await
+    }
+
+    async fn trim_cancellable(
+        &self,
+        offset: u64,
+        len: u32,
+        cancel: &Cancel,
+    ) -> Result<(), BlockError> {
+        self.zeroes(offset, len, false, cancel).await
+    }
+
+    async fn write_zeroes_cancellable(
+        &self,
+        offset: u64,
+        len: u32,
+        fua: bool,
+        cancel: &Cancel,
+    ) -> Result<(), BlockError> {
+        self.zeroes(offset, len, fua, cancel).await
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use holdfast_block::nbd::{consts::*, NbdOptions, Server};
+use holdfast_block::device::Cancel;
 use holdfast_block::{BlockDevice, BlockError, MemoryDevice};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener};
@@ -382,8 +383,8 @@ impl BlockDevice for GatedDevice {
 pub enum Odd {
     /// Refuses writes and says so.
     ReadOnly,
-    /// Every flush stalls forever; writes fail with an I/O error; reads
-    /// return one byte too few.
+    /// Every flush stalls until it is cancelled, and is then withdrawn;
+    /// writes fail with an I/O error; reads return one byte too few.
     Broken,
 }
 
@@ -430,5 +431,13 @@ impl BlockDevice for OddDevice {
 
     async fn write_zeroes(&self, _offset: u64, _len: u32, _fua: bool) -> Result<(), BlockError> {
         Err(BlockError::ReadOnly)
+    }
+
+    async fn flush_cancellable(&self, cancel: &Cancel) -> Result<(), BlockError> {
+        if self.mode == Odd::Broken {
+            cancel.cancelled().await;
+            return Err(BlockError::Withdrawn("flush".into()));
+        }
+        Ok(())
     }
 }
