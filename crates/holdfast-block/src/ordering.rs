@@ -217,11 +217,15 @@ pub struct Ticket {
 impl Ticket {
     /// Resolves when every earlier conflicting request is done (executed or
     /// released, per the module documentation).
+    ///
+    /// Cancel-safe: a signal is forgotten only once it has fired, so
+    /// dropping the future and calling again waits for the rest.
     pub async fn ready(&mut self) {
-        for mut w in self.waits.drain(..) {
+        while let Some(w) = self.waits.last_mut() {
             // Nothing is ever sent: this resolves when the sender is
             // dropped, i.e. when the signal fires.
             let _ = w.changed().await;
+            self.waits.pop();
         }
     }
 
@@ -282,11 +286,21 @@ mod tests {
     }
 
     /// True if the ticket is ready now (polled once, no runtime needed: the
-    /// wait only depends on senders already dropped).
+    /// wait only depends on senders already dropped). `ready()` is
+    /// cancel-safe, so polling and dropping it leaves the ticket waiting for
+    /// whatever has not fired; the answer must agree with `waits_for`.
     fn is_ready(t: &mut Ticket) -> bool {
-        let fut = pin!(t.ready());
-        let mut cx = Context::from_waker(Waker::noop());
-        matches!(fut.poll(&mut cx), Poll::Ready(()))
+        let ready = {
+            let fut = pin!(t.ready());
+            let mut cx = Context::from_waker(Waker::noop());
+            matches!(fut.poll(&mut cx), Poll::Ready(()))
+        };
+        assert_eq!(
+            ready,
+            t.waits_for() == 0,
+            "ready() disagrees with waits_for()"
+        );
+        ready
     }
 
     #[test]
@@ -414,6 +428,32 @@ mod tests {
         let _w2 = w2.executed();
         assert!(is_ready(&mut f));
         assert_eq!(s.in_flight(), 3, "the read, the later write, w2 unreleased");
+    }
+
+    /// Dropping a `ready()` future while it waits must not forget the
+    /// signals it had not yet seen.
+    #[test]
+    fn ready_is_cancel_safe() {
+        let s = Sequencer::new();
+        let a = s.admit(1, w(0, 10));
+        let b = s.admit(1, w(20, 10));
+        let mut c = s.admit(2, w(0, 30));
+        assert_eq!(c.waits_for(), 2);
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..2 {
+            let fut = pin!(c.ready());
+            assert!(fut.poll(&mut cx).is_pending(), "a and b have not run");
+        }
+        let _a = a.executed();
+        {
+            let fut = pin!(c.ready());
+            assert!(
+                fut.poll(&mut cx).is_pending(),
+                "b has not run: a dropped ready() must not have consumed its wait"
+            );
+        }
+        let _b = b.executed();
+        assert!(pin!(c.ready()).poll(&mut cx).is_ready());
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use holdfast_block::nbd::{consts::*, NbdOptions, Server};
 use holdfast_block::device::Cancel;
+use holdfast_block::nbd::{consts::*, NbdOptions, Server};
 use holdfast_block::{BlockDevice, BlockError, MemoryDevice};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener};
