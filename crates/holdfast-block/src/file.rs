@@ -440,6 +440,19 @@ impl Inner {
     /// Zeroes the range chunk by chunk; stops (withdrawn) when `cancel`
     /// fires between chunks.
     fn zero(&self, offset: u64, len: u64, fua: bool, cancel: &Cancel) -> Result<(), BlockError> {
+        self.zero_with(offset, len, fua, cancel, || {})
+    }
+
+    /// [`Inner::zero`], calling `after_chunk` after each chunk (tests use it
+    /// to cancel part way).
+    fn zero_with(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        cancel: &Cancel,
+        mut after_chunk: impl FnMut(),
+    ) -> Result<(), BlockError> {
         if fua {
             self.check_durable("FUA write zeroes")?;
         }
@@ -456,6 +469,7 @@ impl Inner {
                 .map_err(|e| io_error("write zeroes", offset + done, n as u64, &self.path, &e))?;
             done += n as u64;
             self.counters.zeroed.fetch_add(n as u64, Ordering::Relaxed);
+            after_chunk();
         }
         if fua {
             self.counters.fua_writes.fetch_add(1, Ordering::Relaxed);
@@ -651,169 +665,5 @@ impl BlockDevice for FileDevice {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct TempPath(PathBuf);
-
-    impl TempPath {
-        fn new(name: &str) -> TempPath {
-            let p = std::env::temp_dir().join(format!(
-                "holdfast-block-{}-{name}-{:?}",
-                std::process::id(),
-                std::time::SystemTime::now()
-            ));
-            TempPath(p)
-        }
-    }
-
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-
-    fn create(path: &Path, size: u64) -> FileDevice {
-        FileDevice::open(
-            path,
-            OpenOptions {
-                size: Some(size),
-                ..OpenOptions::default()
-            },
-        )
-        .expect("open")
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn reads_what_was_written_and_zeroes() {
-        let tmp = TempPath::new("rw");
-        let dev = create(&tmp.0, 1 << 20);
-        assert_eq!(dev.size(), 1 << 20);
-        dev.write_at(100, Bytes::from_static(b"hello"), false)
-            .await
-            .expect("write");
-        dev.write_at(200, Bytes::from_static(b"durable"), true)
-            .await
-            .expect("fua write");
-        assert_eq!(dev.read_at(100, 5).await.expect("read").as_ref(), b"hello");
-        assert_eq!(
-            dev.read_at(200, 7).await.expect("read").as_ref(),
-            b"durable"
-        );
-        dev.write_zeroes(101, 3, false).await.expect("zeroes");
-        assert_eq!(
-            dev.read_at(100, 5).await.expect("read").as_ref(),
-            b"h\0\0\0o"
-        );
-        dev.trim(200, 7).await.expect("trim");
-        assert_eq!(dev.read_at(200, 7).await.expect("read").as_ref(), &[0; 7]);
-        dev.flush().await.expect("flush");
-        let s = dev.stats();
-        assert_eq!((s.writes, s.fua_writes, s.syncs, s.zeroed), (2, 1, 1, 10));
-        assert_eq!(dev.read_at(0, 0).await.expect("empty read").len(), 0);
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn ranges_are_checked() {
-        let tmp = TempPath::new("range");
-        let dev = create(&tmp.0, 4096);
-        assert!(matches!(
-            dev.read_at(4000, 100).await,
-            Err(BlockError::OutOfRange { .. })
-        ));
-        assert!(matches!(
-            dev.write_at(u64::MAX, Bytes::from_static(b"x"), false)
-                .await,
-            Err(BlockError::OutOfRange { .. })
-        ));
-        assert!(matches!(
-            dev.write_zeroes(4096, 1, false).await,
-            Err(BlockError::OutOfRange { .. })
-        ));
-        assert!(dev.read_at(4096, 0).await.is_ok());
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn reopening_keeps_contents_and_refuses_to_shrink() {
-        let tmp = TempPath::new("reopen");
-        let dev = create(&tmp.0, 8192);
-        dev.write_at(8000, Bytes::from_static(b"kept"), true)
-            .await
-            .expect("write");
-        drop(dev);
-        let dev = FileDevice::open(&tmp.0, OpenOptions::default()).expect("reopen");
-        assert_eq!(dev.size(), 8192);
-        assert_eq!(dev.read_at(8000, 4).await.expect("read").as_ref(), b"kept");
-        let grown = create(&tmp.0, 16384);
-        assert_eq!(grown.size(), 16384);
-        assert_eq!(
-            grown.read_at(8000, 4).await.expect("read").as_ref(),
-            b"kept"
-        );
-        let err = FileDevice::open(
-            &tmp.0,
-            OpenOptions {
-                size: Some(4096),
-                ..OpenOptions::default()
-            },
-        )
-        .expect_err("shrinking is refused");
-        assert!(err.to_string().contains("refusing to shrink"), "{err}");
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn read_only_devices_refuse_writes() {
-        let tmp = TempPath::new("ro");
-        drop(create(&tmp.0, 4096));
-        let dev = FileDevice::open(
-            &tmp.0,
-            OpenOptions {
-                read_only: true,
-                ..OpenOptions::default()
-            },
-        )
-        .expect("open read-only");
-        assert!(dev.read_only());
-        assert_eq!(
-            dev.write_at(0, Bytes::from_static(b"x"), false).await,
-            Err(BlockError::ReadOnly)
-        );
-        assert_eq!(dev.trim(0, 1).await, Err(BlockError::ReadOnly));
-        assert!(dev.read_at(0, 10).await.is_ok());
-        assert!(dev.flush().await.is_ok());
-    }
-
-    #[test]
-    fn bad_paths_and_options_are_refused() {
-        let missing = TempPath::new("missing");
-        assert!(matches!(
-            FileDevice::open(&missing.0, OpenOptions::default()),
-            Err(OpenError::Io { .. })
-        ));
-        assert!(matches!(
-            FileDevice::open(std::env::temp_dir(), OpenOptions::default()),
-            Err(OpenError::Io { .. } | OpenError::Invalid { .. })
-        ));
-        assert!(matches!(
-            FileDevice::open(
-                &missing.0,
-                OpenOptions {
-                    size: Some(1),
-                    read_only: true,
-                    direct: false
-                }
-            ),
-            Err(OpenError::Invalid { .. })
-        ));
-    }
-
-    #[test]
-    fn aligned_buffers_are_aligned() {
-        for len in [0, 1, 4096, 10_000] {
-            let (buf, start) = aligned_buffer(len);
-            assert_eq!((buf.as_ptr() as usize + start) % DIRECT_ALIGN, 0);
-            assert!(buf.len() >= start + len);
-        }
-        assert_eq!(ZEROES.0.as_ptr() as usize % DIRECT_ALIGN, 0);
-    }
-}
+#[path = "file_tests.rs"]
+mod tests;
