@@ -76,3 +76,98 @@ async fn a_timed_out_trim_never_runs_after_its_reply() {
         "the trim zeroed bytes after it was answered"
     );
 }
+
+/// Beyond `max_connections`, a new client is closed at once; once a
+/// client leaves, a new one is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_closed() {
+    init_tracing();
+    let options = NbdOptions {
+        max_connections: 2,
+        ..NbdOptions::default()
+    };
+    let dev = Arc::new(holdfast_block::MemoryDevice::new(MIB as usize));
+    let (addr, _server) = start_tcp(dev, options).await;
+    let first = RawClient::connect(addr).await;
+    let _second = RawClient::connect(addr).await;
+    let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(
+        IO_TIMEOUT,
+        tokio::io::AsyncReadExt::read_to_end(&mut third, &mut sink),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "a third client was served beyond the limit of 2 ({read:?}, {} bytes)",
+        sink.len()
+    );
+    drop(first);
+    // The slot comes back when the server has seen the first client go.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut greet = [0u8; 18];
+        let got = tokio::time::timeout(
+            IO_TIMEOUT,
+            tokio::io::AsyncReadExt::read_exact(&mut s, &mut greet),
+        )
+        .await;
+        if matches!(got, Ok(Ok(_))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no slot came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A client that connects and says nothing is dropped after the handshake
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
+    init_tracing();
+    let options = NbdOptions {
+        handshake_timeout: Duration::from_millis(200),
+        ..NbdOptions::default()
+    };
+    let dev = Arc::new(holdfast_block::MemoryDevice::new(MIB as usize));
+    let (addr, _server) = start_tcp(dev, options).await;
+    let started = Instant::now();
+    let mut c = RawClient::connect(addr).await;
+    c.expect_closed().await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// At most `max_zeroing_in_flight` TRIMs of one connection reach the
+/// device at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trims_in_flight_are_bounded() {
+    init_tracing();
+    let options = NbdOptions {
+        max_zeroing_in_flight: 2,
+        ..NbdOptions::default()
+    };
+    let dev = Arc::new(GatedDevice::new(MIB as usize));
+    let (addr, _server) = start_tcp(dev.clone(), options).await;
+    let (mut c, _, _) = RawClient::transmission(addr).await;
+    for handle in 0..10 {
+        c.request(CMD_TRIM, 0, handle, 0, 4096, &[]).await;
+    }
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while dev.in_flight.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "trims did not reach the device");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Give any trim beyond the bound the time to arrive (the bug lets all
+    // ten through within microseconds).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    dev.gate.add_permits(100);
+    for _ in 0..10 {
+        assert_eq!(c.reply().await.0, 0);
+    }
+    assert_eq!(
+        dev.peak.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "TRIMs in flight beyond the bound"
+    );
+}

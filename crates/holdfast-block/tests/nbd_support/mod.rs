@@ -325,8 +325,8 @@ impl RawClient {
     }
 }
 
-/// A device whose reads at offset 0 wait for a gate to open, counting how
-/// many reads are in flight at once.
+/// A device whose reads and trims at offset 0 wait for a gate to open,
+/// counting how many are in flight at once.
 pub struct GatedDevice {
     pub inner: MemoryDevice,
     pub gate: Semaphore,
@@ -370,6 +370,13 @@ impl BlockDevice for GatedDevice {
     }
 
     async fn trim(&self, offset: u64, len: u32) -> Result<(), BlockError> {
+        if offset == 0 {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            let permit = self.gate.acquire().await;
+            drop(permit);
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
         self.inner.trim(offset, len).await
     }
 
