@@ -301,7 +301,7 @@ fn restart_rejects_recovery_fails_honestly_and_reissues_retry_safe_in_order() {
     let sent_error = failure(sent_unsafe).expect("the sent increment fails");
     assert!(sent_error.may_have_executed());
     assert!(matches!(
-        sent_error.loss(),
+        sent_error.loss().expect("a session loss"),
         SessionLoss::Rejected {
             reason: RejectReason::TargetRestarted,
             ..
