@@ -22,6 +22,8 @@ use bytes::Bytes;
 use thiserror::Error;
 use tokio::sync::Notify;
 
+use crate::identity::VolumeId;
+
 /// Why a block operation failed. Each maps to the errno an NBD client sees.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -55,6 +57,20 @@ pub enum BlockError {
     /// zeroed a part of its range before it stopped.
     #[error("withdrawn on cancellation: {0}")]
     Withdrawn(String),
+    /// The target serves another volume than the one the request names:
+    /// nothing was done. The client's volume is gone from that address.
+    #[error(
+        "the target now serves volume {found} ({size} bytes), not {expected}; \
+         the request was refused and nothing was written"
+    )]
+    WrongVolume {
+        /// The volume the request named.
+        expected: VolumeId,
+        /// The volume the target serves (nil if it has no identity).
+        found: VolumeId,
+        /// The size of the volume the target serves.
+        size: u64,
+    },
 }
 
 impl BlockError {
@@ -64,7 +80,7 @@ impl BlockError {
             BlockError::OutOfRange { .. } | BlockError::Invalid(_) => 22, // EINVAL
             BlockError::ReadOnly => 1,                                    // EPERM
             BlockError::NoSpace => 28,                                    // ENOSPC
-            BlockError::Io(_) | BlockError::Withdrawn(_) => 5,            // EIO
+            BlockError::Io(_) | BlockError::Withdrawn(_) | BlockError::WrongVolume { .. } => 5, // EIO
         }
     }
 

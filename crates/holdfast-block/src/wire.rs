@@ -3,24 +3,35 @@
 //! Every request is one holdfast command; its response payload is the block
 //! response. All integers are big-endian.
 //!
-//! Request (16-byte header, then the data of a WRITE):
+//! Request (16-byte header, then the volume id if flagged, then the data
+//! of a WRITE):
 //!
 //! | bytes  | field                                                        |
 //! |--------|--------------------------------------------------------------|
 //! | 0      | magic/version, [`MAGIC`] (`0xB1`: block protocol version 1)   |
 //! | 1      | opcode ([`Opcode`])                                          |
-//! | 2..4   | flags: bit 0 = FUA (WRITE, TRIM, WRITE_ZEROES only); every other bit must be 0 |
+//! | 2..4   | flags: bit 0 = FUA (WRITE, TRIM, WRITE_ZEROES only); bit 1 = VOLUME_ID (any opcode); every other bit must be 0 |
 //! | 4..12  | offset (0 for FLUSH and INFO)                                |
 //! | 12..16 | length (0 for FLUSH and INFO; the data length for WRITE)     |
-//! | 16..   | WRITE: exactly `length` bytes of data; nothing otherwise      |
+//! | 16..32 | with VOLUME_ID only: the 16-byte id of the volume the request is meant for |
+//! | then   | WRITE: exactly `length` bytes of data; nothing otherwise      |
 //!
 //! Response (2-byte header, then a body):
 //!
 //! | bytes | field                                                         |
 //! |-------|---------------------------------------------------------------|
 //! | 0     | [`MAGIC`]                                                     |
-//! | 1     | status: 0 ok, 1 out of range, 2 invalid, 3 read-only, 4 no space, 5 I/O error |
-//! | 2..   | ok: READ → the data; INFO → [`Info`] (20 bytes); others → empty. Out of range → offset u64, length u64, size u64. Invalid and I/O error → message length u16 + UTF-8 message. Read-only, no space → empty. |
+//! | 1     | status: 0 ok, 1 out of range, 2 invalid, 3 read-only, 4 no space, 5 I/O error, 6 wrong volume |
+//! | 2..   | ok: READ → the data; INFO → [`Info`] (36 bytes); others → empty. Out of range → offset u64, length u64, size u64. Invalid and I/O error → message length u16 + UTF-8 message. Read-only, no space → empty. Wrong volume → the id the request named (16 bytes), the id the target serves (16 bytes, zero if it has none), its size u64. |
+//!
+//! Volume identity ([`crate::identity`]): INFO reports the volume's id. A
+//! request with the VOLUME_ID flag is executed only if the target serves
+//! exactly that volume; otherwise (another id, or a target without an id)
+//! it is answered with status 6 and nothing is done. A client that learned
+//! an id from INFO sends it with every request, so no request (a write
+//! re-issued after a stateless recovery included) can land on a different
+//! volume than the one the client opened. Requests without the flag are
+//! not checked.
 //!
 //! Decoding is bounded and checked: every length is validated against the
 //! bytes present and the configured maximum request before anything is
@@ -32,6 +43,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
 use crate::device::BlockError;
+use crate::identity::VolumeId;
 
 /// The first byte of every request and response: the block protocol,
 /// version 1.
@@ -44,10 +56,21 @@ pub const REQUEST_HEADER_LEN: usize = 16;
 pub const RESPONSE_HEADER_LEN: usize = 2;
 
 /// Length of an encoded [`Info`].
-pub const INFO_LEN: usize = 20;
+pub const INFO_LEN: usize = 36;
+
+/// Length of an [`Info`] from a target without volume identity (no id
+/// field); still decoded.
+pub const INFO_LEN_NO_ID: usize = 20;
 
 /// The FUA flag bit: the write is durable when its response is sent.
 pub const FLAG_FUA: u16 = 1;
+
+/// The VOLUME_ID flag bit: a 16-byte volume id follows the header, and the
+/// target refuses the request unless it serves that volume.
+pub const FLAG_VOLUME_ID: u16 = 2;
+
+/// Length of a volume id on the wire.
+pub const VOLUME_ID_LEN: usize = 16;
 
 /// The default largest request (READ or WRITE data, TRIM or WRITE_ZEROES
 /// range): 2 MiB. With its header it fits holdfast's default frame limit
@@ -168,8 +191,8 @@ impl Opcode {
     /// The flags this opcode may carry.
     fn allowed_flags(self) -> u16 {
         match self {
-            Opcode::Write | Opcode::Trim | Opcode::WriteZeroes => FLAG_FUA,
-            Opcode::Read | Opcode::Flush | Opcode::Info => 0,
+            Opcode::Write | Opcode::Trim | Opcode::WriteZeroes => FLAG_FUA | FLAG_VOLUME_ID,
+            Opcode::Read | Opcode::Flush | Opcode::Info => FLAG_VOLUME_ID,
         }
     }
 }
@@ -250,12 +273,18 @@ impl Request {
         )
     }
 
-    /// Encodes the request as a command payload.
+    /// Encodes the request as a command payload, without a volume id.
     ///
     /// A WRITE longer than `u32::MAX` bytes cannot be expressed; its length
     /// field saturates and the target refuses it (callers split long writes,
     /// as [`crate::Volume`] does).
     pub fn encode(&self) -> Bytes {
+        self.encode_for(None)
+    }
+
+    /// Encodes the request as a command payload meant for the volume
+    /// `volume` (with the VOLUME_ID flag), or for any volume (`None`).
+    pub fn encode_for(&self, volume: Option<VolumeId>) -> Bytes {
         let (offset, len, flags, data): (u64, u32, u16, &[u8]) = match self {
             Request::Read { offset, len } => (*offset, *len, 0, &[]),
             Request::Write { offset, data, fua } => (
@@ -269,19 +298,32 @@ impl Request {
                 (*offset, *len, fua_flag(*fua), &[])
             }
         };
-        let mut out = BytesMut::with_capacity(REQUEST_HEADER_LEN + data.len());
+        let id_flag = if volume.is_some() { FLAG_VOLUME_ID } else { 0 };
+        let mut out = BytesMut::with_capacity(REQUEST_HEADER_LEN + VOLUME_ID_LEN + data.len());
         out.put_u8(MAGIC);
         out.put_u8(self.opcode() as u8);
-        out.put_u16(flags);
+        out.put_u16(flags | id_flag);
         out.put_u64(offset);
         out.put_u32(len);
+        if let Some(id) = volume {
+            out.put_slice(&id.0);
+        }
         out.put_slice(data);
         out.freeze()
     }
 
     /// Decodes a command payload, refusing any request longer than
-    /// `max_request` bytes.
+    /// `max_request` bytes. A volume id, if present, is ignored: a target
+    /// uses [`Request::decode_addressed`].
     pub fn decode(payload: &Bytes, max_request: u32) -> Result<Request, WireError> {
+        Request::decode_addressed(payload, max_request).map(|(r, _)| r)
+    }
+
+    /// Decodes a command payload and the volume id it names, if any.
+    pub fn decode_addressed(
+        payload: &Bytes,
+        max_request: u32,
+    ) -> Result<(Request, Option<VolumeId>), WireError> {
         if payload.len() < REQUEST_HEADER_LEN {
             return Err(WireError::Truncated {
                 needed: REQUEST_HEADER_LEN,
@@ -302,14 +344,25 @@ impl Request {
             return Err(WireError::BadFlags { opcode, flags });
         }
         let fua = flags & FLAG_FUA != 0;
+        let id_len = if flags & FLAG_VOLUME_ID != 0 {
+            VOLUME_ID_LEN
+        } else {
+            0
+        };
         let body = payload.len() - REQUEST_HEADER_LEN;
-        let expected_body = if opcode == Opcode::Write { len } else { 0 };
-        if body as u64 != u64::from(expected_body) {
+        let expected_body =
+            u64::from(if opcode == Opcode::Write { len } else { 0 }) + id_len as u64;
+        if body as u64 != expected_body {
             return Err(WireError::LengthMismatch {
-                expected: u64::from(expected_body),
+                expected: expected_body,
                 got: body as u64,
             });
         }
+        let volume = payload
+            .get(REQUEST_HEADER_LEN..REQUEST_HEADER_LEN + id_len)
+            .and_then(|b| <[u8; VOLUME_ID_LEN]>::try_from(b).ok())
+            .map(VolumeId);
+        let data_start = REQUEST_HEADER_LEN + id_len;
         if matches!(opcode, Opcode::Flush | Opcode::Info) {
             if offset != 0 || len != 0 {
                 return Err(WireError::NonZeroRange {
@@ -324,18 +377,19 @@ impl Request {
                 max: max_request,
             });
         }
-        Ok(match opcode {
+        let request = match opcode {
             Opcode::Read => Request::Read { offset, len },
             Opcode::Write => Request::Write {
                 offset,
-                data: payload.slice(REQUEST_HEADER_LEN..),
+                data: payload.slice(data_start..),
                 fua,
             },
             Opcode::Flush => Request::Flush,
             Opcode::Trim => Request::Trim { offset, len, fua },
             Opcode::WriteZeroes => Request::WriteZeroes { offset, len, fua },
             Opcode::Info => Request::Info,
-        })
+        };
+        Ok((request, volume))
     }
 }
 
@@ -360,11 +414,14 @@ pub struct Info {
     /// The largest request the target accepts (READ and WRITE data, TRIM and
     /// WRITE_ZEROES ranges).
     pub max_request: u32,
+    /// The volume's identity ([`crate::identity`]); `None` if the target
+    /// has none.
+    pub volume_id: Option<VolumeId>,
 }
 
 impl Info {
     /// Encodes the INFO body: size u64, flags u32 (bit 0 read-only),
-    /// block size u32, max request u32.
+    /// block size u32, max request u32, volume id (16 bytes; zero: none).
     pub fn encode(&self) -> [u8; INFO_LEN] {
         let mut out = [0u8; INFO_LEN];
         let mut w = &mut out[..];
@@ -372,25 +429,30 @@ impl Info {
         w.put_u32(u32::from(self.read_only));
         w.put_u32(self.block_size);
         w.put_u32(self.max_request);
+        w.put_slice(&self.volume_id.map_or([0; VOLUME_ID_LEN], |id| id.0));
         out
     }
 
     /// Decodes and checks an INFO body. Unknown flag bits are ignored (they
     /// can only describe the device, never change a request's meaning).
     pub fn decode(body: &[u8]) -> Result<Info, WireError> {
-        if body.len() != INFO_LEN {
+        if body.len() != INFO_LEN && body.len() != INFO_LEN_NO_ID {
             return Err(WireError::LengthMismatch {
                 expected: INFO_LEN as u64,
                 got: body.len() as u64,
             });
         }
         let mut r = body;
-        let info = Info {
+        let mut info = Info {
             size: r.get_u64(),
             read_only: r.get_u32() & 1 != 0,
             block_size: r.get_u32(),
             max_request: r.get_u32(),
+            volume_id: None,
         };
+        if let Ok(id) = <[u8; VOLUME_ID_LEN]>::try_from(r) {
+            info.volume_id = Some(VolumeId(id)).filter(|id| !id.is_nil());
+        }
         if !info.block_size.is_power_of_two() {
             return Err(WireError::BadInfo("block size is not a power of two"));
         }
@@ -411,6 +473,7 @@ mod status {
     pub(super) const READ_ONLY: u8 = 3;
     pub(super) const NO_SPACE: u8 = 4;
     pub(super) const IO: u8 = 5;
+    pub(super) const WRONG_VOLUME: u8 = 6;
 }
 
 /// Encodes a successful response with `body` (READ data, an INFO body, or
@@ -459,6 +522,16 @@ pub fn encode_err(error: &BlockError) -> Bytes {
         e @ BlockError::Withdrawn(_) => {
             out.put_u8(status::IO);
             put_message(&mut out, &e.to_string());
+        }
+        BlockError::WrongVolume {
+            expected,
+            found,
+            size,
+        } => {
+            out.put_u8(status::WRONG_VOLUME);
+            out.put_slice(&expected.0);
+            out.put_slice(&found.0);
+            out.put_u64(*size);
         }
     }
     out.freeze()
@@ -520,6 +593,20 @@ pub fn decode_response(payload: &Bytes) -> Result<Result<Bytes, BlockError>, Wir
             BlockError::NoSpace
         }
         status::IO => BlockError::Io(message(body)?),
+        status::WRONG_VOLUME => {
+            exact(body, 2 * VOLUME_ID_LEN + 8)?;
+            let mut id = || {
+                let mut b = [0u8; VOLUME_ID_LEN];
+                body.copy_to_slice(&mut b);
+                VolumeId(b)
+            };
+            let (expected, found) = (id(), id());
+            BlockError::WrongVolume {
+                expected,
+                found,
+                size: body.get_u64(),
+            }
+        }
         other => return Err(WireError::UnknownStatus(other)),
     };
     Ok(Err(error))
@@ -655,6 +742,28 @@ mod tests {
     }
 
     #[test]
+    fn volume_ids_travel_with_requests() {
+        let id = VolumeId([9; 16]);
+        for r in all_requests() {
+            let enc = r.encode_for(Some(id));
+            assert_eq!(
+                Request::decode_addressed(&enc, DEFAULT_MAX_REQUEST),
+                Ok((r.clone(), Some(id)))
+            );
+            assert_eq!(Request::decode(&enc, DEFAULT_MAX_REQUEST), Ok(r.clone()));
+            for n in 0..enc.len() {
+                assert!(Request::decode_addressed(&enc.slice(..n), DEFAULT_MAX_REQUEST).is_err());
+            }
+        }
+        let e = BlockError::WrongVolume {
+            expected: id,
+            found: VolumeId([0; 16]),
+            size: 42,
+        };
+        assert_eq!(decode_response(&encode_err(&e)), Ok(Err(e)));
+    }
+
+    #[test]
     fn responses_round_trip() {
         let ok = encode_ok(b"data");
         assert_eq!(decode_response(&ok), Ok(Ok(Bytes::from_static(b"data"))));
@@ -716,9 +825,21 @@ mod tests {
             read_only: true,
             block_size: 4096,
             max_request: DEFAULT_MAX_REQUEST,
+            volume_id: Some(VolumeId([7; 16])),
         };
         assert_eq!(Info::decode(&info.encode()), Ok(info));
         assert!(Info::decode(&info.encode()[..19]).is_err());
+        assert!(Info::decode(&info.encode()[..35]).is_err());
+        // A target without identity: zero id, or the 20-byte form.
+        let anonymous = Info {
+            volume_id: None,
+            ..info
+        };
+        assert_eq!(Info::decode(&anonymous.encode()), Ok(anonymous));
+        assert_eq!(
+            Info::decode(&info.encode()[..INFO_LEN_NO_ID]),
+            Ok(anonymous)
+        );
         let bad_block = Info {
             block_size: 3000,
             ..info
@@ -764,8 +885,8 @@ mod tests {
                 }
             }
             let b = Bytes::from(b);
-            if let Ok(r) = Request::decode(&b, 64) {
-                assert_eq!(r.encode(), b);
+            if let Ok((r, id)) = Request::decode_addressed(&b, 64) {
+                assert_eq!(r.encode_for(id), b);
             }
             let _ = decode_response(&b);
             let _ = Info::decode(&b);
