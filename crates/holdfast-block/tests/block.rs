@@ -59,6 +59,7 @@ async fn every_operation_round_trips() {
         ServiceOptions {
             max_request: 64 * 1024,
             block_size: 4096,
+            ..ServiceOptions::default()
         },
     );
     let (_target, addr) = support::serve(any(), service).await;
