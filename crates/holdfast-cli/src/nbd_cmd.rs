@@ -159,7 +159,7 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("could not open the volume of the target at {}", s.target))?;
     let size = volume.size();
     let server = Server::new(
-        Arc::new(volume),
+        Arc::new(volume.with_target_name(&s.target)),
         NbdOptions {
             export_name: s.export.clone(),
             io_timeout: Some(s.io_timeout),
