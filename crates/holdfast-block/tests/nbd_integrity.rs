@@ -171,3 +171,46 @@ async fn trims_in_flight_are_bounded() {
         "TRIMs in flight beyond the bound"
     );
 }
+
+/// A client that goes away (no NBD_CMD_DISC) with a long TRIM running: the
+/// TRIM stops instead of zeroing on behind later clients' writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_clients_trim_stops() {
+    init_tracing();
+    let dir = TempDir::new("trim-vanish");
+    let size = 256 * MIB;
+    let dev = Arc::new(
+        FileDevice::open(
+            dir.path("disk"),
+            OpenOptions {
+                size: Some(size),
+                ..OpenOptions::default()
+            },
+        )
+        .expect("open"),
+    );
+    let (addr, _server) = start_tcp(dev.clone(), NbdOptions::default()).await;
+    let (mut c, _, _) = RawClient::transmission(addr).await;
+    c.request(CMD_TRIM, 0, 1, 0, size as u32, &[]).await;
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while dev.stats().zeroed == 0 {
+        assert!(Instant::now() < deadline, "the trim did not start");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    drop(c);
+    // Wait until the zeroing stops (or completes: the bug).
+    let mut last = dev.stats().zeroed;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = dev.stats().zeroed;
+        if now == last || now == size {
+            break;
+        }
+        last = now;
+        assert!(Instant::now() < deadline, "the zeroing never settled");
+    }
+    assert!(
+        dev.stats().zeroed < size,
+        "the trim of a client that went away ran to the end"
+    );
+}

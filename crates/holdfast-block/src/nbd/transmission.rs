@@ -12,8 +12,10 @@
 //! A device operation's future is never dropped while it may still take
 //! effect: a request answered with an error must be known never to run
 //! later, and the server does not order requests against each other. At
-//! the I/O timeout, or when the connection ends with requests running, the
-//! server fires the operation's [`Cancel`] and keeps waiting; the reply
+//! the I/O timeout, or when the client goes away with requests running
+//! (the connection closed or broke without `NBD_CMD_DISC`, after which the
+//! outstanding requests are finished normally), the server fires the
+//! operation's [`Cancel`] and keeps waiting; the reply
 //! goes out when the device has either withdrawn the operation (`EIO`) or
 //! finished it (its real outcome). Request tasks are detached from the
 //! connection, so even dropping the connection's future leaves them to end
@@ -188,7 +190,8 @@ struct Conn<D> {
     tx: UnboundedSender<Outgoing>,
     /// Cloned into every request task; see [`run`].
     alive: mpsc::Sender<()>,
-    /// Fired when the connection ends with requests still running.
+    /// Fired when the client goes away (or breaks the protocol) with
+    /// requests still running.
     cancel_all: Cancel,
     bytes: Arc<Semaphore>,
     /// TRIM and WRITE_ZEROES in flight.
@@ -210,23 +213,34 @@ impl<D: BlockDevice> Conn<D> {
                 Ok(true) => {}
                 Ok(false) => {
                     debug!("nbd: client closed the connection without NBD_CMD_DISC");
+                    // Nobody waits for the replies: what has not started
+                    // is withdrawn (and a long zeroing stops).
+                    self.cancel_all.cancel();
                     break Ok(());
                 }
-                Err(e) => break Err(e.into()),
+                Err(e) => {
+                    self.cancel_all.cancel();
+                    break Err(e.into());
+                }
             }
             let request = match Request::parse(&header) {
                 Ok(r) => r,
                 Err(magic) => {
+                    self.cancel_all.cancel();
                     break Err(NbdError::BadMagic {
                         what: "request",
                         found: u64::from(magic),
-                    })
+                    });
                 }
             };
             match self.dispatch(&mut rd, request, slot).await {
                 Ok(Flow::Continue) => {}
+                // NBD_CMD_DISC: the outstanding requests are finished.
                 Ok(Flow::Disconnect) => break Ok(()),
-                Err(e) => break Err(e),
+                Err(e) => {
+                    self.cancel_all.cancel();
+                    break Err(e);
+                }
             }
         }
     }
