@@ -69,8 +69,8 @@ pub struct NbdOptions {
     /// already sent to the target waits for the target's answer). `None`
     /// never cancels.
     pub io_timeout: Option<Duration>,
-    /// Most clients served at once by [`Server::serve_listener`]; a client
-    /// beyond it is accepted and closed at once. Default
+    /// Most clients served at once by [`Server::serve_listener`] (at least
+    /// 1); a client beyond it is accepted and closed at once. Default
     /// [`consts::DEFAULT_MAX_CONNECTIONS`].
     pub max_connections: usize,
     /// Time a client has from connecting until it enters transmission (or
@@ -266,7 +266,7 @@ impl<D: BlockDevice> Server<D> {
     /// accepted.
     pub async fn serve_listener<L: NbdListener>(&self, listener: L) -> Infallible {
         let mut connections = JoinSet::new();
-        let limit = self.options.max_connections;
+        let limit = self.options.max_connections.max(1);
         let slots = Arc::new(tokio::sync::Semaphore::new(limit));
         loop {
             // Reap finished connections so the set does not grow.

@@ -13,9 +13,9 @@
 //! effect: a request answered with an error must be known never to run
 //! later, and the server does not order requests against each other. At
 //! the I/O timeout, or when the client goes away with requests running
-//! (the connection closed or broke without `NBD_CMD_DISC`, after which the
-//! outstanding requests are finished normally), the server fires the
-//! operation's [`Cancel`] and keeps waiting; the reply
+//! (the connection closed or broke without `NBD_CMD_DISC`; after
+//! `NBD_CMD_DISC` the outstanding requests are finished normally), the
+//! server fires the operation's [`Cancel`] and keeps waiting; the reply
 //! goes out when the device has either withdrawn the operation (`EIO`) or
 //! finished it (its real outcome). Request tasks are detached from the
 //! connection, so even dropping the connection's future leaves them to end
