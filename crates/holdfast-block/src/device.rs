@@ -52,9 +52,11 @@ pub enum BlockError {
     #[error("I/O error: {0}")]
     Io(String),
     /// The operation was cancelled ([`Cancel`]) and withdrawn: it has
-    /// stopped, and nothing of it will run later. A read, write or flush
-    /// withdrawn this way changed nothing; a TRIM or WRITE_ZEROES may have
-    /// zeroed a part of its range before it stopped.
+    /// stopped, and nothing of it will run later. What it did before it
+    /// stopped is undefined: a TRIM or WRITE_ZEROES may have zeroed a part
+    /// of its range, and a request a device splits (a remote volume's long
+    /// write) may have taken effect in part. A file device withdraws only
+    /// work it has not started, or zeroing between chunks.
     #[error("withdrawn on cancellation: {0}")]
     Withdrawn(String),
     /// The target serves another volume than the one the request names:
