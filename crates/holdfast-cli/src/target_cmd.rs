@@ -168,6 +168,7 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("could not open the volume {}", volume.display()))?;
             let size = holdfast_block::BlockDevice::size(&device);
             let volume_id = volume_identity(volume, s.volume_id)?;
+            tracing::info!(%volume_id, volume = %volume.display(), "volume identity");
             let service = BlockService::with_options(
                 device,
                 holdfast_block::ServiceOptions {
