@@ -135,8 +135,23 @@ pub fn load_or_create(volume: &Path) -> Result<VolumeId, IdError> {
         Err(e) => return Err(io("read")(e)),
     }
     let id = VolumeId::random()?;
-    // Write a temporary file and rename it, so a crash never leaves a
-    // half-written id behind.
+    store(volume, id)?;
+    Ok(id)
+}
+
+/// Writes `id` as the id of the regular file at `volume` (its sidecar
+/// file), durably: the sidecar and its directory entry are synced before
+/// this returns, and a crash never leaves a half-written id behind.
+pub fn store(volume: &Path, id: VolumeId) -> Result<(), IdError> {
+    let path = sidecar_path(volume);
+    let io = |action: &'static str| {
+        let path = path.clone();
+        move |source| IdError::Io {
+            path,
+            action,
+            source,
+        }
+    };
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
@@ -150,8 +165,7 @@ pub fn load_or_create(volume: &Path) -> Result<VolumeId, IdError> {
     };
     std::fs::File::open(parent)
         .and_then(|d| d.sync_all())
-        .map_err(io("sync the directory"))?;
-    Ok(id)
+        .map_err(io("sync the directory"))
 }
 
 #[cfg(test)]

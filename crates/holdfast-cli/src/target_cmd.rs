@@ -242,7 +242,7 @@ fn volume_identity(
     }
     let sidecar = identity::sidecar_path(path);
     if let (Some(id), false) = (given, sidecar.exists()) {
-        std::fs::write(&sidecar, format!("{id}\n"))
+        identity::store(path, id)
             .with_context(|| format!("could not write {}", sidecar.display()))?;
     }
     let stored = identity::load_or_create(path)
