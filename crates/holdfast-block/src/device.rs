@@ -1,11 +1,28 @@
 //! What every block device here offers: the local file behind a target,
 //! the remote volume behind an initiator, and the in-memory device of the
 //! tests all implement [`BlockDevice`]; the NBD server serves any of them.
+//!
+//! # Cancellation
+//!
+//! A caller that stops waiting for an operation (the NBD server at its
+//! I/O timeout) must never answer with an error while the operation may
+//! still take effect later. So it does not drop the operation's future:
+//! it fires the operation's [`Cancel`] and keeps waiting. The device then
+//! either withdraws the operation ([`BlockError::Withdrawn`]: it stopped
+//! and nothing of it runs later) or finishes it and returns its real
+//! outcome. The `*_cancellable` methods take the signal; their default
+//! implementations ignore it (the operation simply runs to completion),
+//! which is always correct, only slower to answer.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use thiserror::Error;
+use tokio::sync::Notify;
+
+use crate::identity::VolumeId;
 
 /// Why a block operation failed. Each maps to the errno an NBD client sees.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -34,6 +51,28 @@ pub enum BlockError {
     /// which, and whether the operation may have taken effect.
     #[error("I/O error: {0}")]
     Io(String),
+    /// The operation was cancelled ([`Cancel`]) and withdrawn: it has
+    /// stopped, and nothing of it will run later. What it did before it
+    /// stopped is undefined: a TRIM or WRITE_ZEROES may have zeroed a part
+    /// of its range, and a request a device splits (a remote volume's long
+    /// write) may have taken effect in part. A file device withdraws only
+    /// work it has not started, or zeroing between chunks.
+    #[error("withdrawn on cancellation: {0}")]
+    Withdrawn(String),
+    /// The target serves another volume than the one the request names:
+    /// nothing was done. The client's volume is gone from that address.
+    #[error(
+        "the target now serves volume {found} ({size} bytes), not {expected}; \
+         the request was refused and nothing was written"
+    )]
+    WrongVolume {
+        /// The volume the request named.
+        expected: VolumeId,
+        /// The volume the target serves (nil if it has no identity).
+        found: VolumeId,
+        /// The size of the volume the target serves.
+        size: u64,
+    },
 }
 
 impl BlockError {
@@ -43,7 +82,7 @@ impl BlockError {
             BlockError::OutOfRange { .. } | BlockError::Invalid(_) => 22, // EINVAL
             BlockError::ReadOnly => 1,                                    // EPERM
             BlockError::NoSpace => 28,                                    // ENOSPC
-            BlockError::Io(_) => 5,                                       // EIO
+            BlockError::Io(_) | BlockError::Withdrawn(_) | BlockError::WrongVolume { .. } => 5, // EIO
         }
     }
 
@@ -56,10 +95,70 @@ impl BlockError {
     }
 }
 
+/// A cancellation signal for device operations; see the module
+/// documentation. Cheap to clone: clones share the signal, which fires
+/// once and stays fired.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel {
+    inner: Arc<CancelInner>,
+}
+
+#[derive(Debug, Default)]
+struct CancelInner {
+    fired: AtomicBool,
+    notify: Notify,
+}
+
+impl Cancel {
+    /// A signal that has not fired.
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// Fires the signal (again is harmless).
+    pub fn cancel(&self) {
+        self.inner.fired.store(true, Ordering::SeqCst);
+        self.inner.notify.notify_waiters();
+    }
+
+    /// True once the signal has fired.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.fired.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the signal has fired (at once if it has).
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.inner.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a concurrent `cancel` is seen.
+            notified.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// `Err(Withdrawn)` if the signal has fired: the check a device makes
+    /// before it starts work, with `what` naming the work.
+    pub fn check(&self, what: &str) -> Result<(), BlockError> {
+        if self.is_cancelled() {
+            Err(BlockError::Withdrawn(format!("{what} was not started")))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// A block device: byte-addressed, with durable-write controls.
 ///
 /// Methods take `&self` and may run concurrently; a device that needs an
 /// order between overlapping requests enforces it itself.
+///
+/// Dropping an operation's future before it completes may leave the work
+/// running (a file device's I/O thread keeps going): a caller that must
+/// know the work is over uses the `*_cancellable` methods and awaits them.
 pub trait BlockDevice: Send + Sync + 'static {
     /// Size in bytes.
     fn size(&self) -> u64;
@@ -98,4 +197,63 @@ pub trait BlockDevice: Send + Sync + 'static {
         len: u32,
         fua: bool,
     ) -> impl Future<Output = Result<(), BlockError>> + Send;
+
+    /// Reads `len` bytes at `offset`, as one or more consecutive segments
+    /// (a remote device returns the pieces it received, so a large read is
+    /// never copied into one buffer), unless `cancel` withdraws it first.
+    fn read_segments(
+        &self,
+        offset: u64,
+        len: u32,
+        cancel: &Cancel,
+    ) -> impl Future<Output = Result<Vec<Bytes>, BlockError>> + Send {
+        let _ = cancel;
+        async move { self.read_at(offset, len).await.map(|b| vec![b]) }
+    }
+
+    /// [`BlockDevice::write_at`], unless `cancel` withdraws it first.
+    fn write_at_cancellable(
+        &self,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+        cancel: &Cancel,
+    ) -> impl Future<Output = Result<(), BlockError>> + Send {
+        let _ = cancel;
+        self.write_at(offset, data, fua)
+    }
+
+    /// [`BlockDevice::flush`], unless `cancel` withdraws it first.
+    fn flush_cancellable(
+        &self,
+        cancel: &Cancel,
+    ) -> impl Future<Output = Result<(), BlockError>> + Send {
+        let _ = cancel;
+        self.flush()
+    }
+
+    /// [`BlockDevice::trim`]; `cancel` may stop it before or part way
+    /// through (see [`BlockError::Withdrawn`]).
+    fn trim_cancellable(
+        &self,
+        offset: u64,
+        len: u32,
+        cancel: &Cancel,
+    ) -> impl Future<Output = Result<(), BlockError>> + Send {
+        let _ = cancel;
+        self.trim(offset, len)
+    }
+
+    /// [`BlockDevice::write_zeroes`]; `cancel` may stop it before or part
+    /// way through (see [`BlockError::Withdrawn`]).
+    fn write_zeroes_cancellable(
+        &self,
+        offset: u64,
+        len: u32,
+        fua: bool,
+        cancel: &Cancel,
+    ) -> impl Future<Output = Result<(), BlockError>> + Send {
+        let _ = cancel;
+        self.write_zeroes(offset, len, fua)
+    }
 }

@@ -18,8 +18,20 @@
 //!   allocation), and requests whose offset or length is not a multiple of
 //!   [`DIRECT_ALIGN`] are refused with [`BlockError::Invalid`].
 //!
+//! * If `fdatasync` fails, the device stays failed: Linux reports a lost
+//!   writeback once and then forgets it, so a later FLUSH could succeed
+//!   although data written before it never reached the disk. From the
+//!   first failure on, every FLUSH and every FUA write (and FUA
+//!   WRITE_ZEROES) fails with [`BlockError::Io`] saying so, and is logged,
+//!   until the device is opened again.
+//!
+//! Cancellation (see [`crate::device`]): an operation whose [`Cancel`]
+//! fires before its I/O has started is withdrawn; one that has started
+//! completes, except TRIM and WRITE_ZEROES, which stop between chunks.
+//!
 //! TRIM and WRITE_ZEROES write zeroes, in chunks of at most
-//! [`ZERO_CHUNK`] bytes. Punching holes (`fallocate` with
+//! [`ZERO_CHUNK`] bytes, checking for cancellation before each chunk, so
+//! a cancelled TRIM of any length stops within one chunk's write. Punching holes (`fallocate` with
 //! `FALLOC_FL_PUNCH_HOLE` or `FALLOC_FL_ZERO_RANGE`) would be cheaper, but
 //! `libc::fallocate` is an unsafe call and this crate forbids unsafe code; a
 //! safe wrapper crate (rustix) would allow it.
@@ -29,12 +41,13 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use thiserror::Error;
+use tracing::error;
 
-use crate::device::{BlockDevice, BlockError};
+use crate::device::{BlockDevice, BlockError, Cancel};
 use crate::nowait::NoWait;
 
 /// Buffered writes up to this size that `RWF_NOWAIT` could not complete
@@ -137,6 +150,12 @@ struct Inner {
     counters: Counters,
     /// Inline attempts that only touch the page cache.
     nowait: NoWait,
+    /// Set by the first failed `fdatasync`; from then on every FLUSH and
+    /// FUA write fails with this message.
+    failed: OnceLock<String>,
+    /// Tests: fail the next `fdatasync` calls with EIO.
+    #[cfg(test)]
+    fail_syncs: std::sync::atomic::AtomicU32,
 }
 
 /// A block device backed by a regular file or a block device. Cheap to
@@ -231,6 +250,9 @@ impl FileDevice {
                 direct: options.direct,
                 counters: Counters::default(),
                 nowait: NoWait::new(!options.direct),
+                failed: OnceLock::new(),
+                #[cfg(test)]
+                fail_syncs: std::sync::atomic::AtomicU32::new(0),
             }),
         })
     }
@@ -283,16 +305,32 @@ impl FileDevice {
         Ok(())
     }
 
-    /// Runs `f` on the blocking pool.
-    async fn blocking<T, F>(&self, f: F) -> Result<T, BlockError>
+    /// The error of the first failed `fdatasync`, if one failed.
+    pub fn failure(&self) -> Option<&str> {
+        self.inner.failed.get().map(String::as_str)
+    }
+
+    /// Runs `f` on the blocking pool, unless `cancel` has fired by the time
+    /// a pool thread takes it up (then it is withdrawn: `f` never runs).
+    async fn blocking<T, F>(
+        &self,
+        what: &'static str,
+        cancel: &Cancel,
+        f: F,
+    ) -> Result<T, BlockError>
     where
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<T, BlockError> + Send + 'static,
     {
+        cancel.check(what)?;
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| BlockError::Io(format!("the I/O worker failed: {e}")))?
+        let cancel = cancel.clone();
+        tokio::task::spawn_blocking(move || {
+            cancel.check(what)?;
+            f(&inner)
+        })
+        .await
+        .map_err(|e| BlockError::Io(format!("the I/O worker failed: {e}")))?
     }
 }
 
@@ -359,7 +397,30 @@ impl Inner {
         }
     }
 
+    /// `Err` if an earlier `fdatasync` failed: durability can no longer be
+    /// promised.
+    fn check_durable(&self, op: &str) -> Result<(), BlockError> {
+        match self.failed.get() {
+            None => Ok(()),
+            Some(first) => {
+                error!(
+                    path = %self.path.display(),
+                    "{op} refused: an earlier fdatasync failed ({first}); \
+                     the device stays failed until it is reopened"
+                );
+                Err(BlockError::Io(format!(
+                    "{op} on {}: an earlier fdatasync failed ({first}); written data may \
+                     have been lost, and the device stays failed until it is reopened",
+                    self.path.display()
+                )))
+            }
+        }
+    }
+
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), BlockError> {
+        if fua {
+            self.check_durable("FUA write")?;
+        }
         let file = self.target(fua);
         let result = if self.direct && data.as_ptr() as usize % DIRECT_ALIGN != 0 {
             let (mut buf, start) = aligned_buffer(data.len());
@@ -376,16 +437,40 @@ impl Inner {
         Ok(())
     }
 
-    fn zero(&self, offset: u64, len: u64, fua: bool) -> Result<(), BlockError> {
+    /// Zeroes the range chunk by chunk; stops (withdrawn) when `cancel`
+    /// fires between chunks.
+    fn zero(&self, offset: u64, len: u64, fua: bool, cancel: &Cancel) -> Result<(), BlockError> {
+        self.zero_with(offset, len, fua, cancel, || {})
+    }
+
+    /// [`Inner::zero`], calling `after_chunk` after each chunk (tests use it
+    /// to cancel part way).
+    fn zero_with(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        cancel: &Cancel,
+        mut after_chunk: impl FnMut(),
+    ) -> Result<(), BlockError> {
+        if fua {
+            self.check_durable("FUA write zeroes")?;
+        }
         let file = self.target(fua);
         let mut done = 0u64;
         while done < len {
+            if done > 0 && cancel.is_cancelled() {
+                return Err(BlockError::Withdrawn(format!(
+                    "zeroing {offset}+{len} stopped after {done} bytes"
+                )));
+            }
             let n = (len - done).min(ZERO_CHUNK as u64) as usize;
             file.write_all_at(&ZEROES.0[..n], offset + done)
                 .map_err(|e| io_error("write zeroes", offset + done, n as u64, &self.path, &e))?;
             done += n as u64;
+            self.counters.zeroed.fetch_add(n as u64, Ordering::Relaxed);
+            after_chunk();
         }
-        self.counters.zeroed.fetch_add(len, Ordering::Relaxed);
         if fua {
             self.counters.fua_writes.fetch_add(1, Ordering::Relaxed);
         }
@@ -393,31 +478,47 @@ impl Inner {
     }
 
     fn sync(&self) -> Result<(), BlockError> {
-        self.file
-            .sync_data()
-            .map_err(|e| io_error("flush", 0, self.size, &self.path, &e))?;
+        self.check_durable("flush")?;
+        #[cfg(test)]
+        let result = if self
+            .fail_syncs
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            Err(std::io::Error::from_raw_os_error(libc::EIO))
+        } else {
+            self.file.sync_data()
+        };
+        #[cfg(not(test))]
+        let result = self.file.sync_data();
+        if let Err(e) = result {
+            let message = e.to_string();
+            error!(
+                path = %self.path.display(),
+                error = %message,
+                "fdatasync failed: writeback may have been lost; the device is failed \
+                 (every FLUSH and FUA write fails) until it is reopened"
+            );
+            let _ = self.failed.set(message);
+            return Err(io_error("flush", 0, self.size, &self.path, &e));
+        }
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
 
-impl BlockDevice for FileDevice {
-    fn size(&self) -> u64 {
-        self.inner.size
-    }
-
-    fn read_only(&self) -> bool {
-        self.inner.read_only
-    }
-
-    async fn read_at(&self, offset: u64, len: u32) -> Result<Bytes, BlockError> {
+impl FileDevice {
+    async fn read(&self, offset: u64, len: u32, cancel: &Cancel) -> Result<Bytes, BlockError> {
         self.check(offset, u64::from(len), false)?;
         if len == 0 {
             return Ok(Bytes::new());
         }
+        cancel.check("read")?;
         let len = len as usize;
         if self.inner.direct {
-            return self.blocking(move |f| f.read(offset, len)).await;
+            return self
+                .blocking("read", cancel, move |f| f.read(offset, len))
+                .await;
         }
         // From the page cache at once if it can; the rest on the pool.
         let mut buf = vec![0u8; len];
@@ -426,13 +527,24 @@ impl BlockDevice for FileDevice {
             self.inner.counters.reads.fetch_add(1, Ordering::Relaxed);
             return Ok(Bytes::from(buf));
         }
-        self.blocking(move |f| f.read_rest(offset, buf, done)).await
+        self.blocking("read", cancel, move |f| f.read_rest(offset, buf, done))
+            .await
     }
 
-    async fn write_at(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), BlockError> {
+    async fn write(
+        &self,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+        cancel: &Cancel,
+    ) -> Result<(), BlockError> {
         self.check(offset, data.len() as u64, true)?;
         if data.is_empty() {
-            return if fua { self.flush().await } else { Ok(()) };
+            return if fua { self.sync(cancel).await } else { Ok(()) };
+        }
+        cancel.check("write")?;
+        if fua {
+            self.inner.check_durable("FUA write")?;
         }
         // Into the page cache at once if it can (a FUA write waits for the
         // device by definition); the rest on the pool.
@@ -448,192 +560,110 @@ impl BlockDevice for FileDevice {
         if !fua && !self.inner.direct && data.len() - done <= INLINE_WRITE_MAX {
             return self.inner.write(offset + done as u64, &data[done..], false);
         }
-        self.blocking(move |f| f.write(offset + done as u64, &data[done..], fua))
-            .await
+        // Part of the write may be in the page cache already: the rest is
+        // no longer withdrawn once started, so it runs regardless.
+        let rest = if done > 0 { &Cancel::new() } else { cancel };
+        self.blocking("write", rest, move |f| {
+            f.write(offset + done as u64, &data[done..], fua)
+        })
+        .await
     }
 
-    async fn flush(&self) -> Result<(), BlockError> {
+    async fn sync(&self, cancel: &Cancel) -> Result<(), BlockError> {
         if self.inner.read_only {
             return Ok(());
         }
-        self.blocking(Inner::sync).await
+        self.blocking("flush", cancel, Inner::sync).await
+    }
+
+    async fn zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        fua: bool,
+        cancel: &Cancel,
+    ) -> Result<(), BlockError> {
+        self.check(offset, u64::from(len), true)?;
+        let c = cancel.clone();
+        self.blocking("write zeroes", cancel, move |f| {
+            f.zero(offset, u64::from(len), fua, &c)
+        })
+        .await
+    }
+}
+
+impl BlockDevice for FileDevice {
+    fn size(&self) -> u64 {
+        self.inner.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
+    async fn read_at(&self, offset: u64, len: u32) -> Result<Bytes, BlockError> {
+        self.read(offset, len, &Cancel::new()).await
+    }
+
+    async fn write_at(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), BlockError> {
+        self.write(offset, data, fua, &Cancel::new()).await
+    }
+
+    async fn flush(&self) -> Result<(), BlockError> {
+        self.sync(&Cancel::new()).await
     }
 
     async fn trim(&self, offset: u64, len: u32) -> Result<(), BlockError> {
-        self.write_zeroes(offset, len, false).await
+        self.zeroes(offset, len, false, &Cancel::new()).await
     }
 
     async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> Result<(), BlockError> {
-        self.check(offset, u64::from(len), true)?;
-        self.blocking(move |f| f.zero(offset, u64::from(len), fua))
-            .await
+        self.zeroes(offset, len, fua, &Cancel::new()).await
+    }
+
+    async fn read_segments(
+        &self,
+        offset: u64,
+        len: u32,
+        cancel: &Cancel,
+    ) -> Result<Vec<Bytes>, BlockError> {
+        self.read(offset, len, cancel).await.map(|b| vec![b])
+    }
+
+    async fn write_at_cancellable(
+        &self,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+        cancel: &Cancel,
+    ) -> Result<(), BlockError> {
+        self.write(offset, data, fua, cancel).await
+    }
+
+    async fn flush_cancellable(&self, cancel: &Cancel) -> Result<(), BlockError> {
+        self.sync(cancel).await
+    }
+
+    async fn trim_cancellable(
+        &self,
+        offset: u64,
+        len: u32,
+        cancel: &Cancel,
+    ) -> Result<(), BlockError> {
+        self.zeroes(offset, len, false, cancel).await
+    }
+
+    async fn write_zeroes_cancellable(
+        &self,
+        offset: u64,
+        len: u32,
+        fua: bool,
+        cancel: &Cancel,
+    ) -> Result<(), BlockError> {
+        self.zeroes(offset, len, fua, cancel).await
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct TempPath(PathBuf);
-
-    impl TempPath {
-        fn new(name: &str) -> TempPath {
-            let p = std::env::temp_dir().join(format!(
-                "holdfast-block-{}-{name}-{:?}",
-                std::process::id(),
-                std::time::SystemTime::now()
-            ));
-            TempPath(p)
-        }
-    }
-
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-
-    fn create(path: &Path, size: u64) -> FileDevice {
-        FileDevice::open(
-            path,
-            OpenOptions {
-                size: Some(size),
-                ..OpenOptions::default()
-            },
-        )
-        .expect("open")
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn reads_what_was_written_and_zeroes() {
-        let tmp = TempPath::new("rw");
-        let dev = create(&tmp.0, 1 << 20);
-        assert_eq!(dev.size(), 1 << 20);
-        dev.write_at(100, Bytes::from_static(b"hello"), false)
-            .await
-            .expect("write");
-        dev.write_at(200, Bytes::from_static(b"durable"), true)
-            .await
-            .expect("fua write");
-        assert_eq!(dev.read_at(100, 5).await.expect("read").as_ref(), b"hello");
-        assert_eq!(
-            dev.read_at(200, 7).await.expect("read").as_ref(),
-            b"durable"
-        );
-        dev.write_zeroes(101, 3, false).await.expect("zeroes");
-        assert_eq!(
-            dev.read_at(100, 5).await.expect("read").as_ref(),
-            b"h\0\0\0o"
-        );
-        dev.trim(200, 7).await.expect("trim");
-        assert_eq!(dev.read_at(200, 7).await.expect("read").as_ref(), &[0; 7]);
-        dev.flush().await.expect("flush");
-        let s = dev.stats();
-        assert_eq!((s.writes, s.fua_writes, s.syncs, s.zeroed), (2, 1, 1, 10));
-        assert_eq!(dev.read_at(0, 0).await.expect("empty read").len(), 0);
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn ranges_are_checked() {
-        let tmp = TempPath::new("range");
-        let dev = create(&tmp.0, 4096);
-        assert!(matches!(
-            dev.read_at(4000, 100).await,
-            Err(BlockError::OutOfRange { .. })
-        ));
-        assert!(matches!(
-            dev.write_at(u64::MAX, Bytes::from_static(b"x"), false)
-                .await,
-            Err(BlockError::OutOfRange { .. })
-        ));
-        assert!(matches!(
-            dev.write_zeroes(4096, 1, false).await,
-            Err(BlockError::OutOfRange { .. })
-        ));
-        assert!(dev.read_at(4096, 0).await.is_ok());
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn reopening_keeps_contents_and_refuses_to_shrink() {
-        let tmp = TempPath::new("reopen");
-        let dev = create(&tmp.0, 8192);
-        dev.write_at(8000, Bytes::from_static(b"kept"), true)
-            .await
-            .expect("write");
-        drop(dev);
-        let dev = FileDevice::open(&tmp.0, OpenOptions::default()).expect("reopen");
-        assert_eq!(dev.size(), 8192);
-        assert_eq!(dev.read_at(8000, 4).await.expect("read").as_ref(), b"kept");
-        let grown = create(&tmp.0, 16384);
-        assert_eq!(grown.size(), 16384);
-        assert_eq!(
-            grown.read_at(8000, 4).await.expect("read").as_ref(),
-            b"kept"
-        );
-        let err = FileDevice::open(
-            &tmp.0,
-            OpenOptions {
-                size: Some(4096),
-                ..OpenOptions::default()
-            },
-        )
-        .expect_err("shrinking is refused");
-        assert!(err.to_string().contains("refusing to shrink"), "{err}");
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn read_only_devices_refuse_writes() {
-        let tmp = TempPath::new("ro");
-        drop(create(&tmp.0, 4096));
-        let dev = FileDevice::open(
-            &tmp.0,
-            OpenOptions {
-                read_only: true,
-                ..OpenOptions::default()
-            },
-        )
-        .expect("open read-only");
-        assert!(dev.read_only());
-        assert_eq!(
-            dev.write_at(0, Bytes::from_static(b"x"), false).await,
-            Err(BlockError::ReadOnly)
-        );
-        assert_eq!(dev.trim(0, 1).await, Err(BlockError::ReadOnly));
-        assert!(dev.read_at(0, 10).await.is_ok());
-        assert!(dev.flush().await.is_ok());
-    }
-
-    #[test]
-    fn bad_paths_and_options_are_refused() {
-        let missing = TempPath::new("missing");
-        assert!(matches!(
-            FileDevice::open(&missing.0, OpenOptions::default()),
-            Err(OpenError::Io { .. })
-        ));
-        assert!(matches!(
-            FileDevice::open(std::env::temp_dir(), OpenOptions::default()),
-            Err(OpenError::Io { .. } | OpenError::Invalid { .. })
-        ));
-        assert!(matches!(
-            FileDevice::open(
-                &missing.0,
-                OpenOptions {
-                    size: Some(1),
-                    read_only: true,
-                    direct: false
-                }
-            ),
-            Err(OpenError::Invalid { .. })
-        ));
-    }
-
-    #[test]
-    fn aligned_buffers_are_aligned() {
-        for len in [0, 1, 4096, 10_000] {
-            let (buf, start) = aligned_buffer(len);
-            assert_eq!((buf.as_ptr() as usize + start) % DIRECT_ALIGN, 0);
-            assert!(buf.len() >= start + len);
-        }
-        assert_eq!(ZEROES.0.as_ptr() as usize % DIRECT_ALIGN, 0);
-    }
-}
+#[path = "file_tests.rs"]
+mod tests;

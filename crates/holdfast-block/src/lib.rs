@@ -13,11 +13,14 @@
 //!   fio, nbdcopy and the kernel's nbd client can use a [`Volume`].
 //! * [`wire`]: the block protocol carried in holdfast commands.
 //! * [`MemoryDevice`]: an in-memory device for tests and reference models.
+//! * [`identity`]: the UUID that names a volume, so a request never lands on
+//!   another one.
 
 #![forbid(unsafe_code)]
 
 pub mod device;
 pub mod file;
+pub mod identity;
 pub mod memory;
 pub mod nbd;
 mod nowait;
@@ -28,6 +31,7 @@ pub mod wire;
 
 pub use device::{BlockDevice, BlockError};
 pub use file::{FileDevice, OpenOptions};
+pub use identity::VolumeId;
 pub use memory::MemoryDevice;
 pub use nbd::{NbdError, NbdOptions};
 pub use service::{BlockService, ServiceOptions};

@@ -21,6 +21,17 @@
 //! | flush  | nothing            | E executed, whatever its range | nothing |
 //! | info   | nothing            | nothing             | nothing     |
 //!
+//! One exception, across sessions: L never waits for an E of another
+//! session that is itself still waiting, at L's admission, for the release
+//! of an earlier request of its own session (that is, for its initiator's
+//! acknowledgement). Such an E has not run, so no one has seen it complete
+//! and nothing L does needs to follow it; waiting for it would let one
+//! session's missing acknowledgements (an initiator that went away, until
+//! its session expires) stall every other session's FLUSH and its reads
+//! and writes of that range. By induction no wait across sessions ever
+//! depends on an acknowledgement: every cross-session wait is for an
+//! execution that depends on executions only.
+//!
 //! "Write" covers WRITE, TRIM and WRITE_ZEROES. Two reads may run in either
 //! order: neither changes what the other sees. A flush waits for every
 //! earlier write, so that what was written before it (in session order) is
@@ -99,6 +110,16 @@ struct Entry {
     executed: watch::Receiver<()>,
     /// Closed when the response has been released.
     released: watch::Receiver<()>,
+    /// The releases of its own session's earlier requests that it waits
+    /// for (each closed when it fires).
+    own_releases: Vec<watch::Receiver<()>>,
+}
+
+impl Entry {
+    /// True while it waits for an acknowledgement of its own session.
+    fn held_by_own_session(&self) -> bool {
+        self.own_releases.iter().any(|w| w.has_changed().is_ok())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -135,8 +156,12 @@ impl Sequencer {
     pub fn admit(&self, session: u64, access: Access) -> Ticket {
         let mut state = self.lock();
         let mut waits = Vec::new();
+        let mut own_releases = Vec::new();
         let range = access.range();
         for e in state.entries.values() {
+            if e.session != session && e.held_by_own_session() {
+                continue; // see the module documentation
+            }
             let signal = match (access, range) {
                 (Access::Flush, _) if e.write => Some(&e.executed),
                 (Access::Read { .. }, Some((start, end)))
@@ -157,6 +182,9 @@ impl Sequencer {
             };
             if let Some(s) = signal {
                 waits.push(s.clone());
+                if e.session == session && matches!(access, Access::Write { .. }) {
+                    own_releases.push(s.clone());
+                }
             }
         }
         let mut ticket = Ticket {
@@ -178,6 +206,7 @@ impl Sequencer {
                     end,
                     executed,
                     released,
+                    own_releases,
                 },
             );
             ticket.executed = Some(executed_tx);
@@ -217,11 +246,15 @@ pub struct Ticket {
 impl Ticket {
     /// Resolves when every earlier conflicting request is done (executed or
     /// released, per the module documentation).
+    ///
+    /// Cancel-safe: a signal is forgotten only once it has fired, so
+    /// dropping the future and calling again waits for the rest.
     pub async fn ready(&mut self) {
-        for mut w in self.waits.drain(..) {
+        while let Some(w) = self.waits.last_mut() {
             // Nothing is ever sent: this resolves when the sender is
             // dropped, i.e. when the signal fires.
             let _ = w.changed().await;
+            self.waits.pop();
         }
     }
 
@@ -282,11 +315,21 @@ mod tests {
     }
 
     /// True if the ticket is ready now (polled once, no runtime needed: the
-    /// wait only depends on senders already dropped).
+    /// wait only depends on senders already dropped). `ready()` is
+    /// cancel-safe, so polling and dropping it leaves the ticket waiting for
+    /// whatever has not fired; the answer must agree with `waits_for`.
     fn is_ready(t: &mut Ticket) -> bool {
-        let fut = pin!(t.ready());
-        let mut cx = Context::from_waker(Waker::noop());
-        matches!(fut.poll(&mut cx), Poll::Ready(()))
+        let ready = {
+            let fut = pin!(t.ready());
+            let mut cx = Context::from_waker(Waker::noop());
+            matches!(fut.poll(&mut cx), Poll::Ready(()))
+        };
+        assert_eq!(
+            ready,
+            t.waits_for() == 0,
+            "ready() disagrees with waits_for()"
+        );
+        ready
     }
 
     #[test]
@@ -414,6 +457,66 @@ mod tests {
         let _w2 = w2.executed();
         assert!(is_ready(&mut f));
         assert_eq!(s.in_flight(), 3, "the read, the later write, w2 unreleased");
+    }
+
+    /// Session 1's initiator is gone with a response unacknowledged and a
+    /// later overlapping write held behind it: session 2's FLUSH, reads and
+    /// writes of that range must not wait for session 1's
+    /// acknowledgements, only for writes that can execute.
+    #[test]
+    fn another_sessions_unacknowledged_responses_stall_nothing() {
+        let s = Sequencer::new();
+        let w1 = s.admit(1, w(0, 10));
+        let _w1 = w1.executed(); // executed; its response never acknowledged
+        let mut w2 = s.admit(1, w(0, 10));
+        assert!(!is_ready(&mut w2), "held behind session 1's own response");
+        let running = s.admit(1, w(100, 10)); // can run: not held
+        let mut flush = s.admit(2, Access::Flush);
+        assert!(!is_ready(&mut flush), "a runnable earlier write is awaited");
+        let _running = running.executed();
+        assert!(
+            is_ready(&mut flush),
+            "session 2's FLUSH stalls on session 1's ack"
+        );
+        let mut read = s.admit(2, r(0, 5));
+        assert!(
+            is_ready(&mut read),
+            "session 2's READ stalls on session 1's ack"
+        );
+        let mut write = s.admit(2, w(5, 5));
+        assert!(
+            is_ready(&mut write),
+            "session 2's WRITE stalls on session 1's ack"
+        );
+        // Session 1's own later requests still wait for it.
+        let mut flush1 = s.admit(1, Access::Flush);
+        assert!(!is_ready(&mut flush1));
+    }
+
+    /// Dropping a `ready()` future while it waits must not forget the
+    /// signals it had not yet seen.
+    #[test]
+    fn ready_is_cancel_safe() {
+        let s = Sequencer::new();
+        let a = s.admit(1, w(0, 10));
+        let b = s.admit(1, w(20, 10));
+        let mut c = s.admit(2, w(0, 30));
+        assert_eq!(c.waits_for(), 2);
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..2 {
+            let fut = pin!(c.ready());
+            assert!(fut.poll(&mut cx).is_pending(), "a and b have not run");
+        }
+        let _a = a.executed();
+        {
+            let fut = pin!(c.ready());
+            assert!(
+                fut.poll(&mut cx).is_pending(),
+                "b has not run: a dropped ready() must not have consumed its wait"
+            );
+        }
+        let _b = b.executed();
+        assert!(pin!(c.ready()).poll(&mut cx).is_ready());
     }
 
     #[test]

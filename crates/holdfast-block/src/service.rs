@@ -14,8 +14,10 @@
 //!
 //! Nothing a client sends can make it fail: a malformed or oversized request
 //! gets an `Invalid` error response, a request outside the device an
-//! `OutOfRange` one, a write to a read-only device `ReadOnly`, and device
-//! errors their own. Such requests are answered at once, without being
+//! `OutOfRange` one, a write to a read-only device `ReadOnly`, a request
+//! naming another volume than [`ServiceOptions::volume_id`] a
+//! `WrongVolume` one (see [`crate::identity`]), and device errors their
+//! own. Such requests are answered at once, without being
 //! ordered (they touch nothing).
 //!
 //! ```no_run
@@ -48,6 +50,7 @@ use bytes::Bytes;
 use tracing::debug;
 
 use crate::device::{BlockDevice, BlockError};
+use crate::identity::VolumeId;
 use crate::ordering::{Access, Release, Sequencer};
 use crate::wire::{self, Info, Request};
 
@@ -62,6 +65,10 @@ pub struct ServiceOptions {
     /// aligned to it are efficient, and a device opened with O_DIRECT
     /// requires it (4096 covers that).
     pub block_size: u32,
+    /// The served volume's identity, reported by INFO and checked against
+    /// every request that names one. `None`: the volume has no identity,
+    /// and every request naming one is refused.
+    pub volume_id: Option<VolumeId>,
 }
 
 impl Default for ServiceOptions {
@@ -69,6 +76,7 @@ impl Default for ServiceOptions {
         ServiceOptions {
             max_request: wire::DEFAULT_MAX_REQUEST,
             block_size: 4096,
+            volume_id: None,
         }
     }
 }
@@ -128,6 +136,7 @@ impl<D: BlockDevice> BlockService<D> {
             read_only: device.read_only(),
             block_size,
             max_request: options.max_request.max(block_size),
+            volume_id: options.volume_id.filter(|id| !id.is_nil()),
         };
         BlockService {
             device,
@@ -158,8 +167,17 @@ impl<D: BlockDevice> BlockService<D> {
         session: u64,
         payload: &Bytes,
     ) -> Result<(Request, crate::ordering::Ticket), BlockError> {
-        let request = Request::decode(payload, self.info.max_request)
+        let (request, volume) = Request::decode_addressed(payload, self.info.max_request)
             .map_err(|e| BlockError::Invalid(e.to_string()))?;
+        if let Some(expected) = volume {
+            if self.info.volume_id != Some(expected) {
+                return Err(BlockError::WrongVolume {
+                    expected,
+                    found: self.info.volume_id.unwrap_or(VolumeId([0; 16])),
+                    size: self.info.size,
+                });
+            }
+        }
         if request.is_write() && self.info.read_only {
             return Err(BlockError::ReadOnly);
         }
@@ -385,12 +403,56 @@ mod tests {
     }
 
     #[test]
+    fn requests_naming_another_volume_are_refused() {
+        let mine = VolumeId([1; 16]);
+        let other = VolumeId([2; 16]);
+        let mut svc = BlockService::with_options(
+            MemoryDevice::new(4096),
+            ServiceOptions {
+                volume_id: Some(mine),
+                ..ServiceOptions::default()
+            },
+        );
+        let payload = |id| write(0, b"x").encode_for(id);
+        let call = |svc: &mut BlockService<MemoryDevice>, id| {
+            outcome(now(svc.call(holdfast::Request {
+                session: SessionId(1),
+                seq: 1,
+                payload: payload(id),
+                one_way: false,
+            })))
+        };
+        assert_eq!(
+            call(&mut svc, Some(other)),
+            Err(BlockError::WrongVolume {
+                expected: other,
+                found: mine,
+                size: 4096
+            })
+        );
+        assert_eq!(now(svc.device().read_at(0, 1)).expect("read")[0], 0);
+        assert!(call(&mut svc, Some(mine)).is_ok());
+        assert!(
+            call(&mut svc, None).is_ok(),
+            "requests without an id are not checked"
+        );
+        let mut anonymous = BlockService::new(MemoryDevice::new(4096));
+        assert!(matches!(
+            call(&mut anonymous, Some(mine)),
+            Err(BlockError::WrongVolume { found, .. }) if found.is_nil()
+        ));
+        let info = outcome(now(svc.call(req(1, 9, &Request::Info)))).expect("info");
+        assert_eq!(Info::decode(&info).expect("info").volume_id, Some(mine));
+    }
+
+    #[test]
     fn options_are_made_consistent() {
         let svc = BlockService::with_options(
             MemoryDevice::new(4096),
             ServiceOptions {
                 max_request: 100,
                 block_size: 3000,
+                ..ServiceOptions::default()
             },
         );
         assert_eq!(svc.info().block_size, 4096);

@@ -44,16 +44,35 @@
 //!
 //! Transport failures surface as [`BlockError::Io`] whose message says
 //! whether the request may have executed.
+//!
+//! # Cancellation
+//!
+//! The `*_cancellable` operations ([`BlockDevice`]) pass their [`Cancel`]
+//! to [`Initiator::call_cancellable`]: a request (or a piece of a split
+//! one) not yet sent when the signal fires is withdrawn and never runs
+//! ([`BlockError::Withdrawn`]); one already sent is waited for until its
+//! real outcome is known, and never re-issued.
+//!
+//! # Identity
+//!
+//! If the target's INFO carries a volume id ([`crate::identity`]), every
+//! request names it, and the target refuses a request meant for another
+//! volume. When that happens (another target now answers at the address,
+//! serving another volume) the volume fails for good: every later request
+//! fails at once with the same message, and the session is closed. No
+//! request, re-issued or new, ever lands on the other volume.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use holdfast::{CallOptions, Initiator};
 use thiserror::Error;
+use tracing::error;
 
-use crate::device::{BlockDevice, BlockError};
+use crate::device::{BlockDevice, BlockError, Cancel};
 use crate::wire::{self, Info, Request, WireError};
 
 /// Client settings.
@@ -98,6 +117,11 @@ pub struct Volume {
     /// The piece size for splitting: the smaller maximum, rounded down to the
     /// block size.
     piece: u32,
+    /// How messages name the target ("the target" unless set).
+    target_name: Arc<str>,
+    /// Set once the target refused a request as meant for another volume:
+    /// the message every later request fails with.
+    failed: Arc<OnceLock<String>>,
 }
 
 impl Volume {
@@ -124,7 +148,21 @@ impl Volume {
             initiator,
             info,
             piece,
+            target_name: Arc::from("the target"),
+            failed: Arc::new(OnceLock::new()),
         })
+    }
+
+    /// Names the target in error messages (its address, say).
+    pub fn with_target_name(mut self, name: impl std::fmt::Display) -> Volume {
+        self.target_name = Arc::from(format!("the target at {name}"));
+        self
+    }
+
+    /// The permanent failure, if the target was found serving another
+    /// volume.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
     }
 
     /// What the target reported at connect.
@@ -154,10 +192,31 @@ impl Volume {
 
     /// Reads `len` bytes at `offset`.
     pub async fn read_at(&self, offset: u64, len: u32) -> Result<Bytes, BlockError> {
+        let pieces = self.read_pieces(offset, len, &Cancel::new()).await?;
+        if pieces.len() <= 1 {
+            return Ok(pieces.into_iter().next().unwrap_or_default());
+        }
+        let mut out = BytesMut::with_capacity(len as usize);
+        for p in pieces {
+            out.extend_from_slice(&p);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Reads `len` bytes at `offset` as the pieces the target sent (no
+    /// copy into one buffer).
+    async fn read_pieces(
+        &self,
+        offset: u64,
+        len: u32,
+        cancel: &Cancel,
+    ) -> Result<Vec<Bytes>, BlockError> {
         BlockError::check_range(offset, u64::from(len), self.info.size)?;
         let pieces = self.split(offset, u64::from(len));
         let results = join_in_order(pieces.iter().map(|&(o, n)| async move {
-            let body = self.call(Request::Read { offset: o, len: n }).await?;
+            let body = self
+                .call(Request::Read { offset: o, len: n }, cancel)
+                .await?;
             if body.len() != n as usize {
                 return Err(BlockError::Io(format!(
                     "malformed READ response: {} bytes for {n} requested (it executed)",
@@ -167,67 +226,82 @@ impl Volume {
             Ok(body)
         }))
         .await;
-        if results.len() == 1 {
-            return results.into_iter().next().unwrap_or(Ok(Bytes::new()));
-        }
-        let mut out = BytesMut::with_capacity(len as usize);
-        for r in results {
-            out.extend_from_slice(&r?);
-        }
-        Ok(out.freeze())
+        combine(results)
     }
 
     /// Writes `data` at `offset`; with `fua`, the data is durable when this
     /// returns.
     pub async fn write_at(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), BlockError> {
+        self.write(offset, data, fua, &Cancel::new()).await
+    }
+
+    async fn write(
+        &self,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+        cancel: &Cancel,
+    ) -> Result<(), BlockError> {
         self.check_write(offset, data.len() as u64)?;
         let pieces = self.split(offset, data.len() as u64);
         let results = join_in_order(pieces.iter().map(|&(o, n)| {
             let start = (o - offset) as usize;
             let data = data.slice(start..start + n as usize);
-            self.call_empty(Request::Write {
-                offset: o,
-                data,
-                fua,
-            })
+            self.call_empty(
+                Request::Write {
+                    offset: o,
+                    data,
+                    fua,
+                },
+                cancel,
+            )
         }))
         .await;
-        results.into_iter().collect()
+        combine(results).map(drop)
     }
 
     /// Makes every completed write durable.
     pub async fn flush(&self) -> Result<(), BlockError> {
-        self.call_empty(Request::Flush).await
+        self.call_empty(Request::Flush, &Cancel::new()).await
     }
 
     /// Declares the range unused.
     pub async fn trim(&self, offset: u64, len: u32) -> Result<(), BlockError> {
-        self.check_write(offset, u64::from(len))?;
-        let pieces = self.split(offset, u64::from(len));
-        let results = join_in_order(pieces.iter().map(|&(o, n)| {
-            self.call_empty(Request::Trim {
-                offset: o,
-                len: n,
-                fua: false,
-            })
-        }))
-        .await;
-        results.into_iter().collect()
+        self.zero(offset, len, None, &Cancel::new()).await
     }
 
     /// Writes zeroes over the range; with `fua`, durably.
     pub async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> Result<(), BlockError> {
+        self.zero(offset, len, Some(fua), &Cancel::new()).await
+    }
+
+    /// TRIM (`write_zeroes` `None`) or WRITE_ZEROES (`Some(fua)`).
+    async fn zero(
+        &self,
+        offset: u64,
+        len: u32,
+        write_zeroes: Option<bool>,
+        cancel: &Cancel,
+    ) -> Result<(), BlockError> {
         self.check_write(offset, u64::from(len))?;
         let pieces = self.split(offset, u64::from(len));
         let results = join_in_order(pieces.iter().map(|&(o, n)| {
-            self.call_empty(Request::WriteZeroes {
-                offset: o,
-                len: n,
-                fua,
-            })
+            let request = match write_zeroes {
+                None => Request::Trim {
+                    offset: o,
+                    len: n,
+                    fua: false,
+                },
+                Some(fua) => Request::WriteZeroes {
+                    offset: o,
+                    len: n,
+                    fua,
+                },
+            };
+            self.call_empty(request, cancel)
         }))
         .await;
-        results.into_iter().collect()
+        combine(results).map(drop)
     }
 
     fn check_write(&self, offset: u64, len: u64) -> Result<(), BlockError> {
@@ -252,36 +326,83 @@ impl Volume {
         out
     }
 
-    /// Issues one request and returns the success body.
-    async fn call(&self, request: Request) -> Result<Bytes, BlockError> {
+    /// Issues one request (naming the volume, if it has an id) and returns
+    /// the success body; `cancel` withdraws it if it was not yet sent.
+    async fn call(&self, request: Request, cancel: &Cancel) -> Result<Bytes, BlockError> {
+        if let Some(message) = self.failed.get() {
+            return Err(BlockError::Io(message.clone()));
+        }
+        let opcode = request.opcode();
         let reply = self
             .initiator
-            .call_with(request.encode(), CallOptions::RETRY_SAFE)
+            .call_cancellable(
+                request.encode_for(self.info.volume_id),
+                CallOptions::RETRY_SAFE,
+                cancel.cancelled(),
+            )
             .await
             .map_err(|e| {
+                if cancel.is_cancelled() && e.is_settled() && !e.may_have_executed() {
+                    return BlockError::Withdrawn(format!("{opcode:?} request: {e}"));
+                }
                 let executed = if e.may_have_executed() {
                     "it may have executed"
                 } else {
                     "it did not execute"
                 };
                 BlockError::Io(format!(
-                    "{:?} request failed in transport ({executed}): {e}",
-                    request.opcode()
+                    "{opcode:?} request failed in transport ({executed}): {e}"
                 ))
             })?;
         match wire::decode_response(&reply) {
+            Ok(Err(BlockError::WrongVolume {
+                expected,
+                found,
+                size,
+            })) => Err(BlockError::Io(
+                self.fail_wrong_volume(expected, found, size),
+            )),
             Ok(outcome) => outcome,
             Err(e) => Err(BlockError::Io(format!(
-                "malformed response to {:?} (it executed): {e}",
-                request.opcode()
+                "malformed response to {opcode:?} (it executed): {e}"
             ))),
         }
     }
 
+    /// Fails the volume for good: the target serves another volume. Logs
+    /// once, closes the session, and returns the message.
+    fn fail_wrong_volume(
+        &self,
+        expected: crate::VolumeId,
+        found: crate::VolumeId,
+        size: u64,
+    ) -> String {
+        let found = if found.is_nil() {
+            "a volume without identity".to_owned()
+        } else {
+            format!("volume {found}")
+        };
+        let message = format!(
+            "{} now serves {found} (size {size}), not {expected}; the export is failed, \
+             nothing was written",
+            self.target_name
+        );
+        if self.failed.set(message.clone()).is_ok() {
+            error!("{message}");
+            // Every request still outstanding is refused the same way, so
+            // the clean close completes.
+            let initiator = self.initiator.clone();
+            tokio::spawn(async move {
+                let _ = initiator.close().await;
+            });
+        }
+        self.failed.get().cloned().unwrap_or(message)
+    }
+
     /// Issues a request whose success body is empty.
-    async fn call_empty(&self, request: Request) -> Result<(), BlockError> {
+    async fn call_empty(&self, request: Request, cancel: &Cancel) -> Result<(), BlockError> {
         let opcode = request.opcode();
-        let body = self.call(request).await?;
+        let body = self.call(request, cancel).await?;
         if body.is_empty() {
             Ok(())
         } else {
@@ -290,6 +411,27 @@ impl Volume {
                 body.len()
             )))
         }
+    }
+}
+
+/// The outcome of a split request: all pieces' bodies, or the first error
+/// that is not a withdrawal, or (pieces withdrawn, none failed otherwise) a
+/// withdrawal: nothing of the request runs later.
+fn combine<T>(results: Vec<Result<T, BlockError>>) -> Result<Vec<T>, BlockError> {
+    let mut withdrawn = None;
+    let mut bodies = Vec::with_capacity(results.len());
+    for r in results {
+        match r {
+            Ok(b) => bodies.push(b),
+            Err(e @ BlockError::Withdrawn(_)) => {
+                withdrawn.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match withdrawn {
+        Some(e) => Err(e),
+        None => Ok(bodies),
     }
 }
 
@@ -346,6 +488,48 @@ impl BlockDevice for Volume {
 
     async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> Result<(), BlockError> {
         Volume::write_zeroes(self, offset, len, fua).await
+    }
+
+    async fn read_segments(
+        &self,
+        offset: u64,
+        len: u32,
+        cancel: &Cancel,
+    ) -> Result<Vec<Bytes>, BlockError> {
+        self.read_pieces(offset, len, cancel).await
+    }
+
+    async fn write_at_cancellable(
+        &self,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+        cancel: &Cancel,
+    ) -> Result<(), BlockError> {
+        self.write(offset, data, fua, cancel).await
+    }
+
+    async fn flush_cancellable(&self, cancel: &Cancel) -> Result<(), BlockError> {
+        self.call_empty(Request::Flush, cancel).await
+    }
+
+    async fn trim_cancellable(
+        &self,
+        offset: u64,
+        len: u32,
+        cancel: &Cancel,
+    ) -> Result<(), BlockError> {
+        self.zero(offset, len, None, cancel).await
+    }
+
+    async fn write_zeroes_cancellable(
+        &self,
+        offset: u64,
+        len: u32,
+        fua: bool,
+        cancel: &Cancel,
+    ) -> Result<(), BlockError> {
+        self.zero(offset, len, Some(fua), cancel).await
     }
 }
 

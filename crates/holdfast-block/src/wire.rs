@@ -3,24 +3,35 @@
 //! Every request is one holdfast command; its response payload is the block
 //! response. All integers are big-endian.
 //!
-//! Request (16-byte header, then the data of a WRITE):
+//! Request (16-byte header, then the volume id if flagged, then the data
+//! of a WRITE):
 //!
 //! | bytes  | field                                                        |
 //! |--------|--------------------------------------------------------------|
 //! | 0      | magic/version, [`MAGIC`] (`0xB1`: block protocol version 1)   |
 //! | 1      | opcode ([`Opcode`])                                          |
-//! | 2..4   | flags: bit 0 = FUA (WRITE, TRIM, WRITE_ZEROES only); every other bit must be 0 |
+//! | 2..4   | flags: bit 0 = FUA (WRITE, TRIM, WRITE_ZEROES only); bit 1 = VOLUME_ID (any opcode); every other bit must be 0 |
 //! | 4..12  | offset (0 for FLUSH and INFO)                                |
 //! | 12..16 | length (0 for FLUSH and INFO; the data length for WRITE)     |
-//! | 16..   | WRITE: exactly `length` bytes of data; nothing otherwise      |
+//! | 16..32 | with VOLUME_ID only: the 16-byte id of the volume the request is meant for |
+//! | then   | WRITE: exactly `length` bytes of data; nothing otherwise      |
 //!
 //! Response (2-byte header, then a body):
 //!
 //! | bytes | field                                                         |
 //! |-------|---------------------------------------------------------------|
 //! | 0     | [`MAGIC`]                                                     |
-//! | 1     | status: 0 ok, 1 out of range, 2 invalid, 3 read-only, 4 no space, 5 I/O error |
-//! | 2..   | ok: READ → the data; INFO → [`Info`] (20 bytes); others → empty. Out of range → offset u64, length u64, size u64. Invalid and I/O error → message length u16 + UTF-8 message. Read-only, no space → empty. |
+//! | 1     | status: 0 ok, 1 out of range, 2 invalid, 3 read-only, 4 no space, 5 I/O error, 6 wrong volume |
+//! | 2..   | ok: READ → the data; INFO → [`Info`] (36 bytes); others → empty. Out of range → offset u64, length u64, size u64. Invalid and I/O error → message length u16 + UTF-8 message. Read-only, no space → empty. Wrong volume → the id the request named (16 bytes), the id the target serves (16 bytes, zero if it has none), its size u64. |
+//!
+//! Volume identity ([`crate::identity`]): INFO reports the volume's id. A
+//! request with the VOLUME_ID flag is executed only if the target serves
+//! exactly that volume; otherwise (another id, or a target without an id)
+//! it is answered with status 6 and nothing is done. A client that learned
+//! an id from INFO sends it with every request, so no request (a write
+//! re-issued after a stateless recovery included) can land on a different
+//! volume than the one the client opened. Requests without the flag are
+//! not checked.
 //!
 //! Decoding is bounded and checked: every length is validated against the
 //! bytes present and the configured maximum request before anything is
@@ -32,6 +43,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
 use crate::device::BlockError;
+use crate::identity::VolumeId;
 
 /// The first byte of every request and response: the block protocol,
 /// version 1.
@@ -44,10 +56,21 @@ pub const REQUEST_HEADER_LEN: usize = 16;
 pub const RESPONSE_HEADER_LEN: usize = 2;
 
 /// Length of an encoded [`Info`].
-pub const INFO_LEN: usize = 20;
+pub const INFO_LEN: usize = 36;
+
+/// Length of an [`Info`] from a target without volume identity (no id
+/// field); still decoded.
+pub const INFO_LEN_NO_ID: usize = 20;
 
 /// The FUA flag bit: the write is durable when its response is sent.
 pub const FLAG_FUA: u16 = 1;
+
+/// The VOLUME_ID flag bit: a 16-byte volume id follows the header, and the
+/// target refuses the request unless it serves that volume.
+pub const FLAG_VOLUME_ID: u16 = 2;
+
+/// Length of a volume id on the wire.
+pub const VOLUME_ID_LEN: usize = 16;
 
 /// The default largest request (READ or WRITE data, TRIM or WRITE_ZEROES
 /// range): 2 MiB. With its header it fits holdfast's default frame limit
@@ -168,8 +191,8 @@ impl Opcode {
     /// The flags this opcode may carry.
     fn allowed_flags(self) -> u16 {
         match self {
-            Opcode::Write | Opcode::Trim | Opcode::WriteZeroes => FLAG_FUA,
-            Opcode::Read | Opcode::Flush | Opcode::Info => 0,
+            Opcode::Write | Opcode::Trim | Opcode::WriteZeroes => FLAG_FUA | FLAG_VOLUME_ID,
+            Opcode::Read | Opcode::Flush | Opcode::Info => FLAG_VOLUME_ID,
         }
     }
 }
@@ -250,12 +273,18 @@ impl Request {
         )
     }
 
-    /// Encodes the request as a command payload.
+    /// Encodes the request as a command payload, without a volume id.
     ///
     /// A WRITE longer than `u32::MAX` bytes cannot be expressed; its length
     /// field saturates and the target refuses it (callers split long writes,
     /// as [`crate::Volume`] does).
     pub fn encode(&self) -> Bytes {
+        self.encode_for(None)
+    }
+
+    /// Encodes the request as a command payload meant for the volume
+    /// `volume` (with the VOLUME_ID flag), or for any volume (`None`).
+    pub fn encode_for(&self, volume: Option<VolumeId>) -> Bytes {
         let (offset, len, flags, data): (u64, u32, u16, &[u8]) = match self {
             Request::Read { offset, len } => (*offset, *len, 0, &[]),
             Request::Write { offset, data, fua } => (
@@ -269,19 +298,32 @@ impl Request {
                 (*offset, *len, fua_flag(*fua), &[])
             }
         };
-        let mut out = BytesMut::with_capacity(REQUEST_HEADER_LEN + data.len());
+        let id_flag = if volume.is_some() { FLAG_VOLUME_ID } else { 0 };
+        let mut out = BytesMut::with_capacity(REQUEST_HEADER_LEN + VOLUME_ID_LEN + data.len());
         out.put_u8(MAGIC);
         out.put_u8(self.opcode() as u8);
-        out.put_u16(flags);
+        out.put_u16(flags | id_flag);
         out.put_u64(offset);
         out.put_u32(len);
+        if let Some(id) = volume {
+            out.put_slice(&id.0);
+        }
         out.put_slice(data);
         out.freeze()
     }
 
     /// Decodes a command payload, refusing any request longer than
-    /// `max_request` bytes.
+    /// `max_request` bytes. A volume id, if present, is ignored: a target
+    /// uses [`Request::decode_addressed`].
     pub fn decode(payload: &Bytes, max_request: u32) -> Result<Request, WireError> {
+        Request::decode_addressed(payload, max_request).map(|(r, _)| r)
+    }
+
+    /// Decodes a command payload and the volume id it names, if any.
+    pub fn decode_addressed(
+        payload: &Bytes,
+        max_request: u32,
+    ) -> Result<(Request, Option<VolumeId>), WireError> {
         if payload.len() < REQUEST_HEADER_LEN {
             return Err(WireError::Truncated {
                 needed: REQUEST_HEADER_LEN,
@@ -302,14 +344,25 @@ impl Request {
             return Err(WireError::BadFlags { opcode, flags });
         }
         let fua = flags & FLAG_FUA != 0;
+        let id_len = if flags & FLAG_VOLUME_ID != 0 {
+            VOLUME_ID_LEN
+        } else {
+            0
+        };
         let body = payload.len() - REQUEST_HEADER_LEN;
-        let expected_body = if opcode == Opcode::Write { len } else { 0 };
-        if body as u64 != u64::from(expected_body) {
+        let expected_body =
+            u64::from(if opcode == Opcode::Write { len } else { 0 }) + id_len as u64;
+        if body as u64 != expected_body {
             return Err(WireError::LengthMismatch {
-                expected: u64::from(expected_body),
+                expected: expected_body,
                 got: body as u64,
             });
         }
+        let volume = payload
+            .get(REQUEST_HEADER_LEN..REQUEST_HEADER_LEN + id_len)
+            .and_then(|b| <[u8; VOLUME_ID_LEN]>::try_from(b).ok())
+            .map(VolumeId);
+        let data_start = REQUEST_HEADER_LEN + id_len;
         if matches!(opcode, Opcode::Flush | Opcode::Info) {
             if offset != 0 || len != 0 {
                 return Err(WireError::NonZeroRange {
@@ -324,18 +377,19 @@ impl Request {
                 max: max_request,
             });
         }
-        Ok(match opcode {
+        let request = match opcode {
             Opcode::Read => Request::Read { offset, len },
             Opcode::Write => Request::Write {
                 offset,
-                data: payload.slice(REQUEST_HEADER_LEN..),
+                data: payload.slice(data_start..),
                 fua,
             },
             Opcode::Flush => Request::Flush,
             Opcode::Trim => Request::Trim { offset, len, fua },
             Opcode::WriteZeroes => Request::WriteZeroes { offset, len, fua },
             Opcode::Info => Request::Info,
-        })
+        };
+        Ok((request, volume))
     }
 }
 
@@ -360,11 +414,14 @@ pub struct Info {
     /// The largest request the target accepts (READ and WRITE data, TRIM and
     /// WRITE_ZEROES ranges).
     pub max_request: u32,
+    /// The volume's identity ([`crate::identity`]); `None` if the target
+    /// has none.
+    pub volume_id: Option<VolumeId>,
 }
 
 impl Info {
     /// Encodes the INFO body: size u64, flags u32 (bit 0 read-only),
-    /// block size u32, max request u32.
+    /// block size u32, max request u32, volume id (16 bytes; zero: none).
     pub fn encode(&self) -> [u8; INFO_LEN] {
         let mut out = [0u8; INFO_LEN];
         let mut w = &mut out[..];
@@ -372,25 +429,30 @@ impl Info {
         w.put_u32(u32::from(self.read_only));
         w.put_u32(self.block_size);
         w.put_u32(self.max_request);
+        w.put_slice(&self.volume_id.map_or([0; VOLUME_ID_LEN], |id| id.0));
         out
     }
 
     /// Decodes and checks an INFO body. Unknown flag bits are ignored (they
     /// can only describe the device, never change a request's meaning).
     pub fn decode(body: &[u8]) -> Result<Info, WireError> {
-        if body.len() != INFO_LEN {
+        if body.len() != INFO_LEN && body.len() != INFO_LEN_NO_ID {
             return Err(WireError::LengthMismatch {
                 expected: INFO_LEN as u64,
                 got: body.len() as u64,
             });
         }
         let mut r = body;
-        let info = Info {
+        let mut info = Info {
             size: r.get_u64(),
             read_only: r.get_u32() & 1 != 0,
             block_size: r.get_u32(),
             max_request: r.get_u32(),
+            volume_id: None,
         };
+        if let Ok(id) = <[u8; VOLUME_ID_LEN]>::try_from(r) {
+            info.volume_id = Some(VolumeId(id)).filter(|id| !id.is_nil());
+        }
         if !info.block_size.is_power_of_two() {
             return Err(WireError::BadInfo("block size is not a power of two"));
         }
@@ -411,6 +473,7 @@ mod status {
     pub(super) const READ_ONLY: u8 = 3;
     pub(super) const NO_SPACE: u8 = 4;
     pub(super) const IO: u8 = 5;
+    pub(super) const WRONG_VOLUME: u8 = 6;
 }
 
 /// Encodes a successful response with `body` (READ data, an INFO body, or
@@ -453,6 +516,22 @@ pub fn encode_err(error: &BlockError) -> Bytes {
         BlockError::Io(m) => {
             out.put_u8(status::IO);
             put_message(&mut out, m);
+        }
+        // A target does not cancel its own work; if a device says so
+        // anyway, the client sees an I/O error that names it.
+        e @ BlockError::Withdrawn(_) => {
+            out.put_u8(status::IO);
+            put_message(&mut out, &e.to_string());
+        }
+        BlockError::WrongVolume {
+            expected,
+            found,
+            size,
+        } => {
+            out.put_u8(status::WRONG_VOLUME);
+            out.put_slice(&expected.0);
+            out.put_slice(&found.0);
+            out.put_u64(*size);
         }
     }
     out.freeze()
@@ -514,255 +593,25 @@ pub fn decode_response(payload: &Bytes) -> Result<Result<Bytes, BlockError>, Wir
             BlockError::NoSpace
         }
         status::IO => BlockError::Io(message(body)?),
+        status::WRONG_VOLUME => {
+            exact(body, 2 * VOLUME_ID_LEN + 8)?;
+            let mut id = || {
+                let mut b = [0u8; VOLUME_ID_LEN];
+                body.copy_to_slice(&mut b);
+                VolumeId(b)
+            };
+            let (expected, found) = (id(), id());
+            BlockError::WrongVolume {
+                expected,
+                found,
+                size: body.get_u64(),
+            }
+        }
         other => return Err(WireError::UnknownStatus(other)),
     };
     Ok(Err(error))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn all_requests() -> Vec<Request> {
-        vec![
-            Request::Read {
-                offset: 4096,
-                len: 512,
-            },
-            Request::Write {
-                offset: u64::MAX - 3,
-                data: Bytes::from_static(b"abc"),
-                fua: true,
-            },
-            Request::Write {
-                offset: 0,
-                data: Bytes::new(),
-                fua: false,
-            },
-            Request::Flush,
-            Request::Trim {
-                offset: 7,
-                len: 9,
-                fua: false,
-            },
-            Request::WriteZeroes {
-                offset: 1 << 40,
-                len: DEFAULT_MAX_REQUEST,
-                fua: true,
-            },
-            Request::Info,
-        ]
-    }
-
-    #[test]
-    fn requests_round_trip() {
-        for r in all_requests() {
-            let enc = r.encode();
-            assert_eq!(Request::decode(&enc, DEFAULT_MAX_REQUEST), Ok(r));
-        }
-    }
-
-    #[test]
-    fn write_data_is_a_slice_of_the_payload() {
-        let enc = Request::Write {
-            offset: 0,
-            data: Bytes::from_static(b"zero-copy"),
-            fua: false,
-        }
-        .encode();
-        let Ok(Request::Write { data, .. }) = Request::decode(&enc, DEFAULT_MAX_REQUEST) else {
-            panic!("not a write");
-        };
-        assert_eq!(data.as_ptr(), enc[REQUEST_HEADER_LEN..].as_ptr());
-    }
-
-    #[test]
-    fn every_truncation_is_an_error() {
-        for r in all_requests() {
-            let enc = r.encode();
-            for n in 0..enc.len() {
-                assert!(Request::decode(&enc.slice(..n), DEFAULT_MAX_REQUEST).is_err());
-            }
-        }
-    }
-
-    fn header(magic: u8, op: u8, flags: u16, offset: u64, len: u32) -> BytesMut {
-        let mut b = BytesMut::new();
-        b.put_u8(magic);
-        b.put_u8(op);
-        b.put_u16(flags);
-        b.put_u64(offset);
-        b.put_u32(len);
-        b
-    }
-
-    #[test]
-    fn malformed_requests_are_refused() {
-        let max = 1024;
-        let decode = |b: BytesMut| Request::decode(&b.freeze(), max);
-        assert_eq!(
-            decode(header(0xB2, 1, 0, 0, 1)),
-            Err(WireError::BadMagic(0xB2))
-        );
-        assert_eq!(
-            decode(header(MAGIC, 0, 0, 0, 1)),
-            Err(WireError::UnknownOpcode(0))
-        );
-        assert_eq!(
-            decode(header(MAGIC, 7, 0, 0, 1)),
-            Err(WireError::UnknownOpcode(7))
-        );
-        assert!(matches!(
-            decode(header(MAGIC, 1, FLAG_FUA, 0, 1)),
-            Err(WireError::BadFlags { .. })
-        ));
-        assert!(matches!(
-            decode(header(MAGIC, 2, 0x8000, 0, 0)),
-            Err(WireError::BadFlags { .. })
-        ));
-        assert!(matches!(
-            decode(header(MAGIC, 3, 0, 1, 0)),
-            Err(WireError::NonZeroRange { .. })
-        ));
-        assert!(matches!(
-            decode(header(MAGIC, 6, 0, 0, 1)),
-            Err(WireError::NonZeroRange { .. })
-        ));
-        assert_eq!(
-            decode(header(MAGIC, 1, 0, 0, max + 1)),
-            Err(WireError::TooLarge { len: max + 1, max })
-        );
-        assert!(decode(header(MAGIC, 4, 0, 0, max)).is_ok());
-        // A WRITE whose data is shorter or longer than its length field.
-        let mut w = header(MAGIC, 2, 0, 0, 4);
-        w.put_slice(b"abc");
-        assert!(matches!(decode(w), Err(WireError::LengthMismatch { .. })));
-        let mut w = header(MAGIC, 2, 0, 0, 2);
-        w.put_slice(b"abc");
-        assert!(matches!(decode(w), Err(WireError::LengthMismatch { .. })));
-        // A WRITE announcing more than the maximum, however much follows.
-        assert!(decode(header(MAGIC, 2, 0, 0, u32::MAX)).is_err());
-        // Trailing bytes after a READ.
-        let mut r = header(MAGIC, 1, 0, 0, 4);
-        r.put_u8(0);
-        assert!(matches!(decode(r), Err(WireError::LengthMismatch { .. })));
-    }
-
-    #[test]
-    fn responses_round_trip() {
-        let ok = encode_ok(b"data");
-        assert_eq!(decode_response(&ok), Ok(Ok(Bytes::from_static(b"data"))));
-        assert_eq!(decode_response(&encode_ok(b"")), Ok(Ok(Bytes::new())));
-        for e in [
-            BlockError::OutOfRange {
-                offset: 1,
-                len: 2,
-                size: 3,
-            },
-            BlockError::Invalid("bad".into()),
-            BlockError::ReadOnly,
-            BlockError::NoSpace,
-            BlockError::Io("disk on fire".into()),
-            BlockError::Io(String::new()),
-        ] {
-            assert_eq!(decode_response(&encode_err(&e)), Ok(Err(e)));
-        }
-    }
-
-    #[test]
-    fn long_messages_are_truncated_at_a_character_boundary() {
-        let long = "é".repeat(MAX_MESSAGE);
-        let Ok(Err(BlockError::Io(m))) = decode_response(&encode_err(&BlockError::Io(long))) else {
-            panic!("not an I/O error");
-        };
-        assert!(m.len() <= MAX_MESSAGE && m.len() >= MAX_MESSAGE - 1);
-        assert!(m.chars().all(|c| c == 'é'));
-    }
-
-    #[test]
-    fn malformed_responses_are_refused() {
-        assert!(decode_response(&Bytes::new()).is_err());
-        assert!(decode_response(&Bytes::from_static(&[MAGIC])).is_err());
-        assert_eq!(
-            decode_response(&Bytes::from_static(&[0, 0])),
-            Err(WireError::BadMagic(0))
-        );
-        assert_eq!(
-            decode_response(&Bytes::from_static(&[MAGIC, 99])),
-            Err(WireError::UnknownStatus(99))
-        );
-        // Out of range with a short body; a message longer than its bytes.
-        assert!(decode_response(&Bytes::from_static(&[MAGIC, 1, 0, 0])).is_err());
-        assert!(decode_response(&Bytes::from_static(&[MAGIC, 5, 0, 9, b'x'])).is_err());
-        assert!(decode_response(&Bytes::from_static(&[MAGIC, 5, 0])).is_err());
-        assert!(decode_response(&Bytes::from_static(&[MAGIC, 3, 0])).is_err());
-        // Invalid UTF-8 in a message is kept, lossily.
-        assert_eq!(
-            decode_response(&Bytes::from_static(&[MAGIC, 5, 0, 1, 0xff])),
-            Ok(Err(BlockError::Io("\u{fffd}".into())))
-        );
-    }
-
-    #[test]
-    fn info_round_trips_and_is_checked() {
-        let info = Info {
-            size: 1 << 30,
-            read_only: true,
-            block_size: 4096,
-            max_request: DEFAULT_MAX_REQUEST,
-        };
-        assert_eq!(Info::decode(&info.encode()), Ok(info));
-        assert!(Info::decode(&info.encode()[..19]).is_err());
-        let bad_block = Info {
-            block_size: 3000,
-            ..info
-        };
-        assert!(Info::decode(&bad_block.encode()).is_err());
-        let bad_max = Info {
-            max_request: 512,
-            ..info
-        };
-        assert!(Info::decode(&bad_max.encode()).is_err());
-        let zero = Info {
-            block_size: 0,
-            ..info
-        };
-        assert!(Info::decode(&zero.encode()).is_err());
-    }
-
-    #[test]
-    fn the_frame_limit_bounds_the_request_size() {
-        let frame = holdfast::TargetConfig::default().max_frame;
-        assert!(DEFAULT_MAX_REQUEST <= max_request_for_frame(frame));
-        assert_eq!(max_request_for_frame(10), 0);
-    }
-
-    /// Random bytes (a fixed xorshift sequence) never make a decoder panic,
-    /// and whatever decodes re-encodes to the same bytes.
-    #[test]
-    fn random_input_never_panics() {
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        for _ in 0..20_000 {
-            let len = (next() % 40) as usize;
-            let mut b: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            if next() % 2 == 0 && !b.is_empty() {
-                b[0] = MAGIC;
-                if b.len() > 1 {
-                    b[1] = (next() % 8) as u8;
-                }
-            }
-            let b = Bytes::from(b);
-            if let Ok(r) = Request::decode(&b, 64) {
-                assert_eq!(r.encode(), b);
-            }
-            let _ = decode_response(&b);
-            let _ = Info::decode(&b);
-        }
-    }
-}
+#[path = "wire_tests.rs"]
+mod tests;

@@ -59,6 +59,7 @@ async fn every_operation_round_trips() {
         ServiceOptions {
             max_request: 64 * 1024,
             block_size: 4096,
+            ..ServiceOptions::default()
         },
     );
     let (_target, addr) = support::serve(any(), service).await;
@@ -87,6 +88,13 @@ async fn every_operation_round_trips() {
     }
     let back = vol.read_at(12_345, 300 * 1024).await.expect("read");
     assert_eq!(back, writes[2].1);
+    // The NBD server reads the pieces as they came (no second copy).
+    let pieces = vol
+        .read_segments(12_345, 300 * 1024, &holdfast_block::device::Cancel::new())
+        .await
+        .expect("read segments");
+    assert_eq!(pieces.len(), 5, "300 KiB in 64 KiB pieces");
+    assert_eq!(pieces.concat(), writes[2].1);
     assert_eq!(
         vol.read_at(size - 100, 100).await.expect("read tail"),
         writes[3].1

@@ -24,7 +24,7 @@ const MIB: usize = 1024 * 1024;
 fn named(name: &str) -> NbdOptions {
     NbdOptions {
         export_name: name.to_owned(),
-        io_timeout: None,
+        ..NbdOptions::default()
     }
 }
 
@@ -447,13 +447,14 @@ async fn device_failures_and_timeouts_answer_errors() {
         mode: Odd::Broken,
     });
     let options = NbdOptions {
-        export_name: String::new(),
         io_timeout: Some(Duration::from_millis(200)),
+        ..NbdOptions::default()
     };
     let (addr, _server) = start_tcp(dev, options).await;
     let (mut c, _, _) = RawClient::transmission(addr).await;
 
-    // A flush that never completes times out into EIO.
+    // A flush that never completes is cancelled at the timeout; the device
+    // withdraws it, and that is answered EIO.
     let started = Instant::now();
     c.request(CMD_FLUSH, 0, 1, 0, 0, &[]).await;
     assert_eq!(c.reply().await, (EIO, 1));

@@ -32,9 +32,29 @@ pub(crate) struct NbdArgs {
     #[arg(long)]
     pub(crate) export: Option<String>,
     /// How long an NBD request may wait (e.g. while the session recovers)
-    /// before it fails with EIO [default: 60s].
+    /// before it is cancelled [default: 60s]: one not yet sent to the
+    /// target fails with EIO and never runs; one already sent waits for the
+    /// target's answer.
     #[arg(long, value_name = "DURATION")]
     pub(crate) io_timeout: Option<String>,
+    /// Most NBD clients served at once; more are closed at once
+    /// [default: 64].
+    #[arg(long, value_name = "N")]
+    pub(crate) max_connections: Option<usize>,
+    /// Time an NBD client has to finish the handshake [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) handshake_timeout: Option<String>,
+    /// Most requests of one NBD connection in flight [default: 64].
+    #[arg(long, value_name = "N")]
+    pub(crate) max_in_flight: Option<usize>,
+    /// Most read/write payload of one NBD connection in memory, at least
+    /// 32MiB [default: 64MiB].
+    #[arg(long, value_name = "SIZE")]
+    pub(crate) max_in_flight_bytes: Option<String>,
+    /// Most TRIM and WRITE_ZEROES requests of one NBD connection in flight
+    /// [default: 4].
+    #[arg(long, value_name = "N")]
+    pub(crate) max_zeroing: Option<usize>,
     /// How fast a silent connection is declared dead [default: 2s].
     #[arg(long, value_name = "DURATION")]
     pub(crate) detection: Option<String>,
@@ -58,6 +78,8 @@ pub(crate) struct NbdSettings {
     detection: Duration,
     session_loss: Duration,
     json: bool,
+    /// The NBD server's limits (export name and io timeout set in run).
+    limits: NbdOptions,
 }
 
 impl NbdArgs {
@@ -88,6 +110,28 @@ impl NbdArgs {
                 Duration::from_secs(120),
             )?,
             json: self.json || file.json,
+            limits: {
+                let d = NbdOptions::default();
+                let bytes = pick(self.max_in_flight_bytes, file.max_in_flight_bytes)
+                    .map(|v| crate::units::parse_size(&v).map_err(anyhow::Error::msg))
+                    .transpose()?
+                    .map_or(Ok(d.max_in_flight_bytes), u32::try_from)
+                    .context("--max-in-flight-bytes must be below 4GiB")?;
+                NbdOptions {
+                    max_connections: pick(self.max_connections, file.max_connections)
+                        .unwrap_or(d.max_connections),
+                    handshake_timeout: duration(
+                        pick(self.handshake_timeout, file.handshake_timeout),
+                        d.handshake_timeout,
+                    )?,
+                    max_in_flight: pick(self.max_in_flight, file.max_in_flight)
+                        .unwrap_or(d.max_in_flight),
+                    max_in_flight_bytes: bytes,
+                    max_zeroing_in_flight: pick(self.max_zeroing, file.max_zeroing)
+                        .unwrap_or(d.max_zeroing_in_flight),
+                    ..d
+                }
+            },
         })
     }
 }
@@ -115,10 +159,11 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("could not open the volume of the target at {}", s.target))?;
     let size = volume.size();
     let server = Server::new(
-        Arc::new(volume),
+        Arc::new(volume.with_target_name(&s.target)),
         NbdOptions {
             export_name: s.export.clone(),
             io_timeout: Some(s.io_timeout),
+            ..s.limits.clone()
         },
     );
     // Bind first, so the address printed is the one bound (port 0 works).

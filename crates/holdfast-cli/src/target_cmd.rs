@@ -34,6 +34,12 @@ pub(crate) struct TargetArgs {
     #[arg(long, value_name = "ADDR")]
     #[serde(default)]
     pub(crate) listen: Vec<String>,
+    /// The volume's identity (a UUID), which clients check on every
+    /// request. Required for a block device; a regular file keeps its own
+    /// in `<file>.holdfast-id`, created with it (giving this flag for a file
+    /// must match that id, or writes it when there is none yet).
+    #[arg(long, value_name = "UUID")]
+    pub(crate) volume_id: Option<String>,
     /// Refuse writes.
     #[arg(long)]
     #[serde(default)]
@@ -82,6 +88,7 @@ pub(crate) struct TargetSettings {
     /// `None` for the log service.
     volume: Option<PathBuf>,
     size: Option<u64>,
+    volume_id: Option<holdfast_block::VolumeId>,
     listen: Vec<Endpoint>,
     read_only: bool,
     direct: bool,
@@ -141,9 +148,14 @@ impl TargetArgs {
             let bytes = parse_size(&b).map_err(anyhow::Error::msg)?;
             protocol.memory_budget = usize::try_from(bytes).unwrap_or(usize::MAX);
         }
+        let volume_id = pick(self.volume_id, file.volume_id)
+            .map(|v| v.parse::<holdfast_block::VolumeId>())
+            .transpose()
+            .context("--volume-id")?;
         Ok(TargetSettings {
             volume,
             size,
+            volume_id,
             listen,
             read_only: self.read_only || file.read_only,
             direct: self.direct || file.direct,
@@ -179,7 +191,16 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
             )
             .with_context(|| format!("could not open the volume {}", volume.display()))?;
             let size = holdfast_block::BlockDevice::size(&device);
-            let target = Target::serve(&s.listen, options, BlockService::new(device))
+            let volume_id = volume_identity(volume, s.volume_id)?;
+            tracing::info!(%volume_id, volume = %volume.display(), "volume identity");
+            let service = BlockService::with_options(
+                device,
+                holdfast_block::ServiceOptions {
+                    volume_id: Some(volume_id),
+                    ..holdfast_block::ServiceOptions::default()
+                },
+            );
+            let target = Target::serve(&s.listen, options, service)
                 .await
                 .context("could not listen")?;
             (target, volume.display().to_string(), Some(size))
@@ -224,6 +245,39 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The identity of the volume at `path`: for a regular file, its sidecar
+/// (created if missing, with `given` or a random id; `given` must match an
+/// existing one); for a block device, `given`, which is then required.
+fn volume_identity(
+    path: &std::path::Path,
+    given: Option<holdfast_block::VolumeId>,
+) -> anyhow::Result<holdfast_block::VolumeId> {
+    use holdfast_block::identity;
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return given.with_context(|| {
+            format!(
+                "{} is not a regular file: give its identity with --volume-id UUID \
+                 (clients check it on every request)",
+                path.display()
+            )
+        });
+    }
+    let sidecar = identity::sidecar_path(path);
+    if let (Some(id), false) = (given, sidecar.exists()) {
+        identity::store(path, id)
+            .with_context(|| format!("could not write {}", sidecar.display()))?;
+    }
+    let stored = identity::load_or_create(path)
+        .with_context(|| format!("could not read or create {}", sidecar.display()))?;
+    if let Some(id) = given.filter(|id| *id != stored) {
+        bail!(
+            "--volume-id {id} differs from the id {stored} stored in {}",
+            sidecar.display()
+        );
+    }
+    Ok(stored)
 }
 
 #[cfg(test)]

@@ -143,9 +143,16 @@ pub const MIN_BLOCK_SIZE: u32 = 1;
 pub const PREFERRED_BLOCK_SIZE: u32 = 4096;
 /// Largest read or write payload accepted (and advertised).
 pub const MAX_PAYLOAD: u32 = 32 * 1024 * 1024;
-/// Most requests of one connection in flight at once; the server reads no
-/// further request until one of them has been answered.
+/// Default most requests of one connection in flight at once; the server
+/// reads no further request until one of them has been answered.
 pub const MAX_IN_FLIGHT: usize = 64;
-/// Most payload bytes (read replies and write data) of one connection held
-/// in memory at once; at least [`MAX_PAYLOAD`].
+/// Default most payload bytes (read replies and write data) of one
+/// connection held in memory at once; at least [`MAX_PAYLOAD`].
 pub const MAX_IN_FLIGHT_BYTES: u32 = 2 * MAX_PAYLOAD;
+/// Default most TRIM and WRITE_ZEROES requests of one connection in flight
+/// at once.
+pub const DEFAULT_MAX_ZEROING_IN_FLIGHT: usize = 4;
+/// Default most clients a listener serves at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+/// Default time a client has to finish the handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -6,9 +6,17 @@
 //! `READ`, `WRITE` (with FUA), `FLUSH`, `TRIM`, `WRITE_ZEROES` and `DISC`.
 //! Requests are pipelined: each runs as its own task and its reply goes out
 //! as soon as it completes, in any order, through one writer per connection.
-//! At most [`consts::MAX_IN_FLIGHT`] requests (and
-//! [`consts::MAX_IN_FLIGHT_BYTES`] of payload) per connection are in flight;
-//! beyond that the server stops reading until one finishes.
+//! Per connection, at most [`NbdOptions::max_in_flight`] requests,
+//! [`NbdOptions::max_in_flight_bytes`] of payload and
+//! [`NbdOptions::max_zeroing_in_flight`] TRIMs and WRITE_ZEROES are in
+//! flight; beyond that the server stops reading until one finishes. A
+//! listener serves at most [`NbdOptions::max_connections`] clients at once
+//! (more are accepted and closed at once, with a warning), and a client
+//! has [`NbdOptions::handshake_timeout`] to finish the handshake.
+//!
+//! A request answered with an error never runs later: at the I/O timeout
+//! the server cancels the device operation and answers once the device has
+//! withdrawn or finished it (see [`crate::device`]).
 //!
 //! Hostile input never panics the server: a bad magic, an oversized option
 //! or an oversized write payload drops the connection; a malformed or
@@ -46,17 +54,54 @@ use crate::device::BlockDevice;
 use handshake::Negotiated;
 
 /// Configuration of an NBD server.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NbdOptions {
     /// Name of the one export. Clients may ask for it by this name or by the
     /// empty default name; any other name is refused.
     pub export_name: String,
-    /// Bound on the device work of each request (a FUA trim's trim and
-    /// flush count as one). When it passes, the device call is abandoned,
-    /// the request is answered with `EIO` and a warning is logged. `None`
-    /// waits indefinitely (a remote volume waits while its session
-    /// recovers).
+    /// When the device work of a request (a FUA trim's trim and flush
+    /// count as one) has not finished after this long, the server logs a
+    /// warning and cancels it ([`crate::device::Cancel`]), then keeps
+    /// waiting: work the device has not started is withdrawn and answered
+    /// with `EIO` (it will never run); work already started is answered
+    /// with its real outcome when it finishes (a file device's TRIM or
+    /// WRITE_ZEROES stops at its next chunk; a remote volume's request
+    /// already sent to the target waits for the target's answer). `None`
+    /// never cancels.
     pub io_timeout: Option<Duration>,
+    /// Most clients served at once by [`Server::serve_listener`] (at least
+    /// 1); a client beyond it is accepted and closed at once. Default
+    /// [`consts::DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// Time a client has from connecting until it enters transmission (or
+    /// ends the handshake); then the connection is dropped. Default
+    /// [`consts::DEFAULT_HANDSHAKE_TIMEOUT`].
+    pub handshake_timeout: Duration,
+    /// Most requests of one connection in flight at once (at least 1).
+    /// Default [`consts::MAX_IN_FLIGHT`].
+    pub max_in_flight: usize,
+    /// Most payload bytes (read replies and write data) of one connection
+    /// held in memory at once (at least [`consts::MAX_PAYLOAD`]). Default
+    /// [`consts::MAX_IN_FLIGHT_BYTES`].
+    pub max_in_flight_bytes: u32,
+    /// Most TRIM and WRITE_ZEROES requests of one connection in flight at
+    /// once (at least 1): each may cover up to 4 GiB. Default
+    /// [`consts::DEFAULT_MAX_ZEROING_IN_FLIGHT`].
+    pub max_zeroing_in_flight: usize,
+}
+
+impl Default for NbdOptions {
+    fn default() -> Self {
+        NbdOptions {
+            export_name: String::new(),
+            io_timeout: None,
+            max_connections: consts::DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: consts::DEFAULT_HANDSHAKE_TIMEOUT,
+            max_in_flight: consts::MAX_IN_FLIGHT,
+            max_in_flight_bytes: consts::MAX_IN_FLIGHT_BYTES,
+            max_zeroing_in_flight: consts::DEFAULT_MAX_ZEROING_IN_FLIGHT,
+        }
+    }
 }
 
 /// Why an NBD connection ended abnormally.
@@ -87,6 +132,9 @@ pub enum NbdError {
         /// The limit.
         max: u32,
     },
+    /// The client did not finish the handshake in time.
+    #[error("the handshake did not finish within {0:?}")]
+    HandshakeTimeout(Duration),
     /// The client sent more options than one negotiation allows.
     #[error("more than {0} options in one negotiation")]
     TooManyOptions(usize),
@@ -174,7 +222,9 @@ impl<D: BlockDevice> Server<D> {
     /// client disconnects. Returns `Ok` when the client ends the session
     /// (`NBD_OPT_ABORT`, `NBD_CMD_DISC`, or closing between messages), and
     /// waits for the replies of every request already read before it
-    /// returns. Dropping the future abandons the connection at once.
+    /// returns. Dropping the future closes the connection at once; requests
+    /// still running are cancelled and end on their own (withdrawn or
+    /// finished, never dropped half way).
     pub async fn serve<S>(&self, stream: S) -> Result<(), NbdError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -182,7 +232,13 @@ impl<D: BlockDevice> Server<D> {
         // The buffer survives into transmission: a client may pipeline its
         // first requests right behind NBD_OPT_GO.
         let mut stream = BufReader::with_capacity(64 * 1024, stream);
-        let negotiated = handshake::negotiate(&mut stream, &*self.device, &self.options).await;
+        let limit = self.options.handshake_timeout;
+        let negotiated = tokio::time::timeout(
+            limit,
+            handshake::negotiate(&mut stream, &*self.device, &self.options),
+        )
+        .await
+        .unwrap_or(Err(NbdError::HandshakeTimeout(limit)));
         match negotiated {
             Ok(Negotiated::Transmission(export)) => {
                 debug!(
@@ -190,13 +246,7 @@ impl<D: BlockDevice> Server<D> {
                     flags = export.flags,
                     "nbd: transmission"
                 );
-                transmission::run(
-                    stream,
-                    Arc::clone(&self.device),
-                    export,
-                    self.options.io_timeout,
-                )
-                .await
+                transmission::run(stream, Arc::clone(&self.device), export, &self.options).await
             }
             Ok(Negotiated::Closed) => {
                 let _ = stream.shutdown().await;
@@ -210,11 +260,14 @@ impl<D: BlockDevice> Server<D> {
     }
 
     /// Accepts clients from `listener` forever, serving each on its own
-    /// task. Accept errors (such as running out of descriptors) are logged
-    /// and retried after a short pause. Dropping the future closes every
-    /// connection it accepted.
+    /// task, at most [`NbdOptions::max_connections`] at once. Accept errors
+    /// (such as running out of descriptors) are logged and retried after a
+    /// short pause. Dropping the future closes every connection it
+    /// accepted.
     pub async fn serve_listener<L: NbdListener>(&self, listener: L) -> Infallible {
         let mut connections = JoinSet::new();
+        let limit = self.options.max_connections.max(1);
+        let slots = Arc::new(tokio::sync::Semaphore::new(limit));
         loop {
             // Reap finished connections so the set does not grow.
             while connections.try_join_next().is_some() {}
@@ -226,11 +279,17 @@ impl<D: BlockDevice> Server<D> {
                     continue;
                 }
             };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                warn!(%peer, limit, "nbd: connection limit reached; closing the new connection");
+                drop(stream);
+                continue;
+            };
             debug!(%peer, "nbd: client connected");
             let server = self.clone();
             let span = tracing::info_span!("nbd", %peer);
             connections.spawn(
                 async move {
+                    let _slot = slot;
                     match server.serve(stream).await {
                         Ok(()) => debug!("nbd: client disconnected"),
                         Err(e) => info!(error = %e, "nbd: connection dropped"),

@@ -3,10 +3,23 @@
 //! order.
 //!
 //! Every request holds a slot permit (and, for reads and writes, one byte
-//! permit per payload byte) from the moment its header is read until its
-//! reply has been handed to the socket. The reader takes the slot before
-//! reading a header, so a client with [`MAX_IN_FLIGHT`] requests
-//! outstanding is simply not read from: backpressure, not buffering.
+//! permit per payload byte; for TRIM and WRITE_ZEROES, a zeroing permit)
+//! from the moment its header is read until its reply has been handed to
+//! the socket. The reader takes the slot before reading a header, so a
+//! client with as many requests outstanding as the limit allows is simply
+//! not read from: backpressure, not buffering.
+//!
+//! A device operation's future is never dropped while it may still take
+//! effect: a request answered with an error must be known never to run
+//! later, and the server does not order requests against each other. At
+//! the I/O timeout, or when the client goes away with requests running
+//! (the connection closed or broke without `NBD_CMD_DISC`; after
+//! `NBD_CMD_DISC` the outstanding requests are finished normally), the
+//! server fires the operation's [`Cancel`] and keeps waiting; the reply
+//! goes out when the device has either withdrawn the operation (`EIO`) or
+//! finished it (its real outcome). Request tasks are detached from the
+//! connection, so even dropping the connection's future leaves them to end
+//! this way.
 
 use std::io;
 use std::sync::Arc;
@@ -16,22 +29,31 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::consts::*;
 use super::handshake::Export;
-use super::{read_exact_or_eof, NbdError};
-use crate::device::{BlockDevice, BlockError};
+use super::{read_exact_or_eof, NbdError, NbdOptions};
+use crate::device::{BlockDevice, BlockError, Cancel};
+
+/// Fires a signal when dropped.
+struct CancelOnDrop(Cancel);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
 
 /// Runs transmission on a negotiated connection until the client
 /// disconnects or breaks the protocol, then flushes the outstanding
-/// replies and closes the stream.
+/// replies and closes the stream. Returns only once every request it
+/// started has ended.
 pub(crate) async fn run<S, D>(
     stream: BufReader<S>,
     device: Arc<D>,
     export: Export,
-    io_timeout: Option<Duration>,
+    options: &NbdOptions,
 ) -> Result<(), NbdError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -39,32 +61,47 @@ where
 {
     let (rd, wr) = tokio::io::split(stream);
     let (tx, rx) = mpsc::unbounded_channel();
+    // Each request task holds a clone of `alive`; `all_ended` sees the
+    // channel close when the last one is gone.
+    let (alive, mut all_ended) = mpsc::channel::<()>(1);
+    let cancel_all = Cancel::new();
+    // If this future is dropped, the detached request tasks still end
+    // cleanly: withdrawn if they can be, finished otherwise.
+    let _guard = CancelOnDrop(cancel_all.clone());
+    let max_bytes = options.max_in_flight_bytes.max(MAX_PAYLOAD);
     let conn = Conn {
         device,
         export,
-        io_timeout,
+        io_timeout: options.io_timeout,
+        max_in_flight: options.max_in_flight.max(1),
         tx,
-        bytes: Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES as usize)),
-        tasks: JoinSet::new(),
+        alive,
+        cancel_all: cancel_all.clone(),
+        bytes: Arc::new(Semaphore::new(max_bytes as usize)),
+        zeroing: Arc::new(Semaphore::new(options.max_zeroing_in_flight.max(1))),
     };
-    let reader = conn.read_requests(rd);
+    let mut reader = Box::pin(conn.read_requests(rd));
     let writer = write_replies(wr, rx);
-    tokio::pin!(reader, writer);
-    tokio::select! {
+    tokio::pin!(writer);
+    let result = tokio::select! {
         read = &mut reader => {
-            // Every request task has finished: the writer drains their
-            // replies and ends once the last sender is gone.
+            // The writer drains the replies and ends once every request
+            // task (each holds a sender) has ended.
             let written = writer.await;
-            read?;
-            Ok(written?)
+            read.and(written.map_err(NbdError::from))
         }
         written = &mut writer => {
             // The writer only ends first if the client stopped taking
-            // replies; dropping the reader abandons the requests.
-            written?;
-            reader.await
+            // replies: stop reading.
+            drop(reader);
+            written.map_err(NbdError::from)
         }
-    }
+    };
+    // Whatever still runs (the writer failed) is withdrawn if it can be,
+    // and waited for either way.
+    cancel_all.cancel();
+    while all_ended.recv().await.is_some() {}
+    result
 }
 
 /// One decoded request header.
@@ -125,7 +162,7 @@ impl Op {
 #[derive(Debug)]
 struct Permits {
     _slot: OwnedSemaphorePermit,
-    _bytes: Option<OwnedSemaphorePermit>,
+    _budget: Option<OwnedSemaphorePermit>,
 }
 
 /// A simple reply on its way to the writer.
@@ -133,7 +170,8 @@ struct Permits {
 struct Outgoing {
     handle: u64,
     error: u32,
-    data: Option<Bytes>,
+    /// READ data, in consecutive segments.
+    data: Vec<Bytes>,
     _permits: Permits,
 }
 
@@ -148,18 +186,25 @@ struct Conn<D> {
     device: Arc<D>,
     export: Export,
     io_timeout: Option<Duration>,
+    max_in_flight: usize,
     tx: UnboundedSender<Outgoing>,
+    /// Cloned into every request task; see [`run`].
+    alive: mpsc::Sender<()>,
+    /// Fired when the client goes away (or breaks the protocol) with
+    /// requests still running.
+    cancel_all: Cancel,
     bytes: Arc<Semaphore>,
-    tasks: JoinSet<()>,
+    /// TRIM and WRITE_ZEROES in flight.
+    zeroing: Arc<Semaphore>,
 }
 
 impl<D: BlockDevice> Conn<D> {
     /// Reads and dispatches requests until `NBD_CMD_DISC`, the end of the
-    /// stream or a fatal protocol error; then waits for every request task.
+    /// stream or a fatal protocol error. The request tasks go on; [`run`]
+    /// waits for them.
     async fn read_requests<R: AsyncRead + Unpin>(mut self, mut rd: R) -> Result<(), NbdError> {
-        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        let result = loop {
-            while self.tasks.try_join_next().is_some() {}
+        let slots = Arc::new(Semaphore::new(self.max_in_flight));
+        loop {
             let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
                 break Ok(()); // never closed
             };
@@ -168,29 +213,36 @@ impl<D: BlockDevice> Conn<D> {
                 Ok(true) => {}
                 Ok(false) => {
                     debug!("nbd: client closed the connection without NBD_CMD_DISC");
+                    // Nobody waits for the replies: what has not started
+                    // is withdrawn (and a long zeroing stops).
+                    self.cancel_all.cancel();
                     break Ok(());
                 }
-                Err(e) => break Err(e.into()),
+                Err(e) => {
+                    self.cancel_all.cancel();
+                    break Err(e.into());
+                }
             }
             let request = match Request::parse(&header) {
                 Ok(r) => r,
                 Err(magic) => {
+                    self.cancel_all.cancel();
                     break Err(NbdError::BadMagic {
                         what: "request",
                         found: u64::from(magic),
-                    })
+                    });
                 }
             };
             match self.dispatch(&mut rd, request, slot).await {
                 Ok(Flow::Continue) => {}
+                // NBD_CMD_DISC: the outstanding requests are finished.
                 Ok(Flow::Disconnect) => break Ok(()),
-                Err(e) => break Err(e),
+                Err(e) => {
+                    self.cancel_all.cancel();
+                    break Err(e);
+                }
             }
-        };
-        let Conn { tx, mut tasks, .. } = self;
-        drop(tx);
-        while tasks.join_next().await.is_some() {}
-        result
+        }
     }
 
     /// Validates one request, reads its payload if any, and either answers
@@ -211,7 +263,7 @@ impl<D: BlockDevice> Conn<D> {
                 if req.len > MAX_PAYLOAD {
                     let permits = Permits {
                         _slot: slot,
-                        _bytes: None,
+                        _budget: None,
                     };
                     self.refuse(&req, permits, EINVAL, "payload too large");
                     return Err(NbdError::PayloadTooLarge {
@@ -284,7 +336,13 @@ impl<D: BlockDevice> Conn<D> {
                         } else {
                             Op::WriteZeroes { offset, len, fua }
                         };
-                        self.start(&req, op, bare(slot));
+                        // The zeroing semaphore is never closed.
+                        let zeroing = Arc::clone(&self.zeroing).acquire_owned().await.ok();
+                        let permits = Permits {
+                            _slot: slot,
+                            _budget: zeroing,
+                        };
+                        self.start(&req, op, permits);
                     }
                 }
                 Ok(Flow::Continue)
@@ -318,7 +376,7 @@ impl<D: BlockDevice> Conn<D> {
         let bytes = Arc::clone(&self.bytes).acquire_many_owned(len).await.ok();
         Permits {
             _slot: slot,
-            _bytes: bytes,
+            _budget: bytes,
         }
     }
 
@@ -336,20 +394,23 @@ impl<D: BlockDevice> Conn<D> {
         let _ = self.tx.send(Outgoing {
             handle: req.handle,
             error: errno,
-            data: None,
+            data: Vec::new(),
             _permits: permits,
         });
     }
 
-    /// Runs `op` on its own task; its reply goes to the writer.
+    /// Runs `op` on its own, detached task; its reply goes to the writer.
     fn start(&mut self, req: &Request, op: Op, permits: Permits) {
         let device = Arc::clone(&self.device);
         let tx = self.tx.clone();
+        let alive = self.alive.clone();
+        let cancel_all = self.cancel_all.clone();
         let io_timeout = self.io_timeout;
         let (handle, offset, len) = (req.handle, req.offset, req.len);
-        self.tasks.spawn(async move {
+        tokio::spawn(async move {
+            let _alive = alive;
             let name = op.name();
-            let (error, data) = match execute(&*device, op, io_timeout).await {
+            let (error, data) = match execute(&*device, op, io_timeout, &cancel_all).await {
                 Ok(data) => (0, data),
                 Err(e) => {
                     warn!(
@@ -360,7 +421,7 @@ impl<D: BlockDevice> Conn<D> {
                         error = %e,
                         "nbd: {name} failed"
                     );
-                    (e.errno(), None)
+                    (e.errno(), Vec::new())
                 }
             };
             let _ = tx.send(Outgoing {
@@ -377,7 +438,7 @@ impl<D: BlockDevice> Conn<D> {
 fn bare(slot: OwnedSemaphorePermit) -> Permits {
     Permits {
         _slot: slot,
-        _bytes: None,
+        _budget: None,
     }
 }
 
@@ -389,49 +450,74 @@ fn check_flags(req: &Request, allowed: u16) -> Result<(), (u32, &'static str)> {
     Ok(())
 }
 
-/// Runs one operation on the device, bounded by `io_timeout`.
+/// Runs one operation on the device. When `io_timeout` passes, or
+/// `cancel_all` fires, the operation is cancelled and still awaited: the
+/// outcome is the device's (withdrawn, or finished).
 async fn execute<D: BlockDevice>(
     device: &D,
     op: Op,
     io_timeout: Option<Duration>,
-) -> Result<Option<Bytes>, BlockError> {
-    let run = async {
-        match op {
-            Op::Read { offset, len } => {
-                let data = device.read_at(offset, len).await?;
-                // A short or long buffer would desynchronise the stream.
-                if u32::try_from(data.len()).ok() != Some(len) {
-                    return Err(BlockError::Io(format!(
-                        "device returned {} bytes for a read of {len}",
-                        data.len()
-                    )));
-                }
-                Ok(Some(data))
-            }
-            Op::Write { offset, data, fua } => {
-                device.write_at(offset, data, fua).await.map(|()| None)
-            }
-            Op::Flush => device.flush().await.map(|()| None),
-            Op::Trim { offset, len, fua } => {
-                device.trim(offset, len).await?;
-                if fua {
-                    device.flush().await?;
-                }
-                Ok(None)
-            }
-            Op::WriteZeroes { offset, len, fua } => {
-                device.write_zeroes(offset, len, fua).await.map(|()| None)
-            }
+    cancel_all: &Cancel,
+) -> Result<Vec<Bytes>, BlockError> {
+    let cancel = Cancel::new();
+    let name = op.name();
+    let run = run_op(device, op, &cancel);
+    tokio::pin!(run);
+    let expired = async {
+        match io_timeout {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
         }
     };
-    match io_timeout {
-        None => run.await,
-        Some(limit) => match tokio::time::timeout(limit, run).await {
-            Ok(result) => result,
-            Err(_) => Err(BlockError::Io(format!(
-                "the device did not answer within the I/O timeout of {limit:?}"
-            ))),
-        },
+    let why = tokio::select! {
+        outcome = &mut run => return outcome,
+        () = expired => format!("the I/O timeout of {:?} passed", io_timeout.unwrap_or_default()),
+        () = cancel_all.cancelled() => "the connection ended".to_owned(),
+    };
+    warn!("nbd: {name}: {why}; cancelling it and waiting until the device has withdrawn or finished it");
+    cancel.cancel();
+    match run.await {
+        Err(BlockError::Withdrawn(what)) => Err(BlockError::Withdrawn(format!(
+            "{what} ({why}; it will not run later)"
+        ))),
+        outcome => outcome,
+    }
+}
+
+/// Runs one operation on the device with `cancel` as its signal.
+async fn run_op<D: BlockDevice>(
+    device: &D,
+    op: Op,
+    cancel: &Cancel,
+) -> Result<Vec<Bytes>, BlockError> {
+    match op {
+        Op::Read { offset, len } => {
+            let data = device.read_segments(offset, len, cancel).await?;
+            // A short or long buffer would desynchronise the stream.
+            let total: usize = data.iter().map(Bytes::len).sum();
+            if u32::try_from(total).ok() != Some(len) {
+                return Err(BlockError::Io(format!(
+                    "device returned {total} bytes for a read of {len}"
+                )));
+            }
+            Ok(data)
+        }
+        Op::Write { offset, data, fua } => device
+            .write_at_cancellable(offset, data, fua, cancel)
+            .await
+            .map(|()| Vec::new()),
+        Op::Flush => device.flush_cancellable(cancel).await.map(|()| Vec::new()),
+        Op::Trim { offset, len, fua } => {
+            device.trim_cancellable(offset, len, cancel).await?;
+            if fua {
+                device.flush_cancellable(cancel).await?;
+            }
+            Ok(Vec::new())
+        }
+        Op::WriteZeroes { offset, len, fua } => device
+            .write_zeroes_cancellable(offset, len, fua, cancel)
+            .await
+            .map(|()| Vec::new()),
     }
 }
 
@@ -451,7 +537,7 @@ async fn write_replies<W: AsyncWrite + Unpin>(
             h.put_u32(reply.error);
             h.put_u64(reply.handle);
             out.write_all(&header).await?;
-            if let Some(data) = &reply.data {
+            for data in &reply.data {
                 out.write_all(data).await?;
             }
             // Releases the permits: the reply is in the writer's hands.

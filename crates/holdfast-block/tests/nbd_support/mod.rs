@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use holdfast_block::device::Cancel;
 use holdfast_block::nbd::{consts::*, NbdOptions, Server};
 use holdfast_block::{BlockDevice, BlockError, MemoryDevice};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -324,8 +325,8 @@ impl RawClient {
     }
 }
 
-/// A device whose reads at offset 0 wait for a gate to open, counting how
-/// many reads are in flight at once.
+/// A device whose reads and trims at offset 0 wait for a gate to open,
+/// counting how many are in flight at once.
 pub struct GatedDevice {
     pub inner: MemoryDevice,
     pub gate: Semaphore,
@@ -369,6 +370,13 @@ impl BlockDevice for GatedDevice {
     }
 
     async fn trim(&self, offset: u64, len: u32) -> Result<(), BlockError> {
+        if offset == 0 {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            let permit = self.gate.acquire().await;
+            drop(permit);
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
         self.inner.trim(offset, len).await
     }
 
@@ -382,8 +390,8 @@ impl BlockDevice for GatedDevice {
 pub enum Odd {
     /// Refuses writes and says so.
     ReadOnly,
-    /// Every flush stalls forever; writes fail with an I/O error; reads
-    /// return one byte too few.
+    /// Every flush stalls until it is cancelled, and is then withdrawn;
+    /// writes fail with an I/O error; reads return one byte too few.
     Broken,
 }
 
@@ -430,5 +438,13 @@ impl BlockDevice for OddDevice {
 
     async fn write_zeroes(&self, _offset: u64, _len: u32, _fua: bool) -> Result<(), BlockError> {
         Err(BlockError::ReadOnly)
+    }
+
+    async fn flush_cancellable(&self, cancel: &Cancel) -> Result<(), BlockError> {
+        if self.mode == Odd::Broken {
+            cancel.cancelled().await;
+            return Err(BlockError::Withdrawn("flush".into()));
+        }
+        Ok(())
     }
 }

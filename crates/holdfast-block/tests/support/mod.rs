@@ -257,6 +257,7 @@ impl<D: BlockDevice> Unordered<D> {
             read_only: device.read_only(),
             block_size: 4096,
             max_request: wire::DEFAULT_MAX_REQUEST,
+            volume_id: None,
         };
         Unordered {
             device: Arc::new(device),
