@@ -96,6 +96,18 @@ pub enum SessionLoss {
     Aborted,
 }
 
+impl SessionLoss {
+    /// True if this loss proves the target's session is over, so no command
+    /// of it can still execute: the target said it holds no state for the
+    /// session (it ended, expired or belonged to an earlier incarnation; a
+    /// target ends a session only once none of its commands is running,
+    /// docs/PROTOCOL.md §11.1). Every other loss leaves the commands sent in
+    /// doubt until the target's retain time passes.
+    pub fn fences(&self) -> bool {
+        matches!(self, SessionLoss::Rejected { .. })
+    }
+}
+
 /// How a call or one-way message failed. Every variant says whether the
 /// command may have reached the service.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -111,18 +123,53 @@ pub enum CallError {
         "may have executed: it was sent but no response arrived before the session was lost ({0})"
     )]
     MayHaveExecuted(SessionLoss),
+    /// The caller withdrew the call ([`crate::Initiator::abandon`]) and it
+    /// is settled: it will never execute after this error. Either the target
+    /// never received it (`may_have_executed` is false), or it was sent in an
+    /// earlier session that the target has since ended, so any execution of
+    /// it is over (`may_have_executed` is true).
+    #[error(
+        "withdrawn: {}",
+        if *may_have_executed {
+            "it may have executed in a session the target has since ended, and it will not execute again"
+        } else {
+            "the target never received it and it will never execute"
+        }
+    )]
+    Withdrawn {
+        /// True if it may have executed (in an ended earlier session).
+        may_have_executed: bool,
+    },
 }
 
 impl CallError {
     /// True if the command may have reached the service.
     pub fn may_have_executed(&self) -> bool {
-        matches!(self, CallError::MayHaveExecuted(_))
+        match self {
+            CallError::MayHaveExecuted(_) => true,
+            CallError::NotExecuted(_) => false,
+            CallError::Withdrawn { may_have_executed } => *may_have_executed,
+        }
     }
 
-    /// The loss that caused the failure.
-    pub fn loss(&self) -> &SessionLoss {
+    /// True if the command can no longer execute: it never will, or it did
+    /// in a session the target has ended. False only for
+    /// [`CallError::MayHaveExecuted`] after a loss that does not prove the
+    /// target's session is over (the initiator gave up, the target announced
+    /// it will not return, or a local abort): such a command is in doubt
+    /// until the target's session ends.
+    pub fn is_settled(&self) -> bool {
         match self {
-            CallError::NotExecuted(l) | CallError::MayHaveExecuted(l) => l,
+            CallError::NotExecuted(_) | CallError::Withdrawn { .. } => true,
+            CallError::MayHaveExecuted(loss) => loss.fences(),
+        }
+    }
+
+    /// The loss that caused the failure (`None` for a withdrawn call).
+    pub fn loss(&self) -> Option<&SessionLoss> {
+        match self {
+            CallError::NotExecuted(l) | CallError::MayHaveExecuted(l) => Some(l),
+            CallError::Withdrawn { .. } => None,
         }
     }
 }

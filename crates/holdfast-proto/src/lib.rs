@@ -72,4 +72,8 @@ pub struct TestSwitches {
     /// still read as the session's (the stale path of seed 001). Sequence
     /// deduplication still drops what they repeat unless `no_dedup` is set.
     pub no_fencing: bool,
+    /// The target ends a session when its retain time passes even while
+    /// commands of it still run (the stale execution of issue 14 item 3: a
+    /// re-issue can then run beside the first execution).
+    pub expire_running: bool,
 }

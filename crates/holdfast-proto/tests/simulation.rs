@@ -102,6 +102,8 @@ fn checker_catches_disabled_dedup() {
                 ..TestSwitches::default()
             },
             ops: 500,
+            // Naive resend knows nothing of withdrawn calls.
+            abandon: false,
             ..SimParams::default()
         };
         if let Err(e) = World::new(seed, params).run() {
@@ -156,4 +158,60 @@ fn clean_network_all_calls_succeed() {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.faults, 0);
     }
+}
+
+fn slow_params() -> SimParams {
+    SimParams {
+        slow_service: true,
+        ops: env_u64("HOLDFAST_SIM_OPS", 2000) / 2,
+        ..SimParams::default()
+    }
+}
+
+/// A slow backend (effects land when commands complete, some after the
+/// retain time): sessions reach their retain time with commands running,
+/// and no command of an ended session may land after a re-issue or after
+/// its caller was told it failed (issue 14 item 3).
+#[test]
+fn slow_service_seeds() {
+    let seeds = env_u64("HOLDFAST_SIM_SEEDS", 2000) / 4;
+    let mut total = SimReport::default();
+    for seed in 0..seeds {
+        match World::new(seed, slow_params()).run() {
+            Ok(r) => total.add(&r),
+            Err(e) => panic!("slow service: {e}"),
+        }
+    }
+    eprintln!("slow service totals: {total:?}");
+    if seeds >= 100 {
+        assert!(
+            total.expiries_deferred > 0,
+            "no session reached its retain time with commands running"
+        );
+        assert!(total.stateless > 0 && total.withdrawn > 0);
+    }
+}
+
+/// Mutation test: a target that ends a session at its retain time while
+/// commands still run lets the first execution land after the re-issue.
+#[test]
+fn checker_catches_expiry_while_commands_run() {
+    let mut caught = None;
+    for seed in 0..300 {
+        let params = SimParams {
+            switches: TestSwitches {
+                expire_running: true,
+                ..TestSwitches::default()
+            },
+            ops: 500,
+            ..slow_params()
+        };
+        if let Err(e) = World::new(seed, params).run() {
+            caught = Some(e);
+            break;
+        }
+    }
+    let e = caught.expect("no seed exposed expiry with commands running");
+    eprintln!("caught as expected: {e}");
+    assert!(e.contains("stale execution"), "unexpected failure: {e}");
 }

@@ -6,7 +6,8 @@
 //! takes the next one when the core has credit for it, so callers wait
 //! instead of filling an unbounded queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use crate::clock::Clock;
 use crate::outbox::Outbox;
 use crate::target::sleep_until;
 use crate::transport::{BoxStream, Connector};
+use crate::withdraw::AbandonOnDrop;
 
 /// Initiator settings: the protocol's plus the runtime's.
 #[derive(Clone, Debug)]
@@ -83,6 +85,11 @@ pub enum CallError {
     /// The driver task stopped (the initiator was dropped or panicked).
     #[error("the initiator stopped before the call finished; it may have executed")]
     Stopped,
+    /// The caller cancelled the call ([`Initiator::call_cancellable`])
+    /// before it was handed to the session: it was never sent and will
+    /// never execute.
+    #[error("withdrawn before it was sent: it will never execute")]
+    Withdrawn,
 }
 
 impl CallError {
@@ -90,19 +97,46 @@ impl CallError {
     pub fn may_have_executed(&self) -> bool {
         match self {
             CallError::Session(e) => e.may_have_executed(),
-            CallError::Refused(_) | CallError::Unreachable { .. } => false,
+            CallError::Refused(_) | CallError::Unreachable { .. } | CallError::Withdrawn => false,
             CallError::Stopped => true,
+        }
+    }
+
+    /// True if the operation can no longer execute (it never will, or it
+    /// did in a session the target has ended), so reporting it as failed
+    /// cannot be contradicted later by a late execution. See
+    /// [`holdfast_proto::CallError::is_settled`].
+    pub fn is_settled(&self) -> bool {
+        match self {
+            CallError::Session(e) => e.is_settled(),
+            CallError::Refused(_) | CallError::Unreachable { .. } | CallError::Withdrawn => true,
+            CallError::Stopped => false,
         }
     }
 }
 
-enum Reply {
+pub(crate) enum Reply {
     Call(oneshot::Sender<Result<Bytes, CallError>>),
     Send(oneshot::Sender<Result<(), CallError>>),
 }
 
-enum ApiRequest {
+impl Reply {
+    /// Delivers a failure to whoever waits.
+    fn fail(self, e: CallError) {
+        match self {
+            Reply::Call(tx) => drop(tx.send(Err(e))),
+            Reply::Send(tx) => drop(tx.send(Err(e))),
+        }
+    }
+}
+
+/// How many early abandon notices the driver remembers (see `Driver::abandon`).
+const EARLY_ABANDONS_MAX: usize = 4096;
+
+pub(crate) enum ApiRequest {
     Submit {
+        /// The handle's number for this submission (see [`AbandonOnDrop`]).
+        ticket: u64,
         command: bool,
         payload: Bytes,
         options: CallOptions,
@@ -116,9 +150,12 @@ enum ApiRequest {
 /// session. Dropping the last clone aborts the session.
 #[derive(Clone)]
 pub struct Initiator {
-    requests: mpsc::Sender<ApiRequest>,
+    pub(crate) requests: mpsc::Sender<ApiRequest>,
+    /// Tickets of submissions whose caller stopped waiting.
+    pub(crate) abandons: mpsc::UnboundedSender<u64>,
+    pub(crate) next_ticket: Arc<AtomicU64>,
     /// How the session ended, once it has (see [`Initiator::ended`]).
-    outcome: tokio::sync::watch::Receiver<Option<Result<(), SessionLoss>>>,
+    pub(crate) outcome: tokio::sync::watch::Receiver<Option<Result<(), SessionLoss>>>,
 }
 
 impl std::fmt::Debug for Initiator {
@@ -133,6 +170,7 @@ impl Initiator {
     pub fn start(connector: Arc<dyn Connector>, options: InitiatorOptions) -> Initiator {
         let capacity = (options.protocol.credits as usize).max(1);
         let (tx, rx) = mpsc::channel(capacity);
+        let (abandon_tx, abandon_rx) = mpsc::unbounded_channel();
         let clock = Clock::new();
         let seed = options
             .jitter_seed
@@ -149,6 +187,8 @@ impl Initiator {
             chunks: Vec::new(),
             next_conn: 1,
             replies: HashMap::new(),
+            tickets: HashMap::new(),
+            early_abandons: HashSet::new(),
             waiting: None,
             close_waiters: Vec::new(),
             outcome: outcome_tx,
@@ -159,9 +199,11 @@ impl Initiator {
             connecting: None,
         };
         let span = tracing::info_span!("initiator", session = tracing::field::Empty);
-        tokio::spawn(driver.run(rx).instrument(span));
+        tokio::spawn(driver.run(rx, abandon_rx).instrument(span));
         Initiator {
             requests: tx,
+            abandons: abandon_tx,
+            next_ticket: Arc::new(AtomicU64::new(1)),
             outcome,
         }
     }
@@ -172,14 +214,23 @@ impl Initiator {
     }
 
     /// Issues a command with options (e.g. retry-safe).
+    ///
+    /// Dropping the future before it finishes withdraws the call
+    /// ([`holdfast_proto::Initiator::abandon`]): if the target cannot have
+    /// it yet it is never sent, and it is never re-issued in a new session.
+    /// It may still execute if it was already sent; to learn its fate, use
+    /// [`Initiator::call_cancellable`] instead of dropping the future.
     pub async fn call_with(
         &self,
         payload: Bytes,
         options: CallOptions,
     ) -> Result<Bytes, CallError> {
         let (tx, rx) = oneshot::channel();
-        self.submit(true, payload, options, Reply::Call(tx)).await?;
-        rx.await.map_err(|_| CallError::Stopped)?
+        let ticket = self.submit(true, payload, options, Reply::Call(tx)).await?;
+        let mut guard = AbandonOnDrop::new(self, ticket);
+        let result = rx.await.map_err(|_| CallError::Stopped);
+        guard.disarm();
+        result?
     }
 
     /// Sends a one-way message and waits until the target has it.
@@ -190,27 +241,35 @@ impl Initiator {
     /// Sends a one-way message with options.
     pub async fn send_with(&self, payload: Bytes, options: CallOptions) -> Result<(), CallError> {
         let (tx, rx) = oneshot::channel();
-        self.submit(false, payload, options, Reply::Send(tx))
+        let ticket = self
+            .submit(false, payload, options, Reply::Send(tx))
             .await?;
-        rx.await.map_err(|_| CallError::Stopped)?
+        let mut guard = AbandonOnDrop::new(self, ticket);
+        let result = rx.await.map_err(|_| CallError::Stopped);
+        guard.disarm();
+        result?
     }
 
-    async fn submit(
+    /// Hands a submission to the driver; returns its ticket.
+    pub(crate) async fn submit(
         &self,
         command: bool,
         payload: Bytes,
         options: CallOptions,
         reply: Reply,
-    ) -> Result<(), CallError> {
+    ) -> Result<u64, CallError> {
+        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
         self.requests
             .send(ApiRequest::Submit {
+                ticket,
                 command,
                 payload,
                 options,
                 reply,
             })
             .await
-            .map_err(|_| CallError::Stopped)
+            .map_err(|_| CallError::Stopped)?;
+        Ok(ticket)
     }
 
     /// Closes the session cleanly: waits for everything outstanding, then
@@ -266,7 +325,13 @@ struct Driver {
     /// use, so its capacity is reused instead of a list allocated per write.
     chunks: Vec<Bytes>,
     next_conn: u64,
-    replies: HashMap<CallId, Reply>,
+    /// Where each outstanding call's outcome goes, and its ticket.
+    replies: HashMap<CallId, (Reply, u64)>,
+    /// The call each outstanding ticket became.
+    tickets: HashMap<u64, CallId>,
+    /// Tickets abandoned before their submission reached the driver (the
+    /// two travel on different channels); bounded, see `abandon`.
+    early_abandons: HashSet<u64>,
     /// A request refused for credit, retried on `CreditAvailable`.
     waiting: Option<ApiRequest>,
     close_waiters: Vec<oneshot::Sender<Result<(), SessionLoss>>>,
@@ -283,7 +348,11 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(mut self, mut requests: mpsc::Receiver<ApiRequest>) {
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<ApiRequest>,
+        mut abandons: mpsc::UnboundedReceiver<u64>,
+    ) {
         let mut buf = BytesMut::with_capacity(self.options.read_buffer);
         self.reconnect_at = Some(tokio::time::Instant::now());
         loop {
@@ -332,6 +401,7 @@ impl Driver {
                         }
                     }
                 },
+                Some(ticket) = abandons.recv() => self.abandon(ticket),
                 r = requests.recv(), if accept_requests => match r {
                     Some(r) => self.request(r),
                     None => {
@@ -384,10 +454,7 @@ impl Driver {
                 waited: now - since,
                 last_error: self.last_error.clone(),
             };
-            match reply {
-                Reply::Call(tx) => drop(tx.send(Err(e))),
-                Reply::Send(tx) => drop(tx.send(Err(e))),
-            }
+            reply.fail(e)
         }
         None
     }
@@ -397,10 +464,7 @@ impl Driver {
         match r {
             ApiRequest::Submit { reply, .. } => {
                 let e = CallError::Refused(SubmitError::Ended(loss));
-                match reply {
-                    Reply::Call(tx) => drop(tx.send(Err(e))),
-                    Reply::Send(tx) => drop(tx.send(Err(e))),
-                }
+                reply.fail(e)
             }
             ApiRequest::Close(tx) => drop(tx.send(Err(loss))),
             ApiRequest::Stats(tx) => drop(tx.send(self.core.stats().clone())),
@@ -411,11 +475,16 @@ impl Driver {
         let now = self.clock.now();
         match r {
             ApiRequest::Submit {
+                ticket,
                 command,
                 payload,
                 options,
                 reply,
             } => {
+                if self.early_abandons.remove(&ticket) {
+                    reply.fail(CallError::Withdrawn);
+                    return;
+                }
                 let result = if command {
                     self.core.call(payload.clone(), options, now)
                 } else {
@@ -424,11 +493,13 @@ impl Driver {
                 match result {
                     Ok(id) => {
                         debug!(?id, command, "submitted");
-                        self.replies.insert(id, reply);
+                        self.replies.insert(id, (reply, ticket));
+                        self.tickets.insert(ticket, id);
                     }
                     Err(SubmitError::NoCredit) => {
                         debug!(command, "waiting for credit");
                         self.waiting = Some(ApiRequest::Submit {
+                            ticket,
                             command,
                             payload,
                             options,
@@ -437,10 +508,7 @@ impl Driver {
                     }
                     Err(e) => {
                         let e = CallError::Refused(e);
-                        match reply {
-                            Reply::Call(tx) => drop(tx.send(Err(e))),
-                            Reply::Send(tx) => drop(tx.send(Err(e))),
-                        }
+                        reply.fail(e)
                     }
                 }
             }
@@ -565,23 +633,58 @@ impl Driver {
         self.outbox = None;
     }
 
+    /// Removes a finished call's reply channel and ticket.
+    fn take_reply(&mut self, call: CallId) -> Option<Reply> {
+        let (reply, ticket) = self.replies.remove(&call)?;
+        self.tickets.remove(&ticket);
+        Some(reply)
+    }
+
+    /// The caller of submission `ticket` stopped waiting: withdraw it.
+    fn abandon(&mut self, ticket: u64) {
+        if let Some(call) = self.tickets.get(&ticket).copied() {
+            debug!(?call, "withdrawing");
+            self.core.abandon(call, self.clock.now());
+            self.flush();
+            return;
+        }
+        let waiting_ticket = match &self.waiting {
+            Some(ApiRequest::Submit { ticket, .. }) => Some(*ticket),
+            _ => None,
+        };
+        if waiting_ticket == Some(ticket) {
+            if let Some(ApiRequest::Submit { reply, .. }) = self.waiting.take() {
+                reply.fail(CallError::Withdrawn);
+            }
+            return;
+        }
+        // Not yet received (or already finished: a caller that stopped
+        // waiting just as the reply was sent). Remember it for a while; the
+        // bound keeps finished ones from piling up, at the price of letting
+        // a very late one run as if never abandoned.
+        if self.early_abandons.len() >= EARLY_ABANDONS_MAX {
+            self.early_abandons.clear();
+        }
+        self.early_abandons.insert(ticket);
+    }
+
     fn event(&mut self, event: InitiatorEvent) {
         match event {
             InitiatorEvent::Response { call, payload } => {
-                if let Some(Reply::Call(tx)) = self.replies.remove(&call) {
+                if let Some(Reply::Call(tx)) = self.take_reply(call) {
                     let _ = tx.send(Ok(payload));
                 }
             }
             InitiatorEvent::MessageDelivered { call } => {
-                if let Some(Reply::Send(tx)) = self.replies.remove(&call) {
+                if let Some(Reply::Send(tx)) = self.take_reply(call) {
                     let _ = tx.send(Ok(()));
                 }
             }
-            InitiatorEvent::CallFailed { call, error } => match self.replies.remove(&call) {
-                Some(Reply::Call(tx)) => drop(tx.send(Err(CallError::Session(error)))),
-                Some(Reply::Send(tx)) => drop(tx.send(Err(CallError::Session(error)))),
-                None => {}
-            },
+            InitiatorEvent::CallFailed { call, error } => {
+                if let Some(reply) = self.take_reply(call) {
+                    reply.fail(CallError::Session(error));
+                }
+            }
             InitiatorEvent::CreditAvailable => {
                 if let Some(r) = self.waiting.take() {
                     self.request(r);

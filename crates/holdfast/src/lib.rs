@@ -55,6 +55,7 @@ mod service;
 mod target;
 mod target_writer;
 pub mod transport;
+mod withdraw;
 
 /// The sans-IO protocol core this runtime drives.
 pub use holdfast_proto as proto;

@@ -109,8 +109,10 @@ pub struct InitiatorStats {
     pub responses: u64,
     /// One-way messages acknowledged.
     pub messages_delivered: u64,
-    /// Calls failed.
+    /// Calls failed (withdrawn ones included).
     pub calls_failed: u64,
+    /// Calls withdrawn by their caller and settled as never executing again.
+    pub withdrawn: u64,
     /// PINGs sent.
     pub pings: u64,
     /// Standalone ACKs sent.

@@ -20,6 +20,7 @@
 mod events;
 mod receive;
 mod recovery;
+mod withdraw;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -55,6 +56,13 @@ struct Entry {
     transmitted: bool,
     /// Sent at least once in any session: it may have executed.
     ever_sent: bool,
+    /// Sent in an earlier session, which the target has ended: it may have
+    /// executed there (and never will again).
+    earlier: bool,
+    /// The caller withdrew it ([`Initiator::abandon`]): it is never re-issued
+    /// in a new session, and dropped unsent as soon as the target is known
+    /// not to have it.
+    abandoned: bool,
     /// When it was last sent (for the round-trip estimate).
     sent_at: Option<Timestamp>,
 }
@@ -298,6 +306,8 @@ impl Initiator {
                 retry_safe: options.retry_safe,
                 transmitted: false,
                 ever_sent: false,
+                earlier: false,
+                abandoned: false,
                 sent_at: None,
             },
         );

@@ -197,6 +197,11 @@ impl Initiator {
             }
         }
         let cursor = c.send_cursor;
+        // The target has nothing past its acknowledgement, and every older
+        // connection is fenced: withdrawn calls there can be dropped.
+        if !naive {
+            self.withdraw_unreceived(cursor);
+        }
         self.drain_carry();
         let resent = self
             .entries
@@ -232,6 +237,8 @@ impl Initiator {
                     retry_safe: c.retry_safe,
                     transmitted: false,
                     ever_sent: c.ever_sent,
+                    earlier: c.ever_sent,
+                    abandoned: false,
                     sent_at: None,
                 },
             );

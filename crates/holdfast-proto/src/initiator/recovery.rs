@@ -7,6 +7,7 @@
 //!   secret) is stateless recovery: calls that were never sent fail with
 //!   "not executed", sent calls that are not retry-safe fail with "may have
 //!   executed", and retry-safe ones are carried to a new session in order.
+//!   Withdrawn calls are settled instead, never re-issued.
 //! * A session that cannot come back (the target will not return, the
 //!   session-loss timeout passed, no common version) fails every call.
 
@@ -67,6 +68,12 @@ impl Initiator {
         let mut reissue = std::collections::VecDeque::new();
         let mut failed = 0;
         for (_, e) in std::mem::take(&mut self.entries) {
+            if e.abandoned {
+                // Its caller stopped waiting: settled now (the target ended
+                // the session, so it cannot execute later), never re-issued.
+                self.withdrawn(e.call, e.ever_sent);
+                continue;
+            }
             match e.payload {
                 Some(payload) if e.retry_safe => reissue.push_back(Carried {
                     call: e.call,

@@ -108,6 +108,9 @@ pub struct TargetStats {
     pub fenced: u64,
     /// Sessions dropped after their retain time.
     pub sessions_expired: u64,
+    /// Sessions whose retain time passed while commands still ran, so their
+    /// end waited for the last one to finish.
+    pub expiries_deferred: u64,
     /// Sessions closed with FIN.
     pub sessions_closed: u64,
     /// Commands delivered to the service.
@@ -392,6 +395,12 @@ impl Target {
             });
         }
         s.complete(seq, response, &mut self.changes);
+        if s.expiry_deferred && s.running() == 0 && s.conn.is_none() {
+            // Its retain time passed while this command ran.
+            self.end_session(session, RejectReason::SessionExpired);
+            self.stats.sessions_expired += 1;
+            return Ok(());
+        }
         let conn = s.conn;
         if let Some(conn) = conn {
             self.mark_dirty(conn);
@@ -808,6 +817,10 @@ impl Target {
 
     fn session_timer(&mut self, id: SessionId, now: Timestamp) {
         let retain = self.config.retain;
+        #[cfg(feature = "test-switches")]
+        let expire_running = self.config.switches.expire_running;
+        #[cfg(not(feature = "test-switches"))]
+        let expire_running = false;
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -816,11 +829,21 @@ impl Target {
         if let Some(since) = s.detached_since {
             let expiry = since + retain;
             if expiry <= now {
-                self.end_session(id, RejectReason::SessionExpired);
-                self.stats.sessions_expired += 1;
-                return;
+                if s.running() == 0 || expire_running {
+                    self.end_session(id, RejectReason::SessionExpired);
+                    self.stats.sessions_expired += 1;
+                    return;
+                }
+                // Commands still run: the session must outlive them, or a
+                // re-issue could run beside them (§11.1). `complete` ends it
+                // when the last one finishes.
+                if !s.expiry_deferred {
+                    s.expiry_deferred = true;
+                    self.stats.expiries_deferred += 1;
+                }
+            } else {
+                self.timers.arm_session(expiry, id, &mut s.armed);
             }
-            self.timers.arm_session(expiry, id, &mut s.armed);
         }
         if let Some(due) = s.ack_due {
             if due <= now {

@@ -39,6 +39,9 @@ pub(crate) struct Session {
     pub(crate) conn: Option<ConnId>,
     /// When the last connection went away (for the retain timer).
     pub(crate) detached_since: Option<Timestamp>,
+    /// The retain time passed while commands still ran: the session ends
+    /// when the last of them completes (unless a connection recovers it).
+    pub(crate) expiry_deferred: bool,
     /// Largest frame the initiator accepts.
     pub(crate) peer_max_frame: u32,
     /// Highest contiguous sequence received from the initiator.
@@ -83,6 +86,7 @@ impl Session {
             credits,
             conn: None,
             detached_since: None,
+            expiry_deferred: false,
             peer_max_frame,
             received: 0,
             held: 0,
@@ -136,6 +140,7 @@ impl Session {
     pub(crate) fn attach(&mut self, conn: ConnId) -> usize {
         self.conn = Some(conn);
         self.detached_since = None;
+        self.expiry_deferred = false;
         self.send_cursor = self.responses_acked + 1;
         self.advertised = (self.received, self.limit());
         self.ack_due = None;

@@ -6,6 +6,11 @@
 //!   and once if its caller got a response; a one-way message reported
 //!   delivered executed exactly once; "not executed" means it never ran;
 //! * order: within a session the service sees operations in issue order;
+//! * no stale execution: once a newer session has executed anything, no
+//!   command of an older session executes (it would land after commands
+//!   issued after it), and no call executes after its caller was told it
+//!   failed with a settled error (not executed, withdrawn, or "may have
+//!   executed" in a session the target reported gone);
 //! * integrity: a response carries what its execution returned;
 //! * bounded: held messages and cached responses within the credit window,
 //!   decoder buffers within the frame limit;
@@ -37,6 +42,8 @@ pub struct Op {
     pub call: CallId,
     /// Its outcome, once known.
     pub outcome: Option<Outcome>,
+    /// It failed with an error that promises it will not execute later.
+    pub settled_failure: bool,
 }
 
 /// Tracks operations and checks invariants.
@@ -64,6 +71,7 @@ impl Checker {
                 kind,
                 call,
                 outcome: None,
+                settled_failure: false,
             },
         );
         self.call_to_tag.insert(call, tag);
@@ -90,6 +98,18 @@ impl Checker {
         }
         if op.outcome == Some(Outcome::NotExecuted) {
             return Err(format!("tag {tag} executed after failing as not executed"));
+        }
+        if op.settled_failure {
+            return Err(format!(
+                "stale execution: tag {tag} executed after its caller was told it failed and would not execute later"
+            ));
+        }
+        if let Some(newest) = services.sessions_in_order.last() {
+            if *newest != session {
+                return Err(format!(
+                    "stale execution: tag {tag} of {session} executed after the newer session {newest} had executed"
+                ));
+            }
         }
         let order = &services.order[&session];
         if order.len() >= 2 && order[order.len() - 2] >= tag {
@@ -179,6 +199,11 @@ impl Checker {
             Outcome::NotExecuted
         };
         let tag = self.settle(call, outcome.clone())?;
+        if error.is_settled() {
+            if let Some(op) = self.ops.get_mut(&tag) {
+                op.settled_failure = true;
+            }
+        }
         let runs = services.executions.get(&tag).map_or(0, Vec::len);
         if outcome == Outcome::NotExecuted && runs > 0 {
             return Err(format!(

@@ -90,6 +90,9 @@ pub struct Services {
     pub order: HashMap<SessionId, Vec<u64>>,
     /// Executions of a tag after a later-issued tag in the same session.
     pub total_executions: u64,
+    /// Sessions in the order they first executed something: once a newer
+    /// session has executed, an older one must never execute again.
+    pub sessions_in_order: Vec<SessionId>,
 }
 
 impl Services {
@@ -111,6 +114,9 @@ impl Services {
             .or_default()
             .push(Execution { session, result });
         self.order.entry(session).or_default().push(tag);
+        if !self.sessions_in_order.contains(&session) {
+            self.sessions_in_order.push(session);
+        }
         let mut b = BytesMut::with_capacity(16);
         b.put_u64(tag);
         b.put_u64(result);

@@ -25,6 +25,14 @@ pub struct SimParams {
     pub switches: TestSwitches,
     /// Inject faults at all.
     pub faults: bool,
+    /// A slow backend: a command takes effect when it completes, not when
+    /// it is delivered; one session's commands take effect in delivery
+    /// order, and some take longer than the retain time (so a session can
+    /// reach its retain time with commands still running). No one-way
+    /// messages in this mode.
+    pub slow_service: bool,
+    /// Callers sometimes stop waiting and withdraw their call.
+    pub abandon: bool,
 }
 
 impl Default for SimParams {
@@ -33,6 +41,8 @@ impl Default for SimParams {
             ops: 2000,
             switches: TestSwitches::default(),
             faults: true,
+            slow_service: false,
+            abandon: true,
         }
     }
 }
@@ -66,6 +76,10 @@ pub struct SimReport {
     pub may_have_executed: u64,
     /// Calls failed as "not executed".
     pub not_executed: u64,
+    /// Calls withdrawn by their caller.
+    pub withdrawn: u64,
+    /// Sessions whose expiry waited for running commands.
+    pub expiries_deferred: u64,
 }
 
 impl SimReport {
@@ -83,6 +97,8 @@ impl SimReport {
         self.expired += o.expired;
         self.may_have_executed += o.may_have_executed;
         self.not_executed += o.not_executed;
+        self.withdrawn += o.withdrawn;
+        self.expiries_deferred += o.expiries_deferred;
     }
 
     fn add_target(&mut self, t: &holdfast_proto::TargetStats) {
@@ -91,6 +107,7 @@ impl SimReport {
         self.from_cache += t.answered_from_cache;
         self.duplicates += t.duplicates_dropped;
         self.expired += t.sessions_expired;
+        self.expiries_deferred += t.expiries_deferred;
     }
 }
 
@@ -100,6 +117,8 @@ struct Completion {
     session: holdfast_proto::SessionId,
     seq: u64,
     response: bytes::Bytes,
+    /// With a slow service: the payload, executed when the command completes.
+    effect: Option<bytes::Bytes>,
 }
 
 /// The whole simulation for one seed.
@@ -121,6 +140,12 @@ pub struct World {
     next_conn: u64,
     reconnect_at: Option<Timestamp>,
     completions: Vec<Completion>,
+    /// No reconnect before this (a partition, with a slow service).
+    partition_until: Option<Timestamp>,
+    /// With a slow service: until when the one slow command runs.
+    slow_until: Timestamp,
+    /// With a slow service: when each session's last command completes.
+    backend_busy_until: std::collections::HashMap<holdfast_proto::SessionId, Timestamp>,
     next_tag: u64,
     next_op_at: Timestamp,
     next_fault_at: Timestamp,
@@ -193,6 +218,9 @@ impl World {
             next_conn: 1,
             reconnect_at: Some(Timestamp::ZERO),
             completions: Vec::new(),
+            backend_busy_until: std::collections::HashMap::new(),
+            slow_until: Timestamp::ZERO,
+            partition_until: None,
             next_tag: 1,
             next_op_at: Timestamp::ZERO,
             next_fault_at: Timestamp::ZERO + fault_gap,
@@ -266,6 +294,7 @@ impl World {
         self.report.stateless = self.initiator.stats().stateless_recoveries;
         self.report.may_have_executed = self.checker.may_have_executed;
         self.report.not_executed = self.checker.not_executed;
+        self.report.withdrawn = self.initiator.stats().withdrawn;
         Ok(self.report)
     }
 
@@ -301,12 +330,13 @@ impl World {
         if self.initiator.poll_timeout().is_some_and(|t| t <= self.now) {
             self.initiator.handle_timeout(self.now);
         }
-        self.complete_due();
+        self.complete_due()?;
         if self.restart_at.is_some_and(|t| t <= self.now) {
             self.restart_target();
         }
         self.maybe_reconnect();
         if faults_allowed {
+            self.maybe_abandon();
             self.submit_ops()?;
             if self.params.faults && self.next_fault_at <= self.now {
                 self.inject_fault();
@@ -388,27 +418,55 @@ impl World {
         Ok(())
     }
 
-    fn complete_due(&mut self) {
+    fn complete_due(&mut self) -> Result<(), String> {
         let now = self.now;
         let mut due = Vec::new();
         self.completions.retain_mut(|c| {
             if c.at <= now {
                 due.push((
+                    c.at,
                     c.generation,
                     c.session,
                     c.seq,
                     std::mem::take(&mut c.response),
+                    c.effect.take(),
                 ));
                 false
             } else {
                 true
             }
         });
-        for (generation, session, seq, response) in due {
-            if generation == self.generation {
-                // The session may have expired meanwhile: then there is no one to answer.
-                let _ = self.target.complete(session, seq, response, now);
+        // A session's slow commands take effect in delivery order.
+        due.sort_by_key(|d| (d.0, d.3));
+        for (_, generation, session, seq, mut response, effect) in due {
+            if generation != self.generation {
+                // The target process died: its unfinished work never lands.
+                continue;
             }
+            if let Some(payload) = effect {
+                response = self.services.execute(session, &payload)?;
+                let tag = super::service::parse(&payload).map_or(0, |(_, t)| t);
+                self.checker.executed(&self.services, session, tag)?;
+            }
+            // The session may have expired meanwhile: then there is no one to answer.
+            let _ = self.target.complete(session, seq, response, now);
+        }
+        Ok(())
+    }
+
+    /// Sometimes a caller stops waiting: withdraw one of the latest calls.
+    fn maybe_abandon(&mut self) {
+        if !self.params.abandon || !self.chance(3) || self.next_tag <= 1 {
+            return;
+        }
+        let back = self.below((self.next_tag - 1).min(64));
+        let tag = self.next_tag - 1 - back;
+        let Some(op) = self.checker.ops.get(&tag) else {
+            return;
+        };
+        if op.outcome.is_none() {
+            let call = op.call;
+            self.initiator.abandon(call, self.now);
         }
     }
 
@@ -421,6 +479,13 @@ impl World {
         };
         if at > self.now {
             return;
+        }
+        if let Some(until) = self.partition_until {
+            if self.now < until {
+                self.reconnect_at = Some(until);
+                return;
+            }
+            self.partition_until = None;
         }
         if self.now < self.initiator.reconnect_at() {
             self.reconnect_at = Some(self.initiator.reconnect_at());
@@ -455,6 +520,7 @@ impl World {
             let kind = match self.below(10) {
                 0..=3 => OpKind::Increment,
                 4..=6 => OpKind::Write,
+                _ if self.params.slow_service => OpKind::Write,
                 _ => OpKind::Message,
             };
             let pad = if self.chance(3) {
@@ -565,6 +631,7 @@ impl World {
         let target_stats = self.target.stats().clone();
         self.report.add_target(&target_stats);
         self.generation += 1;
+        self.backend_busy_until.clear();
         self.target = Target::new(
             self.target_config.clone(),
             Box::new(SeededRandom::new(self.rng.next_u64())),
@@ -669,6 +736,10 @@ impl World {
                     seq,
                     payload,
                 } => {
+                    if self.params.slow_service {
+                        self.slow_command(session, seq, payload);
+                        continue;
+                    }
                     let response = self.services.execute(session, &payload)?;
                     let tag = super::service::parse(&payload).map(|(_, t)| t).unwrap_or(0);
                     self.checker.executed(&self.services, session, tag)?;
@@ -679,6 +750,7 @@ impl World {
                         session,
                         seq,
                         response,
+                        effect: None,
                     });
                 }
                 Delivery::Message {
@@ -692,6 +764,73 @@ impl World {
         }
         self.target.advance(now);
         Ok(())
+    }
+
+    /// Queues a command on the slow backend: it takes effect when it
+    /// completes, after the session's earlier commands; one in ten takes
+    /// longer than the retain time (one at a time).
+    fn slow_command(
+        &mut self,
+        session: holdfast_proto::SessionId,
+        seq: u64,
+        payload: bytes::Bytes,
+    ) {
+        let now = self.now;
+        let retain = self.target_config.retain.as_micros() as u64;
+        // At most one slow command at a time, so the backlog stays bounded.
+        let work = if now >= self.slow_until && self.chance(10) {
+            let extra = self.below(retain / 2);
+            let work = retain + extra;
+            self.slow_until = now + Duration::from_micros(work);
+            if self.params.faults && self.chance(50) {
+                // The initiator loses the target for about the retain time,
+                // and comes back while this command may still run.
+                let back = retain + 5_000 + self.below(extra / 2 + 1);
+                self.partition(now + Duration::from_micros(back));
+            }
+            work
+        } else {
+            self.below(3000)
+        };
+        let start = self
+            .backend_busy_until
+            .get(&session)
+            .copied()
+            .unwrap_or(now)
+            .max(now);
+        let at = start + Duration::from_micros(work);
+        self.backend_busy_until.insert(session, at);
+        self.completions.push(Completion {
+            at,
+            generation: self.generation,
+            session,
+            seq,
+            response: bytes::Bytes::new(),
+            effect: Some(payload),
+        });
+    }
+
+    /// Cuts the current connection (both sides learn) and keeps the
+    /// initiator from reconnecting until `until`.
+    fn partition(&mut self, until: Timestamp) {
+        self.partition_until = Some(until);
+        let now = self.now;
+        let Some(id) = self.current else {
+            return;
+        };
+        if let Some(c) = self.conn_mut(id) {
+            let a = c.to_target.queued_bytes();
+            c.to_target.cut_at(a);
+            let b = c.to_initiator.queued_bytes();
+            c.to_initiator.cut_at(b);
+            let latency = c.latency;
+            c.to_initiator.blackholed = false;
+            c.to_initiator.push(now, latency, Packet::Close);
+            c.to_initiator.blackholed = true;
+            c.to_target.blackholed = false;
+            c.to_target.push(now, latency, Packet::Close);
+            c.to_target.blackholed = true;
+        }
     }
 
     fn on_event(&mut self, event: InitiatorEvent) -> Result<(), String> {
