@@ -84,7 +84,7 @@ impl Signals {
 
 /// Why the export stopped serving.
 enum Stop {
-    Signal(&'static str, u8),
+    Signal(&'static str),
     /// The session is over on its own (lost, or, unexpectedly, closed).
     Ended(Result<(), SessionLoss>),
 }
@@ -114,7 +114,7 @@ where
 {
     let stop = tokio::select! {
         never = serve => match never {},
-        (name, code) = exit.signals.next() => Stop::Signal(name, code),
+        (name, _) = exit.signals.next() => Stop::Signal(name),
         ended = exit.initiator.ended() => Stop::Ended(ended),
     };
     // The server future is gone: the listener is closed and every NBD
@@ -139,7 +139,7 @@ where
             );
             ("session lost", false, EXIT_SESSION_LOST)
         }
-        Stop::Signal(name, signal_code) => {
+        Stop::Signal(name) => {
             eprintln!(
                 "{name}: stopped accepting NBD clients; closing the session (waiting up to {}s \
                  for outstanding requests and the target; Ctrl-C or SIGTERM again to exit at \
@@ -167,9 +167,9 @@ where
                         (name, false, 1)
                     }
                 },
-                (again, _) = exit.signals.next() => {
+                (again, again_code) = exit.signals.next() => {
                     eprintln!("{again} again: exiting at once without closing the session");
-                    (name, false, signal_code)
+                    (name, false, again_code)
                 }
             }
         }
