@@ -59,6 +59,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         detection: args.detection,
         target: None,
         progress: !args.json,
+        second: None,
     })
     .await?;
     if args.json {

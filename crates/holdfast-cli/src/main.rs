@@ -9,6 +9,7 @@ mod demo;
 mod logsvc;
 mod malloc;
 mod nbd_cmd;
+mod nbd_life;
 mod target_cmd;
 mod torture;
 mod units;

@@ -59,7 +59,7 @@ pub(crate) struct NbdArgs {
     #[arg(long, value_name = "DURATION")]
     pub(crate) detection: Option<String>,
     /// Give the session up after this long without a connection
-    /// [default: 120s]; requests then fail with EIO.
+    /// [default: 120s]; the export then exits with status 3 (restart it).
     #[arg(long, value_name = "DURATION")]
     pub(crate) session_loss: Option<String>,
     /// Print the export's address and size as a JSON line.
@@ -142,7 +142,8 @@ enum Listener {
     Unix(tokio::net::UnixListener),
 }
 
-/// Connects, exports, and serves until Ctrl-C.
+/// Connects, exports, and serves until Ctrl-C or SIGTERM, or until the
+/// session is lost (see [`crate::nbd_life`]).
 pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
     let initiator = Initiator::start(
         Arc::new(EndpointConnector::new(s.target.clone(), s.detection)),
@@ -173,10 +174,7 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("could not listen on {addr}"))?,
         ),
-        Endpoint::Unix(path) => Listener::Unix(
-            tokio::net::UnixListener::bind(path)
-                .with_context(|| format!("could not listen on {}", path.display()))?,
-        ),
+        Endpoint::Unix(path) => Listener::Unix(crate::nbd_life::bind_unix(path)?),
         Endpoint::Named(n) => bail!("cannot listen on {n}"),
     };
     let uri = match &listener {
@@ -186,6 +184,9 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
             other => other.to_string(),
         },
     };
+    // Handle Ctrl-C and SIGTERM from before the address is printed: a
+    // caller that signals as soon as it sees it gets the clean stop.
+    let signals = crate::nbd_life::Signals::new()?;
     if s.json {
         println!(
             "{}",
@@ -203,17 +204,12 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
             Listener::Unix(l) => server.serve_listener(l).await,
         }
     };
-    tokio::select! {
-        never = serve => match never {},
-        r = tokio::signal::ctrl_c() => r.context("could not wait for Ctrl-C")?,
-    }
-    if let Endpoint::Unix(path) = &s.listen {
-        let _ = std::fs::remove_file(path);
-    }
-    eprintln!("closing the session");
-    initiator
-        .close()
-        .await
-        .context("the session did not close cleanly")?;
-    Ok(ExitCode::SUCCESS)
+    let exit = crate::nbd_life::Exit {
+        initiator: &initiator,
+        target: &s.target,
+        listen: &s.listen,
+        json: s.json,
+        signals,
+    };
+    crate::nbd_life::serve_until_stopped(serve, exit).await
 }

@@ -154,6 +154,8 @@ pub struct Initiator {
     /// Tickets of submissions whose caller stopped waiting.
     pub(crate) abandons: mpsc::UnboundedSender<u64>,
     pub(crate) next_ticket: Arc<AtomicU64>,
+    /// How the session ended, once it has (see [`Initiator::ended`]).
+    pub(crate) outcome: tokio::sync::watch::Receiver<Option<Result<(), SessionLoss>>>,
 }
 
 impl std::fmt::Debug for Initiator {
@@ -173,6 +175,7 @@ impl Initiator {
         let seed = options
             .jitter_seed
             .unwrap_or_else(|| getrandom::u64().unwrap_or(0x9e37_79b9_7f4a_7c15));
+        let (outcome_tx, outcome) = tokio::sync::watch::channel(None);
         let driver = Driver {
             core: holdfast_proto::Initiator::new(options.protocol.clone(), clock.now()),
             backoff: Backoff::new(options.backoff_initial, options.backoff_max, seed),
@@ -188,6 +191,7 @@ impl Initiator {
             early_abandons: HashSet::new(),
             waiting: None,
             close_waiters: Vec::new(),
+            outcome: outcome_tx,
             reconnect_at: None,
             ended: None,
             no_session_since: None,
@@ -200,6 +204,7 @@ impl Initiator {
             requests: tx,
             abandons: abandon_tx,
             next_ticket: Arc::new(AtomicU64::new(1)),
+            outcome,
         }
     }
 
@@ -277,6 +282,22 @@ impl Initiator {
         rx.await.unwrap_or(Ok(()))
     }
 
+    /// Waits until the session is over, without affecting it: `Ok` after a
+    /// clean close, the loss otherwise (e.g. [`SessionLoss::GaveUp`] after
+    /// the session-loss timeout, or the target announcing it will not
+    /// return). Every call made after that fails; a caller that serves
+    /// others on top of this session (an NBD export) can stop instead of
+    /// failing requests forever.
+    pub async fn ended(&self) -> Result<(), SessionLoss> {
+        let mut outcome = self.outcome.clone();
+        let seen = match outcome.wait_for(Option::is_some).await {
+            Ok(v) => v.clone(),
+            // The driver stopped without saying (it panicked).
+            Err(_) => None,
+        };
+        seen.unwrap_or(Err(SessionLoss::Aborted))
+    }
+
     /// The core's counters.
     pub async fn stats(&self) -> Option<InitiatorStats> {
         let (tx, rx) = oneshot::channel();
@@ -314,6 +335,8 @@ struct Driver {
     /// A request refused for credit, retried on `CreditAvailable`.
     waiting: Option<ApiRequest>,
     close_waiters: Vec<oneshot::Sender<Result<(), SessionLoss>>>,
+    /// Tells [`Initiator::ended`] how the session ended.
+    outcome: tokio::sync::watch::Sender<Option<Result<(), SessionLoss>>>,
     reconnect_at: Option<tokio::time::Instant>,
     ended: Option<SessionLoss>,
     /// Since when there has been no session (none yet, or replaced).
@@ -715,9 +738,11 @@ impl Driver {
                     let _ = w.send(Ok(()));
                 }
                 self.ended = Some(SessionLoss::Aborted);
+                self.outcome.send_replace(Some(Ok(())));
             }
             InitiatorEvent::SessionEnded(loss) => {
                 warn!(%loss, "session ended");
+                self.outcome.send_replace(Some(Err(loss.clone())));
                 self.release_connection();
                 for w in self.close_waiters.drain(..) {
                     let _ = w.send(Err(loss.clone()));

@@ -7,7 +7,16 @@
 //!   runs one operation at a time, so the history of each block is
 //!   sequential and every read is checked against the last acknowledged
 //!   write (per-block linearizability): a read of an older generation means
-//!   a write was lost or a stale one landed after a newer one.
+//!   a write was lost or a stale one landed after a newer one. A second
+//!   session (`--second-session-workers`, another initiator and volume on
+//!   the same target, exported by an NBD server with `--io-timeout` as
+//!   `holdfast nbd` runs it) writes the first `32` blocks of every region
+//!   too, while its own path is blackholed for longer than the io-timeout
+//!   now and then (requests answered EIO). Every read is then checked
+//!   against the shared per-block history (verify/history.rs): it must
+//!   return a value some write could legitimately have left there, and a
+//!   write answered with an error must never be seen after a later
+//!   acknowledged write.
 //! * `log` drives the log service (a counter, NOT idempotent, and numbered
 //!   one-way message streams), in-process or in `holdfast target --service
 //!   log`: the counter must grow by exactly the successful increments and
@@ -27,7 +36,7 @@ use clap::{Args, ValueEnum};
 use holdfast::Endpoint;
 
 use crate::units::{parse_duration, parse_endpoint, parse_size};
-use crate::verify::{progress_bar, run_block, Scenario};
+use crate::verify::{progress_bar, run_block, Scenario, SecondSession};
 
 /// Which service to torture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -54,7 +63,8 @@ pub(crate) struct TortureArgs {
     /// Seed for the workload and the fault schedule.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// How many faults to inject [default: two per second].
+    /// How many faults to inject [default: two per second]; 0 also turns
+    /// the second session's io-timeout faults off.
     #[arg(long)]
     faults: Option<u32>,
     /// Do not restart the in-process target (block mode restarts it once).
@@ -69,6 +79,19 @@ pub(crate) struct TortureArgs {
     /// The detection bound for a silent connection.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     detection: Duration,
+    /// Block mode: workers of a second session on the same target, writing
+    /// the first session's blocks through an NBD server with an io-timeout
+    /// (0: no second session).
+    #[arg(long, default_value_t = 2)]
+    second_session_workers: usize,
+    /// Block mode: the second session's NBD io-timeout; its path is
+    /// blackholed for 1.5 to 4 times this now and then.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    io_timeout: Duration,
+    /// Block mode: keep the second session but do not blackhole its path
+    /// (no io-timeouts), to tell its faults from the others.
+    #[arg(long)]
+    no_io_timeout_faults: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -99,6 +122,14 @@ pub(crate) async fn run(args: TortureArgs) -> anyhow::Result<ExitCode> {
                 detection: args.detection,
                 target,
                 progress: !args.json,
+                second: Some(SecondSession {
+                    workers: args.second_session_workers,
+                    io_timeout: args.io_timeout,
+                    // Longer than the io-timeout: a short blackhole makes
+                    // requests time out, then resume on the same link.
+                    detection: args.io_timeout * 3,
+                    faults: faults > 0 && !args.no_io_timeout_faults,
+                }),
             })
             .await?;
             if args.json {

@@ -5,10 +5,15 @@
 //! the last: one that does not is a duplicate (or a stale write landing
 //! late), and is counted. Memory is one entry per block written.
 //!
+//! With a second session (the block torture), its writes carry generations
+//! from [`SECOND_LANE`] up and overlap the first session's blocks; several
+//! of its workers write the same blocks, so for them only the same write
+//! executed twice counts (the shared history checker catches the rest).
+//!
 //! After a target restart the session is new and retry-safe writes are
 //! re-issued by design; those land on a fresh ledger and are not counted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +21,7 @@ use bytes::Bytes;
 use holdfast_block::{BlockDevice, BlockError};
 
 use super::blocks::{decode, Content, BLOCK};
+use super::history::SECOND_LANE;
 
 /// Duplicates seen across all incarnations.
 #[derive(Debug, Default)]
@@ -25,6 +31,8 @@ pub(crate) struct Duplicates(pub(crate) AtomicU64);
 pub(crate) struct Ledger<D> {
     inner: D,
     newest: Mutex<HashMap<u64, u64>>,
+    /// Per block, the second session's generations executed.
+    second: Mutex<HashMap<u64, HashSet<u64>>>,
     duplicates: Arc<Duplicates>,
 }
 
@@ -34,6 +42,7 @@ impl<D> Ledger<D> {
         Ledger {
             inner,
             newest: Mutex::new(HashMap::new()),
+            second: Mutex::new(HashMap::new()),
             duplicates,
         }
     }
@@ -45,6 +54,18 @@ impl<D> Ledger<D> {
         let mut newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
         for chunk in data.chunks(BLOCK) {
             if let Content::Written { block, generation } = decode(chunk) {
+                if generation >= SECOND_LANE {
+                    let mut second = self.second.lock().unwrap_or_else(|e| e.into_inner());
+                    if !second.entry(block).or_default().insert(generation) {
+                        self.duplicates.0.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            block,
+                            generation,
+                            "a second-session write executed twice in one session"
+                        );
+                    }
+                    continue;
+                }
                 let last = newest.entry(block).or_insert(0);
                 if generation <= *last {
                     self.duplicates.0.fetch_add(1, Ordering::Relaxed);

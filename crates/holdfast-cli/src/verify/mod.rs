@@ -7,8 +7,10 @@
 
 pub(crate) mod blocks;
 pub(crate) mod faults;
+pub(crate) mod history;
 pub(crate) mod ledger;
 pub(crate) mod report;
+pub(crate) mod second;
 pub(crate) mod workload;
 
 use std::collections::BTreeMap;
@@ -31,6 +33,7 @@ use blocks::BLOCK;
 use faults::DemoFault;
 use ledger::{Duplicates, Ledger};
 pub(crate) use report::Summary;
+pub(crate) use second::SecondSession;
 use workload::{Tally, Worker};
 
 /// What to run.
@@ -54,7 +57,14 @@ pub(crate) struct Scenario {
     pub(crate) target: Option<SocketAddr>,
     /// Draw a progress line.
     pub(crate) progress: bool,
+    /// A second session writing the first one's blocks, with io-timeout
+    /// faults; then every read is checked against the shared history.
+    pub(crate) second: Option<SecondSession>,
 }
+
+/// The hot blocks at the start of each worker's region, where the second
+/// session writes too.
+const HOT_BLOCKS: u64 = 32;
 
 /// The running target: a fresh process image for every restart.
 struct TargetSide {
@@ -254,9 +264,13 @@ async fn run_in(scenario: &Scenario, scratch: Option<&Scratch>) -> anyhow::Resul
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
+    let second = args.second.filter(|s| s.workers > 0);
+    let history = second
+        .is_some()
+        .then(|| Arc::new(history::History::new(blocks_total, start, tally.clone())));
     let mut workers = Vec::new();
     for w in 0..args.workers {
-        let worker = Worker::new(
+        let mut worker = Worker::new(
             device.clone(),
             w as u64 * per_worker,
             per_worker,
@@ -264,8 +278,26 @@ async fn run_in(scenario: &Scenario, scratch: Option<&Scratch>) -> anyhow::Resul
             tally.clone(),
             start,
         );
+        if let Some(h) = &history {
+            worker = worker.with_history(h.clone(), HOT_BLOCKS);
+        }
         workers.push(tokio::spawn(worker.run(stop.clone())));
     }
+    let second = match (second, &history) {
+        (Some(settings), Some(history)) => Some(
+            start_second(
+                settings,
+                target.addr,
+                history.clone(),
+                &tally,
+                args,
+                per_worker,
+                start,
+            )
+            .await?,
+        ),
+        _ => None,
+    };
 
     let progress = progress_bar(!args.progress);
     let restart = args.restart && target.in_process();
@@ -294,6 +326,18 @@ async fn run_in(scenario: &Scenario, scratch: Option<&Scratch>) -> anyhow::Resul
         }
     }
     wait_until(start + args.duration, &tally, &progress, &injected).await;
+    // The second session first: its path healed and everything it had in
+    // flight answered before the first session's final verification.
+    let second = match second {
+        Some(s) => Some(s.stop().await?),
+        None => None,
+    };
+    if let Some(s) = &second {
+        let n = s.faults.load(Ordering::Relaxed);
+        if n > 0 {
+            injected.insert("io-timeout".to_owned(), n);
+        }
+    }
     stop.store(true, Ordering::Relaxed);
     progress.set_message("verifying every block");
     for w in workers {
@@ -343,8 +387,51 @@ async fn run_in(scenario: &Scenario, scratch: Option<&Scratch>) -> anyhow::Resul
             .in_process()
             .then(|| duplicates.0.load(Ordering::Relaxed)),
         corrupt: load(&tally.corrupt),
+        second_session_operations: second.as_ref().map(|s| load(&s.ops)),
+        second_session_errors: second.as_ref().map(|s| load(&s.errors)),
         problems,
     })
+}
+
+/// Opens the second session (its own proxy and initiator, detection bound
+/// and NBD server io-timeout from `settings`) and starts its workers and
+/// io-timeout faults.
+async fn start_second(
+    settings: SecondSession,
+    target: SocketAddr,
+    history: Arc<history::History>,
+    tally: &Arc<Tally>,
+    args: &Scenario,
+    per_worker: u64,
+    start: Instant,
+) -> anyhow::Result<second::Running> {
+    let seed = args.seed ^ 0x2222;
+    let (proxy, initiator) = connect_through_proxy(target, settings.detection, seed).await?;
+    let volume = Arc::new(
+        tokio::time::timeout(Duration::from_secs(10), Volume::connect(initiator.clone()))
+            .await
+            .context("the second session's volume did not open within 10 s")?
+            .context("could not open the second session's volume")?,
+    );
+    let zones = second::HotZones {
+        regions: args.workers as u64,
+        per_region: per_worker,
+        hot: HOT_BLOCKS.min(per_worker),
+    };
+    let every = (settings.io_timeout * 3).max(Duration::from_secs(2));
+    second::start(
+        settings,
+        proxy,
+        initiator,
+        volume,
+        zones,
+        history,
+        tally,
+        seed,
+        every,
+        start + args.duration.mul_f64(0.8),
+    )
+    .await
 }
 
 pub(crate) fn progress_bar(hidden: bool) -> ProgressBar {

@@ -35,6 +35,11 @@ pub(crate) struct Summary {
     /// them; `None` when the target is external and has no ledger.
     pub(crate) duplicated: Option<u64>,
     pub(crate) corrupt: u64,
+    /// Operations the second session completed (`None`: no second session).
+    pub(crate) second_session_operations: Option<u64>,
+    /// Second-session requests answered with an error (EIO at the
+    /// io-timeout while its path was down): expected, not a failure.
+    pub(crate) second_session_errors: Option<u64>,
     pub(crate) problems: Vec<String>,
 }
 
@@ -108,6 +113,17 @@ impl Summary {
                 ms(self.recovery_max_ms)
             ),
         );
+        if let (Some(ops), Some(errors)) =
+            (self.second_session_operations, self.second_session_errors)
+        {
+            row(
+                "second session",
+                format!(
+                    "{ops} operations on overlapping blocks through NBD, {errors} answered EIO \
+                     at the io-timeout (expected; each checked never to land later)"
+                ),
+            );
+        }
         row("failed operations", self.failed_operations.to_string());
         row("lost", self.lost.to_string());
         row(

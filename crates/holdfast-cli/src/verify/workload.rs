@@ -17,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use holdfast_block::BlockDevice;
 
 use super::blocks::{decode, encode, Content, BLOCK};
+use super::history::{History, Writer};
 
 /// Counters shared by all workers and read by the progress line.
 #[derive(Debug, Default)]
@@ -86,6 +87,12 @@ pub(crate) struct Worker<D> {
     rng: u64,
     tally: Arc<Tally>,
     start: Instant,
+    /// The shared checker, when other writers overlap this region: then
+    /// reads are checked against it instead of the worker's own model.
+    history: Option<Arc<History>>,
+    /// With a history: half the operations stay in the region's first `hot`
+    /// blocks, where the other session writes too.
+    hot: u64,
 }
 
 impl<D: BlockDevice> Worker<D> {
@@ -107,7 +114,18 @@ impl<D: BlockDevice> Worker<D> {
             rng: seed | 1,
             tally,
             start,
+            history: None,
+            hot: blocks,
         }
+    }
+
+    /// Checks this worker's reads against `history` (shared with writers
+    /// that overlap its region) and keeps half its operations in the first
+    /// `hot` blocks of its region.
+    pub(crate) fn with_history(mut self, history: Arc<History>, hot: u64) -> Self {
+        self.history = Some(history);
+        self.hot = hot.clamp(1, self.blocks);
+        self
     }
 
     fn random(&mut self) -> u64 {
@@ -127,9 +145,14 @@ impl<D: BlockDevice> Worker<D> {
 
     async fn step(&mut self) {
         let roll = self.random() % 100;
-        let max_run = 16.min(self.blocks);
+        let span = if self.hot < self.blocks && self.random() % 2 == 0 {
+            self.hot
+        } else {
+            self.blocks
+        };
+        let max_run = 16.min(span);
         let count = 1 + self.random() % max_run;
-        let first = self.first_block + self.random() % (self.blocks - count + 1);
+        let first = self.first_block + self.random() % (span - count + 1);
         match roll {
             0..=54 => self.write(first, count).await,
             55..=89 => self.read(first, count).await,
@@ -171,9 +194,27 @@ impl<D: BlockDevice> Worker<D> {
         }
     }
 
-    async fn write(&mut self, first: u64, count: u64) {
-        let generation = self.next_generation;
+    /// The next write's generation: rising per worker, so per block (the
+    /// second session draws its own from above [`super::history::SECOND_LANE`]).
+    fn generation(&mut self) -> u64 {
         self.next_generation += 1;
+        self.next_generation - 1
+    }
+
+    fn write_invoked(&self, first: u64, count: u64, generation: u64, zero: bool) {
+        if let Some(h) = &self.history {
+            h.write_invoked(first, count, generation, zero, Writer::First);
+        }
+    }
+
+    fn write_ended(&self, first: u64, count: u64, generation: u64, ok: bool) {
+        if let Some(h) = &self.history {
+            h.write_ended(first, count, generation, ok);
+        }
+    }
+
+    async fn write(&mut self, first: u64, count: u64) {
+        let generation = self.generation();
         let mut data = BytesMut::with_capacity(count as usize * BLOCK);
         for b in first..first + count {
             data.extend_from_slice(&encode(b, generation));
@@ -181,11 +222,13 @@ impl<D: BlockDevice> Worker<D> {
         let fua = self.random() % 10 == 0;
         let len = data.len() as u64;
         let invoked = self.now_ns();
-        match self
+        self.write_invoked(first, count, generation, false);
+        let result = self
             .device
             .write_at(first * BLOCK as u64, data.freeze(), fua)
-            .await
-        {
+            .await;
+        self.write_ended(first, count, generation, result.is_ok());
+        match result {
             Ok(()) => {
                 self.acknowledged(first, count, generation, false, invoked);
                 self.tally.writes.fetch_add(1, Ordering::Relaxed);
@@ -200,15 +243,16 @@ impl<D: BlockDevice> Worker<D> {
     }
 
     async fn zero(&mut self, first: u64, count: u64) {
-        let generation = self.next_generation;
-        self.next_generation += 1;
+        let generation = self.generation();
         let len = u32::try_from(count as usize * BLOCK).unwrap_or(u32::MAX);
         let invoked = self.now_ns();
-        match self
+        self.write_invoked(first, count, generation, true);
+        let result = self
             .device
             .write_zeroes(first * BLOCK as u64, len, false)
-            .await
-        {
+            .await;
+        self.write_ended(first, count, generation, result.is_ok());
+        match result {
             Ok(()) => {
                 self.acknowledged(first, count, generation, true, invoked);
                 self.tally.zeroes.fetch_add(1, Ordering::Relaxed);
@@ -241,17 +285,42 @@ impl<D: BlockDevice> Worker<D> {
 
     async fn read(&mut self, first: u64, count: u64) {
         let len = u32::try_from(count as usize * BLOCK).unwrap_or(u32::MAX);
-        let invoked = self.now_ns();
+        let invoked = self.read_invoked(first, count);
         match self.device.read_at(first * BLOCK as u64, len).await {
             Ok(data) => {
-                self.check(first, &data, invoked);
+                self.check_read(first, count, &data, invoked);
                 self.tally.reads.fetch_add(1, Ordering::Relaxed);
                 self.tally
                     .bytes_read
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
                 self.completed();
             }
-            Err(e) => self.failed("read", &e),
+            Err(e) => {
+                self.read_failed(first, count);
+                self.failed("read", &e);
+            }
+        }
+    }
+
+    /// Stamps a read's invocation (in the history, when shared).
+    fn read_invoked(&self, first: u64, count: u64) -> u64 {
+        match &self.history {
+            Some(h) => h.read_invoked(first, count),
+            None => self.now_ns(),
+        }
+    }
+
+    fn read_failed(&self, first: u64, count: u64) {
+        if let Some(h) = &self.history {
+            h.read_failed(first, count);
+        }
+    }
+
+    /// Checks a read against the shared history, or the worker's model.
+    fn check_read(&mut self, first: u64, count: u64, data: &Bytes, invoked: u64) {
+        match &self.history {
+            Some(h) => h.read_returned(first, count, data, invoked, Writer::First),
+            None => self.check(first, data, invoked),
         }
     }
 
@@ -351,10 +420,13 @@ impl<D: BlockDevice> Worker<D> {
         while block < end {
             let count = 64.min(end - block);
             let len = u32::try_from(count as usize * BLOCK).unwrap_or(u32::MAX);
-            let invoked = self.now_ns();
+            let invoked = self.read_invoked(block, count);
             match self.device.read_at(block * BLOCK as u64, len).await {
-                Ok(data) => self.check(block, &data, invoked),
-                Err(e) => self.failed("final verification read", &e),
+                Ok(data) => self.check_read(block, count, &data, invoked),
+                Err(e) => {
+                    self.read_failed(block, count);
+                    self.failed("final verification read", &e);
+                }
             }
             block += count;
         }
