@@ -287,6 +287,7 @@ mod tests {
             seq,
             payload: r.encode(),
             one_way: false,
+            max_response: usize::MAX,
         }
     }
 
@@ -362,6 +363,7 @@ mod tests {
             seq: 1,
             payload: Bytes::from_static(b"\xb1\x09garbage"),
             one_way: false,
+            max_response: usize::MAX,
         };
         assert!(matches!(
             outcome(now(svc.call(garbage))),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::ids::{CallId, SessionId};
-use crate::wire::{ErrorCode, RejectReason};
+use crate::wire::{ErrorCode, RejectReason, ResponseStatus};
 use crate::Seq;
 
 /// A violation of the protocol by the peer (or a local policy that closes a
@@ -111,18 +111,54 @@ pub enum CallError {
         "may have executed: it was sent but no response arrived before the session was lost ({0})"
     )]
     MayHaveExecuted(SessionLoss),
+    /// The command **executed**, but the target answered it with a status
+    /// response instead of the service's response (PROTOCOL.md §6.7), for
+    /// example `ResponseTooLarge`: the response exceeded what this
+    /// initiator accepts. Do not retry blindly: it ran once.
+    #[error("executed, but the target could not deliver its response: {status}: {text}")]
+    Failed {
+        /// The status the target sent.
+        status: ResponseStatus,
+        /// The target's detail.
+        text: String,
+    },
+    /// A call carried across a stateless recovery is larger than the new
+    /// session's target accepts, so it cannot be re-issued; it failed alone
+    /// (the other calls go on). `may_have_executed` says whether it was sent
+    /// in a lost session.
+    #[error(
+        "not re-issued: its payload of {len} bytes exceeds the new target's limit of {max} bytes \
+         ({})",
+        if *may_have_executed { "it may have executed in the lost session" } else { "it did not execute" }
+    )]
+    TooLargeForTarget {
+        /// The payload's length.
+        len: usize,
+        /// The largest payload the new target accepts.
+        max: usize,
+        /// True if it was sent in a lost session (so it may have executed).
+        may_have_executed: bool,
+    },
 }
 
 impl CallError {
-    /// True if the command may have reached the service.
+    /// True if the command may have reached the service (for
+    /// [`CallError::Failed`]: it did).
     pub fn may_have_executed(&self) -> bool {
-        matches!(self, CallError::MayHaveExecuted(_))
+        match self {
+            CallError::NotExecuted(_) => false,
+            CallError::MayHaveExecuted(_) | CallError::Failed { .. } => true,
+            CallError::TooLargeForTarget {
+                may_have_executed, ..
+            } => *may_have_executed,
+        }
     }
 
-    /// The loss that caused the failure.
-    pub fn loss(&self) -> &SessionLoss {
+    /// The session loss that caused the failure, if one did.
+    pub fn loss(&self) -> Option<&SessionLoss> {
         match self {
-            CallError::NotExecuted(l) | CallError::MayHaveExecuted(l) => l,
+            CallError::NotExecuted(l) | CallError::MayHaveExecuted(l) => Some(l),
+            CallError::Failed { .. } | CallError::TooLargeForTarget { .. } => None,
         }
     }
 }
@@ -177,14 +213,6 @@ pub enum CompleteError {
         session: SessionId,
         /// The command.
         seq: Seq,
-    },
-    /// The response exceeds what the initiator accepts; complete it again with a smaller one.
-    #[error("response of {len} bytes exceeds the initiator's limit of {max} bytes")]
-    TooLarge {
-        /// The response's length.
-        len: usize,
-        /// The largest response accepted.
-        max: usize,
     },
 }
 

@@ -302,10 +302,10 @@ fn restart_rejects_recovery_fails_honestly_and_reissues_retry_safe_in_order() {
     assert!(sent_error.may_have_executed());
     assert!(matches!(
         sent_error.loss(),
-        SessionLoss::Rejected {
+        Some(SessionLoss::Rejected {
             reason: RejectReason::TargetRestarted,
             ..
-        }
+        })
     ));
     let unsent_error = failure(never_sent).expect("the unsent call fails");
     assert!(matches!(unsent_error, CallError::NotExecuted(_)));

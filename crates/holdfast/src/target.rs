@@ -451,6 +451,8 @@ impl<S: SessionService> Engine<S> {
     /// concurrently on its own task and its completion comes back through
     /// the engine's channel.
     async fn deliver(&mut self, d: Delivery) -> Option<(SessionId, Seq, Bytes)> {
+        let (Delivery::Command { session, .. } | Delivery::Message { session, .. }) = &d;
+        let max_response = self.core.max_response(*session).unwrap_or(0);
         let request = match d {
             Delivery::Command {
                 session,
@@ -461,6 +463,7 @@ impl<S: SessionService> Engine<S> {
                 seq,
                 payload,
                 one_way: false,
+                max_response,
             },
             Delivery::Message {
                 session,
@@ -471,6 +474,7 @@ impl<S: SessionService> Engine<S> {
                 seq,
                 payload,
                 one_way: true,
+                max_response,
             },
         };
         if let Err(e) = std::future::poll_fn(|cx| self.service.poll_ready(cx)).await {

@@ -28,8 +28,10 @@ use crate::error::{AcceptError, CompleteError, ProtocolError};
 use crate::ids::{ConnId, SessionId};
 use crate::random::RandomSource;
 use crate::time::Timestamp;
+use crate::wire::frame::MAX_TEXT;
 use crate::wire::{
-    Decoder, Digests, Direction, ErrorCode, Frame, Outgoing, RejectReason, NEVER_MS,
+    Decoder, Digests, Direction, ErrorCode, Frame, Outgoing, RejectReason, ResponseStatus,
+    NEVER_MS, STATUS_CODE_LEN,
 };
 use crate::Seq;
 
@@ -118,6 +120,9 @@ pub struct TargetStats {
     pub bytes_in: u64,
     /// Bytes handed out to send.
     pub bytes_out: u64,
+    /// Responses too large for their initiator, answered with a status
+    /// response `ResponseTooLarge` instead.
+    pub oversized_responses: u64,
 }
 
 /// A snapshot of one session's state, for tests and diagnostics.
@@ -368,7 +373,16 @@ impl Target {
         }
     }
 
-    /// Records the service's response to a command delivered earlier.
+    /// The largest response payload the initiator of `session` accepts
+    /// (its `max_frame` − 32), for services that can shape their answer.
+    pub fn max_response(&self, session: SessionId) -> Option<usize> {
+        self.sessions.get(&session).map(Session::max_response)
+    }
+
+    /// Records the service's response to a command delivered earlier. A
+    /// response larger than [`Target::max_response`] is not sent: a status
+    /// response `ResponseTooLarge` answers the command instead (it executed;
+    /// the call fails with that status at the initiator).
     pub fn complete(
         &mut self,
         session: SessionId,
@@ -384,14 +398,17 @@ impl Target {
         if !s.is_running(seq) {
             return Err(CompleteError::NotRunning { session, seq });
         }
-        let max = (s.peer_max_frame as usize).saturating_sub(32);
+        let max = s.max_response();
         if response.len() > max {
-            return Err(CompleteError::TooLarge {
-                len: response.len(),
-                max,
-            });
+            // The command ran; its response cannot be delivered. A status
+            // response takes its place, so the call fails cleanly (§6.7).
+            self.stats.oversized_responses += 1;
+            let text = oversized_text(response.len(), max);
+            let status = Some(ResponseStatus::ResponseTooLarge);
+            s.complete(seq, Bytes::from(text), status, &mut self.changes);
+        } else {
+            s.complete(seq, response, None, &mut self.changes);
         }
-        s.complete(seq, response, &mut self.changes);
         let conn = s.conn;
         if let Some(conn) = conn {
             self.mark_dirty(conn);
@@ -428,7 +445,7 @@ impl Target {
             let frame = Frame::Shutdown {
                 max_up_ms,
                 min_hold_ms,
-                ack: s.received(),
+                ack: s.ack(),
                 limit: s.limit(),
             };
             s.mark_advertised();
@@ -615,7 +632,7 @@ impl Target {
                 s.ack_responses(ack, &mut self.changes)?;
                 let pong = Frame::Pong {
                     token,
-                    ack: s.received(),
+                    ack: s.ack(),
                     limit: s.limit(),
                 };
                 s.mark_advertised();
@@ -849,6 +866,23 @@ impl Target {
             self.close_conn(conn, CloseReason::Shutdown);
         }
     }
+}
+
+/// The text of a `ResponseTooLarge` status response, cut to fit a payload
+/// of `max` bytes (after the 2-byte code) and [`MAX_TEXT`].
+fn oversized_text(len: usize, max: usize) -> String {
+    let mut text = format!(
+        "the command executed; its response of {len} bytes exceeds the initiator's limit of {max} bytes"
+    );
+    let room = max.saturating_sub(STATUS_CODE_LEN).min(MAX_TEXT);
+    if text.len() > room {
+        let mut end = room;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 fn unexpected(frame: &Frame, when: &str) -> ProtocolError {
