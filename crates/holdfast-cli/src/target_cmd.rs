@@ -1,5 +1,13 @@
 //! `holdfast target`: serve a file or block device as a holdfast block
 //! target until interrupted, then hand initiators off gracefully.
+//!
+//! On SIGINT or SIGTERM the target announces its shutdown (PROTOCOL.md
+//! §10.1): connections stay up for `--shutdown-up`, new logins meanwhile are
+//! refused with `ShuttingDown`, then every connection is closed and the
+//! process exits. Its sessions end with it (they do not survive a process
+//! restart), so the notice says "will not return" (`min_hold` 0xFFFFFFFF):
+//! initiators end their sessions at once instead of waiting to reconnect to
+//! state that is gone.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,12 +59,11 @@ pub(crate) struct TargetArgs {
     /// The most sessions served at once.
     #[arg(long)]
     pub(crate) max_sessions: Option<usize>,
-    /// On Ctrl-C: how long connections stay up after the shutdown notice.
+    /// On Ctrl-C or SIGTERM: how long connections stay up after the
+    /// shutdown notice (new logins are refused meanwhile); then the process
+    /// exits and its sessions end.
     #[arg(long, value_name = "DURATION")]
     pub(crate) shutdown_up: Option<String>,
-    /// On Ctrl-C: how long initiators wait after that before reconnecting.
-    #[arg(long, value_name = "DURATION")]
-    pub(crate) shutdown_hold: Option<String>,
     /// Print the bound endpoints and final counters as JSON lines.
     #[arg(long)]
     #[serde(default)]
@@ -74,7 +81,6 @@ pub(crate) struct TargetSettings {
     direct: bool,
     protocol: TargetConfig,
     shutdown_up: Duration,
-    shutdown_hold: Duration,
     json: bool,
 }
 
@@ -128,16 +134,31 @@ impl TargetArgs {
                 pick(self.shutdown_up, file.shutdown_up),
                 Duration::from_secs(1),
             )?,
-            shutdown_hold: duration(
-                pick(self.shutdown_hold, file.shutdown_hold),
-                Duration::from_secs(2),
-            )?,
             json: self.json || file.json,
         })
     }
 }
 
-/// Serves until Ctrl-C.
+/// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+async fn interrupted() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("could not wait for SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("could not wait for Ctrl-C"),
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("could not wait for Ctrl-C")
+    }
+}
+
+/// Serves until Ctrl-C or SIGTERM.
 pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
     let options = TargetOptions {
         protocol: s.protocol.clone(),
@@ -180,15 +201,21 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
             endpoints.join(", ")
         );
     }
-    tokio::signal::ctrl_c()
-        .await
-        .context("could not wait for Ctrl-C")?;
+    interrupted().await?;
     eprintln!(
-        "shutting down: connections stay up {:?}, initiators come back after {:?} more",
-        s.shutdown_up, s.shutdown_hold
+        "shutting down: connections stay up {:?} (new logins refused), then the process \
+         exits; its sessions end with it (announced as \"will not return\")",
+        s.shutdown_up
     );
+    if s.json {
+        println!(
+            "{}",
+            serde_json::json!({ "event": "shutting-down", "up_ms": s.shutdown_up.as_millis() })
+        );
+    }
     let stats = target.stats().await;
-    target.shutdown(s.shutdown_up, Some(s.shutdown_hold)).await;
+    // Sessions do not survive this process: say it will not return.
+    target.shutdown(s.shutdown_up, None).await;
     if let Some(stats) = stats {
         if s.json {
             println!(
