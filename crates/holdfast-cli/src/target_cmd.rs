@@ -139,27 +139,54 @@ impl TargetArgs {
     }
 }
 
-/// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM.
-async fn interrupted() -> anyhow::Result<()> {
+/// SIGINT (Ctrl-C) and, on Unix, SIGTERM, registered when this is made:
+/// a signal that arrives before [`Interrupts::wait`] is not lost (nor does it
+/// kill the process with the default action).
+struct Interrupts {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("could not wait for SIGTERM")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("could not wait for Ctrl-C"),
-            _ = term.recv() => Ok(()),
+    signals: (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+}
+
+impl Interrupts {
+    fn new() -> anyhow::Result<Interrupts> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let int = signal(SignalKind::interrupt()).context("could not catch SIGINT")?;
+            let term = signal(SignalKind::terminate()).context("could not catch SIGTERM")?;
+            Ok(Interrupts {
+                signals: (int, term),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Interrupts {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c()
-            .await
-            .context("could not wait for Ctrl-C")
+
+    /// Waits for the first of them.
+    async fn wait(mut self) -> anyhow::Result<()> {
+        #[cfg(unix)]
+        {
+            let (int, term) = &mut self.signals;
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            Ok(())
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::signal::ctrl_c()
+                .await
+                .context("could not wait for Ctrl-C")
+        }
     }
 }
 
 /// Serves until Ctrl-C or SIGTERM.
 pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
+    let interrupts = Interrupts::new()?;
     let options = TargetOptions {
         protocol: s.protocol.clone(),
         ..TargetOptions::default()
@@ -201,18 +228,12 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
             endpoints.join(", ")
         );
     }
-    interrupted().await?;
+    interrupts.wait().await?;
     eprintln!(
         "shutting down: connections stay up {:?} (new logins refused), then the process \
          exits; its sessions end with it (announced as \"will not return\")",
         s.shutdown_up
     );
-    if s.json {
-        println!(
-            "{}",
-            serde_json::json!({ "event": "shutting-down", "up_ms": s.shutdown_up.as_millis() })
-        );
-    }
     let stats = target.stats().await;
     // Sessions do not survive this process: say it will not return.
     target.shutdown(s.shutdown_up, None).await;
