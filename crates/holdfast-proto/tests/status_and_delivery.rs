@@ -381,3 +381,55 @@ fn after_a_recovery_with_nothing_to_resend_the_sessions_ack_is_accepted() {
         .iter()
         .any(|e| matches!(e, InitiatorEvent::ConnectionLost { .. })));
 }
+
+#[test]
+fn the_status_flag_is_refused_where_it_does_not_belong() {
+    use holdfast_proto::wire::{encode_to_vec, Digests, ErrorCode};
+    let decode = |bytes: &[u8]| {
+        let mut d = Decoder::new(Direction::ToInitiator, 1 << 20);
+        let mut input = bytes;
+        d.decode(&mut input)
+    };
+    // On a TACK: Malformed.
+    let mut tack = encode_to_vec(&Frame::TargetAck { ack: 1, limit: 2 }, Digests::NONE);
+    tack[1] |= 0x04;
+    assert_eq!(
+        decode(&tack).map_err(|e| e.code()),
+        Err(ErrorCode::Malformed)
+    );
+    // A status response without a code, or with code 0: Malformed.
+    let resp = |payload: &'static [u8]| {
+        let mut b = encode_to_vec(
+            &Frame::Response {
+                seq: 1,
+                command: 1,
+                ack: 1,
+                limit: 2,
+                payload: Bytes::from_static(payload),
+            },
+            Digests::NONE,
+        );
+        b[1] |= 0x04;
+        b
+    };
+    for bad in [&b""[..], b"\x01", b"\x00\x00text", b"\x00\x01\xff"] {
+        let bytes = resp(bad);
+        assert_eq!(
+            decode(&bytes).map_err(|e| e.code()),
+            Err(ErrorCode::Malformed),
+            "{bad:?}"
+        );
+    }
+    // An unknown status is kept verbatim.
+    assert_eq!(
+        decode(&resp(b"\x12\x34why")),
+        Ok(Some(Frame::StatusResponse {
+            seq: 1,
+            command: 1,
+            ack: 1,
+            limit: 2,
+            status: ResponseStatus::Other(0x1234),
+            text: "why".to_owned(),
+        }))
+    );
+}

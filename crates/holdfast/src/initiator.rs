@@ -178,7 +178,8 @@ impl Initiator {
         rx.await.map_err(|_| CallError::Stopped)?
     }
 
-    /// Sends a one-way message and waits until the target has it.
+    /// Sends a one-way message and waits until it is delivered: the
+    /// target's service has accepted it (PROTOCOL.md §6.2).
     pub async fn send(&self, payload: Bytes) -> Result<(), CallError> {
         self.send_with(payload, CallOptions::default()).await
     }

@@ -543,7 +543,8 @@ impl Target {
 
     /// Confirms that the last Ready's changes are persisted, its bytes sent
     /// and its deliveries handed to the service. One-way messages delivered
-    /// in it return their credits.
+    /// in it return their credits, and only now does the acknowledgement
+    /// cover them (no byte before this call acknowledges them).
     pub fn advance(&mut self, now: Timestamp) {
         self.now = now;
         self.awaiting_advance = false;
