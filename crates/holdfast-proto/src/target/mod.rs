@@ -28,10 +28,8 @@ use crate::error::{AcceptError, CompleteError, ProtocolError};
 use crate::ids::{ConnId, SessionId};
 use crate::random::RandomSource;
 use crate::time::Timestamp;
-use crate::wire::frame::MAX_TEXT;
 use crate::wire::{
-    Decoder, Digests, Direction, ErrorCode, Frame, Outgoing, RejectReason, ResponseStatus,
-    NEVER_MS, STATUS_CODE_LEN,
+    Decoder, Digests, Direction, ErrorCode, Frame, Outgoing, RejectReason, ResponseStatus, NEVER_MS,
 };
 use crate::Seq;
 
@@ -403,7 +401,7 @@ impl Target {
             // The command ran; its response cannot be delivered. A status
             // response takes its place, so the call fails cleanly (§6.7).
             self.stats.oversized_responses += 1;
-            let text = oversized_text(response.len(), max);
+            let text = session::oversized_text(response.len(), max);
             let status = Some(ResponseStatus::ResponseTooLarge);
             s.complete(seq, Bytes::from(text), status, &mut self.changes);
         } else {
@@ -867,23 +865,6 @@ impl Target {
             self.close_conn(conn, CloseReason::Shutdown);
         }
     }
-}
-
-/// The text of a `ResponseTooLarge` status response, cut to fit a payload
-/// of `max` bytes (after the 2-byte code) and [`MAX_TEXT`].
-fn oversized_text(len: usize, max: usize) -> String {
-    let mut text = format!(
-        "the command executed; its response of {len} bytes exceeds the initiator's limit of {max} bytes"
-    );
-    let room = max.saturating_sub(STATUS_CODE_LEN).min(MAX_TEXT);
-    if text.len() > room {
-        let mut end = room;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
 }
 
 fn unexpected(frame: &Frame, when: &str) -> ProtocolError {

@@ -15,7 +15,8 @@ use bytes::Bytes;
 use crate::error::ProtocolError;
 use crate::ids::{ConnId, SessionId, SessionSecret};
 use crate::time::Timestamp;
-use crate::wire::{Digests, ErrorCode, Frame, Outgoing, ResponseStatus};
+use crate::wire::frame::MAX_TEXT;
+use crate::wire::{Digests, ErrorCode, Frame, Outgoing, ResponseStatus, STATUS_CODE_LEN};
 use crate::Seq;
 
 use super::ready::{Delivery, StateChange};
@@ -428,4 +429,21 @@ impl Session {
     pub(crate) fn responses_acked(&self) -> Seq {
         self.responses_acked
     }
+}
+
+/// The text of a `ResponseTooLarge` status response, cut to fit a payload
+/// of `max` bytes (after the 2-byte code) and [`MAX_TEXT`].
+pub(crate) fn oversized_text(len: usize, max: usize) -> String {
+    let mut text = format!(
+        "the command executed; its response of {len} bytes exceeds the initiator's limit of {max} bytes"
+    );
+    let room = max.saturating_sub(STATUS_CODE_LEN).min(MAX_TEXT);
+    if text.len() > room {
+        let mut end = room;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
