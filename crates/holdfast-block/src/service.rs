@@ -305,6 +305,7 @@ mod tests {
             seq,
             payload: r.encode(),
             one_way: false,
+            max_response: usize::MAX,
         }
     }
 
@@ -380,6 +381,7 @@ mod tests {
             seq: 1,
             payload: Bytes::from_static(b"\xb1\x09garbage"),
             one_way: false,
+            max_response: usize::MAX,
         };
         assert!(matches!(
             outcome(now(svc.call(garbage))),
@@ -420,6 +422,7 @@ mod tests {
                 seq: 1,
                 payload: payload(id),
                 one_way: false,
+                max_response: usize::MAX,
             })))
         };
         assert_eq!(

@@ -9,6 +9,13 @@
 //!   Each sender's messages must arrive as 1, 2, 3, ... exactly once each.
 //! * `Q`: the response is a JSON [`Report`] of the counter and every stream.
 //!
+//! Anything else is refused without effect, so a test cannot pass by
+//! accident: a command (including `M` sent as a command, or `I`/`Q` with
+//! extra bytes) is answered with [`REFUSED`] + a reason (always longer than
+//! a counter's 8 bytes); a one-way message other than `M` (a one-way `I`
+//! included) has no response to carry that, so it is counted in
+//! [`Report::refused`] instead. Either way nothing else changes.
+//!
 //! The work happens in `call`, which the target invokes in session order;
 //! the returned future only carries the answer.
 
@@ -43,6 +50,9 @@ pub(crate) struct Report {
     pub(crate) counter: u64,
     /// Every sender's stream.
     pub(crate) streams: BTreeMap<u32, Stream>,
+    /// Requests refused because the service does not define them.
+    #[serde(default)]
+    pub(crate) refused: u64,
 }
 
 /// Builds the `M` message `n` of `sender`.
@@ -58,6 +68,24 @@ pub(crate) fn message(sender: u32, n: u64) -> Bytes {
 pub(crate) const INCREMENT: &[u8] = b"I";
 /// The request that asks for the [`Report`].
 pub(crate) const QUERY: &[u8] = b"Q";
+/// The prefix of the answer to a command the service does not define.
+pub(crate) const REFUSED: &[u8] = b"ERR ";
+
+/// What the answer to an [`INCREMENT`] says: the counter's new value, or
+/// the service's refusal (or anything else it is not) as an error.
+pub(crate) fn counter_value(response: &[u8]) -> Result<u64, String> {
+    match <[u8; 8]>::try_from(response) {
+        Ok(v) => Ok(u64::from_be_bytes(v)),
+        Err(_) if response.starts_with(REFUSED) => Err(format!(
+            "the log service refused the request: {}",
+            String::from_utf8_lossy(&response[REFUSED.len()..])
+        )),
+        Err(_) => Err(format!(
+            "the log service answered an increment with {} bytes, not a counter",
+            response.len()
+        )),
+    }
+}
 
 /// A cloneable handle on the log service's state, and the service itself.
 #[derive(Clone, Default)]
@@ -73,16 +101,17 @@ impl LogService {
             std::future::ready(Ok::<_, std::convert::Infallible>(handle(
                 &state,
                 &req.payload,
+                req.one_way,
             )))
         })
     }
 }
 
-/// Applies one request to the state.
-fn handle(state: &Mutex<Report>, p: &[u8]) -> Bytes {
+/// Applies one request (a command, or with `one_way` a message) to the state.
+fn handle(state: &Mutex<Report>, p: &[u8], one_way: bool) -> Bytes {
     let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-    match p.first() {
-        Some(b'M') if p.len() == 13 => {
+    match (p.first(), one_way) {
+        (Some(b'M'), true) if p.len() == 13 => {
             let sender = u32::from_be_bytes([p[1], p[2], p[3], p[4]]);
             let mut n = [0u8; 8];
             n.copy_from_slice(&p[5..13]);
@@ -111,10 +140,31 @@ fn handle(state: &Mutex<Report>, p: &[u8]) -> Bytes {
             }
             Bytes::new()
         }
-        Some(b'Q') if p.len() == 1 => Bytes::from(serde_json::to_vec(&*s).unwrap_or_default()),
-        _ => {
+        (Some(b'Q'), false) if p.len() == 1 => {
+            Bytes::from(serde_json::to_vec(&*s).unwrap_or_default())
+        }
+        (Some(b'I'), false) if p.len() == 1 => {
             s.counter += 1;
             Bytes::copy_from_slice(&s.counter.to_be_bytes())
+        }
+        _ => {
+            s.refused += 1;
+            let kind = if one_way {
+                "one-way message"
+            } else {
+                "command"
+            };
+            let shown: String = String::from_utf8_lossy(p).chars().take(16).collect();
+            let mut b = BytesMut::from(REFUSED);
+            b.put_slice(
+                format!(
+                    "unknown {kind} {shown:?} ({} bytes): the log service defines \
+                     command I, command Q and one-way M",
+                    p.len()
+                )
+                .as_bytes(),
+            );
+            b.freeze()
         }
     }
 }
@@ -127,15 +177,54 @@ mod tests {
     fn streams_catch_repeats_and_skips() {
         let state = Mutex::new(Report::default());
         for n in [1, 2, 3] {
-            handle(&state, &message(7, n));
+            handle(&state, &message(7, n), true);
         }
-        assert_eq!(handle(&state, INCREMENT).as_ref(), 1u64.to_be_bytes());
-        handle(&state, &message(7, 3)); // repeated
-        handle(&state, &message(7, 5)); // skipped 4
-        let report: Report = serde_json::from_slice(&handle(&state, QUERY)).expect("report JSON");
+        assert_eq!(
+            handle(&state, INCREMENT, false).as_ref(),
+            1u64.to_be_bytes()
+        );
+        handle(&state, &message(7, 3), true); // repeated
+        handle(&state, &message(7, 5), true); // skipped 4
+        let report: Report =
+            serde_json::from_slice(&handle(&state, QUERY, false)).expect("report JSON");
         let s = &report.streams[&7];
         assert_eq!((s.received, s.next, s.repeated, s.skipped), (5, 6, 1, 1));
         assert!(s.first_violation.is_some());
         assert_eq!(report.counter, 1);
+    }
+
+    #[test]
+    fn undefined_requests_are_refused_without_effect() {
+        let state = Mutex::new(Report::default());
+        let undefined: [(&[u8], bool); 7] = [
+            (b"", false),
+            (b"Z", false),
+            (b"II", false),
+            (b"I", true),
+            (b"Q", true),
+            (b"QQ", false),
+            (&message(7, 1), false),
+        ];
+        for (payload, one_way) in undefined {
+            let answer = handle(&state, payload, one_way);
+            assert!(
+                answer.starts_with(REFUSED) && answer.len() > 8,
+                "{payload:?} (one-way {one_way}) was not refused: {answer:?}"
+            );
+            let refused = counter_value(&answer).expect_err("a refusal is no counter");
+            assert!(refused.contains("refused"), "{refused}");
+        }
+        let report: Report =
+            serde_json::from_slice(&handle(&state, QUERY, false)).expect("report JSON");
+        assert_eq!(
+            report.counter, 0,
+            "an undefined request incremented the counter"
+        );
+        assert!(
+            report.streams.is_empty(),
+            "an undefined request started a stream"
+        );
+        assert_eq!(report.refused, 7);
+        assert_eq!(counter_value(&handle(&state, INCREMENT, false)), Ok(1));
     }
 }

@@ -1,5 +1,13 @@
 //! `holdfast target`: serve a file or block device as a holdfast block
 //! target until interrupted, then hand initiators off gracefully.
+//!
+//! On SIGINT or SIGTERM the target announces its shutdown (PROTOCOL.md
+//! §10.1): connections stay up for `--shutdown-up`, new logins meanwhile are
+//! refused with `ShuttingDown`, then every connection is closed and the
+//! process exits. Its sessions end with it (they do not survive a process
+//! restart), so the notice says "will not return" (`min_hold` 0xFFFFFFFF):
+//! initiators end their sessions at once instead of waiting to reconnect to
+//! state that is gone.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,12 +78,11 @@ pub(crate) struct TargetArgs {
     /// send; a connection that would exceed it is closed [default: 1G].
     #[arg(long, value_name = "SIZE")]
     pub(crate) memory_budget: Option<String>,
-    /// On Ctrl-C: how long connections stay up after the shutdown notice.
+    /// On Ctrl-C or SIGTERM: how long connections stay up after the
+    /// shutdown notice (new logins are refused meanwhile); then the process
+    /// exits and its sessions end.
     #[arg(long, value_name = "DURATION")]
     pub(crate) shutdown_up: Option<String>,
-    /// On Ctrl-C: how long initiators wait after that before reconnecting.
-    #[arg(long, value_name = "DURATION")]
-    pub(crate) shutdown_hold: Option<String>,
     /// Print the bound endpoints and final counters as JSON lines.
     #[arg(long)]
     #[serde(default)]
@@ -94,7 +101,6 @@ pub(crate) struct TargetSettings {
     direct: bool,
     protocol: TargetConfig,
     shutdown_up: Duration,
-    shutdown_hold: Duration,
     json: bool,
 }
 
@@ -164,17 +170,59 @@ impl TargetArgs {
                 pick(self.shutdown_up, file.shutdown_up),
                 Duration::from_secs(1),
             )?,
-            shutdown_hold: duration(
-                pick(self.shutdown_hold, file.shutdown_hold),
-                Duration::from_secs(2),
-            )?,
             json: self.json || file.json,
         })
     }
 }
 
-/// Serves until Ctrl-C.
+/// SIGINT (Ctrl-C) and, on Unix, SIGTERM, registered when this is made:
+/// a signal that arrives before [`Interrupts::wait`] is not lost (nor does it
+/// kill the process with the default action).
+struct Interrupts {
+    #[cfg(unix)]
+    signals: (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+}
+
+impl Interrupts {
+    fn new() -> anyhow::Result<Interrupts> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let int = signal(SignalKind::interrupt()).context("could not catch SIGINT")?;
+            let term = signal(SignalKind::terminate()).context("could not catch SIGTERM")?;
+            Ok(Interrupts {
+                signals: (int, term),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Interrupts {})
+        }
+    }
+
+    /// Waits for the first of them.
+    async fn wait(mut self) -> anyhow::Result<()> {
+        #[cfg(unix)]
+        {
+            let (int, term) = &mut self.signals;
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            Ok(())
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::signal::ctrl_c()
+                .await
+                .context("could not wait for Ctrl-C")
+        }
+    }
+}
+
+/// Serves until Ctrl-C or SIGTERM.
 pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
+    let interrupts = Interrupts::new()?;
     let options = TargetOptions {
         protocol: s.protocol.clone(),
         ..TargetOptions::default()
@@ -225,15 +273,15 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
             endpoints.join(", ")
         );
     }
-    tokio::signal::ctrl_c()
-        .await
-        .context("could not wait for Ctrl-C")?;
+    interrupts.wait().await?;
     eprintln!(
-        "shutting down: connections stay up {:?}, initiators come back after {:?} more",
-        s.shutdown_up, s.shutdown_hold
+        "shutting down: connections stay up {:?} (new logins refused), then the process \
+         exits; its sessions end with it (announced as \"will not return\")",
+        s.shutdown_up
     );
     let stats = target.stats().await;
-    target.shutdown(s.shutdown_up, Some(s.shutdown_hold)).await;
+    // Sessions do not survive this process: say it will not return.
+    target.shutdown(s.shutdown_up, None).await;
     if let Some(stats) = stats {
         if s.json {
             println!(

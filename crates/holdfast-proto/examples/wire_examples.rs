@@ -17,7 +17,7 @@ use bytes::Bytes;
 use holdfast_proto::config::DEFAULT_MAX_FRAME;
 use holdfast_proto::wire::{
     encode_to_vec, Decoder, Digests, Direction, ErrorCode, Frame, Login, LoginAccept, LoginKind,
-    LoginReject, RejectReason, HEADER_LEN, NEVER_MS, VERSION_MAX, VERSION_MIN,
+    LoginReject, RejectReason, ResponseStatus, HEADER_LEN, NEVER_MS, VERSION_MAX, VERSION_MIN,
 };
 use holdfast_proto::{
     CallOptions, ConnId, Initiator, InitiatorConfig, RandomSource, SessionId, SessionSecret,
@@ -83,7 +83,11 @@ fn main() {
     for frame in every_type(session, secret) {
         let bytes = encode_to_vec(&frame, Digests::NONE);
         check_round_trip(&frame, &bytes, Digests::NONE);
-        println!("{:<13} {}", type_name(frame.kind()), hex(&bytes));
+        let name = match frame {
+            Frame::StatusResponse { .. } => "RESP (STATUS)",
+            _ => type_name(frame.kind()),
+        };
+        println!("{name:<13} {}", hex(&bytes));
     }
 
     cross_check(&frames);
@@ -193,6 +197,14 @@ fn every_type(session: SessionId, secret: SessionSecret) -> Vec<Frame> {
             text: "gone".to_owned(),
         }),
         f.resp1,
+        Frame::StatusResponse {
+            seq: 2,
+            command: 2,
+            ack: 3,
+            limit: 131,
+            status: ResponseStatus::ResponseTooLarge,
+            text: "big".to_owned(),
+        },
         Frame::TargetAck { ack: 3, limit: 131 },
         Frame::Pong {
             token: 1,

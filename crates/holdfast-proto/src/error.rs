@@ -8,7 +8,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::ids::{CallId, SessionId};
-use crate::wire::{ErrorCode, RejectReason};
+use crate::wire::{ErrorCode, RejectReason, ResponseStatus};
 use crate::Seq;
 
 /// A violation of the protocol by the peer (or a local policy that closes a
@@ -103,8 +103,19 @@ impl SessionLoss {
     /// target ends a session only once none of its commands is running,
     /// docs/PROTOCOL.md §11.1). Every other loss leaves the commands sent in
     /// doubt until the target's retain time passes.
+    /// (`BadSecret` does not fence: the target holds a live session under
+    /// that id.)
     pub fn fences(&self) -> bool {
-        matches!(self, SessionLoss::Rejected { .. })
+        matches!(
+            self,
+            SessionLoss::Rejected {
+                reason: RejectReason::UnknownSession
+                    | RejectReason::TargetRestarted
+                    | RejectReason::SessionExpired
+                    | RejectReason::SessionClosed,
+                ..
+            }
+        )
     }
 }
 
@@ -140,36 +151,73 @@ pub enum CallError {
         /// True if it may have executed (in an ended earlier session).
         may_have_executed: bool,
     },
+    /// The command **executed**, but the target answered it with a status
+    /// response instead of the service's response (PROTOCOL.md §6.7), for
+    /// example `ResponseTooLarge`: the response exceeded what this
+    /// initiator accepts. Do not retry blindly: it ran once.
+    #[error("executed, but the target could not deliver its response: {status}: {text}")]
+    Failed {
+        /// The status the target sent.
+        status: ResponseStatus,
+        /// The target's detail.
+        text: String,
+    },
+    /// A call carried across a stateless recovery is larger than the new
+    /// session's target accepts, so it cannot be re-issued; it failed alone
+    /// (the other calls go on). `may_have_executed` says whether it was sent
+    /// in a lost session.
+    #[error(
+        "not re-issued: its payload of {len} bytes exceeds the new target's limit of {max} bytes \
+         ({})",
+        if *may_have_executed { "it may have executed in the lost session" } else { "it did not execute" }
+    )]
+    TooLargeForTarget {
+        /// The payload's length.
+        len: usize,
+        /// The largest payload the new target accepts.
+        max: usize,
+        /// True if it was sent in a lost session (so it may have executed).
+        may_have_executed: bool,
+    },
 }
 
 impl CallError {
-    /// True if the command may have reached the service.
+    /// True if the command may have reached the service (for
+    /// [`CallError::Failed`]: it did).
     pub fn may_have_executed(&self) -> bool {
         match self {
-            CallError::MayHaveExecuted(_) => true,
             CallError::NotExecuted(_) => false,
-            CallError::Withdrawn { may_have_executed } => *may_have_executed,
+            CallError::MayHaveExecuted(_) | CallError::Failed { .. } => true,
+            CallError::Withdrawn { may_have_executed }
+            | CallError::TooLargeForTarget {
+                may_have_executed, ..
+            } => *may_have_executed,
         }
     }
 
     /// True if the command can no longer execute: it never will, or it did
-    /// in a session the target has ended. False only for
+    /// (once, or in a session the target has ended). False only for
     /// [`CallError::MayHaveExecuted`] after a loss that does not prove the
     /// target's session is over (the initiator gave up, the target announced
     /// it will not return, or a local abort): such a command is in doubt
     /// until the target's session ends.
     pub fn is_settled(&self) -> bool {
         match self {
-            CallError::NotExecuted(_) | CallError::Withdrawn { .. } => true,
+            CallError::NotExecuted(_)
+            | CallError::Withdrawn { .. }
+            | CallError::Failed { .. }
+            | CallError::TooLargeForTarget { .. } => true,
             CallError::MayHaveExecuted(loss) => loss.fences(),
         }
     }
 
-    /// The loss that caused the failure (`None` for a withdrawn call).
+    /// The session loss that caused the failure, if one did.
     pub fn loss(&self) -> Option<&SessionLoss> {
         match self {
             CallError::NotExecuted(l) | CallError::MayHaveExecuted(l) => Some(l),
-            CallError::Withdrawn { .. } => None,
+            CallError::Withdrawn { .. }
+            | CallError::Failed { .. }
+            | CallError::TooLargeForTarget { .. } => None,
         }
     }
 }
@@ -224,14 +272,6 @@ pub enum CompleteError {
         session: SessionId,
         /// The command.
         seq: Seq,
-    },
-    /// The response exceeds what the initiator accepts; complete it again with a smaller one.
-    #[error("response of {len} bytes exceeds the initiator's limit of {max} bytes")]
-    TooLarge {
-        /// The response's length.
-        len: usize,
-        /// The largest response accepted.
-        max: usize,
     },
 }
 

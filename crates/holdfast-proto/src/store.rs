@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use crate::ids::{SessionId, SessionSecret};
 use crate::target::StateChange;
+use crate::wire::ResponseStatus;
 use crate::Seq;
 
 /// What the store holds for one session.
@@ -24,6 +25,8 @@ pub struct StoredSession {
     /// Responses persisted and not yet acknowledged, by response sequence:
     /// (command, payload).
     pub responses: BTreeMap<Seq, (Seq, Bytes)>,
+    /// Of those, the status responses (§6.7), whose payload is their text.
+    pub statuses: BTreeMap<Seq, ResponseStatus>,
     /// Highest response sequence persisted.
     pub last_response: Seq,
     /// Highest response acknowledged.
@@ -78,8 +81,12 @@ impl MemoryStore {
                 command,
                 response,
                 payload,
+                status,
             } => {
                 if let Some(s) = self.sessions.get_mut(session) {
+                    if let Some(status) = status {
+                        s.statuses.insert(*response, *status);
+                    }
                     s.responses.insert(*response, (*command, payload.clone()));
                     s.last_response = s.last_response.max(*response);
                 }
@@ -87,6 +94,7 @@ impl MemoryStore {
             StateChange::ResponsesAcked { session, through } => {
                 if let Some(s) = self.sessions.get_mut(session) {
                     s.responses = s.responses.split_off(&(through + 1));
+                    s.statuses = s.statuses.split_off(&(through + 1));
                     s.responses_acked = s.responses_acked.max(*through);
                 }
             }

@@ -82,7 +82,9 @@ proptest! {
         let on_wire = carried(&frame, digests);
         let digest_len = 4 * (usize::from(on_wire.header) + usize::from(on_wire.data));
         prop_assert_eq!(bytes[0], frame.kind());
-        prop_assert_eq!(bytes[1], flag_bits(on_wire));
+        // Bit 2 (STATUS) marks a status response, and nothing else.
+        let status = if matches!(frame, Frame::StatusResponse { .. }) { 0x04 } else { 0 };
+        prop_assert_eq!(bytes[1], flag_bits(on_wire) | status);
         prop_assert_eq!(&bytes[2..4], &[0u8, 0][..]);
         let length = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
         prop_assert_eq!(bytes.len(), HEADER_LEN + length + digest_len);

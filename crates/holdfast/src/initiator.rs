@@ -63,7 +63,10 @@ impl Default for InitiatorOptions {
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum CallError {
-    /// The session was lost; the inner error says whether it may have executed.
+    /// The protocol failed the call: the session was lost (the inner error
+    /// says whether it may have executed), the target answered it with a
+    /// status response (`Failed`: it executed, its response could not be
+    /// delivered), or it could not be re-issued after a stateless recovery.
     #[error(transparent)]
     Session(#[from] holdfast_proto::CallError),
     /// The initiator refused the request before sending it: it did not execute.
@@ -233,7 +236,8 @@ impl Initiator {
         result?
     }
 
-    /// Sends a one-way message and waits until the target has it.
+    /// Sends a one-way message and waits until it is delivered: the
+    /// target's service has accepted it (PROTOCOL.md §6.2).
     pub async fn send(&self, payload: Bytes) -> Result<(), CallError> {
         self.send_with(payload, CallOptions::default()).await
     }

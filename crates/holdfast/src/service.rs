@@ -30,11 +30,20 @@ pub struct Request {
     pub payload: Bytes,
     /// True for a one-way message: the response is discarded.
     pub one_way: bool,
+    /// The largest response payload this session's initiator accepts (its
+    /// `max_frame` − 32). A larger response is not delivered: the target
+    /// answers the command with a status response `ResponseTooLarge`
+    /// instead, and the call fails at the initiator with
+    /// `CallError::Failed` (it executed). A service that can shape its
+    /// answer (a shorter read, an error of its own) should stay within it.
+    pub max_response: usize,
 }
 
 /// The bound a target's service must satisfy. Errors are not sent to the
 /// initiator (the protocol carries application errors in response payloads);
-/// a service error is logged and answered with an empty response.
+/// a service error is logged and answered with an empty response. A
+/// response larger than [`Request::max_response`] is answered with a status
+/// response instead (the call fails at the initiator; the command ran).
 pub trait SessionService:
     tower_service::Service<Request, Response = Bytes, Future = Self::Fut, Error = Self::Err>
     + Clone

@@ -149,6 +149,7 @@ impl Target {
             queued,
             tx: tx.clone(),
             shutdown_waiters: Vec::new(),
+            stopping_at: None,
         };
         let span = tracing::info_span!("target", endpoints = ?bound);
         let engine_task = tokio::spawn(engine.run(rx).instrument(span));
@@ -185,12 +186,14 @@ impl Target {
 
     /// Announces a shutdown on every connection (the connection stays up for
     /// `max_up`; initiators wait `min_hold` after that, `None` = never come
-    /// back), stops accepting, waits out `max_up`, closes every connection
-    /// and stops. Session state is lost when the target stops.
+    /// back), waits out `max_up`, closes every connection and stops.
+    ///
+    /// During `max_up` the listeners stay open: a new connection is accepted
+    /// and its LOGIN answered with LOGIN_REJECT `ShuttingDown` (PROTOCOL.md
+    /// §10.1). They close when the target stops. Session state is lost when
+    /// the target stops, so a target that will not be replaced by one that
+    /// holds its sessions (none can be, yet) should pass `min_hold = None`.
     pub async fn shutdown(mut self, max_up: Duration, min_hold: Option<Duration>) {
-        for a in &self.acceptors {
-            a.abort();
-        }
         let (done, wait) = oneshot::channel();
         if self
             .engine
@@ -203,6 +206,12 @@ impl Target {
             .is_ok()
         {
             let _ = wait.await;
+        }
+        // The listeners go now, and are gone (their sockets closed) when
+        // this returns, so a successor can bind the same addresses.
+        for a in std::mem::take(&mut self.acceptors) {
+            a.abort();
+            let _ = a.await;
         }
         if let Some(t) = self.engine_task.take() {
             t.abort();
@@ -319,6 +328,9 @@ struct Engine<S> {
     queued: Arc<AtomicUsize>,
     tx: mpsc::Sender<EngineMsg>,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
+    /// When a shutdown notice's up time ends: connections accepted later
+    /// are closed at once.
+    stopping_at: Option<holdfast_proto::Timestamp>,
 }
 
 impl<S: SessionService> Engine<S> {
@@ -346,7 +358,10 @@ impl<S: SessionService> Engine<S> {
                 }
             }
             self.drain_ready().await;
-            if !self.shutdown_waiters.is_empty() && self.conns.is_empty() {
+            // Stopped: the up time is over (new logins were refused until
+            // then) and every connection is closed.
+            let up_time_over = self.stopping_at.is_some_and(|at| at <= self.clock.now());
+            if !self.shutdown_waiters.is_empty() && up_time_over && self.conns.is_empty() {
                 for w in self.shutdown_waiters.drain(..) {
                     let _ = w.send(());
                 }
@@ -358,7 +373,11 @@ impl<S: SessionService> Engine<S> {
         let now = self.clock.now();
         match msg {
             EngineMsg::Accepted(conn, source, writer) => {
-                if let Err(e) = self.core.accept_from(conn, source, now) {
+                if self.stopping_at.is_some_and(|at| at <= now) {
+                    // The up time is over: the target is stopping.
+                    debug!(?conn, "connection refused: the target is stopping");
+                    writer.close();
+                } else if let Err(e) = self.core.accept_from(conn, source, now) {
                     warn!(?conn, error = %e, "connection refused");
                     writer.close();
                 } else {
@@ -388,6 +407,7 @@ impl<S: SessionService> Engine<S> {
             } => {
                 info!(?max_up, ?min_hold, "shutdown notice sent");
                 self.core.shutdown(max_up, min_hold, now);
+                self.stopping_at = Some(now + max_up);
                 self.shutdown_waiters.push(done);
             }
             EngineMsg::Stats(reply) => {
@@ -491,6 +511,8 @@ impl<S: SessionService> Engine<S> {
     /// concurrently on its own task and its completion comes back through
     /// the engine's channel.
     async fn deliver(&mut self, d: Delivery) -> Option<(SessionId, Seq, Bytes)> {
+        let (Delivery::Command { session, .. } | Delivery::Message { session, .. }) = &d;
+        let max_response = self.core.max_response(*session).unwrap_or(0);
         let request = match d {
             Delivery::Command {
                 session,
@@ -501,6 +523,7 @@ impl<S: SessionService> Engine<S> {
                 seq,
                 payload,
                 one_way: false,
+                max_response,
             },
             Delivery::Message {
                 session,
@@ -511,6 +534,7 @@ impl<S: SessionService> Engine<S> {
                 seq,
                 payload,
                 one_way: true,
+                max_response,
             },
         };
         if let Err(e) = std::future::poll_fn(|cx| self.service.poll_ready(cx)).await {

@@ -11,12 +11,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use holdfast::proto::{CallError as SessionCallError, SessionLoss};
+use holdfast::proto::wire::{
+    encode_to_vec, Decoder, Digests, Direction, ErrorCode, Frame, Login, LoginKind, RejectReason,
+    NEVER_MS, VERSION_MAX, VERSION_MIN,
+};
+use holdfast::proto::{CallError as SessionCallError, SessionId, SessionLoss, SessionSecret};
 use holdfast::transport::ConnectFuture;
 use holdfast::{
     service_fn, CallError, CallOptions, Connector, Endpoint, EndpointConnector, Initiator,
     InitiatorConfig, InitiatorOptions, Request, Target, TargetOptions,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A connector that records when each connection attempt starts.
 struct Recording {
@@ -295,5 +300,121 @@ async fn a_vanished_target_fails_calls_after_the_session_loss_timeout() {
     assert!(
         took < session_loss + Duration::from_secs(2),
         "gave up after {took:?}"
+    );
+}
+
+/// A LOGIN for a new session, as raw bytes.
+fn raw_new_login() -> Vec<u8> {
+    encode_to_vec(
+        &Frame::Login(Login {
+            min_version: VERSION_MIN,
+            max_version: VERSION_MAX,
+            kind: LoginKind::New,
+            digests: Digests::NONE,
+            session: SessionId(0),
+            secret: SessionSecret([0; 16]),
+            response_ack: 0,
+            max_frame: 1 << 20,
+            keepalive_ms: 1000,
+            requested_credits: 8,
+        }),
+        Digests::NONE,
+    )
+}
+
+/// A hand-driven connection to a target: raw frames, no initiator.
+struct Raw {
+    stream: tokio::net::TcpStream,
+    decoder: Decoder,
+    pending: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(addr: std::net::SocketAddr) -> std::io::Result<Raw> {
+        Ok(Raw {
+            stream: tokio::net::TcpStream::connect(addr).await?,
+            decoder: Decoder::new(Direction::ToInitiator, 1 << 20),
+            pending: Vec::new(),
+        })
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// The next frame from the target (`None` at EOF), within 5 s.
+    async fn next(&mut self) -> Option<Frame> {
+        loop {
+            let mut input = &self.pending[..];
+            let decoded = self.decoder.decode(&mut input).expect("a valid frame");
+            let used = self.pending.len() - input.len();
+            self.pending.drain(..used);
+            if decoded.is_some() {
+                return decoded;
+            }
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut buf))
+                .await
+                .expect("the target answers within 5 s")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.pending.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_the_up_time_new_logins_are_rejected_with_shutting_down() {
+    support::init_logs();
+    let target = start_target(
+        &Endpoint::Tcp("127.0.0.1:0".parse().expect("addr")),
+        Arc::new(AtomicU64::new(0)),
+        Duration::ZERO,
+    )
+    .await
+    .expect("serve");
+    let Endpoint::Tcp(addr) = target.endpoints()[0].clone() else {
+        unreachable!("bound a TCP endpoint")
+    };
+    let mut attached = Raw::connect(addr).await.expect("connect");
+    attached.send(&raw_new_login()).await;
+    assert!(matches!(attached.next().await, Some(Frame::LoginAccept(_))));
+
+    let up = Duration::from_secs(1);
+    let started = Instant::now();
+    let shutdown = tokio::spawn(target.shutdown(up, None));
+    // The notice reaches the attached connection: "will not return".
+    match attached.next().await {
+        Some(Frame::Shutdown { min_hold_ms, .. }) => assert_eq!(min_hold_ms, NEVER_MS),
+        other => panic!("expected the shutdown notice, got {other:?}"),
+    }
+    // During the up time a newcomer is answered, not refused (§10.1).
+    let mut newcomer = Raw::connect(addr)
+        .await
+        .expect("the listener must stay open during the up time");
+    newcomer.send(&raw_new_login()).await;
+    match newcomer.next().await {
+        Some(Frame::LoginReject(r)) => {
+            assert_eq!(r.reason, RejectReason::ShuttingDown);
+            assert_eq!(r.retry_after_ms, NEVER_MS, "the target will not return");
+        }
+        other => panic!("expected LOGIN_REJECT ShuttingDown, got {other:?}"),
+    }
+    assert!(started.elapsed() < up, "the checks ran within the up time");
+    // At the end of the up time everything closes and the target stops.
+    tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .expect("the target stops after its up time")
+        .expect("task");
+    assert!(started.elapsed() >= up, "stopped before the up time ended");
+    match attached.next().await {
+        Some(Frame::Error { code, .. }) => assert_eq!(code, ErrorCode::Shutdown),
+        other => panic!("expected ERROR Shutdown, got {other:?}"),
+    }
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed once the target stopped"
     );
 }

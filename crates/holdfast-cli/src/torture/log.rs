@@ -17,7 +17,7 @@ use bytes::Bytes;
 use holdfast::{Endpoint, Initiator, Target, TargetOptions};
 use serde::Serialize;
 
-use crate::logsvc::{message, LogService, Report, INCREMENT, QUERY};
+use crate::logsvc::{counter_value, message, LogService, Report, INCREMENT, QUERY};
 use crate::verify::connect_through_proxy;
 use crate::verify::faults::{inject, schedule, time_to_recover};
 use crate::verify::workload::Tally;
@@ -41,6 +41,8 @@ pub(crate) struct LogSummary {
     pub(crate) messages_lost: u64,
     pub(crate) messages_duplicated: u64,
     pub(crate) messages_out_of_order: u64,
+    /// Requests the log service refused as undefined (must stay 0).
+    pub(crate) refused_requests: u64,
     pub(crate) problems: Vec<String>,
 }
 
@@ -52,6 +54,7 @@ impl LogSummary {
             && self.messages_lost == 0
             && self.messages_duplicated == 0
             && self.messages_out_of_order == 0
+            && self.refused_requests == 0
     }
 
     /// The table a person reads.
@@ -97,6 +100,7 @@ impl LogSummary {
                 "messages out of order",
                 self.messages_out_of_order.to_string(),
             ),
+            ("refused requests", self.refused_requests.to_string()),
         ];
         let mut out = String::new();
         for (k, v) in rows {
@@ -177,13 +181,16 @@ pub(crate) async fn run(
                     if r.is_ok() {
                         increments.fetch_add(1, Ordering::Relaxed);
                     }
-                    r.map(drop)
+                    // A refusal (or any answer that is not a counter) is
+                    // a failure of the check, not a success.
+                    r.map_err(|e| e.to_string())
+                        .and_then(|b| counter_value(&b).map(drop))
                 } else {
                     let r = init.send(message(worker, sent + 1)).await;
                     if r.is_ok() {
                         sent += 1;
                     }
-                    r
+                    r.map_err(|e| e.to_string())
                 };
                 match ok {
                     Ok(()) => {
@@ -276,6 +283,12 @@ pub(crate) async fn run(
             ));
         }
     }
+    let refused_requests = after.refused.saturating_sub(before.refused);
+    if refused_requests > 0 {
+        problems.push(format!(
+            "the log service refused {refused_requests} requests it does not define"
+        ));
+    }
     let messages_ok = sent.values().map(|(n, _)| n).sum();
     problems.truncate(40);
     Ok(LogSummary {
@@ -295,6 +308,7 @@ pub(crate) async fn run(
         messages_lost: lost,
         messages_duplicated: duplicated,
         messages_out_of_order: out_of_order,
+        refused_requests,
         problems,
     })
 }

@@ -41,7 +41,8 @@ pub enum InitiatorEvent {
         /// The response.
         payload: Bytes,
     },
-    /// The target acknowledged a one-way message: it is delivered exactly once.
+    /// The target acknowledged a one-way message: it is delivered exactly
+    /// once (the target's service accepted it, PROTOCOL.md §6.2).
     MessageDelivered {
         /// The message.
         call: CallId,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::error::{ConnectionError, ProtocolError};
+use crate::error::{CallError, ConnectionError, ProtocolError};
 use crate::ids::ConnId;
 use crate::time::Timestamp;
 use crate::wire::{ErrorCode, Frame, LoginAccept, LoginKind, NEVER_MS, VERSION_MAX, VERSION_MIN};
@@ -93,7 +93,22 @@ impl Initiator {
                 },
             ) => {
                 self.on_ack(ack, limit)?;
-                self.on_response(seq, command, payload, now)
+                self.on_response(seq, command, Ok(payload), now)
+            }
+            (
+                true,
+                Frame::StatusResponse {
+                    seq,
+                    command,
+                    ack,
+                    limit,
+                    status,
+                    text,
+                },
+            ) => {
+                self.on_ack(ack, limit)?;
+                let failed = CallError::Failed { status, text };
+                self.on_response(seq, command, Err(failed), now)
             }
             (true, Frame::TargetAck { ack, limit }) => self.on_ack(ack, limit),
             (true, Frame::Pong { token, ack, limit }) => {
@@ -165,14 +180,7 @@ impl Initiator {
                 false
             }
             (LoginKind::Recover, Some((id, _))) if id == a.session => {
-                let highest_sent = self
-                    .entries
-                    .iter()
-                    .filter(|(_, e)| e.transmitted)
-                    .map(|(s, _)| *s)
-                    .max()
-                    .unwrap_or(self.acked)
-                    .max(self.acked);
+                let highest_sent = self.highest_sent();
                 if a.command_ack < self.acked || a.command_ack > highest_sent {
                     return Err(ack_error(a.command_ack, self.acked, highest_sent));
                 }
@@ -239,6 +247,21 @@ impl Initiator {
             let Some(c) = self.carry.pop_front() else {
                 break;
             };
+            // The new session's target may accept less than the lost one
+            // did: such a call cannot be sent (it would be refused with
+            // FrameTooLarge on every reconnect), so it fails alone.
+            if let Some(max) = self.max_payload.filter(|&max| c.payload.len() > max) {
+                self.stats.calls_failed += 1;
+                self.events.push_back(InitiatorEvent::CallFailed {
+                    call: c.call,
+                    error: CallError::TooLargeForTarget {
+                        len: c.payload.len(),
+                        max,
+                        may_have_executed: c.ever_sent,
+                    },
+                });
+                continue;
+            }
             let seq = self.next_seq;
             self.next_seq += 1;
             self.stats.reissued += 1;
@@ -260,17 +283,39 @@ impl Initiator {
     }
 
     /// Applies the target's cumulative acknowledgement and credit limit.
+    ///
+    /// The ack may cover more than this connection carried: a MSG the
+    /// target received on an earlier connection is acknowledged only once
+    /// its service has it (§6.2), which can be after the LOGIN_ACCEPT of a
+    /// recovery. So it is bounded by what was sent in this session.
     fn on_ack(&mut self, ack: Seq, limit: Seq) -> Result<(), ProtocolError> {
         let sent = self.conn.as_ref().map_or(self.acked, |c| c.send_cursor - 1);
-        if ack < self.acked || ack > sent {
-            return Err(ack_error(ack, self.acked, sent));
+        if ack < self.acked || (ack > sent && ack > self.highest_sent()) {
+            return Err(ack_error(ack, self.acked, self.highest_sent().max(sent)));
         }
         self.apply_ack(ack);
+        if !self.naive_resend() {
+            // What the target acknowledged is never sent again.
+            if let Some(c) = self.conn.as_mut() {
+                c.send_cursor = c.send_cursor.max(ack + 1);
+            }
+        }
         if limit > self.limit {
             self.limit = limit;
             self.drain_carry();
         }
         Ok(())
+    }
+
+    /// The highest sequence sent in this session (on any connection), or
+    /// the last ack accepted if higher. Entries at or below the ack may be
+    /// gone; every one above it is still held.
+    fn highest_sent(&self) -> Seq {
+        self.entries
+            .range(self.acked + 1..)
+            .rev()
+            .find(|(_, e)| e.transmitted)
+            .map_or(self.acked, |(s, _)| *s)
     }
 
     fn apply_ack(&mut self, ack: Seq) {
@@ -306,11 +351,13 @@ impl Initiator {
         self.acked = ack;
     }
 
+    /// A RESP, or a status response (`Err`: the command executed but its
+    /// response could not be delivered; the call fails with that error).
     fn on_response(
         &mut self,
         seq: Seq,
         command: Seq,
-        payload: Bytes,
+        outcome: Result<Bytes, CallError>,
         now: Timestamp,
     ) -> Result<(), ProtocolError> {
         if seq != self.response_ack + 1 {
@@ -339,9 +386,18 @@ impl Initiator {
         self.ack_owed += 1;
         self.ack_owed_since.get_or_insert(now);
         self.stats.responses += 1;
-        self.events.push_back(InitiatorEvent::Response {
-            call: entry.call,
-            payload,
+        self.events.push_back(match outcome {
+            Ok(payload) => InitiatorEvent::Response {
+                call: entry.call,
+                payload,
+            },
+            Err(error) => {
+                self.stats.calls_failed += 1;
+                InitiatorEvent::CallFailed {
+                    call: entry.call,
+                    error,
+                }
+            }
         });
         self.drain_carry();
         Ok(())

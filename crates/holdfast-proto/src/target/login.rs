@@ -231,7 +231,7 @@ impl Target {
             kind: login.kind,
             session: id,
             secret,
-            command_ack: s.received(),
+            command_ack: s.ack(),
             credit_limit: s.limit(),
             max_frame: self.config.max_frame,
             inactivity_ms,

@@ -29,7 +29,9 @@ use crate::error::{CompleteError, ProtocolError};
 use crate::ids::{ConnId, SessionId};
 use crate::random::RandomSource;
 use crate::time::Timestamp;
-use crate::wire::{Decoder, Digests, ErrorCode, Frame, Outgoing, RejectReason, NEVER_MS};
+use crate::wire::{
+    Decoder, Digests, ErrorCode, Frame, Outgoing, RejectReason, ResponseStatus, NEVER_MS,
+};
 use crate::Seq;
 
 use admission::Admission;
@@ -122,6 +124,9 @@ pub struct TargetStats {
     pub bytes_in: u64,
     /// Bytes handed out to send.
     pub bytes_out: u64,
+    /// Responses too large for their initiator, answered with a status
+    /// response `ResponseTooLarge` instead.
+    pub oversized_responses: u64,
 }
 
 /// A snapshot of one session's state, for tests and diagnostics.
@@ -366,7 +371,16 @@ impl Target {
         }
     }
 
-    /// Records the service's response to a command delivered earlier.
+    /// The largest response payload the initiator of `session` accepts
+    /// (its `max_frame` − 32), for services that can shape their answer.
+    pub fn max_response(&self, session: SessionId) -> Option<usize> {
+        self.sessions.get(&session).map(Session::max_response)
+    }
+
+    /// Records the service's response to a command delivered earlier. A
+    /// response larger than [`Target::max_response`] is not sent: a status
+    /// response `ResponseTooLarge` answers the command instead (it executed;
+    /// the call fails with that status at the initiator).
     pub fn complete(
         &mut self,
         session: SessionId,
@@ -382,14 +396,17 @@ impl Target {
         if !s.is_running(seq) {
             return Err(CompleteError::NotRunning { session, seq });
         }
-        let max = (s.peer_max_frame as usize).saturating_sub(32);
+        let max = s.max_response();
         if response.len() > max {
-            return Err(CompleteError::TooLarge {
-                len: response.len(),
-                max,
-            });
+            // The command ran; its response cannot be delivered. A status
+            // response takes its place, so the call fails cleanly (§6.7).
+            self.stats.oversized_responses += 1;
+            let text = session::oversized_text(response.len(), max);
+            let status = Some(ResponseStatus::ResponseTooLarge);
+            s.complete(seq, Bytes::from(text), status, &mut self.changes);
+        } else {
+            s.complete(seq, response, None, &mut self.changes);
         }
-        s.complete(seq, response, &mut self.changes);
         if s.expiry_deferred && s.running() == 0 && s.conn.is_none() {
             // Its retain time passed while this command ran.
             self.end_session(session, RejectReason::SessionExpired);
@@ -432,7 +449,7 @@ impl Target {
             let frame = Frame::Shutdown {
                 max_up_ms,
                 min_hold_ms,
-                ack: s.received(),
+                ack: s.ack(),
                 limit: s.limit(),
             };
             s.mark_advertised();
@@ -537,7 +554,8 @@ impl Target {
 
     /// Confirms that the last Ready's changes are persisted, its bytes sent
     /// and its deliveries handed to the service. One-way messages delivered
-    /// in it return their credits.
+    /// in it return their credits, and only now does the acknowledgement
+    /// cover them (no byte before this call acknowledges them).
     pub fn advance(&mut self, now: Timestamp) {
         self.now = now;
         self.awaiting_advance = false;

@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use crate::error::ProtocolError;
 use crate::ids::{ConnId, SessionId, SessionSecret};
+use crate::wire::ResponseStatus;
 use crate::Seq;
 
 /// One batch of target output.
@@ -137,8 +138,11 @@ pub enum StateChange {
         command: Seq,
         /// The response's sequence number in the target's stream.
         response: Seq,
-        /// The response.
+        /// The response; for a status response, its UTF-8 text.
         payload: Bytes,
+        /// `Some` for a status response (the service's response could not
+        /// be delivered, §6.7): sent as RESP with the STATUS flag.
+        status: Option<ResponseStatus>,
     },
     /// The initiator acknowledged responses up to and including `through`.
     ResponsesAcked {

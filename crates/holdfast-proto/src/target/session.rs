@@ -15,7 +15,8 @@ use bytes::Bytes;
 use crate::error::ProtocolError;
 use crate::ids::{ConnId, SessionId, SessionSecret};
 use crate::time::Timestamp;
-use crate::wire::{Digests, ErrorCode, Frame, Outgoing};
+use crate::wire::frame::MAX_TEXT;
+use crate::wire::{Digests, ErrorCode, Frame, Outgoing, ResponseStatus, STATUS_CODE_LEN};
 use crate::Seq;
 
 use super::ready::{Delivery, StateChange};
@@ -25,7 +26,10 @@ use super::ready::{Delivery, StateChange};
 struct Cached {
     seq: Seq,
     command: Seq,
+    /// The response; for a status response, its UTF-8 text.
     payload: Bytes,
+    /// Set for a status response (sent as RESP with the STATUS flag).
+    status: Option<ResponseStatus>,
 }
 
 /// Per-session state at the target.
@@ -69,6 +73,11 @@ pub(crate) struct Session {
     delivered_messages: u32,
     /// Messages delivered in the Ready now with the driver, released at advance.
     releasing: u32,
+    /// The lowest message received since the last Ready was taken, and the
+    /// lowest in the Ready now with the driver: the acknowledgement stops
+    /// below them until the driver confirms the service has them (§6.2).
+    queued_message: Option<Seq>,
+    handed_message: Option<Seq>,
     /// Received since the last frame that carried an ack.
     owed: u32,
 }
@@ -100,6 +109,8 @@ impl Session {
             armed: None,
             delivered_messages: 0,
             releasing: 0,
+            queued_message: None,
+            handed_message: None,
             owed: 0,
         }
     }
@@ -109,9 +120,27 @@ impl Session {
         self.received + u64::from(self.credits.saturating_sub(self.held))
     }
 
+    /// The largest response payload the initiator accepts: its frame
+    /// limit less RESP's 32 bytes of fixed fields (digests are not counted
+    /// in a frame's length).
+    pub(crate) fn max_response(&self) -> usize {
+        (self.peer_max_frame as usize).saturating_sub(32)
+    }
+
     /// Highest contiguous sequence received.
     pub(crate) fn received(&self) -> Seq {
         self.received
+    }
+
+    /// The acknowledgement to advertise: the highest sequence *N* such that
+    /// every CMD/MSG up to *N* is received and every MSG up to *N* is
+    /// delivered (the driver confirmed, with `advance`, that the service
+    /// has it). Never above `received`, never decreasing.
+    pub(crate) fn ack(&self) -> Seq {
+        match self.handed_message.or(self.queued_message) {
+            Some(first) => first - 1,
+            None => self.received,
+        }
     }
 
     /// Unfinished messages held (bounded by `credits`).
@@ -142,7 +171,7 @@ impl Session {
         self.detached_since = None;
         self.expiry_deferred = false;
         self.send_cursor = self.responses_acked + 1;
-        self.advertised = (self.received, self.limit());
+        self.advertised = (self.ack(), self.limit());
         self.ack_due = None;
         self.owed = 0;
         self.cache.len()
@@ -239,6 +268,7 @@ impl Session {
         });
         if !command {
             self.delivered_messages += 1;
+            self.queued_message.get_or_insert(seq);
         }
         Ok(Some(self.delivery(seq, command, payload)))
     }
@@ -268,12 +298,16 @@ impl Session {
     /// with the driver. Returns true if any are.
     pub(crate) fn hand_out_deliveries(&mut self) -> bool {
         self.releasing += std::mem::take(&mut self.delivered_messages);
+        if let Some(first) = self.queued_message.take() {
+            self.handed_message = Some(self.handed_message.map_or(first, |h| h.min(first)));
+        }
         self.releasing > 0
     }
 
     /// Called at advance: the messages of the last Ready have been delivered,
-    /// so their credits return.
+    /// so their credits return and the acknowledgement may cover them.
     pub(crate) fn release_delivered(&mut self) {
+        self.handed_message = None;
         self.held = self
             .held
             .saturating_sub(std::mem::take(&mut self.releasing));
@@ -284,8 +318,15 @@ impl Session {
         self.running.contains(&seq)
     }
 
-    /// Records a command's response in the cache.
-    pub(crate) fn complete(&mut self, seq: Seq, payload: Bytes, changes: &mut Vec<StateChange>) {
+    /// Records a command's response in the cache: the service's, or (with
+    /// `status`) a status response whose `payload` is its UTF-8 text.
+    pub(crate) fn complete(
+        &mut self,
+        seq: Seq,
+        payload: Bytes,
+        status: Option<ResponseStatus>,
+        changes: &mut Vec<StateChange>,
+    ) {
         self.running.remove(&seq);
         let response = self.next_response;
         self.next_response += 1;
@@ -294,23 +335,28 @@ impl Session {
             command: seq,
             response,
             payload: payload.clone(),
+            status,
         });
         self.cache.push_back(Cached {
             seq: response,
             command: seq,
             payload,
+            status,
         });
     }
 
     /// True when FIN may be accepted: everything up to `last_seq` received,
     /// nothing running, every response acknowledged.
     pub(crate) fn can_finish(&self, last_seq: Seq) -> bool {
-        last_seq == self.received && self.running.is_empty() && self.cache.is_empty()
+        last_seq == self.received
+            && self.running.is_empty()
+            && self.cache.is_empty()
+            && self.ack() == self.received
     }
 
     /// True when the ack or limit the initiator knows is stale.
     pub(crate) fn ack_owed(&self) -> bool {
-        self.advertised != (self.received, self.limit())
+        self.advertised != (self.ack(), self.limit())
     }
 
     /// How many received messages make a standalone ACK urgent.
@@ -333,21 +379,29 @@ impl Session {
         now: Timestamp,
     ) -> bool {
         let mut wrote = false;
-        let (ack, limit) = (self.received, self.limit());
+        let (ack, limit) = (self.ack(), self.limit());
         // The cache is in response order: skip straight to the send cursor.
         let first = self.cache.front().map_or(self.send_cursor, |c| c.seq);
         let skip = usize::try_from(self.send_cursor.saturating_sub(first)).unwrap_or(usize::MAX);
         for cached in self.cache.iter().skip(skip) {
-            out.push(
-                &Frame::Response {
+            let frame = match cached.status {
+                None => Frame::Response {
                     seq: cached.seq,
                     command: cached.command,
                     ack,
                     limit,
                     payload: cached.payload.clone(),
                 },
-                digests,
-            );
+                Some(status) => Frame::StatusResponse {
+                    seq: cached.seq,
+                    command: cached.command,
+                    ack,
+                    limit,
+                    status,
+                    text: String::from_utf8_lossy(&cached.payload).into_owned(),
+                },
+            };
+            out.push(&frame, digests);
             wrote = true;
         }
         self.send_cursor = self.next_response;
@@ -366,7 +420,7 @@ impl Session {
 
     /// Records that the current ack and limit reached the wire.
     pub(crate) fn mark_advertised(&mut self) {
-        self.advertised = (self.received, self.limit());
+        self.advertised = (self.ack(), self.limit());
         self.owed = 0;
         self.ack_due = None;
     }
@@ -380,4 +434,21 @@ impl Session {
     pub(crate) fn responses_acked(&self) -> Seq {
         self.responses_acked
     }
+}
+
+/// The text of a `ResponseTooLarge` status response, cut to fit a payload
+/// of `max` bytes (after the 2-byte code) and [`MAX_TEXT`].
+pub(crate) fn oversized_text(len: usize, max: usize) -> String {
+    let mut text = format!(
+        "the command executed; its response of {len} bytes exceeds the initiator's limit of {max} bytes"
+    );
+    let room = max.saturating_sub(STATUS_CODE_LEN).min(MAX_TEXT);
+    if text.len() > room {
+        let mut end = room;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }

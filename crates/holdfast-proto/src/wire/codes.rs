@@ -1,5 +1,6 @@
-//! Numeric codes that travel on the wire: error codes carried by ERROR frames
-//! and reject reasons carried by LOGIN_REJECT frames.
+//! Numeric codes that travel on the wire: error codes carried by ERROR frames,
+//! reject reasons carried by LOGIN_REJECT frames and the status codes of
+//! status responses (RESP with the STATUS flag).
 
 use std::fmt;
 
@@ -211,5 +212,43 @@ impl fmt::Display for RejectReason {
             RejectReason::Other(_) => "unknown reason",
         };
         write!(f, "{text} (reject {})", self.to_wire())
+    }
+}
+
+/// The status of a status response: a RESP with the STATUS flag, sent
+/// instead of the service's response when that cannot be delivered. The
+/// command **did execute**; only its response is replaced. See
+/// docs/PROTOCOL.md §6.7.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ResponseStatus {
+    /// The command executed, but its response was larger than the largest
+    /// response the initiator accepts (its `max_frame` − 32).
+    ResponseTooLarge,
+    /// A status this implementation does not know (kept verbatim).
+    Other(u16),
+}
+
+impl ResponseStatus {
+    /// The status's wire value.
+    pub fn to_wire(self) -> u16 {
+        match self {
+            ResponseStatus::ResponseTooLarge => 1,
+            ResponseStatus::Other(v) => v,
+        }
+    }
+
+    /// Decodes a wire value; unknown values are kept as [`ResponseStatus::Other`].
+    pub fn from_wire(v: u16) -> Self {
+        match v {
+            1 => ResponseStatus::ResponseTooLarge,
+            other => ResponseStatus::Other(other),
+        }
+    }
+}
+
+impl fmt::Display for ResponseStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self:?} (status {})", self.to_wire())
     }
 }

@@ -10,10 +10,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use crate::error::ProtocolError;
 use crate::ids::{SessionId, SessionSecret};
 
-use super::codes::{ErrorCode, RejectReason};
+use super::codes::{ErrorCode, RejectReason, ResponseStatus};
 use super::frame::{
     fixed_len, has_payload, kind, Digests, Direction, Frame, Login, LoginAccept, LoginKind,
-    LoginReject, HEADER_LEN, LOGIN_MAGIC, MAX_LOGIN_EXTENSION, MAX_TEXT,
+    LoginReject, HEADER_LEN, LOGIN_MAGIC, MAX_LOGIN_EXTENSION, MAX_TEXT, STATUS_CODE_LEN,
+    STATUS_FLAG,
 };
 
 /// The size of a digest on the wire.
@@ -170,7 +171,9 @@ impl Decoder {
             }
         };
         let digests = self.expected_digests(k);
-        if h[1] != digests.bits() {
+        // Bit 2 (STATUS) is allowed on a RESP only: a status response.
+        let status = if k == kind::RESPONSE { STATUS_FLAG } else { 0 };
+        if h[1] != digests.bits() && h[1] != digests.bits() | status {
             return Err(ProtocolError::new(
                 ErrorCode::Malformed,
                 format!(
@@ -272,6 +275,9 @@ impl Decoder {
             }
         }
         let fields = raw.slice(HEADER_LEN..HEADER_LEN + fixed);
+        if k == kind::RESPONSE && raw[1] & STATUS_FLAG != 0 {
+            return parse_status(fields, &payload);
+        }
         parse(k, fields, payload)
     }
 }
@@ -323,6 +329,38 @@ fn secret(f: &mut Bytes) -> SessionSecret {
     let mut s = [0u8; 16];
     f.copy_to_slice(&mut s);
     SessionSecret(s)
+}
+
+/// Parses a status response: RESP fixed fields, then a 2-byte status code
+/// (0 is not a status) and UTF-8 text.
+fn parse_status(mut f: Bytes, payload: &Bytes) -> Result<Frame, ProtocolError> {
+    let (Some(code), Some(rest)) = (
+        payload.get(..STATUS_CODE_LEN),
+        payload.get(STATUS_CODE_LEN..),
+    ) else {
+        return Err(ProtocolError::new(
+            ErrorCode::Malformed,
+            "a status response has no status code",
+        ));
+    };
+    let code = u16::from_be_bytes([code[0], code[1]]);
+    if code == 0 {
+        return Err(ProtocolError::new(
+            ErrorCode::Malformed,
+            "status 0 is not a status",
+        ));
+    }
+    let text = std::str::from_utf8(rest)
+        .map(str::to_owned)
+        .map_err(|_| ProtocolError::new(ErrorCode::Malformed, "status text is not UTF-8"))?;
+    Ok(Frame::StatusResponse {
+        seq: f.get_u64(),
+        command: f.get_u64(),
+        ack: f.get_u64(),
+        limit: f.get_u64(),
+        status: ResponseStatus::from_wire(code),
+        text,
+    })
 }
 
 /// Parses fixed fields `f` (exactly the type's fixed length) and `payload`.

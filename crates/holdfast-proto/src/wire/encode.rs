@@ -6,7 +6,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::frame::{kind, Digests, Frame, LoginKind, HEADER_LEN, LOGIN_MAGIC};
+use super::frame::{kind, Digests, Frame, LoginKind, HEADER_LEN, LOGIN_MAGIC, STATUS_FLAG};
 
 /// Payloads at least this long travel as their own chunk instead of being copied.
 const ZERO_COPY_THRESHOLD: usize = 4096;
@@ -131,7 +131,12 @@ fn encode(frame: &Frame, digests: Digests, out: &mut Outgoing) {
     }
     let start = out.scratch.len();
     out.scratch.put_u8(k);
-    out.scratch.put_u8(digests.bits());
+    let status = if matches!(frame, Frame::StatusResponse { .. }) {
+        STATUS_FLAG
+    } else {
+        0
+    };
+    out.scratch.put_u8(digests.bits() | status);
     out.scratch.put_u16(0);
     out.scratch.put_u32(0); // length, patched below
     let payload: Bytes = write_fixed(frame, &mut out.scratch);
@@ -230,6 +235,23 @@ fn write_fixed(frame: &Frame, b: &mut BytesMut) -> Bytes {
             b.put_u64(*ack);
             b.put_u64(*limit);
             payload.clone()
+        }
+        Frame::StatusResponse {
+            seq,
+            command,
+            ack,
+            limit,
+            status,
+            text,
+        } => {
+            b.put_u64(*seq);
+            b.put_u64(*command);
+            b.put_u64(*ack);
+            b.put_u64(*limit);
+            let mut payload = BytesMut::with_capacity(2 + text.len());
+            payload.put_u16(status.to_wire());
+            payload.put_slice(text.as_bytes());
+            payload.freeze()
         }
         Frame::TargetAck { ack, limit } => {
             b.put_u64(*ack);

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crate::ids::{SessionId, SessionSecret};
 use crate::Seq;
 
-use super::codes::{ErrorCode, RejectReason};
+use super::codes::{ErrorCode, RejectReason, ResponseStatus};
 
 /// Frame type bytes (docs/PROTOCOL.md §4).
 pub mod kind {
@@ -225,6 +225,24 @@ pub enum Frame {
         /// The response.
         payload: Bytes,
     },
+    /// A status response: a RESP (type 0x13) with the STATUS flag, sent
+    /// instead of a command's response when that cannot be delivered (the
+    /// command did execute). It takes the response's place in the target's
+    /// stream: cached, resent and acknowledged like any response.
+    StatusResponse {
+        /// Its sequence number in the target's stream.
+        seq: Seq,
+        /// The command it answers.
+        command: Seq,
+        /// Cumulative acknowledgement of the initiator's stream.
+        ack: Seq,
+        /// The initiator's credit limit.
+        limit: Seq,
+        /// What happened.
+        status: ResponseStatus,
+        /// Human-readable detail (UTF-8).
+        text: String,
+    },
     /// A standalone acknowledgement and credit update from the target.
     TargetAck {
         /// Cumulative acknowledgement of the initiator's stream.
@@ -272,7 +290,7 @@ impl Frame {
             Frame::Error { .. } => kind::ERROR,
             Frame::LoginAccept(_) => kind::LOGIN_ACCEPT,
             Frame::LoginReject(_) => kind::LOGIN_REJECT,
-            Frame::Response { .. } => kind::RESPONSE,
+            Frame::Response { .. } | Frame::StatusResponse { .. } => kind::RESPONSE,
             Frame::TargetAck { .. } => kind::TARGET_ACK,
             Frame::Pong { .. } => kind::PONG,
             Frame::Shutdown { .. } => kind::SHUTDOWN,
@@ -287,6 +305,7 @@ impl Frame {
             | Frame::Message { payload, .. }
             | Frame::Response { payload, .. } => payload.len(),
             Frame::Error { text, .. } => text.len(),
+            Frame::StatusResponse { text, .. } => STATUS_CODE_LEN + text.len(),
             Frame::LoginReject(r) => r.text.len(),
             _ => 0,
         }
@@ -334,6 +353,12 @@ pub(crate) fn has_payload(kind: u8) -> bool {
             | kind::LOGIN_REJECT
     )
 }
+
+/// The flag bit (bit 2 of the `flags` byte) that marks a RESP as a status
+/// response; no other frame may set it.
+pub const STATUS_FLAG: u8 = 0x04;
+/// The status code that opens a status response's payload.
+pub const STATUS_CODE_LEN: usize = 2;
 
 /// Length of LOGIN's fixed fields.
 pub(crate) const LOGIN_FIXED: usize = 60;

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use holdfast_proto::wire::frame::{MAX_LOGIN_EXTENSION, MAX_TEXT};
 use holdfast_proto::wire::{
     encode_to_vec, Decoder, Digests, Direction, ErrorCode, Frame, Login, LoginAccept, LoginKind,
-    LoginReject, RejectReason, HEADER_LEN,
+    LoginReject, RejectReason, ResponseStatus, HEADER_LEN,
 };
 use holdfast_proto::{SessionId, SessionSecret};
 use proptest::prelude::*;
@@ -95,6 +95,7 @@ pub(crate) fn directions(frame: &Frame) -> &'static [Direction] {
         Frame::LoginAccept(_)
         | Frame::LoginReject(_)
         | Frame::Response { .. }
+        | Frame::StatusResponse { .. }
         | Frame::TargetAck { .. }
         | Frame::Pong { .. }
         | Frame::Shutdown { .. }
@@ -295,6 +296,22 @@ pub(crate) fn arb_frame() -> impl Strategy<Value = Frame> {
                 limit,
                 payload,
             })
+            .boxed(),
+        (
+            (arb_u64(), arb_u64(), arb_u64(), arb_u64()),
+            1u16..=u16::MAX,
+            arb_text()
+        )
+            .prop_map(
+                |((seq, command, ack, limit), status, text)| Frame::StatusResponse {
+                    seq,
+                    command,
+                    ack,
+                    limit,
+                    status: ResponseStatus::from_wire(status),
+                    text,
+                }
+            )
             .boxed(),
         (arb_u64(), arb_u64())
             .prop_map(|(ack, limit)| Frame::TargetAck { ack, limit })
