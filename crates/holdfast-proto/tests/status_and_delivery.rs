@@ -433,3 +433,45 @@ fn the_status_flag_is_refused_where_it_does_not_belong() {
         }))
     );
 }
+
+#[test]
+fn a_fin_before_the_messages_are_delivered_is_refused() {
+    use holdfast_proto::wire::{encode_to_vec, Digests, ErrorCode};
+    let mut p = pair_with(1 << 20, 1 << 20);
+    let session = p.initiator.session().expect("session");
+    // A hasty initiator sends FIN right behind its MSG, before the target
+    // confirmed the message's delivery: the FIN_ACK would acknowledge it.
+    let mut bytes = encode_to_vec(
+        &Frame::Message {
+            seq: 1,
+            ack: 0,
+            payload: Bytes::from_static(b"m"),
+        },
+        Digests::NONE,
+    );
+    bytes.extend(encode_to_vec(
+        &Frame::Fin {
+            last_seq: 1,
+            ack: 0,
+        },
+        Digests::NONE,
+    ));
+    p.target.handle_input(p.conn, &bytes, p.now);
+    let ready = p.target.ready();
+    let frames = target_frames(&ready);
+    assert!(
+        frames.iter().any(|f| matches!(
+            f,
+            Frame::Error {
+                code: ErrorCode::FinWithOutstanding,
+                ..
+            }
+        )),
+        "FIN accepted while a message was undelivered: {frames:?}"
+    );
+    p.target.advance(p.now);
+    assert!(
+        p.target.session_info(session).is_some(),
+        "the session stays"
+    );
+}

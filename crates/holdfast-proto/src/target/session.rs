@@ -346,7 +346,7 @@ impl Session {
     }
 
     /// True when FIN may be accepted: everything up to `last_seq` received,
-    /// nothing running, every response acknowledged.
+    /// every message delivered, nothing running, every response acknowledged.
     pub(crate) fn can_finish(&self, last_seq: Seq) -> bool {
         last_seq == self.received
             && self.running.is_empty()
