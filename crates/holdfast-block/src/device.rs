@@ -59,6 +59,13 @@ pub enum BlockError {
     /// work it has not started, or zeroing between chunks.
     #[error("withdrawn on cancellation: {0}")]
     Withdrawn(String),
+    /// The outcome is unknown and the request may still take effect later:
+    /// a remote volume lost its session without the target confirming that
+    /// the session ended (docs/PROTOCOL.md §11.1). Reporting it as failed
+    /// could be contradicted by a late execution, so an NBD server answers
+    /// it by closing the client's connection instead of replying.
+    #[error("in doubt (it may still take effect): {0}")]
+    InDoubt(String),
     /// The target serves another volume than the one the request names:
     /// nothing was done. The client's volume is gone from that address.
     #[error(
@@ -82,7 +89,10 @@ impl BlockError {
             BlockError::OutOfRange { .. } | BlockError::Invalid(_) => 22, // EINVAL
             BlockError::ReadOnly => 1,                                    // EPERM
             BlockError::NoSpace => 28,                                    // ENOSPC
-            BlockError::Io(_) | BlockError::Withdrawn(_) | BlockError::WrongVolume { .. } => 5, // EIO
+            BlockError::Io(_)
+            | BlockError::Withdrawn(_)
+            | BlockError::InDoubt(_)
+            | BlockError::WrongVolume { .. } => 5, // EIO
         }
     }
 

@@ -345,6 +345,12 @@ impl Volume {
                 if cancel.is_cancelled() && e.is_settled() && !e.may_have_executed() {
                     return BlockError::Withdrawn(format!("{opcode:?} request: {e}"));
                 }
+                if !e.is_settled() {
+                    return BlockError::InDoubt(format!(
+                        "{opcode:?} request: {e}; the target may still run it until its \
+                         session there ends"
+                    ));
+                }
                 let executed = if e.may_have_executed() {
                     "it may have executed"
                 } else {
@@ -418,6 +424,15 @@ impl Volume {
 /// that is not a withdrawal, or (pieces withdrawn, none failed otherwise) a
 /// withdrawal: nothing of the request runs later.
 fn combine<T>(results: Vec<Result<T, BlockError>>) -> Result<Vec<T>, BlockError> {
+    // A piece in doubt makes the whole request in doubt, whatever else
+    // failed: reporting it failed could be contradicted later.
+    if let Some(e) = results.iter().find_map(|r| {
+        r.as_ref()
+            .err()
+            .filter(|e| matches!(e, BlockError::InDoubt(_)))
+    }) {
+        return Err(e.clone());
+    }
     let mut withdrawn = None;
     let mut bodies = Vec::with_capacity(results.len());
     for r in results {

@@ -519,7 +519,7 @@ pub fn encode_err(error: &BlockError) -> Bytes {
         }
         // A target does not cancel its own work; if a device says so
         // anyway, the client sees an I/O error that names it.
-        e @ BlockError::Withdrawn(_) => {
+        e @ (BlockError::Withdrawn(_) | BlockError::InDoubt(_)) => {
             out.put_u8(status::IO);
             put_message(&mut out, &e.to_string());
         }

@@ -474,6 +474,30 @@ async fn device_failures_and_timeouts_answer_errors() {
     assert_eq!(c.reply().await, (EIO, 6));
 }
 
+/// A request whose outcome is in doubt (it may still take effect) is never
+/// answered with an error, which a late execution could contradict: the
+/// server closes the connection instead. Requests answered before it keep
+/// their replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_doubt_closes_the_connection_instead_of_failing() {
+    init_tracing();
+    let dev = Arc::new(OddDevice {
+        inner: MemoryDevice::new(MIB),
+        mode: Odd::InDoubt,
+    });
+    let (addr, _server) = start_tcp(dev, NbdOptions::default()).await;
+    let (mut c, _, _) = RawClient::transmission(addr).await;
+    c.request(CMD_READ, 0, 1, 0, 4, &[]).await;
+    assert_eq!(c.reply().await, (0, 1));
+    assert_eq!(c.read_data(4).await, [0; 4]);
+    c.request(CMD_WRITE, 0, 2, 0, 4, b"data").await;
+    let after = c.expect_closed().await;
+    assert!(
+        after.is_empty(),
+        "no reply for the request in doubt: {after:02x?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_devices_are_announced_and_refuse_writes() {
     init_tracing();

@@ -29,7 +29,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::consts::*;
 use super::handshake::Export;
@@ -172,6 +172,9 @@ struct Outgoing {
     error: u32,
     /// READ data, in consecutive segments.
     data: Vec<Bytes>,
+    /// The request's outcome is in doubt ([`BlockError::InDoubt`]): no
+    /// reply may be sent, so the connection is closed instead.
+    in_doubt: bool,
     _permits: Permits,
 }
 
@@ -395,6 +398,7 @@ impl<D: BlockDevice> Conn<D> {
             handle: req.handle,
             error: errno,
             data: Vec::new(),
+            in_doubt: false,
             _permits: permits,
         });
     }
@@ -410,8 +414,21 @@ impl<D: BlockDevice> Conn<D> {
         tokio::spawn(async move {
             let _alive = alive;
             let name = op.name();
+            let mut in_doubt = false;
             let (error, data) = match execute(&*device, op, io_timeout, &cancel_all).await {
                 Ok(data) => (0, data),
+                Err(e @ BlockError::InDoubt(_)) => {
+                    error!(
+                        handle,
+                        offset,
+                        len,
+                        error = %e,
+                        "nbd: {name} is in doubt: closing the connection instead of answering \
+                         it (an error could be contradicted if it still runs)"
+                    );
+                    in_doubt = true;
+                    (e.errno(), Vec::new())
+                }
                 Err(e) => {
                     warn!(
                         handle,
@@ -428,6 +445,7 @@ impl<D: BlockDevice> Conn<D> {
                 handle,
                 error,
                 data,
+                in_doubt,
                 _permits: permits,
             });
         });
@@ -531,6 +549,13 @@ async fn write_replies<W: AsyncWrite + Unpin>(
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(reply) = next.take() {
+            if reply.in_doubt {
+                out.flush().await?;
+                return Err(io::Error::other(format!(
+                    "request {:#x} is in doubt: the connection is closed without its reply",
+                    reply.handle
+                )));
+            }
             let mut header = [0u8; SIMPLE_REPLY_LEN];
             let mut h = &mut header[..];
             h.put_u32(SIMPLE_REPLY_MAGIC);

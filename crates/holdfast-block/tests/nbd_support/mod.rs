@@ -318,10 +318,13 @@ impl RawClient {
     }
 
     /// Asserts the server closes the connection (after any pending bytes).
-    pub async fn expect_closed(&mut self) {
+    /// Waits for the server to close the connection; returns what it sent
+    /// before closing.
+    pub async fn expect_closed(&mut self) -> Vec<u8> {
         let mut sink = Vec::new();
         let read = tokio::time::timeout(IO_TIMEOUT, self.stream.read_to_end(&mut sink)).await;
         assert!(read.is_ok(), "server kept the connection open");
+        sink
     }
 }
 
@@ -393,6 +396,9 @@ pub enum Odd {
     /// Every flush stalls until it is cancelled, and is then withdrawn;
     /// writes fail with an I/O error; reads return one byte too few.
     Broken,
+    /// Reads work; writes end in doubt (a remote volume whose session was
+    /// lost without the target confirming it ended).
+    InDoubt,
 }
 
 /// A device that is read-only or broken.
@@ -413,7 +419,7 @@ impl BlockDevice for OddDevice {
     async fn read_at(&self, offset: u64, len: u32) -> Result<Bytes, BlockError> {
         let data = self.inner.read_at(offset, len).await?;
         match self.mode {
-            Odd::ReadOnly => Ok(data),
+            Odd::ReadOnly | Odd::InDoubt => Ok(data),
             Odd::Broken => Ok(data.slice(..data.len().saturating_sub(1))),
         }
     }
@@ -422,6 +428,7 @@ impl BlockDevice for OddDevice {
         match self.mode {
             Odd::ReadOnly => Err(BlockError::ReadOnly),
             Odd::Broken => Err(BlockError::Io("disk on fire".into())),
+            Odd::InDoubt => Err(BlockError::InDoubt("session lost".into())),
         }
     }
 
