@@ -191,23 +191,14 @@ fn a_message_is_acknowledged_only_after_the_driver_confirmed_its_delivery() {
         acks(&frames).iter().all(|&a| a < 1),
         "the MSG was acknowledged in the Ready that delivers it: {frames:?}"
     );
-    // A PING answered before the driver confirms must not cover it either.
-    let ping = holdfast_proto::wire::encode_to_vec(
-        &Frame::Ping { token: 99, ack: 0 },
-        holdfast_proto::wire::Digests::NONE,
-    );
-    p.target.handle_input(p.conn, &ping, p.now);
+    // A PING read meanwhile is answered at the next Ready (one PONG per
+    // batch, §9.1), which comes only after the driver confirmed.
+    let encode =
+        |f: &Frame| holdfast_proto::wire::encode_to_vec(f, holdfast_proto::wire::Digests::NONE);
+    p.target
+        .handle_input(p.conn, &encode(&Frame::Ping { token: 99, ack: 0 }), p.now);
     p.target.advance(p.now);
-    // Now the driver confirmed: the acknowledgement follows.
-    let ready = p.target.ready();
-    let frames = target_frames(&ready);
-    let pong = frames.iter().find_map(|f| match f {
-        Frame::Pong { ack, .. } => Some(*ack),
-        _ => None,
-    });
-    assert_eq!(pong, Some(0), "the PONG was queued before the confirmation");
-    p.target.advance(p.now);
-    let mut seen = acks(&frames);
+    let mut seen = Vec::new();
     while p.target.has_ready() {
         let ready = p.target.ready();
         seen.extend(acks(&target_frames(&ready)));
@@ -218,6 +209,34 @@ fn a_message_is_acknowledged_only_after_the_driver_confirmed_its_delivery() {
         Some(&1),
         "the MSG is acknowledged after advance"
     );
+    // A second MSG and a PING read in one batch: the PONG goes out in the
+    // Ready that hands the MSG to the driver, so it must not cover it.
+    let mut batch = encode(&Frame::Message {
+        seq: 2,
+        ack: 0,
+        payload: Bytes::from_static(b"m2"),
+    });
+    batch.extend(encode(&Frame::Ping { token: 100, ack: 0 }));
+    p.target.handle_input(p.conn, &batch, p.now);
+    let ready = p.target.ready();
+    assert_eq!(ready.deliveries.len(), 1, "{ready:?}");
+    let frames = target_frames(&ready);
+    let pong = frames.iter().find_map(|f| match f {
+        Frame::Pong { ack, .. } => Some(*ack),
+        _ => None,
+    });
+    assert_eq!(
+        pong,
+        Some(1),
+        "the PONG acknowledged a MSG the service does not have yet: {frames:?}"
+    );
+    assert!(acks(&frames).iter().all(|&a| a < 2), "{frames:?}");
+    p.target.advance(p.now);
+    while p.target.has_ready() {
+        let ready = p.target.ready();
+        p.target.advance(p.now);
+        drop(ready);
+    }
     assert_eq!(p.target.session_info(session).expect("session").held, 0);
 }
 

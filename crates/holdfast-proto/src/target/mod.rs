@@ -509,7 +509,8 @@ impl Target {
             if let (Phase::Attached(id), false) = (c.phase, c.closing) {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     if let Some(token) = pong {
-                        let (ack, limit) = (s.received(), s.limit());
+                        // Never past a MSG the service does not have yet (§6.2).
+                        let (ack, limit) = (s.ack(), s.limit());
                         c.out.push(&Frame::Pong { token, ack, limit }, c.digests);
                         s.mark_advertised();
                     }
