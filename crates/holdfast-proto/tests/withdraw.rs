@@ -261,3 +261,55 @@ fn a_call_never_sent_is_withdrawn_at_once_even_without_a_connection() {
     assert_eq!(response(&events, c), Some(Bytes::from_static(b"C")));
     assert_eq!(delivered_payloads(&p), vec!["a", "c"]);
 }
+
+fn bytes_of(chunks: Vec<Bytes>) -> Vec<u8> {
+    chunks.iter().flat_map(|c| c.iter().copied()).collect()
+}
+
+/// The target's acknowledgement stops below a MSG its service does not
+/// have yet (§6.2), so at a recovery it may hold commands past its
+/// `command_ack`. A call withdrawn then must not be dropped (it may run)
+/// and the calls after it must keep their sequence numbers, or responses
+/// would reach the wrong callers. (Found in review: c got b's response.)
+#[test]
+fn calls_the_target_may_hold_behind_an_undelivered_message_are_never_renumbered() {
+    let mut p = logged_in();
+    p.initiator
+        .send(Bytes::from_static(b"m"), CallOptions::default(), p.now)
+        .expect("send");
+    let b = submit(&mut p, b"b", CallOptions::default());
+    let c = submit(&mut p, b"c", CallOptions::default());
+    p.flush();
+    let old = p.conn;
+    let in_flight = std::mem::take(&mut p.to_target);
+    // The initiator gives connection A up; b's caller stops waiting; d is
+    // submitted meanwhile.
+    p.initiator.connection_lost(old, p.now);
+    let d = submit(&mut p, b"d", CallOptions::default());
+    assert!(p.initiator.abandon(b, p.now));
+    // A's bytes and the recovery LOGIN reach the target in one batch: m, b
+    // and c are received, m is not yet delivered, so command_ack is 0.
+    p.target.handle_input(old, &in_flight, p.now);
+    let newc = holdfast_proto::ConnId(100);
+    p.conn = newc;
+    p.target.accept(newc, p.now).expect("accept");
+    p.initiator.connect(newc, p.now).expect("connect");
+    let login = bytes_of(p.initiator.poll_transmit(p.now).expect("login"));
+    p.target.handle_input(newc, &login, p.now);
+    p.flush();
+    p.run();
+    assert!(
+        failure(&p.events, b).is_none(),
+        "b may be running at the target: no verdict yet"
+    );
+    p.complete(2, b"B");
+    p.complete(3, b"C");
+    p.run();
+    p.complete(4, b"D");
+    p.run();
+    let events = p.take_events();
+    assert_eq!(response(&events, b), Some(Bytes::from_static(b"B")));
+    assert_eq!(response(&events, c), Some(Bytes::from_static(b"C")));
+    assert_eq!(response(&events, d), Some(Bytes::from_static(b"D")));
+    assert_eq!(delivered_payloads(&p), vec!["m", "b", "c", "d"]);
+}

@@ -558,6 +558,14 @@ impl<S: SessionService> Engine<S> {
         }
         let tx = self.tx.clone();
         tokio::spawn(async move {
+            // If the future panics, the command still completes (answered
+            // empty, like a service error): a command that never completes
+            // would keep its session from ever ending (§11.1).
+            let mut guard = CompleteOnDrop {
+                tx: (!one_way).then(|| tx.clone()),
+                session,
+                seq,
+            };
             let response = match fut.await {
                 Ok(r) => r,
                 Err(e) => {
@@ -565,11 +573,37 @@ impl<S: SessionService> Engine<S> {
                     Bytes::new()
                 }
             };
+            guard.tx = None;
             if !one_way {
                 let _ = tx.send(EngineMsg::Completed(session, seq, response)).await;
             }
         });
         None
+    }
+}
+
+/// Completes a command whose service future ended without an answer (it
+/// panicked, or the runtime dropped it), so its session can end.
+struct CompleteOnDrop {
+    tx: Option<mpsc::Sender<EngineMsg>>,
+    session: SessionId,
+    seq: Seq,
+}
+
+impl Drop for CompleteOnDrop {
+    fn drop(&mut self) {
+        let Some(tx) = self.tx.take() else {
+            return;
+        };
+        let (session, seq) = (self.session, self.seq);
+        tracing::error!(%session, seq, "the service's future ended without an answer (it panicked?); answering empty");
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = tx
+                    .send(EngineMsg::Completed(session, seq, Bytes::new()))
+                    .await;
+            });
+        }
     }
 }
 

@@ -179,3 +179,32 @@ async fn a_message_is_reported_delivered_only_after_the_service_took_it() {
         .expect("send");
     assert!(service.took.load(Ordering::SeqCst));
 }
+
+/// A service future that panics after it was spawned still completes its
+/// command (answered empty, like a service error): otherwise the command
+/// would run forever in the core's eyes, its caller would hang and its
+/// session could never end (a session never ends while a command runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_service_future_panics_still_completes() {
+    support::init_logs();
+    let (_target, addr) = serve(service_fn(|r: Request| async move {
+        // Pending once, so the runtime spawns the future.
+        tokio::task::yield_now().await;
+        assert!(r.payload != "panic", "the service panics on purpose");
+        Ok::<_, std::convert::Infallible>(r.payload)
+    }))
+    .await;
+    let init = initiator(addr, InitiatorConfig::default().max_frame);
+    let r = tokio::time::timeout(BOUND, init.call(Bytes::from_static(b"panic")))
+        .await
+        .expect("the call must return, not hang");
+    assert_eq!(r, Ok(Bytes::new()), "answered empty");
+    let r = tokio::time::timeout(BOUND, init.call(Bytes::from_static(b"next")))
+        .await
+        .expect("the next call returns");
+    assert_eq!(r, Ok(Bytes::from_static(b"next")));
+    tokio::time::timeout(BOUND, init.close())
+        .await
+        .expect("close returns")
+        .expect("the session closes cleanly");
+}

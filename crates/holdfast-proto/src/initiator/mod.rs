@@ -60,6 +60,9 @@ struct Entry {
     /// Sent in an earlier session, which the target has ended: it may have
     /// executed there (and never will again).
     earlier: bool,
+    /// Sent in an earlier session whose loss did not prove it ended
+    /// (`BadSecret`): withdrawn, it fails in doubt with this loss.
+    doubt: Option<SessionLoss>,
     /// The caller withdrew it ([`Initiator::abandon`]): it is never re-issued
     /// in a new session, and dropped unsent as soon as the target is known
     /// not to have it.
@@ -78,6 +81,9 @@ struct Carried {
     retry_safe: bool,
     /// Sent at least once in an earlier session: it may have executed.
     ever_sent: bool,
+    /// Sent in a session whose loss does not prove it ended (`BadSecret`,
+    /// §11.1): withdrawn, it fails in doubt with this loss, not settled.
+    doubt: Option<SessionLoss>,
 }
 
 /// The current transport connection.
@@ -124,6 +130,11 @@ pub struct Initiator {
     next_seq: Seq,
     /// The target's cumulative acknowledgement of our stream.
     acked: Seq,
+    /// The highest sequence the target may have received, as far as the
+    /// last recovery login tells (its acknowledgement, or everything sent
+    /// when a MSG it has not delivered holds the acknowledgement back):
+    /// withdrawn calls at or below it are never dropped or renumbered.
+    withdraw_floor: Seq,
     /// The highest sequence we may send.
     limit: Seq,
     /// The credit window the target granted in its last LOGIN_ACCEPT (our
@@ -165,6 +176,7 @@ impl Initiator {
             carry: VecDeque::new(),
             next_seq: 1,
             acked: 0,
+            withdraw_floor: 0,
             limit: 0,
             max_payload: None,
             response_ack: 0,
@@ -308,6 +320,7 @@ impl Initiator {
                 transmitted: false,
                 ever_sent: false,
                 earlier: false,
+                doubt: None,
                 abandoned: false,
                 sent_at: None,
             },

@@ -177,6 +177,7 @@ impl Initiator {
                 }
                 self.session = Some((a.session, a.secret));
                 self.stats.sessions += 1;
+                self.withdraw_floor = 0;
                 false
             }
             (LoginKind::Recover, Some((id, _))) if id == a.session => {
@@ -185,6 +186,19 @@ impl Initiator {
                     return Err(ack_error(a.command_ack, self.acked, highest_sent));
                 }
                 self.apply_ack(a.command_ack);
+                // The target's acknowledgement stops below a MSG its service
+                // does not have yet (§6.2), so when the next entry is a MSG
+                // the target may hold everything we ever sent: none of it
+                // may be dropped or renumbered (§11.3).
+                let held_back = self
+                    .entries
+                    .get(&(a.command_ack + 1))
+                    .is_some_and(|e| !e.command);
+                self.withdraw_floor = if held_back {
+                    highest_sent
+                } else {
+                    a.command_ack
+                };
                 self.stats.recoveries += 1;
                 true
             }
@@ -219,10 +233,10 @@ impl Initiator {
             }
         }
         let cursor = c.send_cursor;
-        // The target has nothing past its acknowledgement, and every older
-        // connection is fenced: withdrawn calls there can be dropped.
+        // Past the floor the target has nothing, and every older connection
+        // is fenced: withdrawn calls there can be dropped.
         if !naive {
-            self.withdraw_unreceived(cursor);
+            self.withdraw_unreceived(cursor.max(self.withdraw_floor + 1));
         }
         self.drain_carry();
         let resent = self
@@ -275,6 +289,7 @@ impl Initiator {
                     transmitted: false,
                     ever_sent: c.ever_sent,
                     earlier: c.ever_sent,
+                    doubt: c.doubt,
                     abandoned: false,
                     sent_at: None,
                 },

@@ -67,11 +67,17 @@ impl Initiator {
     fn stateless_recovery(&mut self, lost: SessionLoss, now: Timestamp) {
         let mut reissue = std::collections::VecDeque::new();
         let mut failed = 0;
+        let fenced = lost.fences();
         for (_, e) in std::mem::take(&mut self.entries) {
             if e.abandoned {
-                // Its caller stopped waiting: settled now (the target ended
-                // the session, so it cannot execute later), never re-issued.
-                self.withdrawn(e.call, e.ever_sent);
+                // Its caller stopped waiting: never re-issued. Settled if the
+                // target said the session ended (it cannot execute later),
+                // in doubt otherwise.
+                match e.doubt {
+                    Some(earlier_loss) => self.fail_call(e.call, true, earlier_loss),
+                    None if e.ever_sent && !fenced => self.fail_call(e.call, true, lost.clone()),
+                    None => self.withdrawn(e.call, e.ever_sent),
+                }
                 continue;
             }
             match e.payload {
@@ -81,6 +87,9 @@ impl Initiator {
                     payload,
                     retry_safe: true,
                     ever_sent: e.ever_sent,
+                    doubt: e
+                        .doubt
+                        .or_else(|| (e.ever_sent && !fenced).then(|| lost.clone())),
                 }),
                 _ => {
                     failed += 1;
@@ -95,6 +104,7 @@ impl Initiator {
         self.session = None;
         self.next_seq = 1;
         self.acked = 0;
+        self.withdraw_floor = 0;
         self.limit = 0;
         self.response_ack = 0;
         self.ack_owed = 0;
@@ -132,7 +142,12 @@ impl Initiator {
         self.events.push_back(InitiatorEvent::SessionEnded(loss));
     }
 
-    fn fail_call(&mut self, call: crate::ids::CallId, transmitted: bool, loss: SessionLoss) {
+    pub(super) fn fail_call(
+        &mut self,
+        call: crate::ids::CallId,
+        transmitted: bool,
+        loss: SessionLoss,
+    ) {
         let error = if transmitted {
             CallError::MayHaveExecuted(loss)
         } else {

@@ -34,25 +34,35 @@ impl Initiator {
         if let Some(i) = self.carry.iter().position(|c| c.call == call) {
             // Carried from a session the target ended: never re-issued now.
             if let Some(c) = self.carry.remove(i) {
-                self.withdrawn(c.call, c.ever_sent);
+                match c.doubt {
+                    Some(loss) => self.fail_call(c.call, true, loss),
+                    None => self.withdrawn(c.call, c.ever_sent),
+                }
             }
             self.maybe_credit_available();
             return true;
         }
+        let naive = self.naive_resend();
+        let floor = self.withdraw_floor;
         let Some((&seq, entry)) = self.entries.iter_mut().find(|(_, e)| e.call == call) else {
             return false;
         };
         entry.abandoned = true;
+        if naive {
+            // Test switch: a naive initiator resends everything anyway.
+            return true;
+        }
         let never_sent = !entry.transmitted;
         let live_cursor = self
             .conn
             .as_ref()
             .filter(|c| c.logged_in)
-            .map(|c| c.send_cursor);
+            .map(|c| c.send_cursor.max(floor + 1));
         match live_cursor {
             // Not sent on the live connection, which started at the
-            // target's acknowledgement: the target does not have it.
-            Some(cursor) if seq >= cursor => self.withdraw_unreceived(cursor),
+            // target's acknowledgement, and past anything the target may
+            // hold beyond it: the target does not have it.
+            Some(from) if seq >= from => self.withdraw_unreceived(from),
             // Never sent in this session (so nothing after it was either):
             // no connection, old or new, can deliver it.
             _ if never_sent => self.withdraw_unreceived(seq),
@@ -86,8 +96,13 @@ impl Initiator {
         }
         self.next_seq = next;
         for e in dropped {
-            self.withdrawn(e.call, e.earlier);
+            match e.doubt {
+                Some(loss) => self.fail_call(e.call, true, loss),
+                None => self.withdrawn(e.call, e.earlier),
+            }
         }
+        // Sequence numbers freed: carried calls may take them.
+        self.drain_carry();
         self.maybe_credit_available();
     }
 
