@@ -60,15 +60,47 @@ fn executed(log: &Mutex<Vec<Bytes>>) -> Vec<Bytes> {
     log.lock().expect("log").clone()
 }
 
+/// A recording target behind a fault proxy, and an initiator through the
+/// proxy whose first call, A, has completed.
+struct Fixture {
+    _target: Target,
+    proxy: Proxy,
+    init: Initiator,
+    log: Arc<Mutex<Vec<Bytes>>>,
+}
+
+impl Fixture {
+    async fn after_a() -> Fixture {
+        support::init_logs();
+        let (target, addr, log) = recording_target().await;
+        let proxy = Proxy::start(addr).await.expect("proxy");
+        let init = initiator(proxy.addr());
+        within(init.call(Bytes::from_static(b"A")))
+            .await
+            .expect("A");
+        Fixture {
+            _target: target,
+            proxy,
+            init,
+            log,
+        }
+    }
+
+    /// Once the path is back (a new link), another caller writes C; B,
+    /// whose caller gave up, must never reach the service.
+    async fn c_lands_and_b_never_does(&self) {
+        within(self.init.call(Bytes::from_static(b"C")))
+            .await
+            .expect("C");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(executed(&self.log), vec!["A", "C"], "B must never land");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_cancelled_in_a_blackhole_is_withdrawn_and_never_lands() {
-    support::init_logs();
-    let (_target, addr, log) = recording_target().await;
-    let proxy = Proxy::start(addr).await.expect("proxy");
-    let init = initiator(proxy.addr());
-    within(init.call(Bytes::from_static(b"A")))
-        .await
-        .expect("A");
+    let f = Fixture::after_a().await;
+    let (proxy, init) = (&f.proxy, &f.init);
     proxy.inject(Fault::Blackhole);
     let b = within(init.call_cancellable(
         Bytes::from_static(b"B"),
@@ -79,23 +111,13 @@ async fn a_call_cancelled_in_a_blackhole_is_withdrawn_and_never_lands() {
     let err = b.expect_err("B cannot complete through the blackhole");
     assert!(err.is_settled(), "reported only once settled: {err}");
     assert!(!err.may_have_executed(), "{err}");
-    // The path is back (a new link), another caller writes C.
-    within(init.call(Bytes::from_static(b"C")))
-        .await
-        .expect("C");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(executed(&log), vec!["A", "C"], "B must never land");
+    f.c_lands_and_b_never_does().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_whose_future_is_dropped_is_not_resent_after_recovery() {
-    support::init_logs();
-    let (_target, addr, log) = recording_target().await;
-    let proxy = Proxy::start(addr).await.expect("proxy");
-    let init = initiator(proxy.addr());
-    within(init.call(Bytes::from_static(b"A")))
-        .await
-        .expect("A");
+    let f = Fixture::after_a().await;
+    let (proxy, init) = (&f.proxy, &f.init);
     proxy.inject(Fault::Blackhole);
     let timed_out = tokio::time::timeout(
         Duration::from_millis(50),
@@ -106,22 +128,13 @@ async fn a_call_whose_future_is_dropped_is_not_resent_after_recovery() {
         timed_out.is_err(),
         "B cannot complete through the blackhole"
     );
-    within(init.call(Bytes::from_static(b"C")))
-        .await
-        .expect("C");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(executed(&log), vec!["A", "C"], "B must never land");
+    f.c_lands_and_b_never_does().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_call_the_target_received_returns_its_real_outcome() {
-    support::init_logs();
-    let (_target, addr, log) = recording_target().await;
-    let proxy = Proxy::start(addr).await.expect("proxy");
-    let init = initiator(proxy.addr());
-    within(init.call(Bytes::from_static(b"A")))
-        .await
-        .expect("A");
+    let f = Fixture::after_a().await;
+    let (proxy, init) = (&f.proxy, &f.init);
     // Responses cannot get back, but commands reach the target.
     proxy.apply(holdfast::chaos::FaultSpec::new(
         holdfast::chaos::FaultKind::Blackhole,
@@ -139,7 +152,7 @@ async fn a_cancelled_call_the_target_received_returns_its_real_outcome() {
         Ok(Bytes::from_static(b"B")),
         "the real outcome, after recovery"
     );
-    assert_eq!(executed(&log), vec!["A", "B"]);
+    assert_eq!(executed(&f.log), vec!["A", "B"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

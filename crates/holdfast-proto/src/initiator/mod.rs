@@ -57,12 +57,8 @@ struct Entry {
     transmitted: bool,
     /// Sent at least once in any session: it may have executed.
     ever_sent: bool,
-    /// Sent in an earlier session, which the target has ended: it may have
-    /// executed there (and never will again).
-    earlier: bool,
-    /// Sent in an earlier session whose loss did not prove it ended
-    /// (`BadSecret`): withdrawn, it fails in doubt with this loss.
-    doubt: Option<SessionLoss>,
+    /// What earlier, lost sessions may have done with it.
+    earlier: Earlier,
     /// The caller withdrew it ([`Initiator::abandon`]): it is never re-issued
     /// in a new session, and dropped unsent as soon as the target is known
     /// not to have it.
@@ -79,11 +75,40 @@ struct Carried {
     command: bool,
     payload: Bytes,
     retry_safe: bool,
-    /// Sent at least once in an earlier session: it may have executed.
-    ever_sent: bool,
-    /// Sent in a session whose loss does not prove it ended (`BadSecret`,
-    /// §11.1): withdrawn, it fails in doubt with this loss, not settled.
-    doubt: Option<SessionLoss>,
+    /// What the lost sessions may have done with it.
+    earlier: Earlier,
+}
+
+/// What lost sessions may have done with a call carried out of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum Earlier {
+    /// Never sent in any of them.
+    #[default]
+    NotSent,
+    /// Sent in a session the target has ended: it may have executed there,
+    /// and never will again (§11.1).
+    Ended,
+    /// Sent in a session whose loss did not prove it ended (`BadSecret`):
+    /// it may still execute there.
+    InDoubt(SessionLoss),
+}
+
+impl Earlier {
+    /// True if a lost session may have executed it.
+    fn sent(&self) -> bool {
+        *self != Earlier::NotSent
+    }
+
+    /// The state after losing `lost`, for a call sent (`sent_now`) or not
+    /// in that session.
+    fn after(self, sent_now: bool, lost: &SessionLoss) -> Earlier {
+        match self {
+            Earlier::InDoubt(_) => self,
+            _ if sent_now && !lost.fences() => Earlier::InDoubt(lost.clone()),
+            _ if sent_now => Earlier::Ended,
+            other => other,
+        }
+    }
 }
 
 /// The current transport connection.
@@ -319,8 +344,7 @@ impl Initiator {
                 retry_safe: options.retry_safe,
                 transmitted: false,
                 ever_sent: false,
-                earlier: false,
-                doubt: None,
+                earlier: Earlier::NotSent,
                 abandoned: false,
                 sent_at: None,
             },

@@ -271,7 +271,7 @@ impl Initiator {
                     error: CallError::TooLargeForTarget {
                         len: c.payload.len(),
                         max,
-                        may_have_executed: c.ever_sent,
+                        may_have_executed: c.earlier.sent(),
                     },
                 });
                 continue;
@@ -287,9 +287,8 @@ impl Initiator {
                     payload: Some(c.payload),
                     retry_safe: c.retry_safe,
                     transmitted: false,
-                    ever_sent: c.ever_sent,
-                    earlier: c.ever_sent,
-                    doubt: c.doubt,
+                    ever_sent: c.earlier.sent(),
+                    earlier: c.earlier,
                     abandoned: false,
                     sent_at: None,
                 },

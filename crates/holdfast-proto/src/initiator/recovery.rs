@@ -67,17 +67,12 @@ impl Initiator {
     fn stateless_recovery(&mut self, lost: SessionLoss, now: Timestamp) {
         let mut reissue = std::collections::VecDeque::new();
         let mut failed = 0;
-        let fenced = lost.fences();
         for (_, e) in std::mem::take(&mut self.entries) {
             if e.abandoned {
                 // Its caller stopped waiting: never re-issued. Settled if the
                 // target said the session ended (it cannot execute later),
                 // in doubt otherwise.
-                match e.doubt {
-                    Some(earlier_loss) => self.fail_call(e.call, true, earlier_loss),
-                    None if e.ever_sent && !fenced => self.fail_call(e.call, true, lost.clone()),
-                    None => self.withdrawn(e.call, e.ever_sent),
-                }
+                self.withdrawn(e.call, e.earlier.after(e.ever_sent, &lost));
                 continue;
             }
             match e.payload {
@@ -86,10 +81,7 @@ impl Initiator {
                     command: e.command,
                     payload,
                     retry_safe: true,
-                    ever_sent: e.ever_sent,
-                    doubt: e
-                        .doubt
-                        .or_else(|| (e.ever_sent && !fenced).then(|| lost.clone())),
+                    earlier: e.earlier.after(e.ever_sent, &lost),
                 }),
                 _ => {
                     failed += 1;
@@ -134,7 +126,7 @@ impl Initiator {
             self.fail_call(e.call, e.ever_sent, loss.clone());
         }
         for c in std::mem::take(&mut self.carry) {
-            self.fail_call(c.call, c.ever_sent, loss.clone());
+            self.fail_call(c.call, c.earlier.sent(), loss.clone());
         }
         self.conn = None;
         self.lifecycle = Lifecycle::Ended(loss.clone());

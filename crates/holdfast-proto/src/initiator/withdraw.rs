@@ -19,7 +19,7 @@ use crate::ids::CallId;
 use crate::time::Timestamp;
 use crate::Seq;
 
-use super::{Entry, Initiator, InitiatorEvent};
+use super::{Earlier, Entry, Initiator, InitiatorEvent};
 
 impl Initiator {
     /// Withdraws a call or message the caller no longer waits for.
@@ -34,10 +34,7 @@ impl Initiator {
         if let Some(i) = self.carry.iter().position(|c| c.call == call) {
             // Carried from a session the target ended: never re-issued now.
             if let Some(c) = self.carry.remove(i) {
-                match c.doubt {
-                    Some(loss) => self.fail_call(c.call, true, loss),
-                    None => self.withdrawn(c.call, c.ever_sent),
-                }
+                self.withdrawn(c.call, c.earlier);
             }
             self.maybe_credit_available();
             return true;
@@ -89,25 +86,28 @@ impl Initiator {
             // Not sent under its new number; it can only have executed in
             // an earlier, ended session.
             e.transmitted = false;
-            e.ever_sent = e.earlier;
+            e.ever_sent = e.earlier.sent();
             e.sent_at = None;
             self.entries.insert(next, e);
             next += 1;
         }
         self.next_seq = next;
         for e in dropped {
-            match e.doubt {
-                Some(loss) => self.fail_call(e.call, true, loss),
-                None => self.withdrawn(e.call, e.earlier),
-            }
+            self.withdrawn(e.call, e.earlier);
         }
         // Sequence numbers freed: carried calls may take them.
         self.drain_carry();
         self.maybe_credit_available();
     }
 
-    /// Reports a withdrawn call as settled.
-    pub(super) fn withdrawn(&mut self, call: CallId, may_have_executed: bool) {
+    /// Reports a withdrawn call: settled (`Withdrawn`) unless a lost
+    /// session may still run it, then in doubt (`MayHaveExecuted`).
+    pub(super) fn withdrawn(&mut self, call: CallId, earlier: Earlier) {
+        let may_have_executed = match earlier {
+            Earlier::InDoubt(loss) => return self.fail_call(call, true, loss),
+            Earlier::Ended => true,
+            Earlier::NotSent => false,
+        };
         self.stats.calls_failed += 1;
         self.stats.withdrawn += 1;
         self.events.push_back(InitiatorEvent::CallFailed {
