@@ -55,8 +55,6 @@ struct Entry {
     retry_safe: bool,
     /// Sent at least once in the current session.
     transmitted: bool,
-    /// Sent at least once in any session: it may have executed.
-    ever_sent: bool,
     /// What earlier, lost sessions may have done with it.
     earlier: Earlier,
     /// The caller withdrew it ([`Initiator::abandon`]): it is never re-issued
@@ -91,6 +89,13 @@ enum Earlier {
     /// Sent in a session whose loss did not prove it ended (`BadSecret`):
     /// it may still execute there.
     InDoubt(SessionLoss),
+}
+
+impl Entry {
+    /// Sent in this session or an earlier one: it may have executed.
+    fn ever_sent(&self) -> bool {
+        self.transmitted || self.earlier.sent()
+    }
 }
 
 impl Earlier {
@@ -343,7 +348,6 @@ impl Initiator {
                 payload: Some(payload),
                 retry_safe: options.retry_safe,
                 transmitted: false,
-                ever_sent: false,
                 earlier: Earlier::NotSent,
                 abandoned: false,
                 sent_at: None,
@@ -511,7 +515,6 @@ impl Initiator {
                 self.stats.resent += 1;
             }
             e.transmitted = true;
-            e.ever_sent = true;
             e.sent_at = Some(now);
             c.send_cursor = seq + 1;
             carried_ack = true;

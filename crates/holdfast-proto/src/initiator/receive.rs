@@ -287,7 +287,6 @@ impl Initiator {
                     payload: Some(c.payload),
                     retry_safe: c.retry_safe,
                     transmitted: false,
-                    ever_sent: c.earlier.sent(),
                     earlier: c.earlier,
                     abandoned: false,
                     sent_at: None,

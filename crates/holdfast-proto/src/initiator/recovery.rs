@@ -72,7 +72,7 @@ impl Initiator {
                 // Its caller stopped waiting: never re-issued. Settled if the
                 // target said the session ended (it cannot execute later),
                 // in doubt otherwise.
-                self.withdrawn(e.call, e.earlier.after(e.ever_sent, &lost));
+                self.withdrawn(e.call, e.earlier.after(e.transmitted, &lost));
                 continue;
             }
             match e.payload {
@@ -81,11 +81,11 @@ impl Initiator {
                     command: e.command,
                     payload,
                     retry_safe: true,
-                    earlier: e.earlier.after(e.ever_sent, &lost),
+                    earlier: e.earlier.after(e.transmitted, &lost),
                 }),
                 _ => {
                     failed += 1;
-                    self.fail_call(e.call, e.ever_sent, lost.clone());
+                    self.fail_call(e.call, e.ever_sent(), lost.clone());
                 }
             }
         }
@@ -123,7 +123,7 @@ impl Initiator {
     pub(super) fn end_session(&mut self, loss: SessionLoss, now: Timestamp) {
         let _ = now;
         for (_, e) in std::mem::take(&mut self.entries) {
-            self.fail_call(e.call, e.ever_sent, loss.clone());
+            self.fail_call(e.call, e.ever_sent(), loss.clone());
         }
         for c in std::mem::take(&mut self.carry) {
             self.fail_call(c.call, c.earlier.sent(), loss.clone());

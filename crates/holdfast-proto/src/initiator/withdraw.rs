@@ -86,7 +86,6 @@ impl Initiator {
             // Not sent under its new number; it can only have executed in
             // an earlier, ended session.
             e.transmitted = false;
-            e.ever_sent = e.earlier.sent();
             e.sent_at = None;
             self.entries.insert(next, e);
             next += 1;
