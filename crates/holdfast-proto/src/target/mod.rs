@@ -409,8 +409,7 @@ impl Target {
         }
         if s.expiry_deferred && s.running() == 0 && s.conn.is_none() {
             // Its retain time passed while this command ran.
-            self.end_session(session, RejectReason::SessionExpired);
-            self.stats.sessions_expired += 1;
+            self.expire(session);
             return Ok(());
         }
         let conn = s.conn;

@@ -125,8 +125,7 @@ impl super::Target {
             let expiry = since + retain;
             if expiry <= now {
                 if s.running() == 0 || expire_running {
-                    self.end_session(id, RejectReason::SessionExpired);
-                    self.stats.sessions_expired += 1;
+                    self.expire(id);
                     return;
                 }
                 // Commands still run: the session must outlive them, or a
@@ -149,6 +148,13 @@ impl super::Target {
                 self.timers.arm_session(due, id, &mut s.armed);
             }
         }
+    }
+
+    /// Ends a session whose retain time passed (with nothing running, or
+    /// when its last command completed after it).
+    pub(super) fn expire(&mut self, id: SessionId) {
+        self.end_session(id, RejectReason::SessionExpired);
+        self.stats.sessions_expired += 1;
     }
 
     pub(super) fn shutdown_timer(&mut self, now: Timestamp) {
