@@ -26,7 +26,6 @@ use crate::clock::Clock;
 use crate::outbox::Outbox;
 use crate::target::sleep_until;
 use crate::transport::{BoxStream, Connector};
-use crate::withdraw::AbandonOnDrop;
 
 /// Initiator settings: the protocol's plus the runtime's.
 #[derive(Clone, Debug)]
@@ -190,7 +189,6 @@ impl Initiator {
             chunks: Vec::new(),
             next_conn: 1,
             replies: HashMap::new(),
-            tickets: HashMap::new(),
             early_abandons: HashSet::new(),
             waiting: None,
             close_waiters: Vec::new(),
@@ -230,10 +228,7 @@ impl Initiator {
     ) -> Result<Bytes, CallError> {
         let (tx, rx) = oneshot::channel();
         let ticket = self.submit(true, payload, options, Reply::Call(tx)).await?;
-        let mut guard = AbandonOnDrop::new(self, ticket);
-        let result = rx.await.map_err(|_| CallError::Stopped);
-        guard.disarm();
-        result?
+        self.await_reply(ticket, rx, std::future::pending()).await
     }
 
     /// Sends a one-way message and waits until it is delivered: the
@@ -248,10 +243,7 @@ impl Initiator {
         let ticket = self
             .submit(false, payload, options, Reply::Send(tx))
             .await?;
-        let mut guard = AbandonOnDrop::new(self, ticket);
-        let result = rx.await.map_err(|_| CallError::Stopped);
-        guard.disarm();
-        result?
+        self.await_reply(ticket, rx, std::future::pending()).await
     }
 
     /// Hands a submission to the driver; returns its ticket.
@@ -331,8 +323,6 @@ struct Driver {
     next_conn: u64,
     /// Where each outstanding call's outcome goes, and its ticket.
     replies: HashMap<CallId, (Reply, u64)>,
-    /// The call each outstanding ticket became.
-    tickets: HashMap<u64, CallId>,
     /// Tickets abandoned before their submission reached the driver (the
     /// two travel on different channels); bounded, see `abandon`.
     early_abandons: HashSet<u64>,
@@ -498,7 +488,6 @@ impl Driver {
                     Ok(id) => {
                         debug!(?id, command, "submitted");
                         self.replies.insert(id, (reply, ticket));
-                        self.tickets.insert(ticket, id);
                     }
                     Err(SubmitError::NoCredit) => {
                         debug!(command, "waiting for credit");
@@ -637,16 +626,20 @@ impl Driver {
         self.outbox = None;
     }
 
-    /// Removes a finished call's reply channel and ticket.
+    /// Removes a finished call's reply channel.
     fn take_reply(&mut self, call: CallId) -> Option<Reply> {
-        let (reply, ticket) = self.replies.remove(&call)?;
-        self.tickets.remove(&ticket);
-        Some(reply)
+        self.replies.remove(&call).map(|(reply, _)| reply)
     }
 
     /// The caller of submission `ticket` stopped waiting: withdraw it.
     fn abandon(&mut self, ticket: u64) {
-        if let Some(call) = self.tickets.get(&ticket).copied() {
+        // Rare (a caller gave up), so a scan beats a second map kept on
+        // every call.
+        let call = self
+            .replies
+            .iter()
+            .find_map(|(call, (_, t))| (*t == ticket).then_some(*call));
+        if let Some(call) = call {
             debug!(?call, "withdrawing");
             self.core.abandon(call, self.clock.now());
             self.flush();

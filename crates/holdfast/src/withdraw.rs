@@ -74,7 +74,7 @@ impl Initiator {
         options: CallOptions,
         cancel: impl Future<Output = ()>,
     ) -> Result<Bytes, CallError> {
-        let (tx, mut rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
         let mut cancel = std::pin::pin!(cancel);
         let ticket = tokio::select! {
             biased;
@@ -82,11 +82,23 @@ impl Initiator {
             // Still queued for the driver: dropping the send withdraws it.
             () = &mut cancel => return Err(CallError::Withdrawn),
         };
+        self.await_reply(ticket, rx, cancel).await
+    }
+
+    /// Waits for the outcome of submission `ticket`. If `cancel` completes
+    /// first, the call is withdrawn and this keeps waiting for its settled
+    /// outcome; if this future is dropped, the call is withdrawn.
+    pub(crate) async fn await_reply<T>(
+        &self,
+        ticket: u64,
+        mut rx: oneshot::Receiver<Result<T, CallError>>,
+        cancel: impl Future<Output = ()>,
+    ) -> Result<T, CallError> {
         let mut guard = AbandonOnDrop::new(self, ticket);
         let result = tokio::select! {
             biased;
             r = &mut rx => r,
-            () = &mut cancel => {
+            () = cancel => {
                 guard.fire();
                 rx.await
             }
