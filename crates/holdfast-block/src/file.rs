@@ -153,6 +153,11 @@ struct Inner {
     /// Set by the first failed `fdatasync`; from then on every FLUSH and
     /// FUA write fails with this message.
     failed: OnceLock<String>,
+    /// Held across the durability check, `fdatasync` and recording its
+    /// failure: Linux reports a lost writeback to only one of several
+    /// concurrent syncs, so a concurrent FLUSH could otherwise succeed
+    /// after another one saw the data lost.
+    sync_lock: std::sync::Mutex<()>,
     /// Tests: fail the next `fdatasync` calls with EIO.
     #[cfg(test)]
     fail_syncs: std::sync::atomic::AtomicU32,
@@ -251,6 +256,7 @@ impl FileDevice {
                 counters: Counters::default(),
                 nowait: NoWait::new(!options.direct),
                 failed: OnceLock::new(),
+                sync_lock: std::sync::Mutex::new(()),
                 #[cfg(test)]
                 fail_syncs: std::sync::atomic::AtomicU32::new(0),
             }),
@@ -335,7 +341,7 @@ impl FileDevice {
 }
 
 /// Fsyncs the directory holding `path`, so a new file's name is durable.
-fn sync_parent(path: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -478,6 +484,10 @@ impl Inner {
     }
 
     fn sync(&self) -> Result<(), BlockError> {
+        let _one_at_a_time = self
+            .sync_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.check_durable("flush")?;
         #[cfg(test)]
         let result = if self
@@ -543,9 +553,6 @@ impl FileDevice {
             return if fua { self.sync(cancel).await } else { Ok(()) };
         }
         cancel.check("write")?;
-        if fua {
-            self.inner.check_durable("FUA write")?;
-        }
         // Into the page cache at once if it can (a FUA write waits for the
         // device by definition); the rest on the pool.
         let done = if fua || self.inner.direct {
