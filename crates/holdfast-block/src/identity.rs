@@ -159,13 +159,7 @@ pub fn store(volume: &Path, id: VolumeId) -> Result<(), IdError> {
     writeln!(f, "{id}").map_err(io("write"))?;
     f.sync_all().map_err(io("sync"))?;
     std::fs::rename(&tmp, &path).map_err(io("rename"))?;
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(parent)
-        .and_then(|d| d.sync_all())
-        .map_err(io("sync the directory"))
+    crate::file::sync_parent(&path).map_err(io("sync the directory"))
 }
 
 #[cfg(test)]

@@ -159,9 +159,6 @@ impl Sequencer {
         let mut own_releases = Vec::new();
         let range = access.range();
         for e in state.entries.values() {
-            if e.session != session && e.held_by_own_session() {
-                continue; // see the module documentation
-            }
             let signal = match (access, range) {
                 (Access::Flush, _) if e.write => Some(&e.executed),
                 (Access::Read { .. }, Some((start, end)))
@@ -181,6 +178,9 @@ impl Sequencer {
                 _ => None,
             };
             if let Some(s) = signal {
+                if e.session != session && e.held_by_own_session() {
+                    continue; // see the module documentation
+                }
                 waits.push(s.clone());
                 if e.session == session && matches!(access, Access::Write { .. }) {
                     own_releases.push(s.clone());

@@ -10,6 +10,7 @@ mod logsvc;
 mod malloc;
 mod nbd_cmd;
 mod nbd_life;
+mod signals;
 mod target_cmd;
 mod torture;
 mod units;

@@ -186,7 +186,7 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
     };
     // Handle Ctrl-C and SIGTERM from before the address is printed: a
     // caller that signals as soon as it sees it gets the clean stop.
-    let signals = crate::nbd_life::Signals::new()?;
+    let signals = crate::signals::Signals::new()?;
     if s.json {
         println!(
             "{}",

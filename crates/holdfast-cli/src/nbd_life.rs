@@ -10,9 +10,9 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::signals::Signals;
 use anyhow::{bail, Context};
 use holdfast::{Endpoint, Initiator, SessionLoss};
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::warn;
 
 /// How long the first Ctrl-C or SIGTERM waits for the session to close
@@ -54,31 +54,6 @@ pub(crate) fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener>
             "could not listen on {shown}: a socket file is there and checking it failed ({e}); \
              remove it if no export uses it"
         ),
-    }
-}
-
-/// SIGINT (Ctrl-C) and SIGTERM, handled alike from the moment this exists
-/// (until then they end the process at once).
-pub(crate) struct Signals {
-    int: Signal,
-    term: Signal,
-}
-
-impl Signals {
-    /// Starts handling both signals.
-    pub(crate) fn new() -> anyhow::Result<Signals> {
-        Ok(Signals {
-            int: signal(SignalKind::interrupt()).context("could not handle SIGINT")?,
-            term: signal(SignalKind::terminate()).context("could not handle SIGTERM")?,
-        })
-    }
-
-    /// The next signal's name and conventional exit status (128 + number).
-    async fn next(&mut self) -> (&'static str, u8) {
-        tokio::select! {
-            _ = self.int.recv() => ("SIGINT", 130),
-            _ = self.term.recv() => ("SIGTERM", 143),
-        }
     }
 }
 

@@ -175,54 +175,10 @@ impl TargetArgs {
     }
 }
 
-/// SIGINT (Ctrl-C) and, on Unix, SIGTERM, registered when this is made:
-/// a signal that arrives before [`Interrupts::wait`] is not lost (nor does it
-/// kill the process with the default action).
-struct Interrupts {
-    #[cfg(unix)]
-    signals: (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
-}
-
-impl Interrupts {
-    fn new() -> anyhow::Result<Interrupts> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let int = signal(SignalKind::interrupt()).context("could not catch SIGINT")?;
-            let term = signal(SignalKind::terminate()).context("could not catch SIGTERM")?;
-            Ok(Interrupts {
-                signals: (int, term),
-            })
-        }
-        #[cfg(not(unix))]
-        {
-            Ok(Interrupts {})
-        }
-    }
-
-    /// Waits for the first of them.
-    async fn wait(mut self) -> anyhow::Result<()> {
-        #[cfg(unix)]
-        {
-            let (int, term) = &mut self.signals;
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-            Ok(())
-        }
-        #[cfg(not(unix))]
-        {
-            tokio::signal::ctrl_c()
-                .await
-                .context("could not wait for Ctrl-C")
-        }
-    }
-}
-
 /// Serves until Ctrl-C or SIGTERM.
 pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
-    let interrupts = Interrupts::new()?;
+    // Registered before serving, so an early signal is not lost.
+    let mut signals = crate::signals::Signals::new()?;
     let options = TargetOptions {
         protocol: s.protocol.clone(),
         ..TargetOptions::default()
@@ -273,7 +229,7 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
             endpoints.join(", ")
         );
     }
-    interrupts.wait().await?;
+    signals.next().await;
     eprintln!(
         "shutting down: connections stay up {:?} (new logins refused), then the process \
          exits; its sessions end with it (announced as \"will not return\")",

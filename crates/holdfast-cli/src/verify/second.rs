@@ -21,8 +21,8 @@ use bytes::BytesMut;
 use holdfast::chaos::{Direction, FaultKind, FaultSpec, Proxy, Scope};
 use holdfast::Initiator;
 use holdfast_block::nbd::consts::{
-    FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, IHAVEOPT, NBDMAGIC, OPT_GO, REP_ACK, REP_FLAG_ERROR,
-    REQUEST_MAGIC, SIMPLE_REPLY_MAGIC,
+    CMD_FLUSH, CMD_READ, CMD_WRITE, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, IHAVEOPT, NBDMAGIC,
+    OPT_GO, REP_ACK, REP_FLAG_ERROR, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC,
 };
 use holdfast_block::nbd::{NbdOptions, Server};
 use holdfast_block::Volume;
@@ -295,10 +295,6 @@ impl NbdWorker {
         }
     }
 }
-
-const CMD_READ: u16 = 0;
-const CMD_WRITE: u16 = 1;
-const CMD_FLUSH: u16 = 3;
 
 /// A minimal NBD client over an in-memory pipe: fixed newstyle,
 /// `NBD_OPT_GO` on the default export, simple replies, one request at a
