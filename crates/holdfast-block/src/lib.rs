@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+mod backend_log;
 pub mod device;
 pub mod file;
 pub mod identity;

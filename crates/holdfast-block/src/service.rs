@@ -49,6 +49,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tracing::debug;
 
+use crate::backend_log::FailureLog;
 use crate::device::{BlockDevice, BlockError};
 use crate::identity::VolumeId;
 use crate::ordering::{Access, Release, Sequencer};
@@ -92,6 +93,7 @@ pub struct BlockService<D> {
     device: Arc<D>,
     order: Sequencer,
     info: Info,
+    failures: Arc<FailureLog>,
 }
 
 impl<D> Clone for BlockService<D> {
@@ -100,6 +102,7 @@ impl<D> Clone for BlockService<D> {
             device: self.device.clone(),
             order: self.order.clone(),
             info: self.info,
+            failures: self.failures.clone(),
         }
     }
 }
@@ -142,6 +145,7 @@ impl<D: BlockDevice> BlockService<D> {
             device,
             order: Sequencer::new(),
             info,
+            failures: Arc::default(),
         }
     }
 
@@ -270,12 +274,13 @@ impl<D: BlockDevice> tower_service::Service<holdfast::Request> for BlockService<
             Ok((request, mut ticket)) => {
                 let device = self.device.clone();
                 let info = self.info;
+                let failures = self.failures.clone();
                 Box::pin(async move {
                     ticket.ready().await;
                     let outcome = execute(&*device, request, info).await;
                     let release = ticket.executed();
                     if let Err(e) = &outcome {
-                        debug!(%session, seq, error = %e, "request failed");
+                        failures.failed(session, seq, e);
                     }
                     Ok(Bytes::from_owner(Held {
                         response: encode_outcome(&outcome),

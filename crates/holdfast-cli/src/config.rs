@@ -74,6 +74,20 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_parses_and_passes_the_checks() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n").expect("README has a TOML example") + 8;
+        let len = readme[start..].find("```").expect("the example ends");
+        // The example names a host; this machine cannot resolve it.
+        let example = readme[start..start + len].replace("storage-host:", "127.0.0.1:");
+        let file: ConfigFile = toml::from_str(&example).expect("valid config");
+        assert_eq!(file.target.listen, ["0.0.0.0:7400"]);
+        let nbd = file.nbd.merged(NbdArgs::default());
+        let target = file.target.merged(TargetArgs::default());
+        assert!(nbd.is_ok() && target.is_ok(), "{nbd:?} {target:?}");
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = toml::from_str::<ConfigFile>("[target]\nvolumes = \"x\"\n");
         assert!(err.is_err());

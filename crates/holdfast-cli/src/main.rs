@@ -4,8 +4,10 @@
 
 mod bench;
 mod chaos_cmd;
+mod checks;
 mod config;
 mod demo;
+mod errors;
 mod logsvc;
 mod malloc;
 mod nbd_cmd;
@@ -116,18 +118,36 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", errors::chain(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (else by `default`).
+/// Logs to stderr, filtered by `RUST_LOG` (else by `default`), coloured only
+/// when stderr is a terminal. A `RUST_LOG` that does not parse is reported
+/// (the default filter is used instead), never silently ignored.
 fn init_logs(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => {
+            match tracing_subscriber::EnvFilter::try_new(&spec) {
+                Ok(filter) => filter,
+                Err(e) => {
+                    eprintln!(
+                        "warning: RUST_LOG={spec:?} is not a valid filter ({e}); logging at \
+                         {default:?} instead. Examples: RUST_LOG=debug, \
+                         RUST_LOG=holdfast=debug,warn"
+                    );
+                    tracing_subscriber::EnvFilter::new(default)
+                }
+            }
+        }
+        _ => tracing_subscriber::EnvFilter::new(default),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

@@ -94,7 +94,7 @@ impl NbdArgs {
                 parse_duration(&s).map_err(anyhow::Error::msg)
             })
         };
-        Ok(NbdSettings {
+        let settings = NbdSettings {
             target: endpoint(&target)?,
             listen: endpoint(
                 &pick(self.listen, file.listen).unwrap_or_else(|| "127.0.0.1:10809".to_owned()),
@@ -132,8 +132,45 @@ impl NbdArgs {
                     ..d
                 }
             },
-        })
+        };
+        check_nbd(&settings)?;
+        Ok(settings)
     }
+}
+
+/// Refuses export settings that parse but cannot work.
+fn check_nbd(s: &NbdSettings) -> anyhow::Result<()> {
+    use crate::checks::{at_least, duration_within};
+    duration_within(
+        "detection",
+        s.detection,
+        Duration::from_millis(100),
+        Duration::from_secs(120),
+        "shorter declares healthy connections dead and reconnects in a storm; longer \
+         exceeds the keep-alive a target accepts",
+    )?;
+    duration_within(
+        "io-timeout",
+        s.io_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(24 * 3600),
+        "with 0 every request would fail before it is sent",
+    )?;
+    duration_within(
+        "session-loss",
+        s.session_loss,
+        s.detection,
+        Duration::from_secs(7 * 24 * 3600),
+        "the session cannot be given up before a lost connection is even detected",
+    )?;
+    for (flag, value) in [
+        ("max-connections", s.limits.max_connections),
+        ("max-in-flight", s.limits.max_in_flight),
+        ("max-zeroing", s.limits.max_zeroing_in_flight),
+    ] {
+        at_least(flag, value as u64, 1, "with 0 no request could be served")?;
+    }
+    Ok(())
 }
 
 /// A bound NBD listener.

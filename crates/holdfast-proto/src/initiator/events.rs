@@ -91,6 +91,7 @@ pub enum InitiatorEvent {
 
 /// Counters the initiator keeps. All only ever increase.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct InitiatorStats {
     /// Connections opened.
     pub connects: u64,

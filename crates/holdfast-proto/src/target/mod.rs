@@ -86,6 +86,7 @@ fn put_back<T>(slot: &mut Vec<T>, mut v: Vec<T>) {
 
 /// Counters a target keeps for observability. All only ever increase.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct TargetStats {
     /// Connections accepted.
     pub connections: u64,
