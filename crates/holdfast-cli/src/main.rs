@@ -12,6 +12,7 @@ mod logsvc;
 mod malloc;
 mod nbd_cmd;
 mod nbd_life;
+mod notify;
 mod signals;
 mod target_cmd;
 mod torture;

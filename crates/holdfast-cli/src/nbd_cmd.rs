@@ -235,6 +235,7 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
             s.target
         );
     }
+    crate::notify::ready(&format!("exporting the volume of {} as {uri}", s.target));
     let serve = async {
         match listener {
             Listener::Tcp(l) => server.serve_listener(l).await,

@@ -277,7 +277,9 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
             endpoints.join(", ")
         );
     }
+    crate::notify::ready(&format!("serving {what} on {}", endpoints.join(", ")));
     signals.next().await;
+    crate::notify::stopping("shutdown notice sent; connections close after the up time");
     eprintln!(
         "shutting down: connections stay up {:?} (new logins refused), then the process \
          exits; its sessions end with it (announced as \"will not return\")",
