@@ -6,6 +6,7 @@ mod bench;
 mod chaos_cmd;
 mod checks;
 mod config;
+mod control;
 mod demo;
 mod errors;
 mod logsvc;
@@ -14,6 +15,7 @@ mod nbd_cmd;
 mod nbd_life;
 mod notify;
 mod signals;
+mod status_cmd;
 mod target_cmd;
 mod torture;
 mod units;
@@ -84,6 +86,13 @@ enum Command {
         after_help = "Examples:\n  holdfast bench all --quick        # every scenario, under 5 minutes\n  holdfast bench overhead --results bench-results\n  holdfast bench block --quick      # needs fio, qemu-nbd, nbdkit\n  holdfast bench scale --json"
     )]
     Bench(bench::BenchArgs),
+    /// Show what a running target or export is doing: its sessions and
+    /// their state (attached, detached, expiring), connections and
+    /// counters, read over its local control socket (no network needed).
+    #[command(
+        after_help = "Examples:\n  holdfast status                          # every target and export running here\n  holdfast status --target /run/holdfast/disk1.sock --json\n  holdfast status --nbd /run/holdfast/nbd-4242.sock"
+    )]
+    Status(status_cmd::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -92,7 +101,7 @@ fn main() -> ExitCode {
     // The demo draws a progress line and a table: keep its logs to errors
     // unless asked. The services log their sessions' lives by default.
     init_logs(match cli.command {
-        Command::Demo(_) | Command::Torture(_) | Command::Bench(_) => "error",
+        Command::Demo(_) | Command::Torture(_) | Command::Bench(_) | Command::Status(_) => "error",
         _ => "info",
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -114,6 +123,7 @@ fn main() -> ExitCode {
             Command::Chaos(args) => chaos_cmd::run(args).await,
             Command::Torture(args) => torture::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Status(args) => status_cmd::run(args).await,
         }
     });
     match result {

@@ -91,6 +91,11 @@ pub(crate) struct TargetArgs {
     #[arg(long)]
     #[serde(default)]
     pub(crate) json: bool,
+    /// The control socket `holdfast status` reads (mode 0600); `none`
+    /// turns it off [default: target-PID.sock in /run/holdfast for root,
+    /// else in $XDG_RUNTIME_DIR/holdfast, where `holdfast status` looks].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) control: Option<String>,
 }
 
 /// Settings after merging flags, file and defaults.
@@ -106,6 +111,7 @@ pub(crate) struct TargetSettings {
     protocol: TargetConfig,
     shutdown_up: Duration,
     json: bool,
+    control: Option<PathBuf>,
 }
 
 impl TargetArgs {
@@ -176,6 +182,11 @@ impl TargetArgs {
                 Duration::from_secs(1),
             )?,
             json: self.json || file.json,
+            control: match pick(self.control, file.control).as_deref() {
+                Some("none") => None,
+                Some(path) => Some(PathBuf::from(path)),
+                None => Some(crate::control::default_path("target")),
+            },
         })
     }
 }
@@ -264,6 +275,21 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
             (target, "the log service".to_owned(), None)
         }
     };
+    let control = match &s.control {
+        Some(path) => {
+            let observer = target.observer();
+            let service = what.clone();
+            let status: crate::control::StatusFn = std::sync::Arc::new(move || {
+                let observer = observer.clone();
+                let service = service.clone();
+                Box::pin(
+                    async move { crate::status_cmd::target_document(&observer, &service).await },
+                )
+            });
+            Some(crate::control::Control::start(path, status)?)
+        }
+        None => None,
+    };
     let endpoints: Vec<String> = target.endpoints().iter().map(ToString::to_string).collect();
     if s.json {
         println!(
@@ -285,6 +311,7 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
          exits; its sessions end with it (announced as \"will not return\")",
         s.shutdown_up
     );
+    drop(control);
     let stats = target.stats().await;
     // Sessions do not survive this process: say it will not return.
     target.shutdown(s.shutdown_up, None).await;

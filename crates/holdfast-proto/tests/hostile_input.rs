@@ -348,9 +348,11 @@ fn check_progress(before: &SessionInfo, after: &SessionInfo) -> Result<(), TestC
 fn same_state(a: &SessionInfo, b: &SessionInfo) -> bool {
     SessionInfo {
         attached: false,
+        detached_since: None,
         ..a.clone()
     } == SessionInfo {
         attached: false,
+        detached_since: None,
         ..b.clone()
     }
 }

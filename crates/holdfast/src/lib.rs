@@ -52,6 +52,7 @@ mod clock;
 mod initiator;
 mod outbox;
 mod service;
+mod status;
 mod target;
 mod target_writer;
 pub mod transport;
@@ -66,5 +67,6 @@ pub use holdfast_proto::{
 };
 pub use initiator::{CallError, Initiator, InitiatorOptions};
 pub use service::{service_fn, Request, ServiceFn, SessionService};
+pub use status::{SessionState, SessionStatus, TargetObserver};
 pub use target::{Target, TargetOptions};
 pub use transport::{Acceptor, Connector, Endpoint, EndpointConnector, Listener};

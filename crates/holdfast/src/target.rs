@@ -24,6 +24,7 @@ use tracing::{debug, info, trace, warn, Instrument};
 
 use crate::clock::Clock;
 use crate::service::{Request, SessionService};
+use crate::status::{SessionStatus, TargetObserver};
 use crate::target_writer::{killed, ConnWriter};
 use crate::transport::{Acceptor, Endpoint, Listener};
 
@@ -56,7 +57,7 @@ impl Default for TargetOptions {
 }
 
 /// Messages to the engine.
-enum EngineMsg {
+pub(crate) enum EngineMsg {
     Accepted(ConnId, Option<SourceKey>, ConnWriter),
     Input(ConnId, Bytes),
     Closed(ConnId),
@@ -68,6 +69,7 @@ enum EngineMsg {
     },
     Stats(oneshot::Sender<TargetStats>),
     OpenConnections(oneshot::Sender<usize>),
+    Sessions(oneshot::Sender<Vec<SessionStatus>>),
 }
 
 /// A running target.
@@ -175,6 +177,20 @@ impl Target {
     /// The endpoints actually bound.
     pub fn endpoints(&self) -> &[Endpoint] {
         &self.endpoints
+    }
+
+    /// Every session held right now, in id order, with its state.
+    /// `None` once the target has stopped.
+    pub async fn sessions(&self) -> Option<Vec<SessionStatus>> {
+        self.observer().sessions().await
+    }
+
+    /// A cloneable handle that reads this target's state (sessions,
+    /// counters, connections) from other tasks: a status endpoint or a
+    /// metrics exporter. It does not keep the target running; once it has
+    /// stopped, every query returns `None`.
+    pub fn observer(&self) -> TargetObserver {
+        TargetObserver::new(self.engine.clone(), self.endpoints.clone())
     }
 
     /// The core's counters.
@@ -415,6 +431,20 @@ impl<S: SessionService> Engine<S> {
             }
             EngineMsg::OpenConnections(reply) => {
                 let _ = reply.send(self.conns.len());
+            }
+            EngineMsg::Sessions(reply) => {
+                let now = self.clock.now();
+                let mut ids = self.core.session_ids();
+                ids.sort_unstable();
+                let sessions = ids
+                    .into_iter()
+                    .filter_map(|id| {
+                        let info = self.core.session_info(id)?;
+                        let detached_for = info.detached_since.map(|t| now.saturating_since(t));
+                        Some(SessionStatus::new(id, info, detached_for))
+                    })
+                    .collect();
+                let _ = reply.send(sessions);
             }
         }
     }

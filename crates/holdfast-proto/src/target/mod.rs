@@ -151,6 +151,12 @@ pub struct SessionInfo {
     pub responses_acked: Seq,
     /// Whether a connection is attached.
     pub attached: bool,
+    /// Since when the session has had no connection (`None` while one is
+    /// attached): its retain time counts from here.
+    pub detached_since: Option<Timestamp>,
+    /// The retain time passed while commands still ran: the session ends
+    /// when the last completes, unless recovered first (PROTOCOL.md §11.1).
+    pub expiry_deferred: bool,
 }
 
 /// Where a connection is in its life.
@@ -304,6 +310,8 @@ impl Target {
             cached_bytes: s.cached_bytes(),
             responses_acked: s.responses_acked(),
             attached: s.conn.is_some(),
+            detached_since: s.detached_since,
+            expiry_deferred: s.expiry_deferred,
         })
     }
 
