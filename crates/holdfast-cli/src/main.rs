@@ -11,6 +11,7 @@ mod demo;
 mod errors;
 mod logsvc;
 mod malloc;
+mod metrics_export;
 mod nbd_cmd;
 mod nbd_life;
 mod notify;

@@ -66,6 +66,12 @@ pub(crate) struct NbdArgs {
     #[arg(long)]
     #[serde(default)]
     pub(crate) json: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9401): NBD requests by type with latency, recoveries by
+    /// kind with duration, lost connections by cause, the session's calls
+    /// and bytes. Off unless given; the names are listed in README.md.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) metrics: Option<String>,
 }
 
 /// Settings after merging flags, file and defaults.
@@ -78,6 +84,7 @@ pub(crate) struct NbdSettings {
     detection: Duration,
     session_loss: Duration,
     json: bool,
+    metrics: Option<std::net::SocketAddr>,
     /// The NBD server's limits (export name and io timeout set in run).
     limits: NbdOptions,
 }
@@ -110,6 +117,10 @@ impl NbdArgs {
                 Duration::from_secs(120),
             )?,
             json: self.json || file.json,
+            metrics: pick(self.metrics, file.metrics)
+                .map(|m| crate::units::parse_socket_addr(&m).map_err(anyhow::Error::msg))
+                .transpose()
+                .context("--metrics")?,
             limits: {
                 let d = NbdOptions::default();
                 let bytes = pick(self.max_in_flight_bytes, file.max_in_flight_bytes)
@@ -182,6 +193,9 @@ enum Listener {
 /// Connects, exports, and serves until Ctrl-C or SIGTERM, or until the
 /// session is lost (see [`crate::nbd_life`]).
 pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
+    if let Some(addr) = s.metrics {
+        crate::metrics_export::install(addr)?;
+    }
     let initiator = Initiator::start(
         Arc::new(EndpointConnector::new(s.target.clone(), s.detection)),
         InitiatorOptions {
@@ -192,6 +206,9 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
             ..InitiatorOptions::default()
         },
     );
+    if s.metrics.is_some() {
+        crate::metrics_export::export_initiator(initiator.clone());
+    }
     let volume = Volume::connect(initiator.clone())
         .await
         .with_context(|| format!("could not open the volume of the target at {}", s.target))?;

@@ -96,6 +96,12 @@ pub(crate) struct TargetArgs {
     /// else in $XDG_RUNTIME_DIR/holdfast, where `holdfast status` looks].
     #[arg(long, value_name = "PATH")]
     pub(crate) control: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9400): sessions by state, logins, recoveries, commands,
+    /// bytes, credits, the response cache, backend I/O latency. Off unless
+    /// given; the names are listed in README.md.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) metrics: Option<String>,
 }
 
 /// Settings after merging flags, file and defaults.
@@ -112,6 +118,7 @@ pub(crate) struct TargetSettings {
     shutdown_up: Duration,
     json: bool,
     control: Option<PathBuf>,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 impl TargetArgs {
@@ -182,6 +189,10 @@ impl TargetArgs {
                 Duration::from_secs(1),
             )?,
             json: self.json || file.json,
+            metrics: pick(self.metrics, file.metrics)
+                .map(|m| crate::units::parse_socket_addr(&m).map_err(anyhow::Error::msg))
+                .transpose()
+                .context("--metrics")?,
             control: match pick(self.control, file.control).as_deref() {
                 Some("none") => None,
                 Some(path) => Some(PathBuf::from(path)),
@@ -275,6 +286,10 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
             (target, "the log service".to_owned(), None)
         }
     };
+    if let Some(addr) = s.metrics {
+        crate::metrics_export::install(addr)?;
+        crate::metrics_export::export_target(target.observer());
+    }
     let control = match &s.control {
         Some(path) => {
             let observer = target.observer();

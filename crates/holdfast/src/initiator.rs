@@ -197,6 +197,7 @@ impl Initiator {
             ended: None,
             no_session_since: None,
             last_error: "no connection attempt yet".to_owned(),
+            recovery: crate::telemetry::RecoveryTimer::default(),
             connecting: None,
         };
         let span = tracing::info_span!("initiator", session = tracing::field::Empty);
@@ -337,6 +338,8 @@ struct Driver {
     no_session_since: Option<tokio::time::Instant>,
     /// The last connect or login failure, for error messages.
     last_error: String,
+    /// Times recoveries for the metrics.
+    recovery: crate::telemetry::RecoveryTimer,
     /// A connection attempt in progress.
     connecting: Option<Connecting>,
 }
@@ -693,6 +696,7 @@ impl Driver {
                 resent,
             } => {
                 self.backoff.reset();
+                self.recovery.connected();
                 if !recovered {
                     // A new session (first, or after a stateless recovery).
                     tracing::Span::current().record("session", tracing::field::display(session));
@@ -708,12 +712,14 @@ impl Driver {
                 failed,
             } => {
                 warn!(%lost, reissued, failed, "stateless recovery: the target lost the session");
+                self.recovery.replaced();
             }
             InitiatorEvent::ConnectionLost {
                 error,
                 reconnect_at,
             } => {
                 warn!(%error, "connection lost");
+                self.recovery.lost(&error);
                 self.last_error = error.to_string();
                 self.release_connection();
                 let delay = self.backoff.next_delay();

@@ -55,6 +55,7 @@ mod service;
 mod status;
 mod target;
 mod target_writer;
+mod telemetry;
 pub mod transport;
 mod withdraw;
 
