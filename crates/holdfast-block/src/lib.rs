@@ -26,6 +26,7 @@ pub mod nbd;
 mod nowait;
 pub mod ordering;
 pub mod service;
+mod sparse;
 pub mod volume;
 pub mod wire;
 

@@ -72,7 +72,7 @@ use holdfast::{CallOptions, Initiator};
 use thiserror::Error;
 use tracing::error;
 
-use crate::device::{BlockDevice, BlockError, Cancel};
+use crate::device::{BlockDevice, BlockError, Cancel, Extent, Zeroing};
 use crate::wire::{self, Info, Request, WireError};
 
 /// Client settings.
@@ -272,18 +272,62 @@ impl Volume {
 
     /// Writes zeroes over the range; with `fua`, durably.
     pub async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> Result<(), BlockError> {
-        self.zero(offset, len, Some(fua), &Cancel::new()).await
+        let how = Zeroing {
+            fua,
+            ..Zeroing::default()
+        };
+        self.zero(offset, len, Some(how), &Cancel::new()).await
     }
 
-    /// TRIM (`write_zeroes` `None`) or WRITE_ZEROES (`Some(fua)`).
+    /// The extents of the range (one request, not split: the answer may
+    /// cover less than asked). A target without the extensions is not
+    /// asked: the range is reported as data.
+    async fn extents(
+        &self,
+        offset: u64,
+        len: u32,
+        cancel: &Cancel,
+    ) -> Result<Vec<Extent>, BlockError> {
+        BlockError::check_range(offset, u64::from(len), self.info.size)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        if !self.info.extensions {
+            return Ok(vec![Extent { len, flags: 0 }]);
+        }
+        let body = self.call(Request::BlockStatus { offset, len }, cancel).await?;
+        wire::decode_extents(&body, len)
+            .map_err(|e| BlockError::Io(format!("malformed BLOCK_STATUS response: {e}")))
+    }
+
+    /// Asks the target to prefetch the range; a target without the
+    /// extensions is not asked.
+    async fn prefetch(&self, offset: u64, len: u32, cancel: &Cancel) -> Result<(), BlockError> {
+        BlockError::check_range(offset, u64::from(len), self.info.size)?;
+        if !self.info.extensions || len == 0 {
+            return Ok(());
+        }
+        self.call_empty(Request::Cache { offset, len }, cancel).await
+    }
+
+    /// TRIM (`write_zeroes` `None`) or WRITE_ZEROES (`Some(how)`). A
+    /// target without the extensions gets no PUNCH or FAST flag: a fast
+    /// request is refused here, and a punch allowed is simply not used.
     async fn zero(
         &self,
         offset: u64,
         len: u32,
-        write_zeroes: Option<bool>,
+        write_zeroes: Option<Zeroing>,
         cancel: &Cancel,
     ) -> Result<(), BlockError> {
         self.check_write(offset, u64::from(len))?;
+        let extensions = self.info.extensions;
+        if write_zeroes.is_some_and(|how| how.fast) && !extensions {
+            return Err(BlockError::NotSupported(format!(
+                "{} is too old to zero fast (no protocol extensions); nothing was done",
+                self.target_name
+            )));
+        }
         let pieces = self.split(offset, u64::from(len));
         let results = join_in_order(pieces.iter().map(|&(o, n)| {
             let request = match write_zeroes {
@@ -292,10 +336,12 @@ impl Volume {
                     len: n,
                     fua: false,
                 },
-                Some(fua) => Request::WriteZeroes {
+                Some(how) => Request::WriteZeroes {
                     offset: o,
                     len: n,
-                    fua,
+                    fua: how.fua,
+                    punch: how.punch && extensions,
+                    fast: how.fast && extensions,
                 },
             };
             self.call_empty(request, cancel)
@@ -544,7 +590,42 @@ impl BlockDevice for Volume {
         fua: bool,
         cancel: &Cancel,
     ) -> Result<(), BlockError> {
-        self.zero(offset, len, Some(fua), cancel).await
+        let how = Zeroing {
+            fua,
+            ..Zeroing::default()
+        };
+        self.zero(offset, len, Some(how), cancel).await
+    }
+
+    fn min_block_size(&self) -> u32 {
+        if self.info.aligned {
+            self.info.block_size
+        } else {
+            1
+        }
+    }
+
+    async fn zero_range(
+        &self,
+        offset: u64,
+        len: u32,
+        how: Zeroing,
+        cancel: &Cancel,
+    ) -> Result<(), BlockError> {
+        self.zero(offset, len, Some(how), cancel).await
+    }
+
+    async fn block_status(
+        &self,
+        offset: u64,
+        len: u32,
+        cancel: &Cancel,
+    ) -> Result<Vec<Extent>, BlockError> {
+        self.extents(offset, len, cancel).await
+    }
+
+    async fn cache(&self, offset: u64, len: u32, cancel: &Cancel) -> Result<(), BlockError> {
+        self.prefetch(offset, len, cancel).await
     }
 }
 

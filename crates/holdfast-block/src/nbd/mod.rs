@@ -36,6 +36,8 @@
 
 pub mod consts;
 mod handshake;
+mod meta;
+mod reply;
 mod transmission;
 
 use std::convert::Infallible;
@@ -59,6 +61,10 @@ pub struct NbdOptions {
     /// Name of the one export. Clients may ask for it by this name or by the
     /// empty default name; any other name is refused.
     pub export_name: String,
+    /// Export read-only even if the device takes writes: announced with
+    /// `NBD_FLAG_READ_ONLY`, and every WRITE, TRIM and WRITE_ZEROES is
+    /// refused with `EPERM` without reaching the device.
+    pub read_only: bool,
     /// When the device work of a request (a FUA trim's trim and flush
     /// count as one) has not finished after this long, the server logs a
     /// warning and cancels it ([`crate::device::Cancel`]), then keeps
@@ -94,6 +100,7 @@ impl Default for NbdOptions {
     fn default() -> Self {
         NbdOptions {
             export_name: String::new(),
+            read_only: false,
             io_timeout: None,
             max_connections: consts::DEFAULT_MAX_CONNECTIONS,
             handshake_timeout: consts::DEFAULT_HANDSHAKE_TIMEOUT,
