@@ -684,10 +684,8 @@ impl FileDevice {
     async fn discard(&self, offset: u64, len: u32, cancel: &Cancel) -> Result<(), BlockError> {
         self.check(offset, u64::from(len), true)?;
         let c = cancel.clone();
-        self.blocking("trim", cancel, move |f| {
-            f.trim(offset, u64::from(len), &c)
-        })
-        .await
+        self.blocking("trim", cancel, move |f| f.trim(offset, u64::from(len), &c))
+            .await
     }
 }
 
@@ -753,7 +751,13 @@ impl BlockDevice for FileDevice {
             match sparse::extents(&f.file, offset, len, size) {
                 Ok(Some(extents)) if !extents.is_empty() => Ok(extents),
                 Ok(_) => Ok(vec![Extent { len, flags: 0 }]),
-                Err(e) => Err(io_error("block status", offset, u64::from(len), &f.path, &e)),
+                Err(e) => Err(io_error(
+                    "block status",
+                    offset,
+                    u64::from(len),
+                    &f.path,
+                    &e,
+                )),
             }
         })
         .await

@@ -133,7 +133,11 @@ impl<D: BlockDevice> BlockService<D> {
     /// the maximum rounded down to whole blocks.
     pub fn shared(device: Arc<D>, options: ServiceOptions) -> Self {
         let min = device.min_block_size().max(1);
-        let block_size = options.block_size.max(min).max(1).checked_next_power_of_two();
+        let block_size = options
+            .block_size
+            .max(min)
+            .max(1)
+            .checked_next_power_of_two();
         let block_size = block_size.unwrap_or(1 << 31);
         let max_request = options.max_request.max(block_size);
         let info = Info {

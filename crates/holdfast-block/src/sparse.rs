@@ -75,7 +75,12 @@ pub(crate) fn will_need(file: &File, offset: u64, len: u64) -> Outcome {
     let Some(len) = NonZeroU64::new(len) else {
         return Outcome::Done;
     };
-    outcome(rustix::fs::fadvise(file, offset, Some(len), Advice::WillNeed))
+    outcome(rustix::fs::fadvise(
+        file,
+        offset,
+        Some(len),
+        Advice::WillNeed,
+    ))
 }
 
 /// The data and holes of `[offset, offset + len)` in a file of `size`
@@ -162,15 +167,27 @@ mod tests {
         assert_eq!(
             map,
             vec![
-                Extent { len: 2 << 20, flags: hole },
-                Extent { len: 1 << 20, flags: 0 },
-                Extent { len: 5 << 20, flags: hole },
+                Extent {
+                    len: 2 << 20,
+                    flags: hole
+                },
+                Extent {
+                    len: 1 << 20,
+                    flags: 0
+                },
+                Extent {
+                    len: 5 << 20,
+                    flags: hole
+                },
             ]
         );
         // A window inside the data, and one that starts in a hole.
         assert_eq!(
             extents(&file, 2 * MIB + 4096, 4096, 8 * MIB).expect("seek"),
-            Some(vec![Extent { len: 4096, flags: 0 }])
+            Some(vec![Extent {
+                len: 4096,
+                flags: 0
+            }])
         );
         assert!(matches!(punch_hole(&file, 2 * MIB, MIB), Outcome::Done));
         let mut back = vec![1u8; 4096];
@@ -178,7 +195,10 @@ mod tests {
         assert!(back.iter().all(|b| *b == 0));
         assert_eq!(
             extents(&file, 0, 8 * MIB as u32, 8 * MIB).expect("seek"),
-            Some(vec![Extent { len: 8 << 20, flags: hole }])
+            Some(vec![Extent {
+                len: 8 << 20,
+                flags: hole
+            }])
         );
         file.write_all_at(&[7u8; 4096], 0).expect("write");
         if let Outcome::Done = zero_range(&file, 0, 4096) {

@@ -295,7 +295,9 @@ impl Volume {
         if !self.info.extensions {
             return Ok(vec![Extent { len, flags: 0 }]);
         }
-        let body = self.call(Request::BlockStatus { offset, len }, cancel).await?;
+        let body = self
+            .call(Request::BlockStatus { offset, len }, cancel)
+            .await?;
         wire::decode_extents(&body, len)
             .map_err(|e| BlockError::Io(format!("malformed BLOCK_STATUS response: {e}")))
     }
@@ -307,7 +309,8 @@ impl Volume {
         if !self.info.extensions || len == 0 {
             return Ok(());
         }
-        self.call_empty(Request::Cache { offset, len }, cancel).await
+        self.call_empty(Request::Cache { offset, len }, cancel)
+            .await
     }
 
     /// TRIM (`write_zeroes` `None`) or WRITE_ZEROES (`Some(how)`). A

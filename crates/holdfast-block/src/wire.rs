@@ -624,7 +624,9 @@ pub fn encode_extents(extents: &[crate::device::Extent]) -> Bytes {
 /// and at most `len` bytes.
 pub fn decode_extents(body: &[u8], len: u32) -> Result<Vec<crate::device::Extent>, WireError> {
     if body.is_empty() || body.len() % EXTENT_LEN != 0 || body.len() / EXTENT_LEN > MAX_EXTENTS {
-        return Err(WireError::BadExtents("not 1 to MAX_EXTENTS extents of 8 bytes"));
+        return Err(WireError::BadExtents(
+            "not 1 to MAX_EXTENTS extents of 8 bytes",
+        ));
     }
     let mut r = body;
     let mut out = Vec::with_capacity(body.len() / EXTENT_LEN);
@@ -641,7 +643,9 @@ pub fn decode_extents(body: &[u8], len: u32) -> Result<Vec<crate::device::Extent
         out.push(e);
     }
     if total > u64::from(len) {
-        return Err(WireError::BadExtents("the extents cover more than was asked"));
+        return Err(WireError::BadExtents(
+            "the extents cover more than was asked",
+        ));
     }
     Ok(out)
 }

@@ -156,12 +156,7 @@ async fn discard_frees_space_and_trimming_a_hole_allocates_nothing() {
     let dir = TempDir::new("discard");
     let path = dir.path("vol.img");
     let stack = Stack::start(&path, 16 * MIB, false, NbdOptions::default()).await;
-    qemu_io(
-        &qemu_io_bin,
-        &stack.uri(),
-        &["write -P 0xab 0 8M", "flush"],
-    )
-    .await;
+    qemu_io(&qemu_io_bin, &stack.uri(), &["write -P 0xab 0 8M", "flush"]).await;
     let full = allocated(&path);
     assert!(full >= 8 * MIB, "8 MiB written, {full} bytes allocated");
 
@@ -190,12 +185,7 @@ async fn write_zeroes_reads_back_zeroes_and_unmaps_only_when_allowed() {
     let dir = TempDir::new("zeroes");
     let path = dir.path("vol.img");
     let stack = Stack::start(&path, 16 * MIB, false, NbdOptions::default()).await;
-    qemu_io(
-        &qemu_io_bin,
-        &stack.uri(),
-        &["write -P 0xcd 0 8M", "flush"],
-    )
-    .await;
+    qemu_io(&qemu_io_bin, &stack.uri(), &["write -P 0xcd 0 8M", "flush"]).await;
     // `write -z` keeps the range allocated (NBD_CMD_FLAG_NO_HOLE); with
     // `-u` it may be unmapped.
     qemu_io(
@@ -331,7 +321,11 @@ async fn a_read_only_export_refuses_writes_with_eperm() {
     dev.write_at(0, Bytes::from_static(b"mine"), false)
         .await
         .unwrap();
-    assert_eq!(&dev.snapshot()[..4], b"mine", "the device itself is writable");
+    assert_eq!(
+        &dev.snapshot()[..4],
+        b"mine",
+        "the device itself is writable"
+    );
 
     if let Some(qemu_io_bin) = tool("qemu-io", "qemu-utils") {
         let out = run_tool(
@@ -409,7 +403,8 @@ async fn structured_client(addr: SocketAddr) -> RawClient {
         .await;
     assert_eq!(c.read_option_reply().await.kind, REP_ERR_UNKNOWN);
     let wanted = ["qemu:dirty-bitmap:x", META_BASE_ALLOCATION];
-    c.send_option(OPT_SET_META_CONTEXT, &query("", &wanted)).await;
+    c.send_option(OPT_SET_META_CONTEXT, &query("", &wanted))
+        .await;
     let r = c.read_option_reply().await;
     assert_eq!(r.kind, REP_META_CONTEXT);
     let mut d = &r.data[..];
@@ -450,7 +445,10 @@ async fn structured_replies_carry_data_extents_and_error_messages() {
     c.request(CMD_BLOCK_STATUS, 0, 3, 0, 4 * MIB as u32, &[])
         .await;
     let (flags, kind, handle, payload) = c.chunk().await;
-    assert_eq!((flags, kind, handle), (REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, 3));
+    assert_eq!(
+        (flags, kind, handle),
+        (REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, 3)
+    );
     let mut p = &payload[..];
     assert_eq!(p.get_u32(), META_BASE_ALLOCATION_ID);
     let mut extents = Vec::new();
@@ -460,23 +458,26 @@ async fn structured_replies_carry_data_extents_and_error_messages() {
     let hole = STATE_HOLE | STATE_ZERO;
     assert_eq!(
         extents,
-        vec![
-            (MIB as u32, hole),
-            (4096, 0),
-            (3 * MIB as u32 - 4096, hole)
-        ]
+        vec![(MIB as u32, hole), (4096, 0), (3 * MIB as u32 - 4096, hole)]
     );
     c.request(CMD_BLOCK_STATUS, CMD_FLAG_REQ_ONE, 4, MIB, 8192, &[])
         .await;
     let (_, _, _, payload) = c.chunk().await;
     assert_eq!(payload.len(), 4 + 8, "one extent");
-    assert_eq!(&payload[4..], &[0, 0, 0x10, 0, 0, 0, 0, 0], "4096 bytes of data");
+    assert_eq!(
+        &payload[4..],
+        &[0, 0, 0x10, 0, 0, 0, 0, 0],
+        "4096 bytes of data"
+    );
 
     // Errors of reads and block status come as error chunks with a message.
     for (handle, kind) in [(5, CMD_READ), (6, CMD_BLOCK_STATUS)] {
         c.request(kind, 0, handle, 4 * MIB - 512, 4096, &[]).await;
         let (flags, kind, h, payload) = c.chunk().await;
-        assert_eq!((flags, kind, h), (REPLY_FLAG_DONE, REPLY_TYPE_ERROR, handle));
+        assert_eq!(
+            (flags, kind, h),
+            (REPLY_FLAG_DONE, REPLY_TYPE_ERROR, handle)
+        );
         let mut p = &payload[..];
         assert_eq!(p.get_u32(), EINVAL);
         let len = p.get_u16() as usize;

@@ -248,11 +248,8 @@ fn export_of<D: BlockDevice>(
     structured: bool,
     allocation: bool,
 ) -> Export {
-    let mut flags = FLAG_HAS_FLAGS
-        | FLAG_SEND_FLUSH
-        | FLAG_SEND_FUA
-        | FLAG_CAN_MULTI_CONN
-        | FLAG_SEND_CACHE;
+    let mut flags =
+        FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_SEND_FUA | FLAG_CAN_MULTI_CONN | FLAG_SEND_CACHE;
     if device.read_only() || options.read_only {
         flags |= FLAG_READ_ONLY;
     } else {

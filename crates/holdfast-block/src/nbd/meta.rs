@@ -12,7 +12,7 @@
 
 use bytes::{Buf, Bytes};
 
-use super::consts::{META_BASE_ALLOCATION, MAX_OPTION_LEN};
+use super::consts::{MAX_OPTION_LEN, META_BASE_ALLOCATION};
 
 /// A parsed `NBD_OPT_*_META_CONTEXT` request.
 #[derive(Debug, PartialEq, Eq)]
@@ -51,9 +51,9 @@ impl MetaRequest {
         let wanted = if list && self.queries.is_empty() {
             true
         } else {
-            self.queries.iter().any(|q| {
-                &q[..] == META_BASE_ALLOCATION.as_bytes() || (list && &q[..] == b"base:")
-            })
+            self.queries
+                .iter()
+                .any(|q| &q[..] == META_BASE_ALLOCATION.as_bytes() || (list && &q[..] == b"base:"))
         };
         if wanted {
             vec![META_BASE_ALLOCATION]
@@ -101,7 +101,10 @@ mod tests {
         let other = MetaRequest::parse(&encode("", &["qemu:allocation-depth"])).expect("parses");
         assert!(other.matches(false).is_empty() && other.matches(true).is_empty());
         let none = MetaRequest::parse(&encode("", &[])).expect("parses");
-        assert!(none.matches(false).is_empty(), "SET with no query selects none");
+        assert!(
+            none.matches(false).is_empty(),
+            "SET with no query selects none"
+        );
         assert_eq!(none.matches(true), vec![META_BASE_ALLOCATION]);
         let ns = MetaRequest::parse(&encode("", &["base:"])).expect("parses");
         assert_eq!(ns.matches(true), vec![META_BASE_ALLOCATION]);

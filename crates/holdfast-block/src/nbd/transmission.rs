@@ -594,7 +594,10 @@ async fn run_op<D: BlockDevice>(device: &D, op: Op, cancel: &Cancel) -> Result<D
             .write_at_cancellable(offset, data, fua, cancel)
             .await
             .map(|()| Done::Nothing),
-        Op::Flush => device.flush_cancellable(cancel).await.map(|()| Done::Nothing),
+        Op::Flush => device
+            .flush_cancellable(cancel)
+            .await
+            .map(|()| Done::Nothing),
         Op::Trim { offset, len, fua } => {
             device.trim_cancellable(offset, len, cancel).await?;
             if fua {

@@ -299,7 +299,11 @@ impl RawClient {
         let mut h = [0u8; STRUCTURED_REPLY_LEN];
         self.read_exact(&mut h).await;
         let mut b = &h[..];
-        assert_eq!(b.get_u32(), STRUCTURED_REPLY_MAGIC, "not a structured reply");
+        assert_eq!(
+            b.get_u32(),
+            STRUCTURED_REPLY_MAGIC,
+            "not a structured reply"
+        );
         let (flags, kind, handle, len) = (b.get_u16(), b.get_u16(), b.get_u64(), b.get_u32());
         assert!(len <= MAX_PAYLOAD + 8, "chunk of {len} bytes");
         let payload = self.read_data(len as usize).await;
