@@ -1,9 +1,17 @@
 //! An NBD (Network Block Device) server for any [`BlockDevice`].
 //!
 //! The server speaks the fixed newstyle handshake (`NBD_OPT_EXPORT_NAME`,
-//! `NBD_OPT_GO`, `NBD_OPT_INFO`, `NBD_OPT_LIST`, `NBD_OPT_ABORT`; every other
-//! option gets `NBD_REP_ERR_UNSUP`) and simple replies in transmission:
-//! `READ`, `WRITE` (with FUA), `FLUSH`, `TRIM`, `WRITE_ZEROES` and `DISC`.
+//! `NBD_OPT_GO`, `NBD_OPT_INFO`, `NBD_OPT_LIST`, `NBD_OPT_ABORT`,
+//! `NBD_OPT_STRUCTURED_REPLY`, `NBD_OPT_LIST_META_CONTEXT` and
+//! `NBD_OPT_SET_META_CONTEXT` for `base:allocation`; every other option
+//! gets `NBD_REP_ERR_UNSUP`) and, in transmission, `READ`, `WRITE` (with
+//! FUA), `FLUSH`, `TRIM`, `WRITE_ZEROES` (with `NO_HOLE` and `FAST_ZERO`),
+//! `CACHE`, `BLOCK_STATUS` and `DISC`; READ and BLOCK_STATUS get structured
+//! replies once negotiated. `NBD_INFO_BLOCK_SIZE` announces the device's
+//! own minimum block size ([`BlockDevice::min_block_size`]: 4096 for an
+//! O_DIRECT file), and a request that breaks it is refused before the
+//! device sees it. [`NbdOptions::read_only`] exports a writable device
+//! read-only.
 //! Requests are pipelined: each runs as its own task and its reply goes out
 //! as soon as it completes, in any order, through one writer per connection.
 //! Per connection, at most [`NbdOptions::max_in_flight`] requests,
