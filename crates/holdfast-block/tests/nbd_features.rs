@@ -488,3 +488,75 @@ async fn structured_replies_carry_data_extents_and_error_messages() {
     c.request(CMD_FLUSH, 0, 7, 0, 0, &[]).await;
     assert_eq!(c.reply().await, (0, 7));
 }
+
+/// A small tmpfs mounted for one test (needs root; `None` elsewhere),
+/// unmounted on drop.
+struct SmallFs {
+    dir: TempDir,
+}
+
+impl SmallFs {
+    fn mount(tag: &str, size: &str) -> Option<SmallFs> {
+        let dir = TempDir::new(tag);
+        let mnt = dir.path("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&mnt)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("note: cannot mount a tmpfs here (not root?); skipping");
+            return None;
+        }
+        Some(SmallFs { dir })
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path("mnt").join(name)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path("mnt"))
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_full_disk_trim_succeeds_and_frees_space() {
+    init_tracing();
+    let Some(qemu_io_bin) = tool("qemu-io", "qemu-utils") else {
+        return;
+    };
+    let Some(fs) = SmallFs::mount("full", "4m") else {
+        return;
+    };
+    let path = fs.path("vol.img");
+    // A 16 MiB sparse volume on a 4 MiB filesystem.
+    let stack = Stack::start(&path, 16 * MIB, false, NbdOptions::default()).await;
+    let out = run_tool(
+        &qemu_io_bin,
+        &["-f", "raw", &stack.uri(), "-c", "write -P 0xab 0 8M"],
+    )
+    .await;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("No space left"),
+        "the disk should have filled up:\n{text}"
+    );
+    // Trimming everything (data and holes alike) must not need space.
+    qemu_io(&qemu_io_bin, &stack.uri(), &["discard 0 16M"]).await;
+    assert!(allocated(&path) < MIB, "{}", allocated(&path));
+    qemu_io(
+        &qemu_io_bin,
+        &stack.uri(),
+        &["write -P 0xcd 0 1M", "read -P 0xcd 0 1M"],
+    )
+    .await;
+}
