@@ -142,6 +142,8 @@ pub struct FileStats {
     pub zeroed: u64,
     /// Bytes deallocated or zeroed with `fallocate` (nothing written).
     pub punched: u64,
+    /// Bytes prefetched by CACHE (`posix_fadvise(WILLNEED)`).
+    pub cached: u64,
 }
 
 #[derive(Debug, Default)]
@@ -152,6 +154,7 @@ struct Counters {
     syncs: AtomicU64,
     zeroed: AtomicU64,
     punched: AtomicU64,
+    cached: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -309,6 +312,7 @@ impl FileDevice {
             syncs: c.syncs.load(Ordering::Relaxed),
             zeroed: c.zeroed.load(Ordering::Relaxed),
             punched: c.punched.load(Ordering::Relaxed),
+            cached: c.cached.load(Ordering::Relaxed),
         }
     }
 
@@ -701,7 +705,13 @@ impl BlockDevice for FileDevice {
         BlockError::check_range(offset, u64::from(len), self.inner.size)?;
         self.blocking("cache", cancel, move |f| {
             match sparse::will_need(&f.file, offset, u64::from(len)) {
-                Outcome::Done | Outcome::Unsupported => Ok(()),
+                Outcome::Done => {
+                    f.counters
+                        .cached
+                        .fetch_add(u64::from(len), Ordering::Relaxed);
+                    Ok(())
+                }
+                Outcome::Unsupported => Ok(()),
                 Outcome::Failed(e) => Err(io_error("cache", offset, u64::from(len), &f.path, &e)),
             }
         })

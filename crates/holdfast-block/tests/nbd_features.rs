@@ -484,9 +484,16 @@ async fn structured_replies_carry_data_extents_and_error_messages() {
         assert_eq!(p.len(), len);
         assert!(String::from_utf8_lossy(p).contains("beyond the end"));
     }
-    // The connection still serves.
+    // The connection still serves; CACHE reaches the target's file.
     c.request(CMD_FLUSH, 0, 7, 0, 0, &[]).await;
     assert_eq!(c.reply().await, (0, 7));
+    c.request(CMD_CACHE, 0, 8, MIB, 2 * MIB as u32, &[]).await;
+    assert_eq!(c.reply().await, (0, 8));
+    assert_eq!(
+        stack.device.stats().cached,
+        2 * MIB,
+        "posix_fadvise(WILLNEED)"
+    );
 }
 
 /// A small tmpfs mounted for one test (needs root; `None` elsewhere),
