@@ -29,8 +29,9 @@
 //!
 //! * READ and INFO change nothing; FLUSH only makes durable what is written.
 //! * WRITE, WRITE_ZEROES and TRIM set a range to contents that do not depend
-//!   on what was there (TRIM leaves it undefined, and the file target zeroes
-//!   it): running one twice leaves what running it once does.
+//!   on what was there (TRIM leaves it undefined; the file target punches a
+//!   hole, which reads as zeroes): running one twice leaves what running it
+//!   once does. BLOCK_STATUS and CACHE change nothing.
 //! * Order is what makes the re-issue correct when requests overlap. The
 //!   target starts a write only once the initiator has acknowledged the
 //!   response of every earlier overlapping request of the session
