@@ -567,3 +567,81 @@ async fn on_a_full_disk_trim_succeeds_and_frees_space() {
     )
     .await;
 }
+
+/// A target from before the extensions: INFO without the EXTENSIONS bit,
+/// and BLOCK_STATUS, CACHE and the WRITE_ZEROES flags PUNCH and FAST
+/// refused as an old target refuses them (status 2), counted.
+#[derive(Clone)]
+struct OldTarget {
+    inner: support::Unordered<MemoryDevice>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tower_service::Service<holdfast::Request> for OldTarget {
+    type Response = Bytes;
+    type Error = std::convert::Infallible;
+    type Future = holdfast_block::service::BlockFuture;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: holdfast::Request) -> Self::Future {
+        let p = &req.payload;
+        let flags = p.get(2..4).map_or(0, |f| u16::from_be_bytes([f[0], f[1]]));
+        let extension = p.get(1).is_some_and(|&op| op >= 7)
+            || flags & (holdfast_block::wire::FLAG_PUNCH | holdfast_block::wire::FLAG_FAST) != 0;
+        if extension {
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let e = holdfast_block::BlockError::Invalid("unknown opcode".into());
+            return Box::pin(std::future::ready(Ok(holdfast_block::wire::encode_err(&e))));
+        }
+        self.inner.call(req)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_target_is_never_sent_an_extension() {
+    init_tracing();
+    let device = MemoryDevice::new(MIB as usize);
+    let old = OldTarget {
+        inner: support::Unordered::new(device),
+        refused: Arc::default(),
+    };
+    let refused = old.refused.clone();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (_target, addr) = support::serve(any, old).await;
+    let volume = support::volume(addr).await;
+    assert!(!volume.info().extensions);
+    let (nbd, _server) = start_tcp(Arc::new(volume), NbdOptions::default()).await;
+    let mut c = structured_client(nbd).await;
+    c.request(CMD_WRITE, 0, 1, 0, 4, b"keep").await;
+    assert_eq!(c.reply().await, (0, 1));
+    // FAST_ZERO: refused here, as the old target could only write zeroes.
+    c.request(CMD_WRITE_ZEROES, CMD_FLAG_FAST_ZERO, 2, 0, 4096, &[])
+        .await;
+    assert_eq!(c.reply().await, (ENOTSUP, 2));
+    // A zeroing that may unmap is sent without PUNCH.
+    c.request(CMD_WRITE_ZEROES, 0, 3, 8192, 4096, &[]).await;
+    assert_eq!(c.reply().await, (0, 3));
+    // Block status: all data, from what the volume knows; CACHE: nothing
+    // to ask.
+    c.request(CMD_BLOCK_STATUS, 0, 4, 0, MIB as u32, &[]).await;
+    let (_, kind, _, payload) = c.chunk().await;
+    assert_eq!(kind, REPLY_TYPE_BLOCK_STATUS);
+    assert_eq!(&payload[4..], &[0, 0x10, 0, 0, 0, 0, 0, 0], "1 MiB of data");
+    c.request(CMD_CACHE, 0, 5, 0, 4096, &[]).await;
+    assert_eq!(c.reply().await, (0, 5));
+    c.request(CMD_READ, 0, 6, 0, 4, &[]).await;
+    let (_, _, _, payload) = c.chunk().await;
+    assert_eq!(&payload[8..], b"keep");
+    assert_eq!(
+        refused.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "an extension was sent to a target without them"
+    );
+}
