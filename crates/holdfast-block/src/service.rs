@@ -50,7 +50,7 @@ use bytes::Bytes;
 use tracing::debug;
 
 use crate::backend_log::FailureLog;
-use crate::device::{BlockDevice, BlockError};
+use crate::device::{BlockDevice, BlockError, Cancel, Zeroing};
 use crate::identity::VolumeId;
 use crate::ordering::{Access, Release, Sequencer};
 use crate::wire::{self, Info, Request};
@@ -130,16 +130,27 @@ impl<D: BlockDevice> BlockService<D> {
     /// Serves a device the caller keeps a handle to.
     ///
     /// A block size that is not a power of two is rounded up to one, and a
-    /// maximum request below the block size is raised to it.
+    /// maximum request below the block size is raised to it. A device that
+    /// needs aligned requests ([`BlockDevice::min_block_size`] above 1)
+    /// raises the block size to its own and is announced as ALIGNED, with
+    /// the maximum rounded down to whole blocks.
     pub fn shared(device: Arc<D>, options: ServiceOptions) -> Self {
-        let block_size = options.block_size.max(1).checked_next_power_of_two();
+        let min = device.min_block_size().max(1);
+        let block_size = options
+            .block_size
+            .max(min)
+            .max(1)
+            .checked_next_power_of_two();
         let block_size = block_size.unwrap_or(1 << 31);
+        let max_request = options.max_request.max(block_size);
         let info = Info {
             size: device.size(),
             read_only: device.read_only(),
             block_size,
-            max_request: options.max_request.max(block_size),
+            max_request: max_request - max_request % block_size,
             volume_id: options.volume_id.filter(|id| !id.is_nil()),
+            aligned: min > 1,
+            extensions: true,
         };
         BlockService {
             device,
@@ -226,11 +237,26 @@ pub async fn execute<D: BlockDevice>(
             }
             Ok(Bytes::new())
         }
-        Request::WriteZeroes { offset, len, fua } => {
-            device.write_zeroes(offset, len, fua).await?;
+        Request::WriteZeroes {
+            offset,
+            len,
+            fua,
+            punch,
+            fast,
+        } => {
+            let how = Zeroing { fua, punch, fast };
+            device.zero_range(offset, len, how, &Cancel::new()).await?;
             Ok(Bytes::new())
         }
         Request::Info => Ok(Bytes::copy_from_slice(&info.encode())),
+        Request::BlockStatus { offset, len } => {
+            let extents = device.block_status(offset, len, &Cancel::new()).await?;
+            Ok(wire::encode_extents(&extents))
+        }
+        Request::Cache { offset, len } => {
+            device.cache(offset, len, &Cancel::new()).await?;
+            Ok(Bytes::new())
+        }
     }
 }
 

@@ -62,6 +62,12 @@ pub(crate) struct NbdArgs {
     /// [default: 120s]; the export then exits with status 3 (restart it).
     #[arg(long, value_name = "DURATION")]
     pub(crate) session_loss: Option<String>,
+    /// Export read-only: NBD clients are told so, and every write, trim
+    /// and write-zeroes is refused with EPERM (the target may still take
+    /// writes from others).
+    #[arg(long)]
+    #[serde(default)]
+    pub(crate) read_only: bool,
     /// Print the export's address and size as a JSON line.
     #[arg(long)]
     #[serde(default)]
@@ -83,6 +89,7 @@ pub(crate) struct NbdSettings {
     io_timeout: Duration,
     detection: Duration,
     session_loss: Duration,
+    read_only: bool,
     json: bool,
     metrics: Option<std::net::SocketAddr>,
     /// The NBD server's limits (export name and io timeout set in run).
@@ -116,6 +123,7 @@ impl NbdArgs {
                 pick(self.session_loss, file.session_loss),
                 Duration::from_secs(120),
             )?,
+            read_only: self.read_only || file.read_only,
             json: self.json || file.json,
             metrics: pick(self.metrics, file.metrics)
                 .map(|m| crate::units::parse_socket_addr(&m).map_err(anyhow::Error::msg))
@@ -217,6 +225,7 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
         Arc::new(volume.with_target_name(&s.target)),
         NbdOptions {
             export_name: s.export.clone(),
+            read_only: s.read_only,
             io_timeout: Some(s.io_timeout),
             ..s.limits.clone()
         },
