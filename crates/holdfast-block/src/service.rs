@@ -303,7 +303,10 @@ impl<D: BlockDevice> tower_service::Service<holdfast::Request> for BlockService<
                 let failures = self.failures.clone();
                 Box::pin(async move {
                     ticket.ready().await;
+                    let started = std::time::Instant::now();
+                    let op = request.opcode();
                     let outcome = execute(&*device, request, info).await;
+                    crate::backend_log::record_latency(op, started.elapsed());
                     let release = ticket.executed();
                     if let Err(e) = &outcome {
                         failures.failed(session, seq, e);

@@ -4,91 +4,38 @@
 //! torture history acknowledged, and the recoveries it counts match the
 //! initiator's.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::Command;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A loopback port nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// `GET /metrics`, parsed into `name{labels}` → value.
-fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("response");
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-fn get(m: &HashMap<String, f64>, name: &str) -> u64 {
-    m.get(name)
-        .copied()
-        .unwrap_or_else(|| panic!("{name} missing from /metrics: {m:?}")) as u64
-}
+use support::{free_addr, metric as get, nbd_addr, scrape, start_nbd, start_target, NbdClient};
+use support::{Proc, Scratch, BIN};
 
 #[test]
 fn metrics_count_what_the_torture_history_acknowledged() {
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let mut child = Command::new(BIN)
-        .args([
-            "target",
-            "--service",
-            "log",
-            "--listen",
-            "127.0.0.1:0",
-            "--json",
-        ])
-        .args(["--control", "none", "--metrics", &metrics.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn holdfast target");
-    let stdout = child.stdout.take().expect("stdout");
-    let _target = Running(child);
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("endpoint line");
-    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
-    let target = v["endpoints"][0]
+    let metrics = free_addr();
+    let mut target = Proc::spawn(&[
+        "target",
+        "--service",
+        "log",
+        "--listen",
+        "127.0.0.1:0",
+        "--json",
+        "--control",
+        "none",
+        "--metrics",
+        &metrics,
+    ]);
+    let v = target.json_line(Duration::from_secs(20));
+    let addr = v["endpoints"][0]
         .as_str()
         .expect("endpoint")
         .trim_start_matches("tcp://")
         .to_owned();
 
     let torture = Command::new(BIN)
-        .args(["torture", "--mode", "log", "--target", &target])
+        .args(["torture", "--mode", "log", "--target", &addr])
         .args([
             "--duration",
             "6s",
@@ -100,13 +47,13 @@ fn metrics_count_what_the_torture_history_acknowledged() {
             "4",
             "--json",
         ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn holdfast torture");
     // During the run: the session is attached and commands are counted.
     std::thread::sleep(Duration::from_secs(3));
-    let during = scrape(metrics);
+    let during = scrape(&metrics);
     assert!(
         get(
             &during,
@@ -131,7 +78,7 @@ fn metrics_count_what_the_torture_history_acknowledged() {
 
     // The exporter republishes every 0.5 s.
     std::thread::sleep(Duration::from_millis(1200));
-    let after = scrape(metrics);
+    let after = scrape(&metrics);
     // Every increment plus the run's two queries executed exactly once.
     assert_eq!(
         get(
@@ -173,5 +120,69 @@ fn metrics_count_what_the_torture_history_acknowledged() {
             "holdfast_target_sessions_ended_total{cause=\"closed\"}"
         ),
         1
+    );
+}
+
+#[test]
+fn nbd_requests_and_backend_io_are_counted_with_their_latency() {
+    let dir = Scratch::new("metrics-nbd");
+    let (target_metrics, nbd_metrics) = (free_addr(), free_addr());
+    let volume = dir.path("v.img");
+    let (_target, addr) = start_target(&volume, "16M", &["--metrics", &target_metrics]);
+    let (_nbd, info) = start_nbd(
+        &addr,
+        &["--listen", "127.0.0.1:0", "--metrics", &nbd_metrics],
+    );
+    let mut client = NbdClient::connect(&nbd_addr(&info));
+    for i in 0..5u64 {
+        assert_eq!(client.write(i * 4096, &[0xab; 4096]), 0);
+    }
+    for i in 0..3u64 {
+        client.read(i * 4096, 4096).expect("read");
+    }
+    assert_eq!(client.flush(), 0);
+    // Beyond the end of the volume: refused before it reaches the device.
+    assert_ne!(client.write(16 << 20, &[0; 4096]), 0);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let nbd = scrape(&nbd_metrics);
+    let requests = |ty: &str, outcome: &str| {
+        get(
+            &nbd,
+            &format!("holdfast_nbd_requests_total{{type=\"{ty}\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(requests("write", "ok"), 5);
+    assert_eq!(requests("read", "ok"), 3);
+    assert_eq!(requests("flush", "ok"), 1);
+    assert_eq!(requests("write", "refused"), 1);
+    assert_eq!(
+        get(&nbd, "holdfast_nbd_request_seconds_count{type=\"write\"}"),
+        5
+    );
+    assert_eq!(
+        get(&nbd, "holdfast_nbd_request_seconds_count{type=\"read\"}"),
+        3
+    );
+
+    let target = scrape(&target_metrics);
+    assert_eq!(
+        get(&target, "holdfast_backend_io_seconds_count{op=\"write\"}"),
+        5
+    );
+    assert_eq!(
+        get(&target, "holdfast_backend_io_seconds_count{op=\"read\"}"),
+        3
+    );
+    assert_eq!(
+        get(&target, "holdfast_backend_io_seconds_count{op=\"flush\"}"),
+        1
+    );
+    // The export's session: INFO, 5 writes, 3 reads and a flush answered.
+    std::thread::sleep(Duration::from_millis(700));
+    let nbd = scrape(&nbd_metrics);
+    assert_eq!(
+        get(&nbd, "holdfast_initiator_calls_total{outcome=\"answered\"}"),
+        10
     );
 }

@@ -45,6 +45,7 @@
 pub mod consts;
 mod handshake;
 mod meta;
+mod metrics;
 mod reply;
 mod transmission;
 

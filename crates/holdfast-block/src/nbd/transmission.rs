@@ -437,6 +437,7 @@ impl<D: BlockDevice> Conn<D> {
 
     /// Answers a request with an error without touching the device.
     fn refuse(&self, req: &Request, permits: Permits, errno: u32, why: &str) {
+        super::metrics::refused(req.kind);
         debug!(
             handle = req.handle,
             command = req.kind,
@@ -475,7 +476,10 @@ impl<D: BlockDevice> Conn<D> {
             let _alive = alive;
             let name = op.name();
             let mut in_doubt = false;
-            let body = match execute(&*device, op, io_timeout, &cancel_all).await {
+            let started = std::time::Instant::now();
+            let outcome = execute(&*device, op, io_timeout, &cancel_all).await;
+            super::metrics::answered(name, outcome.as_ref().map(drop), started.elapsed());
+            let body = match outcome {
                 Ok(Done::Nothing) => Body::Status(0),
                 Ok(Done::Data(data)) => Body::Data { offset, data },
                 Ok(Done::Extents(extents)) => Body::Extents(extents),
