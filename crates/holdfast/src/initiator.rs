@@ -27,6 +27,13 @@ use crate::outbox::Outbox;
 use crate::target::sleep_until;
 use crate::transport::{BoxStream, Connector};
 
+/// A connection must last this long after its login for the reconnect
+/// backoff to start over (the next reconnect after its loss is then
+/// immediate). One that dies sooner (a path that drops every connection
+/// right after login) keeps the backoff growing instead of reconnecting in
+/// a storm.
+const STABLE_CONNECTION: Duration = Duration::from_secs(1);
+
 /// Initiator settings: the protocol's plus the runtime's.
 #[derive(Clone, Debug)]
 pub struct InitiatorOptions {
@@ -198,6 +205,7 @@ impl Initiator {
             no_session_since: None,
             last_error: "no connection attempt yet".to_owned(),
             recovery: crate::telemetry::RecoveryTimer::default(),
+            connected_at: None,
             connecting: None,
         };
         let span = tracing::info_span!("initiator", session = tracing::field::Empty);
@@ -340,6 +348,9 @@ struct Driver {
     last_error: String,
     /// Times recoveries for the metrics.
     recovery: crate::telemetry::RecoveryTimer,
+    /// When the current connection's login was accepted: the backoff starts
+    /// over only after a connection that lasted [`STABLE_CONNECTION`].
+    connected_at: Option<tokio::time::Instant>,
     /// A connection attempt in progress.
     connecting: Option<Connecting>,
 }
@@ -695,7 +706,7 @@ impl Driver {
                 recovered,
                 resent,
             } => {
-                self.backoff.reset();
+                self.connected_at = Some(tokio::time::Instant::now());
                 self.recovery.connected();
                 if !recovered {
                     // A new session (first, or after a stateless recovery).
@@ -722,6 +733,13 @@ impl Driver {
                 self.recovery.lost(&error);
                 self.last_error = error.to_string();
                 self.release_connection();
+                if self
+                    .connected_at
+                    .take()
+                    .is_some_and(|at| at.elapsed() >= STABLE_CONNECTION)
+                {
+                    self.backoff.reset();
+                }
                 let delay = self.backoff.next_delay();
                 let at = self
                     .clock
