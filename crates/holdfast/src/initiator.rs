@@ -146,6 +146,8 @@ pub(crate) enum ApiRequest {
     },
     Close(oneshot::Sender<Result<(), SessionLoss>>),
     Stats(oneshot::Sender<InitiatorStats>),
+    /// Fences and the epoch (see `crate::fence`).
+    Path(crate::fence::PathRequest),
 }
 
 /// A handle to one resilient session. Clone it freely; all clones share the
@@ -158,6 +160,8 @@ pub struct Initiator {
     pub(crate) next_ticket: Arc<AtomicU64>,
     /// How the session ended, once it has (see [`Initiator::ended`]).
     pub(crate) outcome: tokio::sync::watch::Receiver<Option<Result<(), SessionLoss>>>,
+    /// What the driver publishes about the path (see `crate::fence`).
+    pub(crate) path: Arc<crate::fence::PathShared>,
 }
 
 impl std::fmt::Debug for Initiator {
@@ -178,7 +182,10 @@ impl Initiator {
             .jitter_seed
             .unwrap_or_else(|| getrandom::u64().unwrap_or(0x9e37_79b9_7f4a_7c15));
         let (outcome_tx, outcome) = tokio::sync::watch::channel(None);
+        let path = crate::fence::PathShared::new(clock, options.protocol.epoch);
         let driver = Driver {
+            path: crate::fence::DriverPath::default(),
+            shared_path: path.clone(),
             core: holdfast_proto::Initiator::new(options.protocol.clone(), clock.now()),
             backoff: Backoff::new(options.backoff_initial, options.backoff_max, seed),
             options,
@@ -206,6 +213,7 @@ impl Initiator {
             abandons: abandon_tx,
             next_ticket: Arc::new(AtomicU64::new(1)),
             outcome,
+            path,
         }
     }
 
@@ -307,10 +315,10 @@ struct Connection {
     reader: crate::transport::ReadHalf,
 }
 
-struct Driver {
-    core: holdfast_proto::Initiator,
+pub(crate) struct Driver {
+    pub(crate) core: holdfast_proto::Initiator,
     options: InitiatorOptions,
-    clock: Clock,
+    pub(crate) clock: Clock,
     connector: Arc<dyn Connector>,
     backoff: Backoff,
     conn: Option<Connection>,
@@ -331,7 +339,7 @@ struct Driver {
     close_waiters: Vec<oneshot::Sender<Result<(), SessionLoss>>>,
     /// Tells [`Initiator::ended`] how the session ended.
     outcome: tokio::sync::watch::Sender<Option<Result<(), SessionLoss>>>,
-    reconnect_at: Option<tokio::time::Instant>,
+    pub(crate) reconnect_at: Option<tokio::time::Instant>,
     ended: Option<SessionLoss>,
     /// Since when there has been no session (none yet, or replaced).
     no_session_since: Option<tokio::time::Instant>,
@@ -339,6 +347,10 @@ struct Driver {
     last_error: String,
     /// A connection attempt in progress.
     connecting: Option<Connecting>,
+    /// Fences waiting for their answer.
+    pub(crate) path: crate::fence::DriverPath,
+    /// What the handles read about the path.
+    pub(crate) shared_path: Arc<crate::fence::PathShared>,
 }
 
 impl Driver {
@@ -424,6 +436,7 @@ impl Driver {
                 }
             }
             self.flush();
+            self.publish_path();
         }
     }
 
@@ -462,6 +475,7 @@ impl Driver {
             }
             ApiRequest::Close(tx) => drop(tx.send(Err(loss))),
             ApiRequest::Stats(tx) => drop(tx.send(self.core.stats().clone())),
+            ApiRequest::Path(r) => self.path_refuse(r),
         }
     }
 
@@ -516,6 +530,7 @@ impl Driver {
             ApiRequest::Stats(tx) => {
                 let _ = tx.send(self.core.stats().clone());
             }
+            ApiRequest::Path(r) => self.path_request(r),
         }
     }
 
@@ -666,6 +681,7 @@ impl Driver {
     }
 
     fn event(&mut self, event: InitiatorEvent) {
+        self.path_event(&event);
         match event {
             InitiatorEvent::Response { call, payload } => {
                 if let Some(Reply::Call(tx)) = self.take_reply(call) {
