@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use holdfast_proto::{FenceResult, HostId, InitiatorEvent, SessionId};
 use thiserror::Error;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::clock::Clock;
-use crate::initiator::{ApiRequest, Driver, Initiator};
+use crate::initiator::{Driver, Initiator};
 
 /// One initiator's view of its path, published by its driver.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -79,20 +79,29 @@ pub(crate) struct PathShared {
     last_recv: AtomicU64,
     last_send: AtomicU64,
     state: watch::Sender<PathState>,
+    /// To the driver, outside the bounded request channel (which stops
+    /// while a call waits for credit): a fence must not wait for credit.
+    requests: mpsc::UnboundedSender<PathRequest>,
 }
 
 impl PathShared {
-    pub(crate) fn new(clock: Clock, epoch: u64) -> Arc<Self> {
+    pub(crate) fn new(
+        clock: Clock,
+        epoch: u64,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<PathRequest>) {
         let (state, _) = watch::channel(PathState {
             epoch,
             ..PathState::default()
         });
-        Arc::new(PathShared {
+        let (requests, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(PathShared {
             clock,
             last_recv: AtomicU64::new(0),
             last_send: AtomicU64::new(0),
             state,
-        })
+            requests,
+        });
+        (shared, rx)
     }
 
     fn load(&self, at: &AtomicU64) -> Option<Instant> {
@@ -133,9 +142,9 @@ impl Initiator {
             epoch,
             reply,
         };
-        self.requests
-            .send(ApiRequest::Path(request))
-            .await
+        self.path
+            .requests
+            .send(request)
             .map_err(|_| FenceError::Stopped)?;
         rx.await.unwrap_or(Err(FenceError::Stopped))
     }
@@ -146,9 +155,9 @@ impl Initiator {
     pub async fn set_epoch(&self, epoch: u64) {
         let (tx, rx) = oneshot::channel();
         if self
+            .path
             .requests
-            .send(ApiRequest::Path(PathRequest::SetEpoch(epoch, tx)))
-            .await
+            .send(PathRequest::SetEpoch(epoch, tx))
             .is_ok()
         {
             let _ = rx.await;

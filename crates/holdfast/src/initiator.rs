@@ -146,8 +146,6 @@ pub(crate) enum ApiRequest {
     },
     Close(oneshot::Sender<Result<(), SessionLoss>>),
     Stats(oneshot::Sender<InitiatorStats>),
-    /// Fences and the epoch (see `crate::fence`).
-    Path(crate::fence::PathRequest),
 }
 
 /// A handle to one resilient session. Clone it freely; all clones share the
@@ -182,7 +180,7 @@ impl Initiator {
             .jitter_seed
             .unwrap_or_else(|| getrandom::u64().unwrap_or(0x9e37_79b9_7f4a_7c15));
         let (outcome_tx, outcome) = tokio::sync::watch::channel(None);
-        let path = crate::fence::PathShared::new(clock, options.protocol.epoch);
+        let (path, path_rx) = crate::fence::PathShared::new(clock, options.protocol.epoch);
         let driver = Driver {
             path: crate::fence::DriverPath::default(),
             shared_path: path.clone(),
@@ -207,7 +205,7 @@ impl Initiator {
             connecting: None,
         };
         let span = tracing::info_span!("initiator", session = tracing::field::Empty);
-        tokio::spawn(driver.run(rx, abandon_rx).instrument(span));
+        tokio::spawn(driver.run(rx, abandon_rx, path_rx).instrument(span));
         Initiator {
             requests: tx,
             abandons: abandon_tx,
@@ -358,15 +356,19 @@ impl Driver {
         mut self,
         mut requests: mpsc::Receiver<ApiRequest>,
         mut abandons: mpsc::UnboundedReceiver<u64>,
+        mut paths: mpsc::UnboundedReceiver<crate::fence::PathRequest>,
     ) {
         let mut buf = BytesMut::with_capacity(self.options.read_buffer);
         self.reconnect_at = Some(tokio::time::Instant::now());
         loop {
             if self.core.is_finished() && self.close_waiters.is_empty() && self.ended.is_some() {
                 // Keep answering requests with the loss until every handle is gone.
-                match requests.recv().await {
-                    Some(r) => self.refuse(r),
-                    None => return,
+                tokio::select! {
+                    r = requests.recv() => match r {
+                        Some(r) => self.refuse(r),
+                        None => return,
+                    },
+                    Some(p) = paths.recv() => self.path_refuse(p),
                 }
                 continue;
             }
@@ -408,6 +410,8 @@ impl Driver {
                     }
                 },
                 Some(ticket) = abandons.recv() => self.abandon(ticket),
+                // Fences and epochs bypass the credit gate on `requests`.
+                Some(p) = paths.recv() => self.path_request(p),
                 r = requests.recv(), if accept_requests => match r {
                     Some(r) => self.request(r),
                     None => {
@@ -475,7 +479,6 @@ impl Driver {
             }
             ApiRequest::Close(tx) => drop(tx.send(Err(loss))),
             ApiRequest::Stats(tx) => drop(tx.send(self.core.stats().clone())),
-            ApiRequest::Path(r) => self.path_refuse(r),
         }
     }
 
@@ -530,7 +533,6 @@ impl Driver {
             ApiRequest::Stats(tx) => {
                 let _ = tx.send(self.core.stats().clone());
             }
-            ApiRequest::Path(r) => self.path_request(r),
         }
     }
 
