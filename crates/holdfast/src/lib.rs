@@ -52,7 +52,9 @@ mod clock;
 mod fence;
 mod initiator;
 mod outbox;
+mod peer;
 mod service;
+mod start_gate;
 mod target;
 mod target_writer;
 pub mod transport;
@@ -63,11 +65,13 @@ pub use holdfast_proto as proto;
 
 pub use backoff::Backoff;
 pub use fence::{FenceError, FenceOutcome, PathState};
+pub use holdfast_proto::NotStarted;
 pub use holdfast_proto::{
     CallOptions, FenceResult, HostId, InitiatorConfig, InitiatorStats, SessionLoss, TargetConfig,
     TargetStats,
 };
 pub use initiator::{CallError, Initiator, InitiatorOptions};
 pub use service::{service_fn, Request, ServiceFn, SessionService};
+pub use start_gate::StartGate;
 pub use target::{Target, TargetOptions};
 pub use transport::{Acceptor, Connector, Endpoint, EndpointConnector, Listener};
