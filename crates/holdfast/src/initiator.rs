@@ -146,6 +146,8 @@ pub(crate) enum ApiRequest {
     },
     Close(oneshot::Sender<Result<(), SessionLoss>>),
     Stats(oneshot::Sender<InitiatorStats>),
+    /// Abandon the session now (see [`Initiator::abort`]).
+    Abort(oneshot::Sender<()>),
 }
 
 /// A handle to one resilient session. Clone it freely; all clones share the
@@ -292,6 +294,18 @@ impl Initiator {
             Err(_) => None,
         };
         seen.unwrap_or(Err(SessionLoss::Aborted))
+    }
+
+    /// Abandons the session at once: every outstanding call fails (those
+    /// sent "may have executed", the others "not executed"), the connection
+    /// is dropped, and nothing more is ever sent on this session. Returns
+    /// once the driver has done so. A path group uses it to stop talking to
+    /// a node it fails over from, so its last contact with it is final.
+    pub async fn abort(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.requests.send(ApiRequest::Abort(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// The core's counters.
@@ -462,6 +476,7 @@ impl Driver {
             }
             ApiRequest::Close(tx) => drop(tx.send(Err(loss))),
             ApiRequest::Stats(tx) => drop(tx.send(self.core.stats().clone())),
+            ApiRequest::Abort(tx) => drop(tx.send(())),
         }
     }
 
@@ -515,6 +530,21 @@ impl Driver {
             }
             ApiRequest::Stats(tx) => {
                 let _ = tx.send(self.core.stats().clone());
+            }
+            ApiRequest::Abort(tx) => {
+                // Drop the connection first, unwritten bytes included: not
+                // one more byte reaches the target after this.
+                self.conn = None;
+                self.outbox = None;
+                self.connecting = None;
+                self.reconnect_at = None;
+                self.core.abort(now);
+                self.flush();
+                if let Some(r) = self.waiting.take() {
+                    self.ended = Some(SessionLoss::Aborted);
+                    self.refuse(r);
+                }
+                let _ = tx.send(());
             }
         }
     }

@@ -51,6 +51,7 @@ pub mod chaos;
 mod clock;
 mod initiator;
 mod outbox;
+pub mod paths;
 mod service;
 mod target;
 mod target_writer;
@@ -65,6 +66,7 @@ pub use holdfast_proto::{
     CallOptions, InitiatorConfig, InitiatorStats, SessionLoss, TargetConfig, TargetStats,
 };
 pub use initiator::{CallError, Initiator, InitiatorOptions};
+pub use paths::{PathGroup, PathGroupOptions, PathGroupStats, Policy};
 pub use service::{service_fn, Request, ServiceFn, SessionService};
 pub use target::{Target, TargetOptions};
 pub use transport::{Acceptor, Connector, Endpoint, EndpointConnector, Listener};
