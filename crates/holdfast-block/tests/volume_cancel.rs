@@ -47,7 +47,15 @@ async fn a_write_that_timed_out_unsent_never_lands() {
     // go, nothing can be sent.
     drop(target);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while volume.initiator().stats().await.expect("stats").disconnects == 0 {
+    while volume
+        .initiator()
+        .expect("one session")
+        .stats()
+        .await
+        .expect("stats")
+        .disconnects
+        == 0
+    {
         assert!(Instant::now() < deadline, "the initiator did not notice");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -79,6 +87,11 @@ async fn a_write_that_timed_out_unsent_never_lands() {
     assert_eq!(&data, b"AAAA", "the write answered EIO landed later");
     let on_disk = std::fs::read(&file.0).expect("read");
     assert_eq!(&on_disk[..4], b"AAAA");
-    let stats = volume.initiator().stats().await.expect("stats");
+    let stats = volume
+        .initiator()
+        .expect("one session")
+        .stats()
+        .await
+        .expect("stats");
     assert!(stats.withdrawn >= 1, "{stats:?}");
 }

@@ -167,9 +167,11 @@ impl PathGroupBuilder {
         self
     }
 
-    /// Adds a target at `endpoint` (connect timeout: the detection bound).
+    /// Adds a target at `endpoint`; its TCP sockets give up on
+    /// unacknowledged data after the sessions' detection bound. Set the
+    /// options first.
     pub fn endpoint(self, endpoint: Endpoint) -> Self {
-        let limit = self.options.initiator.connect_timeout;
+        let limit = self.options.initiator.protocol.dead_after;
         let name = endpoint.to_string();
         self.connector(name, Arc::new(EndpointConnector::new(endpoint, limit)))
     }
