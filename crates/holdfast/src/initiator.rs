@@ -132,6 +132,10 @@ impl Reply {
     }
 }
 
+/// The abandon-channel ticket that aborts the session ([`Initiator::abort`]);
+/// real tickets count up from 1 and never reach it.
+const ABORT_TICKET: u64 = u64::MAX;
+
 /// How many early abandon notices the driver remembers (see `Driver::abandon`).
 const EARLY_ABANDONS_MAX: usize = 4096;
 
@@ -146,8 +150,6 @@ pub(crate) enum ApiRequest {
     },
     Close(oneshot::Sender<Result<(), SessionLoss>>),
     Stats(oneshot::Sender<InitiatorStats>),
-    /// Abandon the session now (see [`Initiator::abort`]).
-    Abort(oneshot::Sender<()>),
 }
 
 /// A handle to one resilient session. Clone it freely; all clones share the
@@ -302,9 +304,10 @@ impl Initiator {
     /// once the driver has done so. A path group uses it to stop talking to
     /// a node it fails over from, so its last contact with it is final.
     pub async fn abort(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.requests.send(ApiRequest::Abort(tx)).await.is_ok() {
-            let _ = rx.await;
+        // On the abandon channel: the driver reads it even while a request
+        // waits for credit (and so takes no requests).
+        if self.abandons.send(ABORT_TICKET).is_ok() {
+            let _ = self.ended().await;
         }
     }
 
@@ -476,7 +479,6 @@ impl Driver {
             }
             ApiRequest::Close(tx) => drop(tx.send(Err(loss))),
             ApiRequest::Stats(tx) => drop(tx.send(self.core.stats().clone())),
-            ApiRequest::Abort(tx) => drop(tx.send(())),
         }
     }
 
@@ -530,21 +532,6 @@ impl Driver {
             }
             ApiRequest::Stats(tx) => {
                 let _ = tx.send(self.core.stats().clone());
-            }
-            ApiRequest::Abort(tx) => {
-                // Drop the connection first, unwritten bytes included: not
-                // one more byte reaches the target after this.
-                self.conn = None;
-                self.outbox = None;
-                self.connecting = None;
-                self.reconnect_at = None;
-                self.core.abort(now);
-                self.flush();
-                if let Some(r) = self.waiting.take() {
-                    self.ended = Some(SessionLoss::Aborted);
-                    self.refuse(r);
-                }
-                let _ = tx.send(());
             }
         }
     }
@@ -661,8 +648,32 @@ impl Driver {
         self.replies.remove(&call).map(|(reply, _)| reply)
     }
 
+    /// Abandons the session: drops the connection first, unwritten bytes
+    /// included, so not one more byte reaches the target; then every
+    /// outstanding call fails.
+    fn abort_now(&mut self) {
+        self.conn = None;
+        self.outbox = None;
+        self.connecting = None;
+        self.reconnect_at = None;
+        let now = self.clock.now();
+        self.core.abort(now);
+        self.flush();
+        if let Some(r) = self.waiting.take() {
+            self.ended = Some(SessionLoss::Aborted);
+            self.refuse(r);
+        }
+        if self.outcome.borrow().is_none() {
+            self.outcome.send_replace(Some(Err(SessionLoss::Aborted)));
+        }
+    }
+
     /// The caller of submission `ticket` stopped waiting: withdraw it.
     fn abandon(&mut self, ticket: u64) {
+        if ticket == ABORT_TICKET {
+            self.abort_now();
+            return;
+        }
         // Rare (a caller gave up), so a scan beats a second map kept on
         // every call.
         let call = self
