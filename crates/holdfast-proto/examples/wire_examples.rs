@@ -122,6 +122,7 @@ impl Frames {
                 max_frame: DEFAULT_MAX_FRAME,
                 keepalive_ms: 500,
                 requested_credits: 128,
+                host: None,
             })
         };
         let accept = |kind, secret, command_ack, credit_limit| {
@@ -137,6 +138,7 @@ impl Frames {
                 inactivity_ms: 2000,
                 retain_ms: 60_000,
                 credits: 128,
+                quiesce_ms: 0,
             })
         };
         let no_secret = SessionSecret([0; 16]);
