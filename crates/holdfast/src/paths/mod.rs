@@ -111,7 +111,9 @@ pub struct PathGroupOptions {
     pub failover_delay: Duration,
     /// Settings of each path's session (detection bound, credits, ...).
     pub initiator: InitiatorOptions,
-    /// The host id every session presents; `None` draws a random one.
+    /// The host id every session presents; `None` draws a random one. (A
+    /// host that restarts should keep its id and raise its epoch past the
+    /// last one it used, or its sessions of before count as another host's.)
     pub host: Option<HostId>,
     /// **Test-only**: re-issue calls in doubt at once, without fencing the
     /// old node or waiting for its quiesce time. This is the data
@@ -434,6 +436,7 @@ impl PathGroup {
         };
         let mut cancel = std::pin::pin!(Some(cancel));
         let mut moved_from: Option<usize> = None;
+        let mut refusals = 0u32;
         loop {
             let (index, session) = tokio::select! {
                 biased;
@@ -469,6 +472,17 @@ impl PathGroup {
             }
             let Some(outcome) = session.settled().await else {
                 if not_executed_by_node(&error) {
+                    // The node refused to start it (its session there is
+                    // being fenced or lost contact): it never ran. Issue it
+                    // again, after a pause that grows, so a node refusing
+                    // until its session ends is not asked in a tight loop.
+                    refusals += 1;
+                    let pause = Duration::from_millis(1 << refusals.min(7));
+                    tokio::select! {
+                        biased;
+                        () = fired(cancel.as_mut()) => return Err(error),
+                        () = tokio::time::sleep(pause) => {}
+                    }
                     continue;
                 }
                 return Err(error);
@@ -592,10 +606,14 @@ async fn fired<F: Future<Output = ()>>(mut cancel: Pin<&mut Option<F>>) {
 
 /// True if the node refused to start the call (its quiesce promise or a
 /// fence): it did not execute and never will, so it may go elsewhere.
-fn not_executed_by_node(_error: &CallError) -> bool {
-    false
+fn not_executed_by_node(error: &CallError) -> bool {
+    matches!(
+        error,
+        CallError::Session(holdfast_proto::CallError::NotStarted { .. })
+    )
 }
 
+/// A random host id (never all zero).
 fn random_host() -> HostId {
     let mut host = [0u8; 16];
     while host == [0u8; 16] {
@@ -604,7 +622,7 @@ fn random_host() -> HostId {
         host[..8].copy_from_slice(&a.to_le_bytes());
         host[8..].copy_from_slice(&b.to_le_bytes());
     }
-    host
+    HostId(host)
 }
 
 impl Group {

@@ -9,8 +9,7 @@ use tokio::time::Instant;
 
 use crate::Initiator;
 
-/// A host id: names the initiator machine to every node.
-pub type HostId = [u8; 16];
+pub use holdfast_proto::HostId;
 
 /// A surviving node's answer to a fence request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,8 +70,11 @@ pub(crate) async fn fence(
 pub(crate) fn start(
     connector: std::sync::Arc<dyn crate::Connector>,
     options: &crate::InitiatorOptions,
-    _host: HostId,
-    _epoch: u64,
+    host: HostId,
+    epoch: u64,
 ) -> Initiator {
-    Initiator::start(connector, options.clone())
+    let mut options = options.clone();
+    options.protocol.host = Some(host);
+    options.protocol.epoch = epoch;
+    Initiator::start(connector, options)
 }
