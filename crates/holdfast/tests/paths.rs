@@ -167,3 +167,110 @@ async fn calls_a_lost_node_never_received_move_to_the_other_node() {
     assert_eq!(&r[..], b"B");
     group.close().await.expect("close");
 }
+
+/// A connector that refuses while its path is cut.
+struct Gate {
+    inner: EndpointConnector,
+    open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Connector for Gate {
+    fn connect(&self) -> ConnectFuture<'_> {
+        if self.open.load(Ordering::SeqCst) {
+            self.inner.connect()
+        } else {
+            Box::pin(async {
+                Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "path cut (test)",
+                ))
+            })
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn fence_by_quiesce_reissues_calls_in_doubt_in_their_first_order() {
+    // Calls 0..20 are sent to A into a blackhole (A may run them: they are
+    // in doubt). B has no peer link, so the fence is not confirmed and the
+    // group waits A's quiesce time; then it re-issues the calls on B, which
+    // must receive them in the order they were first issued.
+    use holdfast::chaos::{Direction, FaultKind, FaultSpec, Proxy, Scope};
+    let (_a, a, _count_a) = node("A").await;
+    let Endpoint::Tcp(a_addr) = a else {
+        unreachable!("TCP")
+    };
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let service = service_fn(move |req: Request| {
+        s.lock().expect("log").push(req.payload.clone());
+        std::future::ready(Ok::<_, std::convert::Infallible>(Bytes::from_static(b"B")))
+    });
+    let b = Target::serve(
+        &[Endpoint::Tcp("127.0.0.1:0".parse().expect("addr"))],
+        TargetOptions::default(),
+        service,
+    )
+    .await
+    .expect("serve B");
+    let proxy = Proxy::start(a_addr).await.expect("proxy");
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let bound = Duration::from_millis(200);
+    let group = PathGroup::builder()
+        .options(options(Policy::ActivePassive))
+        .connector(
+            "A",
+            Arc::new(Gate {
+                inner: EndpointConnector::new(Endpoint::Tcp(proxy.addr()), bound),
+                open: open.clone(),
+            }),
+        )
+        .endpoint(b.endpoints()[0].clone())
+        .start()
+        .expect("group");
+    let r = group.call(Bytes::from_static(b"warm")).await.expect("warm");
+    assert_eq!(&r[..], b"A");
+    wait_state(&group, 1, PathState::Standby).await;
+    seen.lock().expect("log").clear();
+    open.store(false, Ordering::SeqCst);
+    assert_eq!(
+        proxy.apply(FaultSpec::new(
+            FaultKind::Blackhole,
+            Direction::Both,
+            Scope::All
+        )),
+        1
+    );
+    // Spawned in order on one thread: first polled (issued) in order.
+    let calls: Vec<_> = (0..20u8)
+        .map(|i| {
+            let g = group.clone();
+            tokio::spawn(async move {
+                g.call_with(Bytes::from(vec![i]), CallOptions::RETRY_SAFE)
+                    .await
+            })
+        })
+        .collect();
+    for c in calls {
+        let r = tokio::time::timeout(Duration::from_secs(15), c)
+            .await
+            .expect("re-issued within 15 s")
+            .expect("task")
+            .expect("retry-safe calls in doubt are re-issued once A is quiesced");
+        assert_eq!(&r[..], b"B");
+    }
+    let order: Vec<u8> = seen.lock().expect("log").iter().map(|p| p[0]).collect();
+    assert_eq!(
+        order,
+        (0..20).collect::<Vec<u8>>(),
+        "B got them out of order"
+    );
+    let stats = group.stats().await;
+    assert_eq!(
+        stats.paths[0].last_fence,
+        Some(holdfast::paths::FenceKind::Quiesced),
+        "{stats}"
+    );
+    assert_eq!(stats.paths[0].commands_moved, 20, "{stats}");
+    group.close().await.expect("close");
+}

@@ -255,7 +255,11 @@ impl PathSession {
     /// Registers call `n`; false if the session is lost.
     fn register(&self, n: u64) -> bool {
         let mut c = self.calls();
-        !c.lost && c.open.insert(n) | true
+        if c.lost {
+            return false;
+        }
+        c.open.insert(n);
+        true
     }
 
     fn unregister(&self, n: u64) {
@@ -274,18 +278,13 @@ impl PathSession {
         self.calls().open.len()
     }
 
-    /// Once the session is lost, waits for its calls' fate; `None` if live.
-    async fn settled(&self) -> Option<Outcome> {
-        if !self.is_lost() {
-            return None;
-        }
+    /// Once the session is lost, waits for the fate of its calls in doubt.
+    async fn settled(&self) -> Outcome {
         let mut rx = self.outcome.subscribe();
-        let seen = rx
-            .wait_for(|o| matches!(o, Outcome::Safe | Outcome::Unsafe))
+        rx.wait_for(|o| matches!(o, Outcome::Safe | Outcome::Unsafe))
             .await
             .map(|o| *o)
-            .unwrap_or(Outcome::Unsafe);
-        Some(seen)
+            .unwrap_or(Outcome::Unsafe)
     }
 }
 
@@ -470,7 +469,7 @@ impl PathGroup {
             if cancel.is_none() {
                 return Err(error);
             }
-            let Some(outcome) = session.settled().await else {
+            if !session.is_lost() {
                 if not_executed_by_node(&error) {
                     // The node refused to start it (its session there is
                     // being fenced or lost contact): it never ran. Issue it
@@ -486,12 +485,14 @@ impl PathGroup {
                     continue;
                 }
                 return Err(error);
-            };
+            }
             if error.is_settled() && !error.may_have_executed() {
-                // The old node never had it: re-issue.
+                // The old node never had it: re-issue at once (in order).
                 moved_from = Some(index);
                 continue;
             }
+            // In doubt: wait until the old node is fenced or quiesced.
+            let outcome = session.settled().await;
             match outcome {
                 Outcome::Safe if options.retry_safe => moved_from = Some(index),
                 Outcome::Safe => {
