@@ -162,6 +162,8 @@ pub struct Initiator {
     pub(crate) next_ticket: Arc<AtomicU64>,
     /// How the session ended, once it has (see [`Initiator::ended`]).
     pub(crate) outcome: tokio::sync::watch::Receiver<Option<Result<(), SessionLoss>>>,
+    /// What the driver publishes about the path (see `crate::fence`).
+    pub(crate) path: Arc<crate::fence::PathShared>,
 }
 
 impl std::fmt::Debug for Initiator {
@@ -182,7 +184,10 @@ impl Initiator {
             .jitter_seed
             .unwrap_or_else(|| getrandom::u64().unwrap_or(0x9e37_79b9_7f4a_7c15));
         let (outcome_tx, outcome) = tokio::sync::watch::channel(None);
+        let (path, path_rx) = crate::fence::PathShared::new(clock, options.protocol.epoch);
         let driver = Driver {
+            path: crate::fence::DriverPath::default(),
+            shared_path: path.clone(),
             core: holdfast_proto::Initiator::new(options.protocol.clone(), clock.now()),
             backoff: Backoff::new(options.backoff_initial, options.backoff_max, seed),
             options,
@@ -204,12 +209,13 @@ impl Initiator {
             connecting: None,
         };
         let span = tracing::info_span!("initiator", session = tracing::field::Empty);
-        tokio::spawn(driver.run(rx, abandon_rx).instrument(span));
+        tokio::spawn(driver.run(rx, abandon_rx, path_rx).instrument(span));
         Initiator {
             requests: tx,
             abandons: abandon_tx,
             next_ticket: Arc::new(AtomicU64::new(1)),
             outcome,
+            path,
         }
     }
 
@@ -324,10 +330,10 @@ struct Connection {
     reader: crate::transport::ReadHalf,
 }
 
-struct Driver {
-    core: holdfast_proto::Initiator,
+pub(crate) struct Driver {
+    pub(crate) core: holdfast_proto::Initiator,
     options: InitiatorOptions,
-    clock: Clock,
+    pub(crate) clock: Clock,
     connector: Arc<dyn Connector>,
     backoff: Backoff,
     conn: Option<Connection>,
@@ -348,7 +354,7 @@ struct Driver {
     close_waiters: Vec<oneshot::Sender<Result<(), SessionLoss>>>,
     /// Tells [`Initiator::ended`] how the session ended.
     outcome: tokio::sync::watch::Sender<Option<Result<(), SessionLoss>>>,
-    reconnect_at: Option<tokio::time::Instant>,
+    pub(crate) reconnect_at: Option<tokio::time::Instant>,
     ended: Option<SessionLoss>,
     /// Since when there has been no session (none yet, or replaced).
     no_session_since: Option<tokio::time::Instant>,
@@ -356,6 +362,10 @@ struct Driver {
     last_error: String,
     /// A connection attempt in progress.
     connecting: Option<Connecting>,
+    /// Fences waiting for their answer.
+    pub(crate) path: crate::fence::DriverPath,
+    /// What the handles read about the path.
+    pub(crate) shared_path: Arc<crate::fence::PathShared>,
 }
 
 impl Driver {
@@ -363,15 +373,19 @@ impl Driver {
         mut self,
         mut requests: mpsc::Receiver<ApiRequest>,
         mut abandons: mpsc::UnboundedReceiver<u64>,
+        mut paths: mpsc::UnboundedReceiver<crate::fence::PathRequest>,
     ) {
         let mut buf = BytesMut::with_capacity(self.options.read_buffer);
         self.reconnect_at = Some(tokio::time::Instant::now());
         loop {
             if self.core.is_finished() && self.close_waiters.is_empty() && self.ended.is_some() {
                 // Keep answering requests with the loss until every handle is gone.
-                match requests.recv().await {
-                    Some(r) => self.refuse(r),
-                    None => return,
+                tokio::select! {
+                    r = requests.recv() => match r {
+                        Some(r) => self.refuse(r),
+                        None => return,
+                    },
+                    Some(p) = paths.recv() => self.path_refuse(p),
                 }
                 continue;
             }
@@ -413,6 +427,8 @@ impl Driver {
                     }
                 },
                 Some(ticket) = abandons.recv() => self.abandon(ticket),
+                // Fences and epochs bypass the credit gate on `requests`.
+                Some(p) = paths.recv() => self.path_request(p),
                 r = requests.recv(), if accept_requests => match r {
                     Some(r) => self.request(r),
                     None => {
@@ -441,6 +457,7 @@ impl Driver {
                 }
             }
             self.flush();
+            self.publish_path();
         }
     }
 
@@ -707,6 +724,7 @@ impl Driver {
     }
 
     fn event(&mut self, event: InitiatorEvent) {
+        self.path_event(&event);
         match event {
             InitiatorEvent::Response { call, payload } => {
                 if let Some(Reply::Call(tx)) = self.take_reply(call) {

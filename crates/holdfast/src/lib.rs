@@ -49,6 +49,7 @@
 mod backoff;
 pub mod chaos;
 mod clock;
+mod fence;
 mod initiator;
 mod outbox;
 pub mod paths;
@@ -62,8 +63,10 @@ mod withdraw;
 pub use holdfast_proto as proto;
 
 pub use backoff::Backoff;
+pub use fence::{FenceError, FenceOutcome, PathState};
 pub use holdfast_proto::{
-    CallOptions, InitiatorConfig, InitiatorStats, SessionLoss, TargetConfig, TargetStats,
+    CallOptions, FenceResult, HostId, InitiatorConfig, InitiatorStats, SessionLoss, TargetConfig,
+    TargetStats,
 };
 pub use initiator::{CallError, Initiator, InitiatorOptions};
 pub use paths::{PathGroup, PathGroupOptions, PathGroupStats, Policy};
