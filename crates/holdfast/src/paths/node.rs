@@ -1,11 +1,14 @@
 //! What the path group needs from one node's session, in one place: whether
 //! its connection is logged in, the node's quiesce time and incarnation, the
-//! last contact with it, and a fence request sent through it.
+//! last contact with it, and a fence request sent through it (the runtime
+//! [`Initiator`]'s path API, PROTOCOL.md §11.4–§11.5).
 
 use std::time::Duration;
 
+use holdfast_proto::FenceResult;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::debug;
 
 use crate::Initiator;
 
@@ -22,48 +25,63 @@ pub(crate) enum FenceAnswer {
 
 /// Watches whether `initiator`'s connection is logged in (`true`).
 pub(crate) fn watch_link(initiator: &Initiator) -> watch::Receiver<bool> {
-    // PLACEHOLDER until h1's connection-state watch lands.
-    let (tx, rx) = watch::channel(false);
-    let init = initiator.clone();
+    let mut state = initiator.watch_state();
+    let (tx, rx) = watch::channel(state.borrow_and_update().connected);
     tokio::spawn(async move {
         loop {
-            let Some(s) = init.stats().await else { return };
-            let up = s.sessions + s.recoveries > 0 && s.disconnects < s.connects;
-            tx.send_if_modified(|v| std::mem::replace(v, up) != up);
-            if tx.is_closed() {
-                return;
+            tokio::select! {
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        // The driver is gone: the link is down for good.
+                        tx.send_replace(false);
+                        return;
+                    }
+                    let up = state.borrow_and_update().connected;
+                    tx.send_if_modified(|v| std::mem::replace(v, up) != up);
+                }
+                () = tx.closed() => return,
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
     rx
 }
 
 /// The node's command quiesce time for this session, if it promised one.
-pub(crate) fn quiesce(_initiator: &Initiator) -> Option<Duration> {
-    None
+pub(crate) fn quiesce(initiator: &Initiator) -> Option<Duration> {
+    initiator.quiesce()
 }
 
 /// The node's incarnation (from its session id), once logged in.
-pub(crate) fn node(_initiator: &Initiator) -> Option<u32> {
-    None
+pub(crate) fn node(initiator: &Initiator) -> Option<u32> {
+    initiator.node()
 }
 
 /// The last byte received from or sent to the node.
-pub(crate) fn last_contact(_initiator: &Initiator) -> Option<Instant> {
-    None
+pub(crate) fn last_contact(initiator: &Initiator) -> Option<Instant> {
+    initiator.last_contact()
 }
 
 /// Asks the node behind `via` to fence incarnation `node` for `host` below
 /// `epoch`; bounded by `limit`.
 pub(crate) async fn fence(
-    _via: &Initiator,
-    _node: u32,
-    _host: HostId,
-    _epoch: u64,
-    _limit: Duration,
+    via: &Initiator,
+    node: u32,
+    host: HostId,
+    epoch: u64,
+    limit: Duration,
 ) -> FenceAnswer {
-    FenceAnswer::NotConfirmed
+    match tokio::time::timeout(limit, via.fence(node, host, epoch)).await {
+        Ok(Ok(outcome)) if outcome.result == FenceResult::Fenced => FenceAnswer::Fenced,
+        Ok(Ok(outcome)) => {
+            debug!(result = %outcome.result, "fence not confirmed");
+            FenceAnswer::NotConfirmed
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "fence not sent");
+            FenceAnswer::NotConfirmed
+        }
+        Err(_) => FenceAnswer::NotConfirmed,
+    }
 }
 
 /// Starts a session to a node for `host` at `epoch`.
