@@ -17,6 +17,11 @@
 
 mod support;
 
+/// Whether the nodes of the path-cut test have peer links (fence by
+/// confirmation); without, every failover waits the old node's quiesce
+/// time.
+const PEERS: bool = false;
+
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -50,11 +55,11 @@ fn free_addr() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
-/// Starts node `listen` on `volume`, with a peer link to `peer`.
-fn start_node(volume: &std::path::Path, listen: SocketAddr, peer: SocketAddr) -> Proc {
+/// Starts node `listen` on `volume`, with a peer link to `peer` if given.
+fn start_node(volume: &std::path::Path, listen: SocketAddr, peer: Option<SocketAddr>) -> Proc {
     let listen = listen.to_string();
-    let peer = peer.to_string();
-    let mut p = Proc::spawn(&[
+    let peer = peer.map(|p| p.to_string());
+    let mut args = vec![
         "target",
         "--volume",
         volume.to_str().expect("utf-8"),
@@ -62,12 +67,12 @@ fn start_node(volume: &std::path::Path, listen: SocketAddr, peer: SocketAddr) ->
         "64M",
         "--listen",
         &listen,
-        "--peer",
-        &peer,
-        "--command-budget",
-        "500ms",
         "--json",
-    ]);
+    ];
+    if let Some(p) = &peer {
+        args.extend(["--peer", p.as_str()]);
+    }
+    let mut p = Proc::spawn(&args);
     let _ = p.json_line(Duration::from_secs(20));
     p
 }
@@ -169,8 +174,10 @@ fn fence_kill_9_of_a_node_during_fio_verify_loses_nothing() {
     let dir = Scratch::new("fence-fio-kill");
     let volume = dir.path("volume.img");
     let (a_addr, b_addr) = (free_addr(), free_addr());
-    let a = start_node(&volume, a_addr, b_addr);
-    let _b = start_node(&volume, b_addr, a_addr);
+    // No peer links: B cannot reach a dead A anyway; the group waits A's
+    // quiesce time from its last contact.
+    let a = start_node(&volume, a_addr, None);
+    let _b = start_node(&volume, b_addr, None);
     let (mut export, uri) = start_export(a_addr, b_addr);
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(4));
@@ -193,8 +200,8 @@ fn fence_paths_cut_alternately_during_fio_verify_lose_nothing() {
     let dir = Scratch::new("fence-fio-cuts");
     let volume = dir.path("volume.img");
     let (a_addr, b_addr) = (free_addr(), free_addr());
-    let _a = start_node(&volume, a_addr, b_addr);
-    let _b = start_node(&volume, b_addr, a_addr);
+    let _a = start_node(&volume, a_addr, PEERS.then_some(b_addr));
+    let _b = start_node(&volume, b_addr, PEERS.then_some(a_addr));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

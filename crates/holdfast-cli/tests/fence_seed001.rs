@@ -95,10 +95,10 @@ fn seed_001_across_two_nodes(fencing: Fencing) -> &'static str {
     let started = Instant::now();
     let dir = Scratch::new(&format!("seed001-{fencing:?}"));
     let volume = dir.path("volume.img");
-    // A's quiesce time: inactivity (4 keep-alives of 500 ms = 2 s) plus a
-    // 500 ms command budget.
-    let (_a, a_addr) = start_target(&volume, "8M", &["--command-budget", "500ms"]);
-    let mut b_args = vec!["--command-budget", "500ms"];
+    // A's quiesce time: inactivity (4 keep-alives of 500 ms = 2 s) plus the
+    // default 1 s command budget.
+    let (_a, a_addr) = start_target(&volume, "8M", &[]);
+    let mut b_args = vec![];
     if fencing == Fencing::Confirmation {
         b_args.extend(["--peer", a_addr.as_str()]);
     }

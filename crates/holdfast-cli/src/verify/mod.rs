@@ -9,6 +9,7 @@ pub(crate) mod blocks;
 pub(crate) mod faults;
 pub(crate) mod history;
 pub(crate) mod ledger;
+mod nodes;
 pub(crate) mod report;
 pub(crate) mod second;
 pub(crate) mod workload;
@@ -60,6 +61,9 @@ pub(crate) struct Scenario {
     /// A second session writing the first one's blocks, with io-timeout
     /// faults; then every read is checked against the shared history.
     pub(crate) second: Option<SecondSession>,
+    /// Nodes serving the volume: 1, or 2 for a path group over two
+    /// in-process nodes with path faults ([`nodes`]).
+    pub(crate) nodes: usize,
 }
 
 /// The hot blocks at the start of each worker's region, where the second
@@ -229,6 +233,12 @@ impl Drop for Scratch {
 
 async fn run_in(scenario: &Scenario, scratch: Option<&Scratch>) -> anyhow::Result<Summary> {
     let args = scenario;
+    if args.nodes >= 2 {
+        let Some(s) = scratch else {
+            bail!("--nodes 2 runs its own two nodes: it cannot use --target");
+        };
+        return nodes::run(args, &s.volume).await;
+    }
     let duplicates = Arc::new(Duplicates::default());
     let mut target = match (scratch, scenario.target) {
         (Some(s), _) => {
@@ -389,6 +399,10 @@ async fn run_in(scenario: &Scenario, scratch: Option<&Scratch>) -> anyhow::Resul
         corrupt: load(&tally.corrupt),
         second_session_operations: second.as_ref().map(|s| load(&s.ops)),
         second_session_errors: second.as_ref().map(|s| load(&s.errors)),
+        failovers: None,
+        fences_confirmed: None,
+        commands_moved: None,
+        paths: None,
         problems,
     })
 }
