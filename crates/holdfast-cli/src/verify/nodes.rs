@@ -2,10 +2,12 @@
 //! in-process targets serve one volume file, each behind its own fault
 //! proxy, and the workers' volume is a path group over them
 //! (active/passive). Besides the usual proxy faults (drawn for either
-//! node), every third fault takes a node's path down: its connections are
-//! reset and new ones refused for 1 to 2.5 s, so the group fails over to
-//! the other node, waiting out the old one's quiesce time before it
-//! re-issues what was in doubt. Every read is checked
+//! node), every third fault takes a node's path down for 1 to 2.5 s: new
+//! connections are refused and the open ones are reset or, every other
+//! time, held in the proxy and delivered late to the old node when the path
+//! returns. The group fails over to the other node, waiting out the old
+//! one's quiesce time before it re-issues what was in doubt; the held
+//! commands then either ran on the old node before the re-issue or never. Every read is checked
 //! against the worker's model, so a stale write landing on the old node
 //! after its re-issue on the new one shows as a lost block.
 //!
@@ -67,18 +69,33 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(l.local_addr()?)
 }
 
-/// Takes node `i`'s path down for `down`: resets its links and refuses new
-/// ones, then lets them in again. Returns when the fault was injected.
-fn path_down(node: &Node, down: Duration) -> Instant {
+/// Takes a node's path down for `down`: new connections are refused, and
+/// the open ones are either reset or (`hold`) kept open with everything the
+/// group sends held in the proxy, to be delivered to the old node when the
+/// path comes back: the late, stale commands of seed 001, which land after
+/// the failover unless the group waited for the old node to be safe.
+/// Returns when the fault was injected.
+fn path_down(node: &Node, down: Duration, hold: bool) -> Instant {
     node.open.store(false, Ordering::SeqCst);
-    node.proxy.apply(FaultSpec::new(
-        FaultKind::Reset,
-        Direction::Both,
-        Scope::All,
-    ));
+    let kind = if hold {
+        FaultKind::Hold
+    } else {
+        FaultKind::Reset
+    };
+    let direction = if hold { Direction::Up } else { Direction::Both };
+    node.proxy
+        .apply(FaultSpec::new(kind, direction, Scope::All));
     let open = node.open.clone();
+    let proxy = node.proxy.clone();
     tokio::spawn(async move {
         tokio::time::sleep(down).await;
+        if hold {
+            proxy.apply(FaultSpec::new(
+                FaultKind::Release,
+                Direction::Up,
+                Scope::All,
+            ));
+        }
         open.store(true, Ordering::SeqCst);
     });
     Instant::now()
@@ -104,9 +121,16 @@ pub(super) async fn run(scenario: &Scenario, volume: &std::path::Path) -> anyhow
     }
     let mut builder = PathGroup::builder().options(PathGroupOptions {
         initiator: InitiatorOptions {
+            // The group notices a silent path (half the detection bound)
+            // well before the nodes drop it (four keep-alives of the whole
+            // bound): held commands may still reach the old node after the
+            // failover, which only the group's own wait makes safe.
             protocol: InitiatorConfig {
+                keepalive: args.detection,
+                dead_after: args.detection / 2,
+                login_timeout: args.detection,
                 session_loss_timeout: Some(Duration::from_secs(30)),
-                ..InitiatorConfig::default().with_detection_bound(args.detection)
+                ..InitiatorConfig::default()
             },
             jitter_seed: Some(args.seed),
             ..InitiatorOptions::default()
@@ -176,7 +200,8 @@ pub(super) async fn run(scenario: &Scenario, volume: &std::path::Path) -> anyhow
             let node = &nodes[down_turn % 2];
             down_turn += 1;
             let down = Duration::from_millis(1000 + next() % 1500);
-            ("path-down", path_down(node, down))
+            let hold = down_turn % 2 == 0;
+            ("path-down", path_down(node, down, hold))
         } else {
             let node = &nodes[(next() % 2) as usize];
             match faults::inject(&node.proxy, fault) {
