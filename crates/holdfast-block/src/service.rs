@@ -270,8 +270,18 @@ impl<D: BlockDevice> tower_service::Service<holdfast::Request> for BlockService<
             Ok((request, mut ticket)) => {
                 let device = self.device.clone();
                 let info = self.info;
+                let start = req.start;
                 Box::pin(async move {
                     ticket.ready().await;
+                    // The quiesce promise (PROTOCOL.md §11.4): the moment it
+                    // would touch the device is the moment it starts. A
+                    // refused request never touches it; the target answers
+                    // it NotExecuted whatever this returns.
+                    if let Err(why) = start.begin() {
+                        debug!(%session, seq, reason = %why, "request not started");
+                        drop(ticket.executed());
+                        return Ok(wire::encode_err(&BlockError::Invalid(why.to_string())));
+                    }
                     let outcome = execute(&*device, request, info).await;
                     let release = ticket.executed();
                     if let Err(e) = &outcome {
@@ -306,6 +316,7 @@ mod tests {
             payload: r.encode(),
             one_way: false,
             max_response: usize::MAX,
+            start: holdfast::StartGate::default(),
         }
     }
 
@@ -382,6 +393,7 @@ mod tests {
             payload: Bytes::from_static(b"\xb1\x09garbage"),
             one_way: false,
             max_response: usize::MAX,
+            start: holdfast::StartGate::default(),
         };
         assert!(matches!(
             outcome(now(svc.call(garbage))),
@@ -423,6 +435,7 @@ mod tests {
                 payload: payload(id),
                 one_way: false,
                 max_response: usize::MAX,
+                start: holdfast::StartGate::default(),
             })))
         };
         assert_eq!(

@@ -83,6 +83,27 @@ pub(crate) struct TargetArgs {
     /// exits and its sessions end.
     #[arg(long, value_name = "DURATION")]
     pub(crate) shutdown_up: Option<String>,
+    /// Another node serving the same volume (its listen address): a
+    /// session to it carries fences. When a host fails over from that node
+    /// to this one, it asks this node to fence the old one; this node
+    /// forwards the FENCE over the peer link, the old node stops the
+    /// host's queued commands, waits for its running ones and confirms, and
+    /// the host re-issues at once instead of waiting out the old node's
+    /// quiesce time. Repeat for several peers. Without it (or while a peer
+    /// is unreachable) a fence is answered "unreachable" and the host
+    /// waits instead: slower, equally safe.
+    #[arg(long, value_name = "ADDR")]
+    #[serde(default)]
+    pub(crate) peer: Vec<String>,
+    /// How long a command of a multipath host may run once it has started
+    /// [default: 1s]. A node promises at login that after losing contact
+    /// with a host it starts none of its commands after the inactivity
+    /// deadline and has finished the started ones by the deadline plus this
+    /// budget (its "quiesce time"); a host that cannot reach the node waits
+    /// that long before it re-issues elsewhere. Raise it if the log reports
+    /// quiesce overruns (a slow disk), lower it for faster failover.
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) command_budget: Option<String>,
     /// Print the bound endpoints and final counters as JSON lines.
     #[arg(long)]
     #[serde(default)]
@@ -100,6 +121,7 @@ pub(crate) struct TargetSettings {
     read_only: bool,
     direct: bool,
     protocol: TargetConfig,
+    peers: Vec<Endpoint>,
     shutdown_up: Duration,
     json: bool,
 }
@@ -154,6 +176,20 @@ impl TargetArgs {
             let bytes = parse_size(&b).map_err(anyhow::Error::msg)?;
             protocol.memory_budget = usize::try_from(bytes).unwrap_or(usize::MAX);
         }
+        protocol.command_budget = duration(
+            pick(self.command_budget, file.command_budget),
+            protocol.command_budget,
+        )?;
+        let peers = if self.peer.is_empty() {
+            file.peer
+        } else {
+            self.peer
+        };
+        let peers = peers
+            .iter()
+            .map(|p| parse_endpoint(p).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .context("--peer")?;
         let volume_id = pick(self.volume_id, file.volume_id)
             .map(|v| v.parse::<holdfast_block::VolumeId>())
             .transpose()
@@ -166,6 +202,7 @@ impl TargetArgs {
             read_only: self.read_only || file.read_only,
             direct: self.direct || file.direct,
             protocol,
+            peers,
             shutdown_up: duration(
                 pick(self.shutdown_up, file.shutdown_up),
                 Duration::from_secs(1),
@@ -181,6 +218,7 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
     let mut signals = crate::signals::Signals::new()?;
     let options = TargetOptions {
         protocol: s.protocol.clone(),
+        peers: s.peers.clone(),
         ..TargetOptions::default()
     };
     let (target, what, size) = match &s.volume {

@@ -91,6 +91,7 @@ impl Raw {
             max_frame: 1 << 20,
             keepalive_ms: 1000,
             requested_credits: 8,
+            host: None,
         });
         self.stream
             .write_all(&encode_to_vec(&login, Digests::NONE))

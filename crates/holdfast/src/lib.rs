@@ -53,7 +53,9 @@ mod fence;
 mod initiator;
 mod outbox;
 pub mod paths;
+mod peer;
 mod service;
+mod start_gate;
 mod target;
 mod target_writer;
 pub mod transport;
@@ -64,6 +66,7 @@ pub use holdfast_proto as proto;
 
 pub use backoff::Backoff;
 pub use fence::{FenceError, FenceOutcome, PathState};
+pub use holdfast_proto::NotStarted;
 pub use holdfast_proto::{
     CallOptions, FenceResult, HostId, InitiatorConfig, InitiatorStats, SessionLoss, TargetConfig,
     TargetStats,
@@ -71,5 +74,6 @@ pub use holdfast_proto::{
 pub use initiator::{CallError, Initiator, InitiatorOptions};
 pub use paths::{PathGroup, PathGroupOptions, PathGroupStats, Policy};
 pub use service::{service_fn, Request, ServiceFn, SessionService};
+pub use start_gate::StartGate;
 pub use target::{Target, TargetOptions};
 pub use transport::{Acceptor, Connector, Endpoint, EndpointConnector, Listener};

@@ -194,6 +194,12 @@ impl Target {
         Some((s.path.start_deadline(), s.path.fenced))
     }
 
+    /// The last time a byte of `session` arrived (or its latest login was
+    /// accepted).
+    pub fn last_contact(&self, session: SessionId) -> Option<Timestamp> {
+        self.sessions.get(&session).map(|s| s.path.last_contact)
+    }
+
     /// Records that a byte of `session` arrived at `now`.
     pub(super) fn touch(&mut self, session: SessionId, now: Timestamp) {
         if let Some(s) = self.sessions.get_mut(&session) {
