@@ -20,7 +20,7 @@ mod support;
 /// Whether the nodes of the path-cut test have peer links (fence by
 /// confirmation); without, every failover waits the old node's quiesce
 /// time.
-const PEERS: bool = false;
+const PEERS: bool = true;
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};

@@ -12,9 +12,8 @@
 //! (a new session at the new epoch, a standby) and the next trial fails
 //! over the other way.
 //!
-//! * **fence confirmed** (not measured yet: it needs the targets' peer
-//!   links): the survivor forwards the group's FENCE and the old node
-//!   confirms;
+//! * **fence confirmed**: the nodes have peer links; the survivor forwards
+//!   the group's FENCE and the old node confirms once the call finished;
 //! * **quiesce wait**: no peer links; the fence is `Unreachable` and the
 //!   group waits the old node's quiesce time (inactivity deadline 100 ms +
 //!   command budget 100 ms) from its last contact;
@@ -61,6 +60,7 @@ const TRIAL_LIMIT: Duration = Duration::from_secs(10);
 /// A row's setup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Case {
+    Confirmed,
     Quiesce,
     SinglePath,
 }
@@ -68,15 +68,15 @@ enum Case {
 impl Case {
     fn label(self) -> &'static str {
         match self {
+            Case::Confirmed => "path group, old node reachable (fence confirmed)",
             Case::Quiesce => "path group, old node unreachable (quiesce wait)",
             Case::SinglePath => "single path, reconnect to the same node",
         }
     }
 }
 
-/// The rows measured. (The fence-by-confirmation row needs the targets'
-/// peer links, `TargetOptions::peers`, which this build does not have yet.)
-const CASES: [Case; 2] = [Case::Quiesce, Case::SinglePath];
+/// The rows measured.
+const CASES: [Case; 3] = [Case::Confirmed, Case::Quiesce, Case::SinglePath];
 
 /// One measured row.
 #[derive(Clone, Debug, Serialize)]
@@ -159,7 +159,8 @@ pub(crate) async fn run(mode: Mode, progress: bool) -> anyhow::Result<FailoverRe
         }
         let (mut samples, fence_times, fences) = match case {
             Case::SinglePath => (single_path_trials(n).await?, Vec::new(), None),
-            Case::Quiesce => group_trials(n).await?,
+            Case::Confirmed => group_trials(true, n).await?,
+            Case::Quiesce => group_trials(false, n).await?,
         };
         samples.sort();
         let mut fence_times = fence_times;
@@ -183,8 +184,8 @@ pub(crate) async fn run(mode: Mode, progress: bool) -> anyhow::Result<FailoverRe
     })
 }
 
-/// An echo node on `addr`.
-async fn node(addr: SocketAddr) -> anyhow::Result<Target> {
+/// An echo node on `addr` with peer links to `peers`.
+async fn node(addr: SocketAddr, peers: Vec<Endpoint>) -> anyhow::Result<Target> {
     let service = service_fn(|_req: Request| async {
         tokio::time::sleep(SERVICE_TIME).await;
         Ok::<_, std::convert::Infallible>(Bytes::from_static(b"ok"))
@@ -197,6 +198,7 @@ async fn node(addr: SocketAddr) -> anyhow::Result<Target> {
                 ..TargetConfig::default()
             },
             socket_detection_bound: BOUND,
+            peers,
             ..TargetOptions::default()
         },
         service,
@@ -255,10 +257,21 @@ async fn wait_standby(group: &PathGroup, i: usize) -> anyhow::Result<()> {
 /// The path-group trials; returns the samples, the group's fence times and
 /// (confirmed, requested) fences.
 async fn group_trials(
+    peers: bool,
     n: usize,
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, Option<(u64, u64)>)> {
     let addrs = [free_addr()?, free_addr()?];
-    let nodes = [node(addrs[0]).await?, node(addrs[1]).await?];
+    let peer = |i: usize| {
+        if peers {
+            vec![Endpoint::Tcp(addrs[1 - i])]
+        } else {
+            Vec::new()
+        }
+    };
+    let nodes = [
+        node(addrs[0], peer(0)).await?,
+        node(addrs[1], peer(1)).await?,
+    ];
     let proxies = [Proxy::start(addrs[0]).await?, Proxy::start(addrs[1]).await?];
     let gates = [
         Arc::new(AtomicBool::new(true)),
@@ -316,7 +329,11 @@ async fn group_trials(
         samples.push(done - cut);
         let stats = group.stats().await;
         let p = &stats.paths[active];
-        let expected = FenceKind::Quiesced;
+        let expected = if peers {
+            FenceKind::Confirmed
+        } else {
+            FenceKind::Quiesced
+        };
         if p.last_fence != Some(expected) {
             bail!(
                 "trial {trial}: the failover was {:?}, not {expected:?}: {stats}",
@@ -343,7 +360,7 @@ async fn group_trials(
 /// The single-path trials: the same cut, and the session reconnects to the
 /// same node (the gate opens again at once).
 async fn single_path_trials(n: usize) -> anyhow::Result<Vec<Duration>> {
-    let target = node(free_addr()?).await?;
+    let target = node(free_addr()?, Vec::new()).await?;
     let Some(Endpoint::Tcp(addr)) = target.endpoints().first().cloned() else {
         bail!("the node bound no TCP address");
     };
@@ -463,9 +480,9 @@ impl FailoverReport {
              reset to the call's completion on the other node. The group first waits the \
              detection bound for the path to come back (it does not), then makes the old \
              node safe and re-issues.\n\
-             - **fence confirmed** (not in this build: it needs the targets' peer links): \
-             the survivor forwards the FENCE and the old node confirms once the call \
-             finished there.\n\
+             - **fence confirmed**: each node has a peer link to the other \
+             (`TargetOptions::peers`); the survivor forwards the FENCE and the old node \
+             confirms once the call finished there.\n\
              - **quiesce wait**: no peer links; the group waits the old node's advertised \
              quiesce time (inactivity deadline + command budget 100 ms) from its last \
              contact.\n\

@@ -76,6 +76,8 @@ struct TargetSide {
     addr: SocketAddr,
     volume: std::path::PathBuf,
     duplicates: Arc<Duplicates>,
+    /// Peer links to the other nodes (two-node runs).
+    peers: Vec<Endpoint>,
     /// Responses answered from the cache by earlier incarnations.
     cache_answers_before: u64,
 }
@@ -88,6 +90,7 @@ impl TargetSide {
             addr,
             volume: std::path::PathBuf::new(),
             duplicates: Arc::default(),
+            peers: Vec::new(),
             cache_answers_before: 0,
         }
     }
@@ -101,11 +104,22 @@ impl TargetSide {
         volume: &std::path::Path,
         duplicates: Arc<Duplicates>,
     ) -> anyhow::Result<TargetSide> {
+        TargetSide::start_with_peers(addr, volume, duplicates, Vec::new()).await
+    }
+
+    /// Starts a node with peer links to `peers` (they forward fences).
+    async fn start_with_peers(
+        addr: SocketAddr,
+        volume: &std::path::Path,
+        duplicates: Arc<Duplicates>,
+        peers: Vec<Endpoint>,
+    ) -> anyhow::Result<TargetSide> {
         let mut side = TargetSide {
             target: None,
             addr,
             volume: volume.to_owned(),
             duplicates,
+            peers,
             cache_answers_before: 0,
         };
         side.spawn().await?;
@@ -121,6 +135,7 @@ impl TargetSide {
                 retain: Duration::from_secs(30),
                 ..TargetConfig::default()
             },
+            peers: self.peers.clone(),
             ..TargetOptions::default()
         };
         let target = Target::serve(&[Endpoint::Tcp(self.addr)], options, service)

@@ -1,12 +1,14 @@
 //! The block workload over two nodes (`holdfast torture --nodes 2`): two
 //! in-process targets serve one volume file, each behind its own fault
 //! proxy, and the workers' volume is a path group over them
-//! (active/passive). Besides the usual proxy faults (drawn for either
-//! node), every third fault takes a node's path down for 1 to 2.5 s: new
+//! (active/passive); each node has a peer link to the other (not through
+//! the proxies). Besides the usual proxy faults (drawn for either node),
+//! every third fault takes a node's path down for 1 to 2.5 s: new
 //! connections are refused and the open ones are reset or, every other
 //! time, held in the proxy and delivered late to the old node when the path
-//! returns. The group fails over to the other node, waiting out the old
-//! one's quiesce time before it re-issues what was in doubt; the held
+//! returns. The group fails over to the other node, which fences the old
+//! one through its peer link (or, unconfirmed, the group waits the old
+//! one's quiesce time) before it re-issues what was in doubt; the held
 //! commands then either ran on the old node before the re-issue or never. Every read is checked
 //! against the worker's model, so a stale write landing on the old node
 //! after its re-issue on the new one shows as a lost block.
@@ -107,7 +109,16 @@ pub(super) async fn run(scenario: &Scenario, volume: &std::path::Path) -> anyhow
     let addrs = [free_addr()?, free_addr()?];
     let mut nodes = Vec::with_capacity(2);
     for i in 0..2 {
-        let side = TargetSide::start(addrs[i], volume, Arc::new(Duplicates::default())).await?;
+        // Node A has a peer link to B and B to A: a failover's FENCE goes
+        // through the survivor to the old node, unless the fault took the
+        // old node's path (not its peer link) away: then it confirms.
+        let side = TargetSide::start_with_peers(
+            addrs[i],
+            volume,
+            Arc::new(Duplicates::default()),
+            vec![Endpoint::Tcp(addrs[1 - i])],
+        )
+        .await?;
         let proxy = Arc::new(
             Proxy::start(side.addr)
                 .await
