@@ -280,10 +280,6 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
     let volume = open_volume(&s).await?;
     let names = targets_text(&s.targets);
     let size = volume.size();
-    let reporter = volume
-        .path_group()
-        .cloned()
-        .map(|g| tokio::spawn(report_paths(g, s.json)));
     let server = Server::new(
         Arc::new(volume.clone()),
         NbdOptions {
@@ -326,6 +322,11 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
     } else {
         eprintln!("exporting the volume of {names} ({size} bytes) as {uri}; Ctrl-C to stop");
     }
+    // After the `exporting` line: a caller reads that one first.
+    let reporter = volume
+        .path_group()
+        .cloned()
+        .map(|g| tokio::spawn(report_paths(g, s.json)));
     let serve = async {
         match listener {
             Listener::Tcp(l) => server.serve_listener(l).await,

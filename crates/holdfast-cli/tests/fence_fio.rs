@@ -220,7 +220,7 @@ fn fence_paths_cut_alternately_during_fio_verify_lose_nothing() {
     };
     let (pa_addr, pb_addr) = (free_addr(), free_addr());
     let mut proxies = [Some(proxy(pa_addr, a_addr)), Some(proxy(pb_addr, b_addr))];
-    let (_export, uri) = start_export(pa_addr, pb_addr);
+    let (mut export, uri) = start_export(pa_addr, pb_addr);
     let stop = Arc::new(AtomicBool::new(false));
     let cuts = Arc::new(AtomicU64::new(0));
     let fio = {
@@ -244,6 +244,31 @@ fn fence_paths_cut_alternately_during_fio_verify_lose_nothing() {
     }
     fio.join().expect("fio verified with zero errors");
     let n = cuts.load(Ordering::SeqCst);
-    eprintln!("fio passed verification through {n} path cuts");
+    // The export's path events: each cut failed the active node over, and
+    // the survivor's peer link got the old node's confirmation.
+    let mut per_path = std::collections::BTreeMap::new();
+    while let Some(line) = export.line(Duration::from_millis(500)) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if v["event"] == "path" {
+            let path = v["path"].as_str().unwrap_or_default().to_owned();
+            let figures = (
+                v["failovers"].as_u64().unwrap_or(0),
+                v["fences_confirmed"].as_u64().unwrap_or(0),
+            );
+            per_path.insert(path, figures);
+        }
+    }
+    let failovers: u64 = per_path.values().map(|f| f.0).sum();
+    let confirmed: u64 = per_path.values().map(|f| f.1).sum();
+    eprintln!(
+        "fio passed verification through {n} path cuts: {failovers} failovers, \
+         {confirmed} fences confirmed"
+    );
     assert!(n >= 3, "only {n} cuts");
+    assert!(failovers >= 2, "only {failovers} failovers: {per_path:?}");
+    if PEERS {
+        assert!(confirmed >= 1, "no fence confirmed: {per_path:?}");
+    }
 }
