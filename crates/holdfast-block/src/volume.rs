@@ -50,6 +50,17 @@
 //! Transport failures surface as [`BlockError::Io`] whose message says
 //! whether the request may have executed.
 //!
+//! # Several nodes
+//!
+//! [`Volume::connect_group`] opens the volume over a
+//! [`holdfast::paths::PathGroup`]: one session per target node serving the
+//! same backend. A lost node's requests are re-issued on another node once
+//! the old one is fenced (or its quiesce time has passed), in their original
+//! order; since every request is retry-safe, none fails for the failover.
+//! The order guarantee above holds under the active/passive policy; under
+//! active/active, requests in flight at once on different nodes have no
+//! order between them.
+//!
 //! # Cancellation
 //!
 //! The `*_cancellable` operations ([`BlockDevice`]) pass their [`Cancel`]
@@ -73,7 +84,8 @@ use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
-use holdfast::{CallOptions, Initiator};
+use holdfast::paths::PathGroup;
+use holdfast::{CallError, CallOptions, Initiator, InitiatorStats, SessionLoss};
 use thiserror::Error;
 use tracing::error;
 
@@ -122,11 +134,41 @@ pub enum VolumeError {
     Malformed(#[from] WireError),
 }
 
-/// A remote block device over a holdfast session. Cheap to clone: clones
-/// share the session.
+/// What a volume's requests travel over: one session, or a path group.
+#[derive(Clone, Debug)]
+enum Link {
+    /// One session to one target.
+    One(Initiator),
+    /// One session per node of a path group.
+    Group(PathGroup),
+}
+
+impl Link {
+    async fn call_cancellable(
+        &self,
+        payload: Bytes,
+        options: CallOptions,
+        cancel: impl Future<Output = ()>,
+    ) -> Result<Bytes, CallError> {
+        match self {
+            Link::One(i) => i.call_cancellable(payload, options, cancel).await,
+            Link::Group(g) => g.call_cancellable(payload, options, cancel).await,
+        }
+    }
+
+    async fn close(&self) -> Result<(), SessionLoss> {
+        match self {
+            Link::One(i) => i.close().await,
+            Link::Group(g) => g.close().await,
+        }
+    }
+}
+
+/// A remote block device over a holdfast session (or a path group of
+/// sessions to several nodes). Cheap to clone: clones share the sessions.
 #[derive(Clone, Debug)]
 pub struct Volume {
-    initiator: Initiator,
+    link: Link,
     info: Info,
     /// The piece size for splitting: the smaller maximum, rounded down to the
     /// block size.
@@ -149,8 +191,30 @@ impl Volume {
         initiator: Initiator,
         options: VolumeOptions,
     ) -> Result<Volume, VolumeError> {
-        let reply = initiator
-            .call_with(Request::Info.encode(), CallOptions::RETRY_SAFE)
+        Volume::open(Link::One(initiator), options).await
+    }
+
+    /// Queries the INFO of the path group's nodes (through the first one
+    /// that answers) and returns a volume with default options.
+    pub async fn connect_group(group: PathGroup) -> Result<Volume, VolumeError> {
+        Volume::connect_group_with(group, VolumeOptions::default()).await
+    }
+
+    /// As [`Volume::connect_group`], with options.
+    pub async fn connect_group_with(
+        group: PathGroup,
+        options: VolumeOptions,
+    ) -> Result<Volume, VolumeError> {
+        Volume::open(Link::Group(group), options).await
+    }
+
+    async fn open(link: Link, options: VolumeOptions) -> Result<Volume, VolumeError> {
+        let reply = link
+            .call_cancellable(
+                Request::Info.encode(),
+                CallOptions::RETRY_SAFE,
+                std::future::pending(),
+            )
             .await?;
         let body = wire::decode_response(&reply)?.map_err(VolumeError::Refused)?;
         let info = Info::decode(&body)?;
@@ -159,7 +223,7 @@ impl Volume {
         // aligned; a tiny client maximum still gets at least one block.
         let piece = (max - max % info.block_size).max(info.block_size);
         Ok(Volume {
-            initiator,
+            link,
             info,
             piece,
             target_name: Arc::from("the target"),
@@ -199,9 +263,42 @@ impl Volume {
         self.piece
     }
 
-    /// The session's initiator.
-    pub fn initiator(&self) -> &Initiator {
-        &self.initiator
+    /// The session's initiator (`None` over a path group).
+    pub fn initiator(&self) -> Option<&Initiator> {
+        match &self.link {
+            Link::One(i) => Some(i),
+            Link::Group(_) => None,
+        }
+    }
+
+    /// The path group (`None` over a single session).
+    pub fn path_group(&self) -> Option<&PathGroup> {
+        match &self.link {
+            Link::One(_) => None,
+            Link::Group(g) => Some(g),
+        }
+    }
+
+    /// Closes the session (every path's, over a group) cleanly.
+    pub async fn close(&self) -> Result<(), SessionLoss> {
+        self.link.close().await
+    }
+
+    /// Waits until the session (over a group: every path) is over.
+    pub async fn ended(&self) -> Result<(), SessionLoss> {
+        match &self.link {
+            Link::One(i) => i.ended().await,
+            Link::Group(g) => g.ended().await,
+        }
+    }
+
+    /// The session's counters (over a group: the sum of every path's
+    /// current session).
+    pub async fn session_stats(&self) -> Option<InitiatorStats> {
+        match &self.link {
+            Link::One(i) => i.stats().await,
+            Link::Group(g) => Some(g.stats().await.sessions()),
+        }
     }
 
     /// Reads `len` bytes at `offset`.
@@ -406,7 +503,7 @@ impl Volume {
         // Cancelled before it was issued: nothing to withdraw.
         cancel.check(&format!("{opcode:?} request"))?;
         let reply = self
-            .initiator
+            .link
             .call_cancellable(
                 request.encode_for(self.info.volume_id),
                 CallOptions::RETRY_SAFE,
@@ -469,9 +566,9 @@ impl Volume {
             error!("{message}");
             // Every request still outstanding is refused the same way, so
             // the clean close completes.
-            let initiator = self.initiator.clone();
+            let link = self.link.clone();
             tokio::spawn(async move {
-                let _ = initiator.close().await;
+                let _ = link.close().await;
             });
         }
         self.failed.get().cloned().unwrap_or(message)

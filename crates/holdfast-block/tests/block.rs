@@ -127,7 +127,11 @@ async fn every_operation_round_trips() {
     vol.flush().await.expect("flush");
     let on_disk = std::fs::read(&file.0).expect("read the file");
     assert!(on_disk == model, "the file differs from the model");
-    vol.initiator().close().await.expect("close");
+    vol.initiator()
+        .expect("one session")
+        .close()
+        .await
+        .expect("close");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,6 +177,7 @@ async fn fua_writes_and_flushes_take_the_durable_paths() {
     // TRIM with FUA (not offered by Volume) is a trim and a flush.
     let reply = vol
         .initiator()
+        .expect("one session")
         .call_with(
             Request::Trim {
                 offset: 0,
@@ -190,7 +195,12 @@ async fn fua_writes_and_flushes_take_the_durable_paths() {
 
 /// Sends a raw payload and decodes the response.
 async fn raw(vol: &Volume, payload: Bytes) -> Result<Bytes, BlockError> {
-    let reply = vol.initiator().call(payload).await.expect("call");
+    let reply = vol
+        .initiator()
+        .expect("one session")
+        .call(payload)
+        .await
+        .expect("call");
     wire::decode_response(&reply).expect("a well-formed response")
 }
 
@@ -276,7 +286,12 @@ async fn out_of_range_and_malformed_requests_get_errors() {
         .await
         .expect("write");
     assert_eq!(vol.read_at(0, 4).await.expect("read").as_ref(), b"fine");
-    let stats = vol.initiator().stats().await.expect("stats");
+    let stats = vol
+        .initiator()
+        .expect("one session")
+        .stats()
+        .await
+        .expect("stats");
     assert_eq!(stats.calls_failed, 0, "{stats:?}");
 }
 
@@ -599,7 +614,12 @@ async fn writes_in_flight_survive_a_target_restart() {
     for w in writers {
         models.push(w.await.expect("every write succeeds across the restart"));
     }
-    let stats = vol.initiator().stats().await.expect("stats");
+    let stats = vol
+        .initiator()
+        .expect("one session")
+        .stats()
+        .await
+        .expect("stats");
     eprintln!("{stuck} requests were cut off by the crash; initiator {stats:?}");
     assert!(stats.stateless_recoveries >= 1, "{stats:?}");
     assert!(stats.reissued >= stuck as u64, "{stats:?}");

@@ -47,7 +47,15 @@ async fn a_write_that_timed_out_unsent_never_lands() {
     // go, nothing can be sent.
     drop(target);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while volume.initiator().stats().await.expect("stats").disconnects == 0 {
+    while volume
+        .initiator()
+        .expect("one session")
+        .stats()
+        .await
+        .expect("stats")
+        .disconnects
+        == 0
+    {
         assert!(Instant::now() < deadline, "the initiator did not notice");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -79,7 +87,12 @@ async fn a_write_that_timed_out_unsent_never_lands() {
     assert_eq!(&data, b"AAAA", "the write answered EIO landed later");
     let on_disk = std::fs::read(&file.0).expect("read");
     assert_eq!(&on_disk[..4], b"AAAA");
-    let stats = volume.initiator().stats().await.expect("stats");
+    let stats = volume
+        .initiator()
+        .expect("one session")
+        .stats()
+        .await
+        .expect("stats");
     assert!(stats.withdrawn >= 1, "{stats:?}");
 }
 
@@ -125,6 +138,11 @@ async fn an_abandoned_large_read_stops_its_backend_work() {
         reads <= READ_WINDOW,
         "the target read {reads} of the {pieces} pieces of a read whose client went away"
     );
-    let stats = volume.initiator().stats().await.expect("stats");
+    let stats = volume
+        .initiator()
+        .expect("one session")
+        .stats()
+        .await
+        .expect("stats");
     eprintln!("{reads} of {pieces} pieces read on the target; {stats:?}");
 }

@@ -56,7 +56,17 @@ enum Command {
     /// Connect to a target and export its volume over NBD, for qemu-img,
     /// qemu-io, fio, nbdcopy and the kernel's nbd client.
     #[command(
-        after_help = "Example:\n  holdfast nbd --target 10.0.0.5:7400 --listen 127.0.0.1:10809\n  qemu-img info nbd://127.0.0.1:10809/"
+        after_help = "Examples:\n  holdfast nbd --target 10.0.0.5:7400 --listen 127.0.0.1:10809\n  qemu-img info nbd://127.0.0.1:10809/\n\n\
+Two nodes of one backend (two `holdfast target` processes serving the same volume, each with\n\
+--peer naming the other):\n  holdfast nbd --target 10.0.0.5:7400 --target 10.0.0.6:7400 --policy active-passive\n\n\
+When the path to a node is lost (gone for longer than --detection), its requests that the node\n\
+never received move to another node at once; for the ones it may still run, the export asks a\n\
+surviving node to fence it (the old node confirms that none of them will run: failover takes\n\
+milliseconds) or, if the old node cannot be reached, waits the quiesce time it advertised, plus\n\
+--failover-delay, from the last contact. Only then are they re-issued, in their original order,\n\
+so a write retried on the new node is never overwritten by its stale copy. Each node's state\n\
+(active, standby, reconnecting, fencing, down), fences and moved requests are logged, printed as\n\
+`path` JSON lines with --json, and summed up on exit."
     )]
     Nbd(nbd_cmd::NbdArgs),
     /// Run a verified read/write workload through a fault-injecting proxy

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use holdfast::paths::PathGroup;
 use holdfast::{Initiator, TargetObserver};
 use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -156,6 +157,60 @@ pub(crate) fn export_initiator(initiator: Initiator) -> JoinHandle<()> {
             c("holdfast_initiator_pings_total", s.pings);
             c("holdfast_initiator_received_bytes_total", s.bytes_in);
             c("holdfast_initiator_sent_bytes_total", s.bytes_out);
+        }
+    })
+}
+
+/// The states a path can be in, for the one-hot `holdfast_path_state` gauge.
+const PATH_STATES: [&str; 7] = [
+    "connecting",
+    "active",
+    "standby",
+    "reconnecting",
+    "fencing",
+    "down",
+    "closed",
+];
+
+/// Republishes a path group's per-path state and failover counters until
+/// it closes.
+pub(crate) fn export_paths(group: PathGroup) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REFRESH);
+        loop {
+            tick.tick().await;
+            let stats = group.stats().await;
+            gauge!("holdfast_path_epoch").set(stats.epoch as f64);
+            let mut all_closed = !stats.paths.is_empty();
+            for p in &stats.paths {
+                let path = p.name.clone();
+                all_closed &= p.state.name() == "closed";
+                for state in PATH_STATES {
+                    let on = if p.state.name() == state { 1.0 } else { 0.0 };
+                    gauge!("holdfast_path_state", "path" => path.clone(), "state" => state).set(on);
+                }
+                if let Some(since) = p.since_contact {
+                    gauge!("holdfast_path_since_contact_seconds", "path" => path.clone())
+                        .set(since.as_secs_f64());
+                }
+                gauge!("holdfast_path_outstanding", "path" => path.clone())
+                    .set(p.outstanding as f64);
+                let c = |name: &'static str, v: u64| {
+                    counter!(name, "path" => path.clone()).absolute(v);
+                };
+                c("holdfast_path_failovers_total", p.failovers);
+                c("holdfast_path_fences_requested_total", p.fences_requested);
+                c("holdfast_path_fences_confirmed_total", p.fences_confirmed);
+                c("holdfast_path_commands_moved_total", p.commands_moved);
+                c("holdfast_path_commands_failed_total", p.commands_failed);
+                if let Some(latency) = p.fence_latency {
+                    gauge!("holdfast_path_last_fence_seconds", "path" => path.clone())
+                        .set(latency.as_secs_f64());
+                }
+            }
+            if all_closed {
+                return;
+            }
         }
     })
 }

@@ -2,6 +2,11 @@
 //! over NBD on a local address, so qemu-img, qemu-io, fio, nbdcopy and the
 //! kernel's nbd client use it unchanged while the session rides out
 //! connection loss underneath.
+//!
+//! With several `--target`s (nodes serving the same backend) the export
+//! runs over a path group ([`holdfast::paths`]): one session per node, and a
+//! lost node is fenced (or waited out) before its requests are re-issued on
+//! another, so no stale write lands after its retry.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use holdfast::paths::{PathGroup, PathGroupOptions, PathState, Policy};
 use holdfast::{Endpoint, EndpointConnector, Initiator, InitiatorConfig, InitiatorOptions};
 use holdfast_block::nbd::{NbdOptions, Server};
 use holdfast_block::Volume;
@@ -21,9 +27,24 @@ use crate::units::{parse_duration, parse_endpoint};
 #[derive(Debug, Default, Args, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub(crate) struct NbdArgs {
-    /// The holdfast target: HOST:PORT or unix:PATH.
+    /// The holdfast target: HOST:PORT or unix:PATH. Repeat it for the
+    /// nodes of one backend (`holdfast target` processes serving the same
+    /// volume): the export then holds one session per node and fails over
+    /// between them.
     #[arg(long, value_name = "ADDR")]
-    pub(crate) target: Option<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub(crate) target: Vec<String>,
+    /// With several targets: `active-passive` sends every request to one
+    /// node and keeps the others as standbys; `active-active` sends each to
+    /// the node with the fewest outstanding [default: active-passive].
+    #[arg(long, value_name = "POLICY", value_parser = ["active-passive", "active-active"])]
+    pub(crate) policy: Option<String>,
+    /// With several targets: extra wait on top of a lost node's advertised
+    /// quiesce time before its requests are re-issued elsewhere, when it
+    /// could not be fenced (for nodes that need more than they advertise)
+    /// [default: 0s].
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) failover_delay: Option<String>,
     /// Where NBD clients connect: HOST:PORT or unix:PATH
     /// [default: 127.0.0.1:10809].
     #[arg(long, value_name = "ADDR")]
@@ -83,7 +104,9 @@ pub(crate) struct NbdArgs {
 /// Settings after merging flags, file and defaults.
 #[derive(Debug)]
 pub(crate) struct NbdSettings {
-    target: Endpoint,
+    targets: Vec<Endpoint>,
+    policy: Policy,
+    failover_delay: Duration,
     listen: Endpoint,
     export: String,
     io_timeout: Duration,
@@ -99,17 +122,34 @@ pub(crate) struct NbdSettings {
 impl NbdArgs {
     /// Merges these flags over the config file's values and checks them.
     pub(crate) fn merged(self, file: NbdArgs) -> anyhow::Result<NbdSettings> {
-        let Some(target) = pick(self.target, file.target) else {
-            bail!("no target: give --target HOST:PORT (where `holdfast target` listens)");
+        let targets = if self.target.is_empty() {
+            file.target
+        } else {
+            self.target
         };
+        if targets.is_empty() {
+            bail!("no target: give --target HOST:PORT (where `holdfast target` listens)");
+        }
         let endpoint = |s: &str| parse_endpoint(s).map_err(anyhow::Error::msg);
         let duration = |v: Option<String>, default: Duration| -> anyhow::Result<Duration> {
             v.map_or(Ok(default), |s| {
                 parse_duration(&s).map_err(anyhow::Error::msg)
             })
         };
+        let policy = pick(self.policy, file.policy)
+            .map(|p| p.parse::<Policy>().map_err(anyhow::Error::msg))
+            .transpose()?
+            .unwrap_or_default();
         let settings = NbdSettings {
-            target: endpoint(&target)?,
+            targets: targets
+                .iter()
+                .map(|t| endpoint(t))
+                .collect::<anyhow::Result<_>>()?,
+            policy,
+            failover_delay: duration(
+                pick(self.failover_delay, file.failover_delay),
+                Duration::ZERO,
+            )?,
             listen: endpoint(
                 &pick(self.listen, file.listen).unwrap_or_else(|| "127.0.0.1:10809".to_owned()),
             )?,
@@ -198,31 +238,117 @@ enum Listener {
     Unix(tokio::net::UnixListener),
 }
 
+/// Accepts a TOML string or a list of strings (`target = "a"` or
+/// `target = ["a", "b"]`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// Opens the volume: over one session for one target, over a path group
+/// for several.
+async fn open_volume(s: &NbdSettings) -> anyhow::Result<Volume> {
+    let options = InitiatorOptions {
+        protocol: InitiatorConfig {
+            session_loss_timeout: Some(s.session_loss),
+            ..InitiatorConfig::default().with_detection_bound(s.detection)
+        },
+        ..InitiatorOptions::default()
+    };
+    let names = targets_text(&s.targets);
+    if let [target] = s.targets.as_slice() {
+        let initiator = Initiator::start(
+            Arc::new(EndpointConnector::new(target.clone(), s.detection)),
+            options,
+        );
+        let volume = Volume::connect(initiator)
+            .await
+            .with_context(|| format!("could not open the volume of the target at {target}"))?;
+        return Ok(volume.with_target_name(target));
+    }
+    let mut builder = PathGroup::builder().options(PathGroupOptions {
+        policy: s.policy,
+        failover_delay: s.failover_delay,
+        initiator: options,
+        ..PathGroupOptions::default()
+    });
+    for t in &s.targets {
+        builder = builder.endpoint(t.clone());
+    }
+    let group = builder.start()?;
+    let volume = Volume::connect_group(group)
+        .await
+        .with_context(|| format!("could not open the volume of the targets at {names}"))?;
+    Ok(volume.with_target_name(format!("one of {names}")))
+}
+
+/// The targets' addresses, for messages.
+pub(crate) fn targets_text(targets: &[Endpoint]) -> String {
+    let all: Vec<String> = targets.iter().map(ToString::to_string).collect();
+    all.join(", ")
+}
+
+/// Logs every change of a path's state (and, with `--json`, prints it as
+/// a `path` event line), so the export's status shows each node.
+async fn report_paths(group: PathGroup, json: bool) {
+    let mut seen: Vec<Option<PathState>> = Vec::new();
+    loop {
+        let stats = group.stats().await;
+        seen.resize(stats.paths.len(), None);
+        for (p, last) in stats.paths.iter().zip(seen.iter_mut()) {
+            if *last == Some(p.state) {
+                continue;
+            }
+            *last = Some(p.state);
+            tracing::info!(path = %p.name, state = %p.state, "{p}");
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "event": "path",
+                        "path": p.name,
+                        "state": p.state.name(),
+                        "failovers": p.failovers,
+                        "fences_requested": p.fences_requested,
+                        "fences_confirmed": p.fences_confirmed,
+                        "fence_latency_ms": p.fence_latency.map(|d| d.as_secs_f64() * 1e3),
+                        "commands_moved": p.commands_moved,
+                        "epoch": stats.epoch,
+                    })
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Connects, exports, and serves until Ctrl-C or SIGTERM, or until the
 /// session is lost (see [`crate::nbd_life`]).
 pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
     if let Some(addr) = s.metrics {
         crate::metrics_export::install(addr)?;
     }
-    let initiator = Initiator::start(
-        Arc::new(EndpointConnector::new(s.target.clone(), s.detection)),
-        InitiatorOptions {
-            protocol: InitiatorConfig {
-                session_loss_timeout: Some(s.session_loss),
-                ..InitiatorConfig::default().with_detection_bound(s.detection)
-            },
-            ..InitiatorOptions::default()
-        },
-    );
+    let volume = open_volume(&s).await?;
     if s.metrics.is_some() {
-        crate::metrics_export::export_initiator(initiator.clone());
+        if let Some(initiator) = volume.initiator() {
+            crate::metrics_export::export_initiator(initiator.clone());
+        }
+        if let Some(group) = volume.path_group() {
+            crate::metrics_export::export_paths(group.clone());
+        }
     }
-    let volume = Volume::connect(initiator.clone())
-        .await
-        .with_context(|| format!("could not open the volume of the target at {}", s.target))?;
+    let names = targets_text(&s.targets);
     let size = volume.size();
     let server = Server::new(
-        Arc::new(volume.with_target_name(&s.target)),
+        Arc::new(volume.clone()),
         NbdOptions {
             export_name: s.export.clone(),
             read_only: s.read_only,
@@ -253,15 +379,23 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
     if s.json {
         println!(
             "{}",
-            serde_json::json!({ "event": "exporting", "uri": uri, "size": size, "target": s.target.to_string() })
+            serde_json::json!({
+                "event": "exporting",
+                "uri": uri,
+                "size": size,
+                "target": s.targets.first().map(ToString::to_string),
+                "targets": s.targets.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
         );
     } else {
-        eprintln!(
-            "exporting the volume of {} ({size} bytes) as {uri}; Ctrl-C to stop",
-            s.target
-        );
+        eprintln!("exporting the volume of {names} ({size} bytes) as {uri}; Ctrl-C to stop");
     }
-    crate::notify::ready(&format!("exporting the volume of {} as {uri}", s.target));
+    crate::notify::ready(&format!("exporting the volume of {names} as {uri}"));
+    // After the `exporting` line: a caller reads that one first.
+    let reporter = volume
+        .path_group()
+        .cloned()
+        .map(|g| tokio::spawn(report_paths(g, s.json)));
     let serve = async {
         match listener {
             Listener::Tcp(l) => server.serve_listener(l).await,
@@ -269,11 +403,15 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
         }
     };
     let exit = crate::nbd_life::Exit {
-        initiator: &initiator,
-        target: &s.target,
+        volume: &volume,
+        target: &names,
         listen: &s.listen,
         json: s.json,
         signals,
     };
-    crate::nbd_life::serve_until_stopped(serve, exit).await
+    let result = crate::nbd_life::serve_until_stopped(serve, exit).await;
+    if let Some(r) = reporter {
+        r.abort();
+    }
+    result
 }

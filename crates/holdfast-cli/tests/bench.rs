@@ -150,6 +150,39 @@ fn bench_all_writes_every_report_plot_and_row() {
     }
     check_block(&json, &dir, &index);
     check_scale(&json, &dir, &index);
+    check_failover(&json, &dir, &index);
+}
+
+/// The failover scenario: the fence-confirmed, quiesce-wait and single-path
+/// rows with their trials, every fence of the first row confirmed, the
+/// reference rows, and the report linked from the index.
+fn check_failover(json: &serde_json::Value, dir: &std::path::Path, index: &str) {
+    let rows = json["failover"]["rows"].as_array().expect("failover rows");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for r in rows {
+        let trials = r["trials"].as_u64().expect("trials");
+        assert_eq!(
+            r["samples_ms"].as_array().expect("samples").len() as u64,
+            trials
+        );
+        assert!(r["p50_ms"].as_f64().expect("p50") > 0.0, "{r}");
+    }
+    let fences = &rows[0]["fences"];
+    assert_eq!(fences[0], fences[1], "every fence confirmed: {}", rows[0]);
+    assert_eq!(rows[1]["fences"][0], 0, "no peer links, no confirmation");
+    assert_eq!(
+        json["failover"]["references"].as_array().map(Vec::len),
+        Some(2)
+    );
+    let md = non_empty(dir, "failover.md");
+    assert!(
+        md.contains("fence confirmed") && md.contains("Documented, not"),
+        "{md}"
+    );
+    assert!(
+        index.contains("failover.md"),
+        "README.md does not link failover.md"
+    );
 }
 
 /// The block scenario: every job on every system (CI installs fio,

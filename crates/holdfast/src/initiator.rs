@@ -139,6 +139,10 @@ impl Reply {
     }
 }
 
+/// The abandon-channel ticket that aborts the session ([`Initiator::abort`]);
+/// real tickets count up from 1 and never reach it.
+const ABORT_TICKET: u64 = u64::MAX;
+
 /// How many early abandon notices the driver remembers (see `Driver::abandon`).
 const EARLY_ABANDONS_MAX: usize = 4096;
 
@@ -307,6 +311,19 @@ impl Initiator {
             Err(_) => None,
         };
         seen.unwrap_or(Err(SessionLoss::Aborted))
+    }
+
+    /// Abandons the session at once: every outstanding call fails (those
+    /// sent "may have executed", the others "not executed"), the connection
+    /// is dropped, and nothing more is ever sent on this session. Returns
+    /// once the driver has done so. A path group uses it to stop talking to
+    /// a node it fails over from, so its last contact with it is final.
+    pub async fn abort(&self) {
+        // On the abandon channel: the driver reads it even while a request
+        // waits for credit (and so takes no requests).
+        if self.abandons.send(ABORT_TICKET).is_ok() {
+            let _ = self.ended().await;
+        }
     }
 
     /// The core's counters.
@@ -662,8 +679,32 @@ impl Driver {
         self.replies.remove(&call).map(|(reply, _)| reply)
     }
 
+    /// Abandons the session: drops the connection first, unwritten bytes
+    /// included, so not one more byte reaches the target; then every
+    /// outstanding call fails.
+    fn abort_now(&mut self) {
+        self.conn = None;
+        self.outbox = None;
+        self.connecting = None;
+        self.reconnect_at = None;
+        let now = self.clock.now();
+        self.core.abort(now);
+        self.flush();
+        if let Some(r) = self.waiting.take() {
+            self.ended = Some(SessionLoss::Aborted);
+            self.refuse(r);
+        }
+        if self.outcome.borrow().is_none() {
+            self.outcome.send_replace(Some(Err(SessionLoss::Aborted)));
+        }
+    }
+
     /// The caller of submission `ticket` stopped waiting: withdraw it.
     fn abandon(&mut self, ticket: u64) {
+        if ticket == ABORT_TICKET {
+            self.abort_now();
+            return;
+        }
         // Rare (a caller gave up), so a scan beats a second map kept on
         // every call.
         let call = self

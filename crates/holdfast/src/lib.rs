@@ -52,6 +52,7 @@ mod clock;
 mod fence;
 mod initiator;
 mod outbox;
+pub mod paths;
 mod peer;
 mod service;
 mod start_gate;
@@ -73,6 +74,7 @@ pub use holdfast_proto::{
     TargetStats,
 };
 pub use initiator::{CallError, Initiator, InitiatorOptions};
+pub use paths::{PathGroup, PathGroupOptions, PathGroupStats, Policy};
 pub use service::{service_fn, Request, ServiceFn, SessionService};
 pub use start_gate::StartGate;
 pub use status::{SessionState, SessionStatus, TargetObserver};

@@ -23,6 +23,7 @@
 mod baseline;
 mod block;
 mod child;
+mod failover;
 mod fio;
 mod native;
 mod overhead;
@@ -66,6 +67,11 @@ enum ScenarioCmd {
     /// sessions), throughput and Jain's fairness index with 1,000 active
     /// sessions, and resident memory over a 10-minute fault-injected run.
     Scale(Options),
+    /// Failover across two nodes: from the loss of a path to the first
+    /// call re-issued on the other node, with the old node fenced by
+    /// confirmation and by waiting its quiesce time, beside a single-path
+    /// session and the Linux defaults.
+    Failover(Options),
     /// Every scenario, and an index of the reports (DIR/README.md).
     All(Options),
 }
@@ -260,6 +266,8 @@ struct JsonReport {
     block: Option<block::BlockReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     scale: Option<scale::ScaleReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failover: Option<failover::FailoverReport>,
 }
 
 /// Runs the chosen scenarios, prints their tables (or JSON) and writes
@@ -271,6 +279,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ScenarioCmd::Recovery(o) => (Some("recovery"), o),
         ScenarioCmd::Block(o) => (Some("block"), o),
         ScenarioCmd::Scale(o) => (Some("scale"), o),
+        ScenarioCmd::Failover(o) => (Some("failover"), o),
         ScenarioCmd::All(o) => (None, o),
     };
     let runs = |scenario: &str| only.is_none_or(|o| o == scenario);
@@ -297,6 +306,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         recovery: None,
         block: None,
         scale: None,
+        failover: None,
     };
 
     if runs("overhead") {
@@ -338,6 +348,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             print!("{}", r.table());
         }
         report.scale = Some(r);
+    }
+    if runs("failover") {
+        let r = failover::run(mode, progress).await?;
+        write_file(dir, "failover.md", &r.markdown(&machine))?;
+        if !opts.json {
+            println!("\nholdfast bench failover ({} mode)\n", mode.name());
+            print!("{}", r.table());
+        }
+        report.failover = Some(r);
     }
     if only.is_none() {
         write_file(dir, "README.md", &index(&report))?;
@@ -403,6 +422,11 @@ fn index(report: &JsonReport) -> String {
                     .collect()
             ),
         ));
+    }
+    if report.failover.is_some() {
+        md.push_str(
+            "| failover | path loss to the first call re-issued on another node: fence confirmed, quiesce wait, single path | - | [failover.md](failover.md) | - |\n",
+        );
     }
     md.push_str(
         "\nTargets come from the benchmark issue; they are reported, not asserted. \
