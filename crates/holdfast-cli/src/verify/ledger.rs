@@ -34,6 +34,9 @@ pub(crate) struct Ledger<D> {
     /// Per block, the second session's generations executed.
     second: Mutex<HashMap<u64, HashSet<u64>>>,
     duplicates: Arc<Duplicates>,
+    /// Whether a write that is not newer than the block's last counts (and
+    /// is logged) as a violation.
+    witness: bool,
 }
 
 impl<D> Ledger<D> {
@@ -44,7 +47,18 @@ impl<D> Ledger<D> {
             newest: Mutex::new(HashMap::new()),
             second: Mutex::new(HashMap::new()),
             duplicates,
+            witness: true,
         }
+    }
+
+    /// Sets whether this ledger is a witness of exactly-once. Across nodes
+    /// it is not: a retry-safe write in doubt is re-issued on another node
+    /// and may have run on the old one too, and a failback can bring it
+    /// back. Then only a write older than the block's newest (a stale one
+    /// landing) is counted.
+    pub(crate) fn witness(mut self, on: bool) -> Self {
+        self.witness = on;
+        self
     }
 
     fn record(&self, offset: u64, data: &Bytes) {
@@ -67,7 +81,12 @@ impl<D> Ledger<D> {
                     continue;
                 }
                 let last = newest.entry(block).or_insert(0);
-                if generation <= *last {
+                let counts = if self.witness {
+                    generation <= *last
+                } else {
+                    generation < *last
+                };
+                if counts {
                     self.duplicates.0.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(
                         block,

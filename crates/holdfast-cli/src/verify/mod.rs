@@ -129,7 +129,11 @@ impl TargetSide {
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let device = FileDevice::open(&self.volume, OpenOptions::default())
             .with_context(|| format!("could not open the demo volume {}", self.volume.display()))?;
-        let service = BlockService::new(Ledger::new(device, self.duplicates.clone()));
+        // With peers (two nodes), a retry-safe write re-issued after a
+        // failover may rightly run again on a node: the ledger stays quiet
+        // about that, and the reads are the check (verify/nodes.rs).
+        let ledger = Ledger::new(device, self.duplicates.clone()).witness(self.peers.is_empty());
+        let service = BlockService::new(ledger);
         let options = TargetOptions {
             protocol: TargetConfig {
                 retain: Duration::from_secs(30),
