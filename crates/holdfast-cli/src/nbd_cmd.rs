@@ -62,6 +62,21 @@ pub(crate) struct NbdArgs {
     /// [default: 120s]; the export then exits with status 3 (restart it).
     #[arg(long, value_name = "DURATION")]
     pub(crate) session_loss: Option<String>,
+    /// Connections of the session to the target [default: 1]. With more,
+    /// commands spread over them (PROTOCOL.md §17), a lost one moves its
+    /// unanswered commands to the others at once and is re-joined in the
+    /// background.
+    #[arg(long, value_name = "N")]
+    pub(crate) connections: Option<u32>,
+    /// How commands spread over several connections: least-outstanding or
+    /// round-robin [default: least-outstanding].
+    #[arg(long, value_name = "POLICY")]
+    pub(crate) spread: Option<String>,
+    /// Another listen address of the same target process (repeatable): the
+    /// session's connections go to --target and these in turn.
+    #[arg(long = "same-target", value_name = "ADDR")]
+    #[serde(default)]
+    pub(crate) same_target: Vec<String>,
     /// Print the export's address and size as a JSON line.
     #[arg(long)]
     #[serde(default)]
@@ -72,6 +87,10 @@ pub(crate) struct NbdArgs {
 #[derive(Debug)]
 pub(crate) struct NbdSettings {
     target: Endpoint,
+    /// Further addresses of the same target (`--same-target`).
+    same_target: Vec<Endpoint>,
+    connections: u32,
+    spread: holdfast::proto::Spread,
     listen: Endpoint,
     export: String,
     io_timeout: Duration,
@@ -94,8 +113,30 @@ impl NbdArgs {
                 parse_duration(&s).map_err(anyhow::Error::msg)
             })
         };
+        let same_target = if self.same_target.is_empty() {
+            file.same_target
+        } else {
+            self.same_target
+        };
+        let connections = pick(self.connections, file.connections).unwrap_or(1);
+        if connections == 0 {
+            bail!("--connections must be at least 1");
+        }
+        let spread = match pick(self.spread, file.spread).as_deref() {
+            None | Some("least-outstanding") => holdfast::proto::Spread::LeastOutstanding,
+            Some("round-robin") => holdfast::proto::Spread::RoundRobin,
+            Some(other) => {
+                bail!("--spread {other}: give least-outstanding or round-robin")
+            }
+        };
         Ok(NbdSettings {
             target: endpoint(&target)?,
+            same_target: same_target
+                .iter()
+                .map(|a| endpoint(a))
+                .collect::<anyhow::Result<_>>()?,
+            connections,
+            spread,
             listen: endpoint(
                 &pick(self.listen, file.listen).unwrap_or_else(|| "127.0.0.1:10809".to_owned()),
             )?,
@@ -145,15 +186,26 @@ enum Listener {
 /// Connects, exports, and serves until Ctrl-C or SIGTERM, or until the
 /// session is lost (see [`crate::nbd_life`]).
 pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
+    let mut connectors: Vec<Arc<dyn holdfast::Connector>> = vec![Arc::new(EndpointConnector::new(
+        s.target.clone(),
+        s.detection,
+    ))];
+    for address in &s.same_target {
+        connectors.push(Arc::new(EndpointConnector::new(
+            address.clone(),
+            s.detection,
+        )));
+    }
     let initiator = Initiator::start(
-        Arc::new(EndpointConnector::new(s.target.clone(), s.detection)),
+        Arc::new(holdfast::RoundRobinConnector::new(connectors)),
         InitiatorOptions {
             protocol: InitiatorConfig {
                 session_loss_timeout: Some(s.session_loss),
                 ..InitiatorConfig::default().with_detection_bound(s.detection)
             },
             ..InitiatorOptions::default()
-        },
+        }
+        .with_connections(s.connections, s.spread),
     );
     let volume = Volume::connect(initiator.clone())
         .await

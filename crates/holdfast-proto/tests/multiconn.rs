@@ -114,14 +114,14 @@ fn commands_that_overtake_each_other_across_connections_are_delivered_in_order()
     let session = m.initiator.session().expect("session");
     // Connection b is faster: everything on it arrives first.
     let held_back = m.pending_commands(b).len();
-    m.to_target(b);
+    m.deliver_up(b);
     m.flush();
     assert!(
         m.deliveries.is_empty(),
         "nothing is delivered before sequence 1"
     );
     assert_eq!(m.target.reorder_occupancy(session).0, held_back);
-    m.to_target(a);
+    m.deliver_up(a);
     m.flush();
     assert_eq!(m.delivered_seqs(), (1..=6).collect::<Vec<_>>());
     assert_eq!(m.target.reorder_occupancy(session), (0, 0));
@@ -149,9 +149,9 @@ fn a_late_copy_on_a_dying_connection_is_a_duplicate_and_never_runs_twice() {
     assert_eq!(moved, Some(1), "command 1 moves to b at once");
     assert_eq!(m.pending_commands(b), vec![2, 1]);
     // The late copy on a arrives before the resent one on b.
-    m.to_target(a);
+    m.deliver_up(a);
     m.flush();
-    m.to_target(b);
+    m.deliver_up(b);
     m.flush();
     assert_eq!(m.delivered_seqs(), vec![1, 2]);
     assert!(m.target.stats().duplicates_dropped >= 1);
@@ -166,8 +166,8 @@ fn responses_on_a_lost_connection_go_out_again_on_a_survivor() {
     m.call("x");
     m.call("y");
     m.flush();
-    m.to_target(a);
-    m.to_target(b);
+    m.deliver_up(a);
+    m.deliver_up(b);
     m.flush();
     // RESP for command 1 waits on a, the one for command 2 on b.
     assert!(!m.links[&a].to_initiator.is_empty());
@@ -184,15 +184,15 @@ fn a_response_that_arrives_on_both_connections_is_taken_once() {
     let (a, b) = (conns[0], conns[1]);
     m.call("only");
     m.flush();
-    m.to_target(a);
+    m.deliver_up(a);
     m.flush();
     // The target wrote the response on a, then loses a (say, inactivity)
     // and writes it again on b; the initiator still reads both.
     assert!(!m.links[&a].to_initiator.is_empty());
     m.target.connection_closed(a, m.now);
     m.flush();
-    m.to_initiator(a);
-    m.to_initiator(b);
+    m.deliver_down(a);
+    m.deliver_down(b);
     m.run();
     m.check();
     assert_eq!(m.responses().len(), 1);
@@ -207,7 +207,7 @@ fn losing_one_of_three_connections_moves_its_commands_and_a_rejoin_restores_it()
     }
     m.flush();
     // Half the traffic arrives, then connection 2 dies with its bytes.
-    m.to_target(conns[0]);
+    m.deliver_up(conns[0]);
     m.flush();
     m.cut(conns[1]);
     m.run();
@@ -261,7 +261,13 @@ fn credits_bound_the_whole_session_across_connections() {
     );
     let frames = m.raw_frames(raw);
     assert!(
-        matches!(&frames[..], [Frame::Error { code: ErrorCode::CreditExceeded, .. }]),
+        matches!(
+            &frames[..],
+            [Frame::Error {
+                code: ErrorCode::CreditExceeded,
+                ..
+            }]
+        ),
         "{frames:?}"
     );
     // The session and its other connections are unharmed.
@@ -294,7 +300,13 @@ fn the_reorder_buffer_holds_only_the_credit_window_and_drops_duplicates() {
     m.send_raw(raw, &cmd(9));
     let frames = m.raw_frames(raw);
     assert!(
-        matches!(&frames[..], [Frame::Error { code: ErrorCode::CreditExceeded, .. }]),
+        matches!(
+            &frames[..],
+            [Frame::Error {
+                code: ErrorCode::CreditExceeded,
+                ..
+            }]
+        ),
         "{frames:?}"
     );
 }
@@ -320,7 +332,7 @@ fn withdrawing_never_renumbers_what_a_dropped_connection_may_still_deliver() {
         "command 1 may still arrive on a: it cannot be reported withdrawn"
     );
     // The late copy arrives: command 1 runs, under its own number.
-    m.to_target(a);
+    m.deliver_up(a);
     m.run();
     m.check();
     assert_eq!(m.responses().len(), 2, "both calls get their own answer");
@@ -337,7 +349,10 @@ fn joins_are_checked_like_recoveries() {
         other => panic!("expected a reject, got {other:?}"),
     };
     let raw = m.raw();
-    m.send_raw(raw, &login(LoginKind::Join, session, SessionSecret([9; 16])));
+    m.send_raw(
+        raw,
+        &login(LoginKind::Join, session, SessionSecret([9; 16])),
+    );
     assert_eq!(reject(m.raw_frames(raw)), RejectReason::BadSecret);
     let raw = m.raw();
     let unknown = SessionId(session.0 + 1000);
@@ -407,4 +422,64 @@ fn a_clean_close_ends_the_session_and_all_its_connections() {
         assert!(!m.links[&conn].target_open, "{conn:?} still open");
     }
     m.check();
+}
+
+#[test]
+fn a_recovery_drops_what_waits_in_the_reorder_buffer() {
+    let (mut m, conns) = session_with(2, 32);
+    let (a, b) = (conns[0], conns[1]);
+    let first = m.call("c1");
+    m.call("c2");
+    m.call("c3");
+    m.flush();
+    assert_eq!(m.pending_commands(a), vec![1, 3]);
+    assert_eq!(m.pending_commands(b), vec![2]);
+    // Only b's command 2 arrives; it waits for 1 in the reorder buffer.
+    m.deliver_up(b);
+    m.flush();
+    let session = m.initiator.session().expect("session");
+    assert_eq!(m.target.reorder_occupancy(session).0, 1);
+    // Both connections die; the caller withdraws call 1; the initiator
+    // recovers on a new connection, where the target acknowledges nothing,
+    // so call 1 is dropped and calls 2 and 3 are renumbered 1 and 2.
+    m.cut(a);
+    m.cut(b);
+    assert!(m.initiator.abandon(first, m.now));
+    m.connect();
+    m.run();
+    assert_eq!(m.target.reorder_occupancy(session), (0, 0));
+    // The held copy of old 2 must not run as the new 2.
+    m.check();
+    assert_eq!(m.deliveries.len(), 2);
+}
+
+#[test]
+fn responses_taken_out_of_order_stay_known_across_a_recovery() {
+    let (mut m, conns) = session_with(2, 32);
+    let (a, b) = (conns[0], conns[1]);
+    m.call("one");
+    m.call("two");
+    m.flush();
+    m.deliver_up(a);
+    m.deliver_up(b);
+    m.flush();
+    // Response 2 arrives (on b) ahead of response 1 (on a).
+    m.deliver_down(b);
+    m.flush();
+    assert_eq!(m.responses().len(), 1);
+    // Both connections die; the recovery resends every response above
+    // the initiator's cumulative ack (0): response 2 again, a duplicate.
+    m.cut(a);
+    m.cut(b);
+    m.connect();
+    m.run();
+    m.check();
+    assert_eq!(m.responses().len(), 2);
+    assert_eq!(m.initiator.stats().duplicate_responses, 1);
+    let protocol_errors = m
+        .events
+        .iter()
+        .filter(|e| matches!(e, InitiatorEvent::ConnectionLost { error, .. } if error.to_string().contains("UnknownCommand")))
+        .count();
+    assert_eq!(protocol_errors, 0);
 }

@@ -50,6 +50,7 @@ mod backoff;
 pub mod chaos;
 mod clock;
 mod initiator;
+mod links;
 mod outbox;
 mod service;
 mod target;
@@ -65,6 +66,7 @@ pub use holdfast_proto::{
     CallOptions, InitiatorConfig, InitiatorStats, SessionLoss, TargetConfig, TargetStats,
 };
 pub use initiator::{CallError, Initiator, InitiatorOptions};
+pub use links::RoundRobinConnector;
 pub use service::{service_fn, Request, ServiceFn, SessionService};
 pub use target::{Target, TargetOptions};
 pub use transport::{Acceptor, Connector, Endpoint, EndpointConnector, Listener};

@@ -13,6 +13,9 @@
 //! * `scale`: a target's resident memory per idle session at two counts,
 //!   throughput and fairness with many active sessions, and resident memory
 //!   over a long fault-injected run;
+//! * `multiconn`: throughput of one session with 1, 2 and 4 connections
+//!   where each link is bandwidth-limited by the chaos proxy, and the
+//!   target's reorder-buffer occupancy;
 //! * `all`: every scenario, and an index.
 //!
 //! Each scenario prints a table (JSON with `--json`) and writes a Markdown
@@ -24,6 +27,7 @@ mod baseline;
 mod block;
 mod child;
 mod fio;
+mod multiconn;
 mod native;
 mod overhead;
 mod plot;
@@ -66,6 +70,10 @@ enum ScenarioCmd {
     /// sessions), throughput and Jain's fairness index with 1,000 active
     /// sessions, and resident memory over a 10-minute fault-injected run.
     Scale(Options),
+    /// Throughput of one session with 1, 2 and 4 connections where each
+    /// link is limited to the same bandwidth by the chaos proxy, as ratios
+    /// to one connection, with the target's reorder-buffer occupancy.
+    Multiconn(Options),
     /// Every scenario, and an index of the reports (DIR/README.md).
     All(Options),
 }
@@ -260,6 +268,8 @@ struct JsonReport {
     block: Option<block::BlockReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     scale: Option<scale::ScaleReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    multiconn: Option<multiconn::MulticonnReport>,
 }
 
 /// Runs the chosen scenarios, prints their tables (or JSON) and writes
@@ -271,6 +281,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ScenarioCmd::Recovery(o) => (Some("recovery"), o),
         ScenarioCmd::Block(o) => (Some("block"), o),
         ScenarioCmd::Scale(o) => (Some("scale"), o),
+        ScenarioCmd::Multiconn(o) => (Some("multiconn"), o),
         ScenarioCmd::All(o) => (None, o),
     };
     let runs = |scenario: &str| only.is_none_or(|o| o == scenario);
@@ -297,6 +308,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         recovery: None,
         block: None,
         scale: None,
+        multiconn: None,
     };
 
     if runs("overhead") {
@@ -338,6 +350,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             print!("{}", r.table());
         }
         report.scale = Some(r);
+    }
+    if runs("multiconn") {
+        let r = multiconn::run(mode, progress).await?;
+        write_file(dir, "multiconn.md", &r.markdown(&machine))?;
+        if !opts.json {
+            println!("\nholdfast bench multiconn ({} mode)\n", mode.name());
+            print!("{}", r.table());
+        }
+        report.multiconn = Some(r);
     }
     if only.is_none() {
         write_file(dir, "README.md", &index(&report))?;
@@ -402,6 +423,12 @@ fn index(report: &JsonReport) -> String {
                     .chain([&s.active.target])
                     .collect()
             ),
+        ));
+    }
+    if let Some(m) = &report.multiconn {
+        md.push_str(&format!(
+            "| multiconn | one session over 1, 2, 4 bandwidth-limited connections | {} | [multiconn.md](multiconn.md) | - |\n",
+            count(m.rows.iter().flat_map(|r| &r.targets).collect()),
         ));
     }
     md.push_str(

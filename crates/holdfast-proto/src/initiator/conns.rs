@@ -67,7 +67,9 @@ impl Initiator {
             ));
         }
         if self.connections().contains(&conn) {
-            return Err(ConnectError::CannotJoin("that connection is already in use"));
+            return Err(ConnectError::CannotJoin(
+                "that connection is already in use",
+            ));
         }
         let fresh = Connection {
             id: conn,

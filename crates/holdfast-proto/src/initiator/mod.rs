@@ -652,10 +652,7 @@ impl Initiator {
             .ack_owed_since
             .filter(|_| self.ack_owed > 0 && self.is_connected())
             .map(|s| s + self.config.ack_delay);
-        earliest(
-            earliest(self.conn_timeout(c), self.others_timeout()),
-            ack,
-        )
+        earliest(earliest(self.conn_timeout(c), self.others_timeout()), ack)
     }
 
     /// The next deadline of one connection: its login timeout, detection

@@ -233,9 +233,10 @@ impl Initiator {
         if self.multi() {
             // A new or recovered session: the target fenced every other
             // connection (§17.2), so everything above its ack goes out
-            // again, assigned afresh.
+            // again, assigned afresh. (Responses already received above
+            // `response_ack` stay known: the target resends every cached
+            // one above it, and those are duplicates, §17.4.)
             self.forget_others();
-            self.responses_seen.clear();
         }
         let Some(c) = self.conn.as_mut() else {
             return Ok(());

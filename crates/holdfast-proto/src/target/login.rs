@@ -199,6 +199,10 @@ impl Target {
             self.stats.joins_accepted += 1;
             return Ok(Ok(id));
         }
+        // What waits in the reorder buffer came on connections this
+        // recovery fences: the initiator resends it above `command_ack`,
+        // and may renumber it (§11.3, §17.3), so it must not run later.
+        s.drop_early();
         let old: Vec<ConnId> = s.conns.iter().copied().filter(|&c| c != conn).collect();
         for old in old {
             if fencing {

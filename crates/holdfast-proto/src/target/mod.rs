@@ -130,6 +130,9 @@ pub struct TargetStats {
     /// Commands or messages that arrived ahead of their turn on a session
     /// with several connections and waited in its reorder buffer (§17.3).
     pub reordered: u64,
+    /// The most sequence numbers one session's reorder buffer held at once
+    /// (always below its credits, §17.3).
+    pub reorder_peak: u64,
     /// Responses too large for their initiator, answered with a status
     /// response `ResponseTooLarge` instead.
     pub oversized_responses: u64,
@@ -681,7 +684,11 @@ impl Target {
             &mut self.changes,
             &mut self.deliveries,
         ) {
-            Ok(0) if s.reordering().0 > early_before => self.stats.reordered += 1,
+            Ok(0) if s.reordering().0 > early_before => {
+                self.stats.reordered += 1;
+                let held = s.reordering().0 as u64;
+                self.stats.reorder_peak = self.stats.reorder_peak.max(held);
+            }
             Ok(0) => {
                 self.stats.duplicates_dropped += 1;
                 if s.has_unsent() {

@@ -50,6 +50,11 @@ impl Reorder {
         self.early.remove(&seq)
     }
 
+    /// Drops everything held (a recovery fenced the connections it came on).
+    pub(crate) fn clear(&mut self) {
+        self.early.clear();
+    }
+
     /// How many sequence numbers are held.
     pub(crate) fn len(&self) -> usize {
         self.early.len()

@@ -225,6 +225,13 @@ impl Session {
         true
     }
 
+    /// Empties the reorder buffer: a recovery fenced every connection its
+    /// entries came on, and the initiator resends (possibly renumbered,
+    /// §11.3) everything above the LOGIN_ACCEPT's `command_ack` (§17.3).
+    pub(crate) fn drop_early(&mut self) {
+        self.reorder.clear();
+    }
+
     /// Sequence numbers held in the reorder buffer, and their payload bytes.
     pub(crate) fn reordering(&self) -> (usize, usize) {
         (self.reorder.len(), self.reorder.bytes())

@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use holdfast_proto::target::CloseReason;
 use holdfast_proto::{
     CallId, CallOptions, ConnId, Delivery, Initiator, InitiatorConfig, InitiatorEvent,
     SeededRandom, SessionSecret, StateChange, Target, TargetConfig, Timestamp,
 };
-use holdfast_proto::target::CloseReason;
 
 /// One transport connection between the two.
 #[derive(Debug, Default)]
@@ -209,7 +209,7 @@ impl Multi {
     }
 
     /// Delivers what waits on `conn` towards the target.
-    pub(crate) fn to_target(&mut self, conn: ConnId) {
+    pub(crate) fn deliver_up(&mut self, conn: ConnId) {
         let link = self.links.get_mut(&conn).expect("link");
         let bytes = std::mem::take(&mut link.to_target);
         if link.target_open && !bytes.is_empty() {
@@ -218,7 +218,7 @@ impl Multi {
     }
 
     /// Delivers what waits on `conn` towards the initiator.
-    pub(crate) fn to_initiator(&mut self, conn: ConnId) {
+    pub(crate) fn deliver_down(&mut self, conn: ConnId) {
         let link = self.links.get_mut(&conn).expect("link");
         let bytes = std::mem::take(&mut link.to_initiator);
         if link.initiator_open && !bytes.is_empty() {
@@ -240,8 +240,8 @@ impl Multi {
                 return;
             }
             for id in busy {
-                self.to_target(id);
-                self.to_initiator(id);
+                self.deliver_up(id);
+                self.deliver_down(id);
             }
         }
         panic!("no quiescence after 256 rounds");
@@ -299,10 +299,23 @@ impl Multi {
         let seqs = self.delivered_seqs();
         let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
         assert_eq!(seqs, expected, "delivered out of order or twice");
+        let mut payloads: Vec<&Bytes> = self
+            .deliveries
+            .iter()
+            .map(|d| match d {
+                Delivery::Command { payload, .. } | Delivery::Message { payload, .. } => payload,
+            })
+            .collect();
+        payloads.sort();
+        payloads.dedup();
+        assert_eq!(payloads.len(), seqs.len(), "a call ran twice");
         let mut answered = BTreeMap::new();
         for (call, payload) in self.responses() {
             assert_eq!(Some(&payload), self.calls.get(&call), "wrong response");
-            assert!(answered.insert(call, ()).is_none(), "{call:?} answered twice");
+            assert!(
+                answered.insert(call, ()).is_none(),
+                "{call:?} answered twice"
+            );
         }
         let failed = self
             .events
