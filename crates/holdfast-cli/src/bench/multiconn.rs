@@ -48,6 +48,10 @@ const LINK_BYTES_PER_S: u64 = 2 << 20;
 pub(crate) struct MulticonnRow {
     /// Connections of the session.
     pub(crate) connections: u32,
+    /// How commands spread over them.
+    pub(crate) spread: &'static str,
+    /// True when one link is limited to an eighth of the others' rate.
+    pub(crate) one_slow_link: bool,
     /// Calls completed in the window.
     pub(crate) ops: u64,
     /// Payload bytes echoed per second (one direction), in MiB.
@@ -104,7 +108,7 @@ pub(crate) async fn run(mode: Mode, progress: bool) -> anyhow::Result<MulticonnR
                 CONNECTIONS.len()
             );
         }
-        let mut row = measure(connections, window).await?;
+        let mut row = measure(connections, Spread::LeastOutstanding, false, window).await?;
         let base = rows.first().map_or(row.mib_per_s, |r| r.mib_per_s);
         row.ratio = if base > 0.0 {
             row.mib_per_s / base
@@ -121,6 +125,21 @@ pub(crate) async fn run(mode: Mode, progress: bool) -> anyhow::Result<MulticonnR
         }
         rows.push(row);
     }
+    // One stream over unequal links: the spread policy decides how much
+    // waits behind the slow one (in the reorder buffer, holding credits).
+    for spread in [Spread::LeastOutstanding, Spread::RoundRobin] {
+        if progress {
+            eprintln!("bench multiconn: 4 connections, one at 1/8 of the rate, {spread:?}");
+        }
+        let mut row = measure(4, spread, true, window).await?;
+        let base = rows.first().map_or(row.mib_per_s, |r| r.mib_per_s);
+        row.ratio = if base > 0.0 {
+            row.mib_per_s / base
+        } else {
+            0.0
+        };
+        rows.push(row);
+    }
     Ok(MulticonnReport {
         mode,
         window_seconds: window.as_secs_f64(),
@@ -133,7 +152,12 @@ pub(crate) async fn run(mode: Mode, progress: bool) -> anyhow::Result<MulticonnR
 }
 
 /// One row: a fresh target, proxy and session with `connections`.
-async fn measure(connections: u32, window: Duration) -> anyhow::Result<MulticonnRow> {
+async fn measure(
+    connections: u32,
+    spread: Spread,
+    one_slow_link: bool,
+    window: Duration,
+) -> anyhow::Result<MulticonnRow> {
     let echo = service_fn(|req: Request| {
         std::future::ready(Ok::<_, std::convert::Infallible>(req.payload))
     });
@@ -155,7 +179,7 @@ async fn measure(connections: u32, window: Duration) -> anyhow::Result<Multiconn
             Endpoint::Tcp(proxy.addr()),
             Duration::from_secs(2),
         )),
-        InitiatorOptions::default().with_connections(connections, Spread::LeastOutstanding),
+        InitiatorOptions::default().with_connections(connections, spread),
     );
     init.call(Bytes::from_static(b"hello"))
         .await
@@ -180,6 +204,15 @@ async fn measure(connections: u32, window: Duration) -> anyhow::Result<Multiconn
     if limited != connections as usize {
         return Err(anyhow!(
             "the bandwidth limit reached {limited} of {connections} links"
+        ));
+    }
+    if one_slow_link {
+        proxy.apply(FaultSpec::new(
+            FaultKind::Bandwidth {
+                bytes_per_sec: LINK_BYTES_PER_S / 8,
+            },
+            Direction::Both,
+            Scope::Newest,
         ));
     }
     let before = target.stats().await.unwrap_or_default();
@@ -213,6 +246,11 @@ async fn measure(connections: u32, window: Duration) -> anyhow::Result<Multiconn
     target.shutdown(Duration::ZERO, None).await;
     Ok(MulticonnRow {
         connections,
+        spread: match spread {
+            Spread::LeastOutstanding => "least-outstanding",
+            Spread::RoundRobin => "round-robin",
+        },
+        one_slow_link,
         ops,
         mib_per_s: ops as f64 * PAYLOAD as f64 / seconds / f64::from(1 << 20),
         ratio: 1.0,
@@ -226,6 +264,8 @@ impl MulticonnReport {
     fn table_of(&self, markdown: bool) -> Table {
         let mut t = Table::new(&[
             "connections",
+            "links",
+            "spread",
             "calls",
             "MiB/s",
             "vs 1 connection",
@@ -236,6 +276,12 @@ impl MulticonnReport {
         for r in &self.rows {
             t.push(vec![
                 r.connections.to_string(),
+                if r.one_slow_link {
+                    "one at 1/8".to_owned()
+                } else {
+                    "equal".to_owned()
+                },
+                r.spread.to_owned(),
                 r.ops.to_string(),
                 num(r.mib_per_s, 2),
                 format!("{}x", num(r.ratio, 2)),
@@ -271,6 +317,11 @@ impl MulticonnReport {
             "\n`reordered`: commands that arrived ahead of an earlier one travelling on another \
              connection and waited in the target's reorder buffer (PROTOCOL.md §17.3); \
              `reorder peak`: the most it held at once, against the credit window that bounds it. \
+             The last two rows limit one of four links to an eighth of the rate: the session \
+             delivers in order, so every command sent on the slow link holds back those after it \
+             (they wait in the reorder buffer, holding credits), whatever the spread; \
+             round-robin sends the slow link a fixed share, as per-connection sub-streams with \
+             fixed credit shares would. \
              Produced by `holdfast bench multiconn`.\n",
         );
         md
