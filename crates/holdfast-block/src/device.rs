@@ -66,6 +66,12 @@ pub enum BlockError {
     /// it by closing the client's connection instead of replying.
     #[error("in doubt (it may still take effect): {0}")]
     InDoubt(String),
+    /// The device cannot do the operation the way it was asked to: a
+    /// WRITE_ZEROES that must be fast ([`Zeroing::fast`]) on a device that
+    /// could only write the zeroes. Nothing was done; the caller may ask
+    /// again without the condition.
+    #[error("not supported: {0}")]
+    NotSupported(String),
     /// The target serves another volume than the one the request names:
     /// nothing was done. The client's volume is gone from that address.
     #[error(
@@ -89,6 +95,7 @@ impl BlockError {
             BlockError::OutOfRange { .. } | BlockError::Invalid(_) => 22, // EINVAL
             BlockError::ReadOnly => 1,                                    // EPERM
             BlockError::NoSpace => 28,                                    // ENOSPC
+            BlockError::NotSupported(_) => 95,                            // ENOTSUP
             BlockError::Io(_)
             | BlockError::Withdrawn(_)
             | BlockError::InDoubt(_)
@@ -104,6 +111,39 @@ impl BlockError {
         }
     }
 }
+
+/// How a WRITE_ZEROES may zero its range (see
+/// [`BlockDevice::zero_range`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Zeroing {
+    /// Durable when the operation returns.
+    pub fua: bool,
+    /// The range may be deallocated (a hole punched) instead of kept
+    /// allocated; it reads back as zeroes either way.
+    pub punch: bool,
+    /// Only if it is fast (no zeroes written byte by byte): otherwise the
+    /// device does nothing and answers [`BlockError::NotSupported`].
+    pub fast: bool,
+}
+
+/// [`Extent::flags`]: the extent is not allocated (a hole).
+pub const EXTENT_HOLE: u32 = 1;
+/// [`Extent::flags`]: the extent reads as zeroes.
+pub const EXTENT_ZERO: u32 = 2;
+
+/// One run of a block status answer (NBD's `base:allocation`): `len`
+/// bytes with the same allocation state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// Length in bytes (never 0).
+    pub len: u32,
+    /// [`EXTENT_HOLE`] and [`EXTENT_ZERO`] bits; 0 is allocated data.
+    pub flags: u32,
+}
+
+/// Most extents one block status answer carries; a caller asks again from
+/// where the answer ended.
+pub const MAX_EXTENTS: usize = 1024;
 
 /// A cancellation signal for device operations; see the module
 /// documentation. Cheap to clone: clones share the signal, which fires
@@ -207,6 +247,74 @@ pub trait BlockDevice: Send + Sync + 'static {
         len: u32,
         fua: bool,
     ) -> impl Future<Output = Result<(), BlockError>> + Send;
+
+    /// The smallest alignment of offsets and lengths the device accepts
+    /// for reads, writes, trims and write-zeroes (a power of two); 1 means
+    /// any. A device opened with O_DIRECT says 4096.
+    fn min_block_size(&self) -> u32 {
+        1
+    }
+
+    /// Writes zeroes over the range as `how` allows: punching a hole if
+    /// [`Zeroing::punch`], and only if that is fast if [`Zeroing::fast`].
+    /// The default cannot promise speed: a fast request is refused with
+    /// [`BlockError::NotSupported`], any other writes the zeroes
+    /// ([`BlockDevice::write_zeroes_cancellable`]).
+    fn zero_range(
+        &self,
+        offset: u64,
+        len: u32,
+        how: Zeroing,
+        cancel: &Cancel,
+    ) -> impl Future<Output = Result<(), BlockError>> + Send {
+        async move {
+            if how.fast {
+                BlockError::check_range(offset, u64::from(len), self.size())?;
+                return Err(BlockError::NotSupported(
+                    "this device cannot zero a range fast".into(),
+                ));
+            }
+            self.write_zeroes_cancellable(offset, len, how.fua, cancel)
+                .await
+        }
+    }
+
+    /// The allocation state of `len` bytes at `offset`, as consecutive
+    /// extents from `offset` (at most [`MAX_EXTENTS`]; together they may
+    /// cover less than `len`, never more, and at least one byte if `len`
+    /// is not 0). The default knows nothing of holes: the whole range is
+    /// data.
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u32,
+        cancel: &Cancel,
+    ) -> impl Future<Output = Result<Vec<Extent>, BlockError>> + Send {
+        let _ = cancel;
+        let checked = BlockError::check_range(offset, u64::from(len), self.size());
+        async move {
+            checked?;
+            Ok(if len == 0 {
+                Vec::new()
+            } else {
+                vec![Extent { len, flags: 0 }]
+            })
+        }
+    }
+
+    /// Prefetches the range into a faster tier, so that reading it soon is
+    /// quick; nothing changes in the contents. The default has no slower
+    /// tier to fetch from: it checks the range and does nothing.
+    fn cache(
+        &self,
+        offset: u64,
+        len: u32,
+        cancel: &Cancel,
+    ) -> impl Future<Output = Result<(), BlockError>> + Send {
+        let _ = cancel;
+        let checked = BlockError::check_range(offset, u64::from(len), self.size());
+        std::future::ready(checked)
+    }
 
     /// Reads `len` bytes at `offset`, as one or more consecutive segments
     /// (a remote device returns the pieces it received, so a large read is

@@ -27,14 +27,26 @@
 //!
 //! Cancellation (see [`crate::device`]): an operation whose [`Cancel`]
 //! fires before its I/O has started is withdrawn; one that has started
-//! completes, except TRIM and WRITE_ZEROES, which stop between chunks.
+//! completes, except zeroes written by hand, which stop between chunks.
 //!
-//! TRIM and WRITE_ZEROES write zeroes, in chunks of at most
-//! [`ZERO_CHUNK`] bytes, checking for cancellation before each chunk, so
-//! a cancelled TRIM of any length stops within one chunk's write. Punching holes (`fallocate` with
-//! `FALLOC_FL_PUNCH_HOLE` or `FALLOC_FL_ZERO_RANGE`) would be cheaper, but
-//! `libc::fallocate` is an unsafe call and this crate forbids unsafe code; a
-//! safe wrapper crate (rustix) would allow it.
+//! Space (`sparse.rs`):
+//! * TRIM punches a hole (`fallocate(PUNCH_HOLE | KEEP_SIZE)`): the space
+//!   is freed and the range reads back as zeroes. TRIM never allocates,
+//!   so it cannot fail for want of space: should the filesystem answer
+//!   `ENOSPC` anyway, the TRIM succeeds and leaves the range as it was
+//!   (a TRIM only declares the range unused).
+//! * WRITE_ZEROES ([`BlockDevice::zero_range`]) punches a hole when the
+//!   caller allows it ([`Zeroing::punch`]), otherwise zeroes with
+//!   `fallocate(ZERO_RANGE | KEEP_SIZE)` (allocated, nothing written).
+//! * Where the filesystem supports neither, zeroes are written, in chunks
+//!   of at most [`ZERO_CHUNK`] bytes, checking for cancellation before
+//!   each chunk; a fast-only request ([`Zeroing::fast`]) is refused
+//!   instead with [`BlockError::NotSupported`].
+//! * With FUA, a `fallocate` is followed by `fdatasync` (it is not covered
+//!   by `O_DSYNC`).
+//! * Block status reports holes from `lseek(SEEK_DATA / SEEK_HOLE)`; a
+//!   file or device without them is all data. CACHE is
+//!   `posix_fadvise(WILLNEED)`.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
@@ -47,8 +59,9 @@ use bytes::Bytes;
 use thiserror::Error;
 use tracing::error;
 
-use crate::device::{BlockDevice, BlockError, Cancel};
+use crate::device::{BlockDevice, BlockError, Cancel, Extent, Zeroing};
 use crate::nowait::NoWait;
+use crate::sparse::{self, Outcome};
 
 /// Buffered writes up to this size that `RWF_NOWAIT` could not complete
 /// (ext4 refuses it for buffered writes) are done inline, on the async task,
@@ -125,8 +138,12 @@ pub struct FileStats {
     pub fua_writes: u64,
     /// `fdatasync` calls (flushes).
     pub syncs: u64,
-    /// Bytes zeroed by trims and write-zeroes.
+    /// Bytes zeroed by trims and write-zeroes by writing zeroes.
     pub zeroed: u64,
+    /// Bytes deallocated or zeroed with `fallocate` (nothing written).
+    pub punched: u64,
+    /// Bytes prefetched by CACHE (`posix_fadvise(WILLNEED)`).
+    pub cached: u64,
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +153,8 @@ struct Counters {
     fua_writes: AtomicU64,
     syncs: AtomicU64,
     zeroed: AtomicU64,
+    punched: AtomicU64,
+    cached: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -292,6 +311,8 @@ impl FileDevice {
             fua_writes: c.fua_writes.load(Ordering::Relaxed),
             syncs: c.syncs.load(Ordering::Relaxed),
             zeroed: c.zeroed.load(Ordering::Relaxed),
+            punched: c.punched.load(Ordering::Relaxed),
+            cached: c.cached.load(Ordering::Relaxed),
         }
     }
 
@@ -587,15 +608,22 @@ impl FileDevice {
         &self,
         offset: u64,
         len: u32,
-        fua: bool,
+        how: Zeroing,
         cancel: &Cancel,
     ) -> Result<(), BlockError> {
         self.check(offset, u64::from(len), true)?;
         let c = cancel.clone();
         self.blocking("write zeroes", cancel, move |f| {
-            f.zero(offset, u64::from(len), fua, &c)
+            f.zero_range(offset, u64::from(len), how, &c)
         })
         .await
+    }
+
+    async fn discard(&self, offset: u64, len: u32, cancel: &Cancel) -> Result<(), BlockError> {
+        self.check(offset, u64::from(len), true)?;
+        let c = cancel.clone();
+        self.blocking("trim", cancel, move |f| f.trim(offset, u64::from(len), &c))
+            .await
     }
 }
 
@@ -621,11 +649,73 @@ impl BlockDevice for FileDevice {
     }
 
     async fn trim(&self, offset: u64, len: u32) -> Result<(), BlockError> {
-        self.zeroes(offset, len, false, &Cancel::new()).await
+        self.discard(offset, len, &Cancel::new()).await
     }
 
     async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> Result<(), BlockError> {
-        self.zeroes(offset, len, fua, &Cancel::new()).await
+        let how = Zeroing {
+            fua,
+            ..Zeroing::default()
+        };
+        self.zeroes(offset, len, how, &Cancel::new()).await
+    }
+
+    fn min_block_size(&self) -> u32 {
+        self.alignment()
+    }
+
+    async fn zero_range(
+        &self,
+        offset: u64,
+        len: u32,
+        how: Zeroing,
+        cancel: &Cancel,
+    ) -> Result<(), BlockError> {
+        self.zeroes(offset, len, how, cancel).await
+    }
+
+    async fn block_status(
+        &self,
+        offset: u64,
+        len: u32,
+        cancel: &Cancel,
+    ) -> Result<Vec<Extent>, BlockError> {
+        let size = self.inner.size;
+        BlockError::check_range(offset, u64::from(len), size)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        self.blocking("block status", cancel, move |f| {
+            match sparse::extents(&f.file, offset, len, size) {
+                Ok(Some(extents)) if !extents.is_empty() => Ok(extents),
+                Ok(_) => Ok(vec![Extent { len, flags: 0 }]),
+                Err(e) => Err(io_error(
+                    "block status",
+                    offset,
+                    u64::from(len),
+                    &f.path,
+                    &e,
+                )),
+            }
+        })
+        .await
+    }
+
+    async fn cache(&self, offset: u64, len: u32, cancel: &Cancel) -> Result<(), BlockError> {
+        BlockError::check_range(offset, u64::from(len), self.inner.size)?;
+        self.blocking("cache", cancel, move |f| {
+            match sparse::will_need(&f.file, offset, u64::from(len)) {
+                Outcome::Done => {
+                    f.counters
+                        .cached
+                        .fetch_add(u64::from(len), Ordering::Relaxed);
+                    Ok(())
+                }
+                Outcome::Unsupported => Ok(()),
+                Outcome::Failed(e) => Err(io_error("cache", offset, u64::from(len), &f.path, &e)),
+            }
+        })
+        .await
     }
 
     async fn read_segments(
@@ -657,7 +747,7 @@ impl BlockDevice for FileDevice {
         len: u32,
         cancel: &Cancel,
     ) -> Result<(), BlockError> {
-        self.zeroes(offset, len, false, cancel).await
+        self.discard(offset, len, cancel).await
     }
 
     async fn write_zeroes_cancellable(
@@ -667,9 +757,16 @@ impl BlockDevice for FileDevice {
         fua: bool,
         cancel: &Cancel,
     ) -> Result<(), BlockError> {
-        self.zeroes(offset, len, fua, cancel).await
+        let how = Zeroing {
+            fua,
+            ..Zeroing::default()
+        };
+        self.zeroes(offset, len, how, cancel).await
     }
 }
+
+#[path = "file_space.rs"]
+mod space;
 
 #[cfg(test)]
 #[path = "file_tests.rs"]

@@ -2,7 +2,8 @@
 //!
 //! * [`BlockDevice`]: the interface every device here offers.
 //! * [`FileDevice`]: a regular file or block device (pread/pwrite; FLUSH is
-//!   fdatasync, FUA goes through an `O_DSYNC` descriptor; optional O_DIRECT).
+//!   fdatasync, FUA goes through an `O_DSYNC` descriptor; optional O_DIRECT;
+//!   TRIM and WRITE_ZEROES with `fallocate`, holes from `SEEK_DATA`).
 //! * [`BlockService`]: the target side, a `tower::Service` for
 //!   [`holdfast::Target`]. Requests run concurrently; overlapping ones keep
 //!   session order ([`ordering`]).
@@ -18,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+mod backend_log;
 pub mod device;
 pub mod file;
 pub mod identity;
@@ -26,6 +28,7 @@ pub mod nbd;
 mod nowait;
 pub mod ordering;
 pub mod service;
+mod sparse;
 pub mod volume;
 pub mod wire;
 

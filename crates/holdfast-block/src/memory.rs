@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use crate::device::{BlockDevice, BlockError};
+use crate::device::{BlockDevice, BlockError, Cancel, Zeroing};
 
 /// A block device held in memory.
 #[derive(Debug)]
@@ -67,5 +67,16 @@ impl BlockDevice for MemoryDevice {
         let r = self.range(offset, u64::from(len))?;
         self.lock()[r].fill(0);
         Ok(())
+    }
+
+    /// Filling memory is always fast.
+    async fn zero_range(
+        &self,
+        offset: u64,
+        len: u32,
+        _how: Zeroing,
+        _cancel: &Cancel,
+    ) -> Result<(), BlockError> {
+        self.write_zeroes(offset, len, false).await
     }
 }

@@ -49,7 +49,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tracing::debug;
 
-use crate::device::{BlockDevice, BlockError};
+use crate::backend_log::FailureLog;
+use crate::device::{BlockDevice, BlockError, Cancel, Zeroing};
 use crate::identity::VolumeId;
 use crate::ordering::{Access, Release, Sequencer};
 use crate::wire::{self, Info, Request};
@@ -92,6 +93,7 @@ pub struct BlockService<D> {
     device: Arc<D>,
     order: Sequencer,
     info: Info,
+    failures: Arc<FailureLog>,
 }
 
 impl<D> Clone for BlockService<D> {
@@ -100,6 +102,7 @@ impl<D> Clone for BlockService<D> {
             device: self.device.clone(),
             order: self.order.clone(),
             info: self.info,
+            failures: self.failures.clone(),
         }
     }
 }
@@ -127,21 +130,33 @@ impl<D: BlockDevice> BlockService<D> {
     /// Serves a device the caller keeps a handle to.
     ///
     /// A block size that is not a power of two is rounded up to one, and a
-    /// maximum request below the block size is raised to it.
+    /// maximum request below the block size is raised to it. A device that
+    /// needs aligned requests ([`BlockDevice::min_block_size`] above 1)
+    /// raises the block size to its own and is announced as ALIGNED, with
+    /// the maximum rounded down to whole blocks.
     pub fn shared(device: Arc<D>, options: ServiceOptions) -> Self {
-        let block_size = options.block_size.max(1).checked_next_power_of_two();
+        let min = device.min_block_size().max(1);
+        let block_size = options
+            .block_size
+            .max(min)
+            .max(1)
+            .checked_next_power_of_two();
         let block_size = block_size.unwrap_or(1 << 31);
+        let max_request = options.max_request.max(block_size);
         let info = Info {
             size: device.size(),
             read_only: device.read_only(),
             block_size,
-            max_request: options.max_request.max(block_size),
+            max_request: max_request - max_request % block_size,
             volume_id: options.volume_id.filter(|id| !id.is_nil()),
+            aligned: min > 1,
+            extensions: true,
         };
         BlockService {
             device,
             order: Sequencer::new(),
             info,
+            failures: Arc::default(),
         }
     }
 
@@ -222,11 +237,26 @@ pub async fn execute<D: BlockDevice>(
             }
             Ok(Bytes::new())
         }
-        Request::WriteZeroes { offset, len, fua } => {
-            device.write_zeroes(offset, len, fua).await?;
+        Request::WriteZeroes {
+            offset,
+            len,
+            fua,
+            punch,
+            fast,
+        } => {
+            let how = Zeroing { fua, punch, fast };
+            device.zero_range(offset, len, how, &Cancel::new()).await?;
             Ok(Bytes::new())
         }
         Request::Info => Ok(Bytes::copy_from_slice(&info.encode())),
+        Request::BlockStatus { offset, len } => {
+            let extents = device.block_status(offset, len, &Cancel::new()).await?;
+            Ok(wire::encode_extents(&extents))
+        }
+        Request::Cache { offset, len } => {
+            device.cache(offset, len, &Cancel::new()).await?;
+            Ok(Bytes::new())
+        }
     }
 }
 
@@ -270,12 +300,26 @@ impl<D: BlockDevice> tower_service::Service<holdfast::Request> for BlockService<
             Ok((request, mut ticket)) => {
                 let device = self.device.clone();
                 let info = self.info;
+                let failures = self.failures.clone();
+                let start = req.start;
                 Box::pin(async move {
                     ticket.ready().await;
+                    // The quiesce promise (PROTOCOL.md §11.4): the moment it
+                    // would touch the device is the moment it starts. A
+                    // refused request never touches it; the target answers
+                    // it NotExecuted whatever this returns.
+                    if let Err(why) = start.begin() {
+                        debug!(%session, seq, reason = %why, "request not started");
+                        drop(ticket.executed());
+                        return Ok(wire::encode_err(&BlockError::Invalid(why.to_string())));
+                    }
+                    let started = std::time::Instant::now();
+                    let op = request.opcode();
                     let outcome = execute(&*device, request, info).await;
+                    crate::backend_log::record_latency(op, started.elapsed());
                     let release = ticket.executed();
                     if let Err(e) = &outcome {
-                        debug!(%session, seq, error = %e, "request failed");
+                        failures.failed(session, seq, e);
                     }
                     Ok(Bytes::from_owner(Held {
                         response: encode_outcome(&outcome),
@@ -306,6 +350,7 @@ mod tests {
             payload: r.encode(),
             one_way: false,
             max_response: usize::MAX,
+            start: holdfast::StartGate::default(),
         }
     }
 
@@ -382,6 +427,7 @@ mod tests {
             payload: Bytes::from_static(b"\xb1\x09garbage"),
             one_way: false,
             max_response: usize::MAX,
+            start: holdfast::StartGate::default(),
         };
         assert!(matches!(
             outcome(now(svc.call(garbage))),
@@ -423,6 +469,7 @@ mod tests {
                 payload: payload(id),
                 one_way: false,
                 max_response: usize::MAX,
+                start: holdfast::StartGate::default(),
             })))
         };
         assert_eq!(

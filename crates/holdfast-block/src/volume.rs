@@ -9,7 +9,11 @@
 //! # Order
 //!
 //! Requests are issued in the order their futures are first polled: all
-//! pieces of a split request are submitted on its first poll, and the
+//! pieces of a split request are submitted on its first poll (except the
+//! pieces of a read through [`BlockDevice::read_segments`], the NBD
+//! server's read, which go out [`READ_WINDOW`] at a time; reads change
+//! nothing, and the NBD server does not order requests against each other
+//! anyway), and the
 //! initiator's queue is first come, first served. The target keeps that
 //! order between overlapping requests, so of two overlapping writes issued
 //! one after the other (say, both futures joined, or the second spawned after
@@ -25,8 +29,9 @@
 //!
 //! * READ and INFO change nothing; FLUSH only makes durable what is written.
 //! * WRITE, WRITE_ZEROES and TRIM set a range to contents that do not depend
-//!   on what was there (TRIM leaves it undefined, and the file target zeroes
-//!   it): running one twice leaves what running it once does.
+//!   on what was there (TRIM leaves it undefined; the file target punches a
+//!   hole, which reads as zeroes): running one twice leaves what running it
+//!   once does. BLOCK_STATUS and CACHE change nothing.
 //! * Order is what makes the re-issue correct when requests overlap. The
 //!   target starts a write only once the initiator has acknowledged the
 //!   response of every earlier overlapping request of the session
@@ -44,6 +49,17 @@
 //!
 //! Transport failures surface as [`BlockError::Io`] whose message says
 //! whether the request may have executed.
+//!
+//! # Several nodes
+//!
+//! [`Volume::connect_group`] opens the volume over a
+//! [`holdfast::paths::PathGroup`]: one session per target node serving the
+//! same backend. A lost node's requests are re-issued on another node once
+//! the old one is fenced (or its quiesce time has passed), in their original
+//! order; since every request is retry-safe, none fails for the failover.
+//! The order guarantee above holds under the active/passive policy; under
+//! active/active, requests in flight at once on different nodes have no
+//! order between them.
 //!
 //! # Cancellation
 //!
@@ -68,12 +84,22 @@ use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
-use holdfast::{CallOptions, Initiator};
+use holdfast::paths::PathGroup;
+use holdfast::{CallError, CallOptions, Initiator, InitiatorStats, SessionLoss};
 use thiserror::Error;
 use tracing::error;
 
-use crate::device::{BlockDevice, BlockError, Cancel};
+use crate::device::{BlockDevice, BlockError, Cancel, Extent, Zeroing};
 use crate::wire::{self, Info, Request, WireError};
+
+/// Most pieces of one NBD read ([`BlockDevice::read_segments`]) outstanding
+/// at once: 4 pieces (8 MiB at the default 2 MiB request size). A client
+/// that gives up on a 32 MiB read (it went away, or its I/O timeout
+/// passed) then leaves at most this much work running on the target;
+/// the pieces not yet issued are withdrawn and never sent, so an abandoned
+/// read does not hold the session (and the clients behind it) for the
+/// whole 32 MiB. [`Volume::read_at`] issues every piece at once.
+pub const READ_WINDOW: usize = 4;
 
 /// Client settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,11 +134,41 @@ pub enum VolumeError {
     Malformed(#[from] WireError),
 }
 
-/// A remote block device over a holdfast session. Cheap to clone: clones
-/// share the session.
+/// What a volume's requests travel over: one session, or a path group.
+#[derive(Clone, Debug)]
+enum Link {
+    /// One session to one target.
+    One(Initiator),
+    /// One session per node of a path group.
+    Group(PathGroup),
+}
+
+impl Link {
+    async fn call_cancellable(
+        &self,
+        payload: Bytes,
+        options: CallOptions,
+        cancel: impl Future<Output = ()>,
+    ) -> Result<Bytes, CallError> {
+        match self {
+            Link::One(i) => i.call_cancellable(payload, options, cancel).await,
+            Link::Group(g) => g.call_cancellable(payload, options, cancel).await,
+        }
+    }
+
+    async fn close(&self) -> Result<(), SessionLoss> {
+        match self {
+            Link::One(i) => i.close().await,
+            Link::Group(g) => g.close().await,
+        }
+    }
+}
+
+/// A remote block device over a holdfast session (or a path group of
+/// sessions to several nodes). Cheap to clone: clones share the sessions.
 #[derive(Clone, Debug)]
 pub struct Volume {
-    initiator: Initiator,
+    link: Link,
     info: Info,
     /// The piece size for splitting: the smaller maximum, rounded down to the
     /// block size.
@@ -135,8 +191,30 @@ impl Volume {
         initiator: Initiator,
         options: VolumeOptions,
     ) -> Result<Volume, VolumeError> {
-        let reply = initiator
-            .call_with(Request::Info.encode(), CallOptions::RETRY_SAFE)
+        Volume::open(Link::One(initiator), options).await
+    }
+
+    /// Queries the INFO of the path group's nodes (through the first one
+    /// that answers) and returns a volume with default options.
+    pub async fn connect_group(group: PathGroup) -> Result<Volume, VolumeError> {
+        Volume::connect_group_with(group, VolumeOptions::default()).await
+    }
+
+    /// As [`Volume::connect_group`], with options.
+    pub async fn connect_group_with(
+        group: PathGroup,
+        options: VolumeOptions,
+    ) -> Result<Volume, VolumeError> {
+        Volume::open(Link::Group(group), options).await
+    }
+
+    async fn open(link: Link, options: VolumeOptions) -> Result<Volume, VolumeError> {
+        let reply = link
+            .call_cancellable(
+                Request::Info.encode(),
+                CallOptions::RETRY_SAFE,
+                std::future::pending(),
+            )
             .await?;
         let body = wire::decode_response(&reply)?.map_err(VolumeError::Refused)?;
         let info = Info::decode(&body)?;
@@ -145,7 +223,7 @@ impl Volume {
         // aligned; a tiny client maximum still gets at least one block.
         let piece = (max - max % info.block_size).max(info.block_size);
         Ok(Volume {
-            initiator,
+            link,
             info,
             piece,
             target_name: Arc::from("the target"),
@@ -185,14 +263,47 @@ impl Volume {
         self.piece
     }
 
-    /// The session's initiator.
-    pub fn initiator(&self) -> &Initiator {
-        &self.initiator
+    /// The session's initiator (`None` over a path group).
+    pub fn initiator(&self) -> Option<&Initiator> {
+        match &self.link {
+            Link::One(i) => Some(i),
+            Link::Group(_) => None,
+        }
+    }
+
+    /// The path group (`None` over a single session).
+    pub fn path_group(&self) -> Option<&PathGroup> {
+        match &self.link {
+            Link::One(_) => None,
+            Link::Group(g) => Some(g),
+        }
+    }
+
+    /// Closes the session (every path's, over a group) cleanly.
+    pub async fn close(&self) -> Result<(), SessionLoss> {
+        self.link.close().await
+    }
+
+    /// Waits until the session (over a group: every path) is over.
+    pub async fn ended(&self) -> Result<(), SessionLoss> {
+        match &self.link {
+            Link::One(i) => i.ended().await,
+            Link::Group(g) => g.ended().await,
+        }
+    }
+
+    /// The session's counters (over a group: the sum of every path's
+    /// current session).
+    pub async fn session_stats(&self) -> Option<InitiatorStats> {
+        match &self.link {
+            Link::One(i) => i.stats().await,
+            Link::Group(g) => Some(g.stats().await.sessions()),
+        }
     }
 
     /// Reads `len` bytes at `offset`.
     pub async fn read_at(&self, offset: u64, len: u32) -> Result<Bytes, BlockError> {
-        let pieces = self.read_pieces(offset, len, &Cancel::new()).await?;
+        let pieces = self.read_pieces(offset, len, &Cancel::new(), None).await?;
         if pieces.len() <= 1 {
             return Ok(pieces.into_iter().next().unwrap_or_default());
         }
@@ -204,27 +315,34 @@ impl Volume {
     }
 
     /// Reads `len` bytes at `offset` as the pieces the target sent (no
-    /// copy into one buffer).
+    /// copy into one buffer). With a `window`, at most that many pieces are
+    /// outstanding at once (see [`READ_WINDOW`]); without, all are issued
+    /// on the first poll.
     async fn read_pieces(
         &self,
         offset: u64,
         len: u32,
         cancel: &Cancel,
+        window: Option<usize>,
     ) -> Result<Vec<Bytes>, BlockError> {
         BlockError::check_range(offset, u64::from(len), self.info.size)?;
         let pieces = self.split(offset, u64::from(len));
-        let results = join_in_order(pieces.iter().map(|&(o, n)| async move {
-            let body = self
-                .call(Request::Read { offset: o, len: n }, cancel)
-                .await?;
-            if body.len() != n as usize {
-                return Err(BlockError::Io(format!(
-                    "malformed READ response: {} bytes for {n} requested (it executed)",
-                    body.len()
-                )));
-            }
-            Ok(body)
-        }))
+        let window = window.unwrap_or(pieces.len());
+        let results = join_windowed(
+            pieces.iter().map(|&(o, n)| async move {
+                let body = self
+                    .call(Request::Read { offset: o, len: n }, cancel)
+                    .await?;
+                if body.len() != n as usize {
+                    return Err(BlockError::Io(format!(
+                        "malformed READ response: {} bytes for {n} requested (it executed)",
+                        body.len()
+                    )));
+                }
+                Ok(body)
+            }),
+            window,
+        )
         .await;
         combine(results)
     }
@@ -272,18 +390,65 @@ impl Volume {
 
     /// Writes zeroes over the range; with `fua`, durably.
     pub async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> Result<(), BlockError> {
-        self.zero(offset, len, Some(fua), &Cancel::new()).await
+        let how = Zeroing {
+            fua,
+            ..Zeroing::default()
+        };
+        self.zero(offset, len, Some(how), &Cancel::new()).await
     }
 
-    /// TRIM (`write_zeroes` `None`) or WRITE_ZEROES (`Some(fua)`).
+    /// The extents of the range (one request, not split: the answer may
+    /// cover less than asked). A target without the extensions is not
+    /// asked: the range is reported as data.
+    async fn extents(
+        &self,
+        offset: u64,
+        len: u32,
+        cancel: &Cancel,
+    ) -> Result<Vec<Extent>, BlockError> {
+        BlockError::check_range(offset, u64::from(len), self.info.size)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        if !self.info.extensions {
+            return Ok(vec![Extent { len, flags: 0 }]);
+        }
+        let body = self
+            .call(Request::BlockStatus { offset, len }, cancel)
+            .await?;
+        wire::decode_extents(&body, len)
+            .map_err(|e| BlockError::Io(format!("malformed BLOCK_STATUS response: {e}")))
+    }
+
+    /// Asks the target to prefetch the range; a target without the
+    /// extensions is not asked.
+    async fn prefetch(&self, offset: u64, len: u32, cancel: &Cancel) -> Result<(), BlockError> {
+        BlockError::check_range(offset, u64::from(len), self.info.size)?;
+        if !self.info.extensions || len == 0 {
+            return Ok(());
+        }
+        self.call_empty(Request::Cache { offset, len }, cancel)
+            .await
+    }
+
+    /// TRIM (`write_zeroes` `None`) or WRITE_ZEROES (`Some(how)`). A
+    /// target without the extensions gets no PUNCH or FAST flag: a fast
+    /// request is refused here, and a punch allowed is simply not used.
     async fn zero(
         &self,
         offset: u64,
         len: u32,
-        write_zeroes: Option<bool>,
+        write_zeroes: Option<Zeroing>,
         cancel: &Cancel,
     ) -> Result<(), BlockError> {
         self.check_write(offset, u64::from(len))?;
+        let extensions = self.info.extensions;
+        if write_zeroes.is_some_and(|how| how.fast) && !extensions {
+            return Err(BlockError::NotSupported(format!(
+                "{} is too old to zero fast (no protocol extensions); nothing was done",
+                self.target_name
+            )));
+        }
         let pieces = self.split(offset, u64::from(len));
         let results = join_in_order(pieces.iter().map(|&(o, n)| {
             let request = match write_zeroes {
@@ -292,10 +457,12 @@ impl Volume {
                     len: n,
                     fua: false,
                 },
-                Some(fua) => Request::WriteZeroes {
+                Some(how) => Request::WriteZeroes {
                     offset: o,
                     len: n,
-                    fua,
+                    fua: how.fua,
+                    punch: how.punch && extensions,
+                    fast: how.fast && extensions,
                 },
             };
             self.call_empty(request, cancel)
@@ -333,8 +500,10 @@ impl Volume {
             return Err(BlockError::Io(message.clone()));
         }
         let opcode = request.opcode();
+        // Cancelled before it was issued: nothing to withdraw.
+        cancel.check(&format!("{opcode:?} request"))?;
         let reply = self
-            .initiator
+            .link
             .call_cancellable(
                 request.encode_for(self.info.volume_id),
                 CallOptions::RETRY_SAFE,
@@ -397,9 +566,9 @@ impl Volume {
             error!("{message}");
             // Every request still outstanding is refused the same way, so
             // the clean close completes.
-            let initiator = self.initiator.clone();
+            let link = self.link.clone();
             tokio::spawn(async move {
-                let _ = initiator.close().await;
+                let _ = link.close().await;
             });
         }
         self.failed.get().cloned().unwrap_or(message)
@@ -454,22 +623,41 @@ fn combine<T>(results: Vec<Result<T, BlockError>>) -> Result<Vec<T>, BlockError>
 /// wake-up (so the first poll of each happens in order), and returns their
 /// outputs in order. An empty set resolves at once.
 async fn join_in_order<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    join_windowed(futures, usize::MAX).await
+}
+
+/// [`join_in_order`] with at most `window` (at least 1) futures started and
+/// unfinished at once: the next one is first polled when an earlier one
+/// finishes, still in order.
+async fn join_windowed<F: Future>(
+    futures: impl IntoIterator<Item = F>,
+    window: usize,
+) -> Vec<F::Output> {
     let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
     let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+    let window = window.max(1);
+    // Futures [0, started) have been polled at least once.
+    let mut started = 0;
+    std::future::poll_fn(|cx| loop {
+        let running = outputs[..started].iter().filter(|o| o.is_none()).count();
+        started = started
+            .saturating_add(window.saturating_sub(running))
+            .min(futures.len());
+        let mut finished_one = false;
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()).take(started) {
             if out.is_none() {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(v) => *out = Some(v),
-                    Poll::Pending => pending = true,
+                if let Poll::Ready(v) = f.as_mut().poll(cx) {
+                    *out = Some(v);
+                    finished_one = true;
                 }
             }
         }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
+        if started == futures.len() && outputs.iter().all(Option::is_some) {
+            return Poll::Ready(());
+        }
+        // A slot freed up: start the next ones now, so they are polled.
+        if !finished_one || started == futures.len() {
+            return Poll::Pending;
         }
     })
     .await;
@@ -511,7 +699,8 @@ impl BlockDevice for Volume {
         len: u32,
         cancel: &Cancel,
     ) -> Result<Vec<Bytes>, BlockError> {
-        self.read_pieces(offset, len, cancel).await
+        self.read_pieces(offset, len, cancel, Some(READ_WINDOW))
+            .await
     }
 
     async fn write_at_cancellable(
@@ -544,7 +733,42 @@ impl BlockDevice for Volume {
         fua: bool,
         cancel: &Cancel,
     ) -> Result<(), BlockError> {
-        self.zero(offset, len, Some(fua), cancel).await
+        let how = Zeroing {
+            fua,
+            ..Zeroing::default()
+        };
+        self.zero(offset, len, Some(how), cancel).await
+    }
+
+    fn min_block_size(&self) -> u32 {
+        if self.info.aligned {
+            self.info.block_size
+        } else {
+            1
+        }
+    }
+
+    async fn zero_range(
+        &self,
+        offset: u64,
+        len: u32,
+        how: Zeroing,
+        cancel: &Cancel,
+    ) -> Result<(), BlockError> {
+        self.zero(offset, len, Some(how), cancel).await
+    }
+
+    async fn block_status(
+        &self,
+        offset: u64,
+        len: u32,
+        cancel: &Cancel,
+    ) -> Result<Vec<Extent>, BlockError> {
+        self.extents(offset, len, cancel).await
+    }
+
+    async fn cache(&self, offset: u64, len: u32, cancel: &Cancel) -> Result<(), BlockError> {
+        self.prefetch(offset, len, cancel).await
     }
 }
 
@@ -571,5 +795,32 @@ mod tests {
         assert_eq!(*log.lock().expect("log"), vec![0, 1, 2, 3, 4]);
         let none: Vec<u8> = join_in_order(Vec::<std::future::Ready<u8>>::new()).await;
         assert!(none.is_empty());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn join_windowed_keeps_at_most_the_window_running_in_order() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (running, peak) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let log = std::sync::Mutex::new(Vec::new());
+        let outs = join_windowed(
+            (0..10).map(|i| {
+                let (running, peak, log) = (&running, &peak, &log);
+                async move {
+                    log.lock().expect("log").push(i);
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    for _ in 0..(10 - i) {
+                        tokio::task::yield_now().await;
+                    }
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    i
+                }
+            }),
+            3,
+        )
+        .await;
+        assert_eq!(outs, (0..10).collect::<Vec<_>>());
+        assert_eq!(*log.lock().expect("log"), (0..10).collect::<Vec<_>>());
+        assert_eq!(peak.load(Ordering::SeqCst), 3);
     }
 }

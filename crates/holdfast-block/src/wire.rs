@@ -10,7 +10,7 @@
 //! |--------|--------------------------------------------------------------|
 //! | 0      | magic/version, [`MAGIC`] (`0xB1`: block protocol version 1)   |
 //! | 1      | opcode ([`Opcode`])                                          |
-//! | 2..4   | flags: bit 0 = FUA (WRITE, TRIM, WRITE_ZEROES only); bit 1 = VOLUME_ID (any opcode); every other bit must be 0 |
+//! | 2..4   | flags: bit 0 = FUA (WRITE, TRIM, WRITE_ZEROES only); bit 1 = VOLUME_ID (any opcode); bit 2 = PUNCH and bit 3 = FAST (WRITE_ZEROES only, and only to a target whose INFO has the EXTENSIONS bit); every other bit must be 0 |
 //! | 4..12  | offset (0 for FLUSH and INFO)                                |
 //! | 12..16 | length (0 for FLUSH and INFO; the data length for WRITE)     |
 //! | 16..32 | with VOLUME_ID only: the 16-byte id of the volume the request is meant for |
@@ -21,8 +21,40 @@
 //! | bytes | field                                                         |
 //! |-------|---------------------------------------------------------------|
 //! | 0     | [`MAGIC`]                                                     |
-//! | 1     | status: 0 ok, 1 out of range, 2 invalid, 3 read-only, 4 no space, 5 I/O error, 6 wrong volume |
-//! | 2..   | ok: READ → the data; INFO → [`Info`] (36 bytes); others → empty. Out of range → offset u64, length u64, size u64. Invalid and I/O error → message length u16 + UTF-8 message. Read-only, no space → empty. Wrong volume → the id the request named (16 bytes), the id the target serves (16 bytes, zero if it has none), its size u64. |
+//! | 1     | status: 0 ok, 1 out of range, 2 invalid, 3 read-only, 4 no space, 5 I/O error, 6 wrong volume, 7 not supported |
+//! | 2..   | ok: READ → the data; INFO → [`Info`] (36 bytes); BLOCK_STATUS → extents; others → empty. Out of range → offset u64, length u64, size u64. Invalid, I/O error and not supported → message length u16 + UTF-8 message. Read-only, no space → empty. Wrong volume → the id the request named (16 bytes), the id the target serves (16 bytes, zero if it has none), its size u64. |
+//!
+//! Opcodes: 1 READ, 2 WRITE, 3 FLUSH, 4 TRIM, 5 WRITE_ZEROES, 6 INFO, and,
+//! only to a target whose INFO has the EXTENSIONS bit, 7 BLOCK_STATUS and
+//! 8 CACHE.
+//!
+//! # Extensions (still block protocol version 1)
+//!
+//! Added compatibly: a target announces them with the EXTENSIONS bit (bit
+//! 2) of INFO's flags, and a client uses none of them unless it saw that
+//! bit. A target without them refuses them as unknown (status 2), so a
+//! client that ignored the bit fails cleanly, and an old client never
+//! meets them.
+//!
+//! * BLOCK_STATUS (7): offset and length as for READ; the length may
+//!   exceed the target's max request (nothing is transferred). The answer
+//!   is 1 to [`MAX_EXTENTS`] extents of 8 bytes each, length u32 (not 0)
+//!   then flags u32 (bit 0 hole: not allocated; bit 1 zero: reads as
+//!   zeroes), consecutive from the offset; together at least 1 byte and
+//!   at most the length asked for (a client asks again for the rest).
+//! * CACHE (8): offset and length as for BLOCK_STATUS; the target
+//!   prefetches the range (a hint: nothing changes). Empty answer.
+//! * WRITE_ZEROES flag PUNCH (bit 2): the range may be deallocated
+//!   rather than kept allocated. Without it the target keeps the range
+//!   allocated, as before.
+//! * WRITE_ZEROES flag FAST (bit 3): zero only if that is fast (no zeroes
+//!   written one by one); otherwise nothing is done and the answer is
+//!   status 7, not supported. Status 7 answers no other request.
+//!
+//! INFO's flags (u32): bit 0 read-only; bit 1 ALIGNED: offsets and lengths
+//! of READ, WRITE, TRIM and WRITE_ZEROES must be multiples of the block
+//! size (an O_DIRECT target), others are refused with status 2 and nothing
+//! done; bit 2 EXTENSIONS. A client ignores bits it does not know.
 //!
 //! Volume identity ([`crate::identity`]): INFO reports the volume's id. A
 //! request with the VOLUME_ID flag is executed only if the target serves
@@ -68,6 +100,28 @@ pub const FLAG_FUA: u16 = 1;
 /// The VOLUME_ID flag bit: a 16-byte volume id follows the header, and the
 /// target refuses the request unless it serves that volume.
 pub const FLAG_VOLUME_ID: u16 = 2;
+
+/// The PUNCH flag bit (WRITE_ZEROES): the range may be deallocated.
+pub const FLAG_PUNCH: u16 = 4;
+
+/// The FAST flag bit (WRITE_ZEROES): zero only if that is fast; status 7
+/// otherwise.
+pub const FLAG_FAST: u16 = 8;
+
+/// INFO flag: writes are refused.
+pub const INFO_READ_ONLY: u32 = 1;
+
+/// INFO flag: offsets and lengths must be multiples of the block size.
+pub const INFO_ALIGNED: u32 = 2;
+
+/// INFO flag: the target understands BLOCK_STATUS, CACHE and the
+/// WRITE_ZEROES flags PUNCH and FAST.
+pub const INFO_EXTENSIONS: u32 = 4;
+
+/// Length of one extent in a BLOCK_STATUS answer.
+pub const EXTENT_LEN: usize = 8;
+
+pub use crate::device::MAX_EXTENTS;
 
 /// Length of a volume id on the wire.
 pub const VOLUME_ID_LEN: usize = 16;
@@ -154,6 +208,9 @@ pub enum WireError {
     /// INFO fields that make no sense.
     #[error("invalid INFO: {0}")]
     BadInfo(&'static str),
+    /// A BLOCK_STATUS answer that makes no sense.
+    #[error("invalid BLOCK_STATUS answer: {0}")]
+    BadExtents(&'static str),
 }
 
 /// A block operation code.
@@ -172,6 +229,10 @@ pub enum Opcode {
     WriteZeroes = 5,
     /// Ask for the device's size and limits.
     Info = 6,
+    /// Ask which parts of a range are holes (an extension).
+    BlockStatus = 7,
+    /// Prefetch a range (an extension).
+    Cache = 8,
 }
 
 impl Opcode {
@@ -184,6 +245,8 @@ impl Opcode {
             4 => Opcode::Trim,
             5 => Opcode::WriteZeroes,
             6 => Opcode::Info,
+            7 => Opcode::BlockStatus,
+            8 => Opcode::Cache,
             _ => return None,
         })
     }
@@ -191,8 +254,11 @@ impl Opcode {
     /// The flags this opcode may carry.
     fn allowed_flags(self) -> u16 {
         match self {
-            Opcode::Write | Opcode::Trim | Opcode::WriteZeroes => FLAG_FUA | FLAG_VOLUME_ID,
-            Opcode::Read | Opcode::Flush | Opcode::Info => FLAG_VOLUME_ID,
+            Opcode::WriteZeroes => FLAG_FUA | FLAG_VOLUME_ID | FLAG_PUNCH | FLAG_FAST,
+            Opcode::Write | Opcode::Trim => FLAG_FUA | FLAG_VOLUME_ID,
+            Opcode::Read | Opcode::Flush | Opcode::Info | Opcode::BlockStatus | Opcode::Cache => {
+                FLAG_VOLUME_ID
+            }
         }
     }
 }
@@ -235,9 +301,27 @@ pub enum Request {
         len: u32,
         /// Force unit access.
         fua: bool,
+        /// The range may be deallocated (flag PUNCH; an extension).
+        punch: bool,
+        /// Only if fast (flag FAST; an extension).
+        fast: bool,
     },
     /// Ask for the device's [`Info`].
     Info,
+    /// Ask for the extents of a range (an extension).
+    BlockStatus {
+        /// Start.
+        offset: u64,
+        /// Length.
+        len: u32,
+    },
+    /// Prefetch a range (an extension).
+    Cache {
+        /// Start.
+        offset: u64,
+        /// Length.
+        len: u32,
+    },
 }
 
 impl Request {
@@ -250,16 +334,20 @@ impl Request {
             Request::Trim { .. } => Opcode::Trim,
             Request::WriteZeroes { .. } => Opcode::WriteZeroes,
             Request::Info => Opcode::Info,
+            Request::BlockStatus { .. } => Opcode::BlockStatus,
+            Request::Cache { .. } => Opcode::Cache,
         }
     }
 
-    /// The byte range the request touches, as (offset, length); `None` for
-    /// FLUSH and INFO.
+    /// The byte range the request touches or asks about, as (offset,
+    /// length); `None` for FLUSH and INFO.
     pub fn range(&self) -> Option<(u64, u64)> {
         match self {
             Request::Read { offset, len }
             | Request::Trim { offset, len, .. }
-            | Request::WriteZeroes { offset, len, .. } => Some((*offset, u64::from(*len))),
+            | Request::WriteZeroes { offset, len, .. }
+            | Request::BlockStatus { offset, len }
+            | Request::Cache { offset, len } => Some((*offset, u64::from(*len))),
             Request::Write { offset, data, .. } => Some((*offset, data.len() as u64)),
             Request::Flush | Request::Info => None,
         }
@@ -286,7 +374,9 @@ impl Request {
     /// `volume` (with the VOLUME_ID flag), or for any volume (`None`).
     pub fn encode_for(&self, volume: Option<VolumeId>) -> Bytes {
         let (offset, len, flags, data): (u64, u32, u16, &[u8]) = match self {
-            Request::Read { offset, len } => (*offset, *len, 0, &[]),
+            Request::Read { offset, len }
+            | Request::BlockStatus { offset, len }
+            | Request::Cache { offset, len } => (*offset, *len, 0, &[]),
             Request::Write { offset, data, fua } => (
                 *offset,
                 u32::try_from(data.len()).unwrap_or(u32::MAX),
@@ -294,8 +384,22 @@ impl Request {
                 data,
             ),
             Request::Flush | Request::Info => (0, 0, 0, &[]),
-            Request::Trim { offset, len, fua } | Request::WriteZeroes { offset, len, fua } => {
-                (*offset, *len, fua_flag(*fua), &[])
+            Request::Trim { offset, len, fua } => (*offset, *len, fua_flag(*fua), &[]),
+            Request::WriteZeroes {
+                offset,
+                len,
+                fua,
+                punch,
+                fast,
+            } => {
+                let mut flags = fua_flag(*fua);
+                if *punch {
+                    flags |= FLAG_PUNCH;
+                }
+                if *fast {
+                    flags |= FLAG_FAST;
+                }
+                (*offset, *len, flags, &[])
             }
         };
         let id_flag = if volume.is_some() { FLAG_VOLUME_ID } else { 0 };
@@ -371,7 +475,7 @@ impl Request {
                     len,
                 });
             }
-        } else if len > max_request {
+        } else if len > max_request && !matches!(opcode, Opcode::BlockStatus | Opcode::Cache) {
             return Err(WireError::TooLarge {
                 len,
                 max: max_request,
@@ -386,8 +490,16 @@ impl Request {
             },
             Opcode::Flush => Request::Flush,
             Opcode::Trim => Request::Trim { offset, len, fua },
-            Opcode::WriteZeroes => Request::WriteZeroes { offset, len, fua },
+            Opcode::WriteZeroes => Request::WriteZeroes {
+                offset,
+                len,
+                fua,
+                punch: flags & FLAG_PUNCH != 0,
+                fast: flags & FLAG_FAST != 0,
+            },
             Opcode::Info => Request::Info,
+            Opcode::BlockStatus => Request::BlockStatus { offset, len },
+            Opcode::Cache => Request::Cache { offset, len },
         };
         Ok((request, volume))
     }
@@ -417,16 +529,32 @@ pub struct Info {
     /// The volume's identity ([`crate::identity`]); `None` if the target
     /// has none.
     pub volume_id: Option<VolumeId>,
+    /// Offsets and lengths must be multiples of `block_size` (flag
+    /// [`INFO_ALIGNED`]).
+    pub aligned: bool,
+    /// The target understands the extensions (flag [`INFO_EXTENSIONS`]).
+    pub extensions: bool,
 }
 
 impl Info {
-    /// Encodes the INFO body: size u64, flags u32 (bit 0 read-only),
+    /// Encodes the INFO body: size u64, flags u32 ([`INFO_READ_ONLY`],
+    /// [`INFO_ALIGNED`], [`INFO_EXTENSIONS`]),
     /// block size u32, max request u32, volume id (16 bytes; zero: none).
     pub fn encode(&self) -> [u8; INFO_LEN] {
         let mut out = [0u8; INFO_LEN];
         let mut w = &mut out[..];
         w.put_u64(self.size);
-        w.put_u32(u32::from(self.read_only));
+        let mut flags = 0;
+        for (set, bit) in [
+            (self.read_only, INFO_READ_ONLY),
+            (self.aligned, INFO_ALIGNED),
+            (self.extensions, INFO_EXTENSIONS),
+        ] {
+            if set {
+                flags |= bit;
+            }
+        }
+        w.put_u32(flags);
         w.put_u32(self.block_size);
         w.put_u32(self.max_request);
         w.put_slice(&self.volume_id.map_or([0; VOLUME_ID_LEN], |id| id.0));
@@ -443,12 +571,16 @@ impl Info {
             });
         }
         let mut r = body;
+        let size = r.get_u64();
+        let flags = r.get_u32();
         let mut info = Info {
-            size: r.get_u64(),
-            read_only: r.get_u32() & 1 != 0,
+            size,
+            read_only: flags & INFO_READ_ONLY != 0,
             block_size: r.get_u32(),
             max_request: r.get_u32(),
             volume_id: None,
+            aligned: flags & INFO_ALIGNED != 0,
+            extensions: flags & INFO_EXTENSIONS != 0,
         };
         if let Ok(id) = <[u8; VOLUME_ID_LEN]>::try_from(r) {
             info.volume_id = Some(VolumeId(id)).filter(|id| !id.is_nil());
@@ -474,6 +606,48 @@ mod status {
     pub(super) const NO_SPACE: u8 = 4;
     pub(super) const IO: u8 = 5;
     pub(super) const WRONG_VOLUME: u8 = 6;
+    pub(super) const NOT_SUPPORTED: u8 = 7;
+}
+
+/// Encodes a BLOCK_STATUS answer body.
+pub fn encode_extents(extents: &[crate::device::Extent]) -> Bytes {
+    let mut out = BytesMut::with_capacity(extents.len() * EXTENT_LEN);
+    for e in extents {
+        out.put_u32(e.len);
+        out.put_u32(e.flags);
+    }
+    out.freeze()
+}
+
+/// Decodes and checks a BLOCK_STATUS answer body for a request of `len`
+/// bytes: 1 to [`MAX_EXTENTS`] extents, none empty, covering at least 1
+/// and at most `len` bytes.
+pub fn decode_extents(body: &[u8], len: u32) -> Result<Vec<crate::device::Extent>, WireError> {
+    if body.is_empty() || body.len() % EXTENT_LEN != 0 || body.len() / EXTENT_LEN > MAX_EXTENTS {
+        return Err(WireError::BadExtents(
+            "not 1 to MAX_EXTENTS extents of 8 bytes",
+        ));
+    }
+    let mut r = body;
+    let mut out = Vec::with_capacity(body.len() / EXTENT_LEN);
+    let mut total = 0u64;
+    while r.has_remaining() {
+        let e = crate::device::Extent {
+            len: r.get_u32(),
+            flags: r.get_u32(),
+        };
+        if e.len == 0 {
+            return Err(WireError::BadExtents("an extent of length 0"));
+        }
+        total += u64::from(e.len);
+        out.push(e);
+    }
+    if total > u64::from(len) {
+        return Err(WireError::BadExtents(
+            "the extents cover more than was asked",
+        ));
+    }
+    Ok(out)
 }
 
 /// Encodes a successful response with `body` (READ data, an INFO body, or
@@ -515,6 +689,10 @@ pub fn encode_err(error: &BlockError) -> Bytes {
         BlockError::NoSpace => out.put_u8(status::NO_SPACE),
         BlockError::Io(m) => {
             out.put_u8(status::IO);
+            put_message(&mut out, m);
+        }
+        BlockError::NotSupported(m) => {
+            out.put_u8(status::NOT_SUPPORTED);
             put_message(&mut out, m);
         }
         // A target does not cancel its own work; if a device says so
@@ -593,6 +771,7 @@ pub fn decode_response(payload: &Bytes) -> Result<Result<Bytes, BlockError>, Wir
             BlockError::NoSpace
         }
         status::IO => BlockError::Io(message(body)?),
+        status::NOT_SUPPORTED => BlockError::NotSupported(message(body)?),
         status::WRONG_VOLUME => {
             exact(body, 2 * VOLUME_ID_LEN + 8)?;
             let mut id = || {

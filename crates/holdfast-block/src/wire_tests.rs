@@ -28,8 +28,26 @@ fn all_requests() -> Vec<Request> {
             offset: 1 << 40,
             len: DEFAULT_MAX_REQUEST,
             fua: true,
+            punch: false,
+            fast: false,
+        },
+        Request::WriteZeroes {
+            offset: 0,
+            len: 4096,
+            fua: false,
+            punch: true,
+            fast: true,
         },
         Request::Info,
+        // The extensions' ranges may exceed the maximum request.
+        Request::BlockStatus {
+            offset: 1 << 20,
+            len: u32::MAX,
+        },
+        Request::Cache {
+            offset: 512,
+            len: DEFAULT_MAX_REQUEST + 1,
+        },
     ]
 }
 
@@ -88,9 +106,19 @@ fn malformed_requests_are_refused() {
         Err(WireError::UnknownOpcode(0))
     );
     assert_eq!(
-        decode(header(MAGIC, 7, 0, 0, 1)),
-        Err(WireError::UnknownOpcode(7))
+        decode(header(MAGIC, 9, 0, 0, 1)),
+        Err(WireError::UnknownOpcode(9))
     );
+    // PUNCH and FAST belong to WRITE_ZEROES only.
+    for op in [1, 2, 4, 7, 8] {
+        for flag in [FLAG_PUNCH, FLAG_FAST] {
+            assert!(matches!(
+                decode(header(MAGIC, op, flag, 0, 0)),
+                Err(WireError::BadFlags { .. })
+            ));
+        }
+    }
+    assert!(decode(header(MAGIC, 5, FLAG_PUNCH | FLAG_FAST, 0, 1)).is_ok());
     assert!(matches!(
         decode(header(MAGIC, 1, FLAG_FUA, 0, 1)),
         Err(WireError::BadFlags { .. })
@@ -212,8 +240,16 @@ fn info_round_trips_and_is_checked() {
         block_size: 4096,
         max_request: DEFAULT_MAX_REQUEST,
         volume_id: Some(VolumeId([7; 16])),
+        aligned: true,
+        extensions: true,
     };
     assert_eq!(Info::decode(&info.encode()), Ok(info));
+    assert_eq!(&info.encode()[8..12], &[0, 0, 0, 7], "flag bits 0, 1 and 2");
+    // An old target's INFO: no ALIGNED, no EXTENSIONS; unknown bits ignored.
+    let mut old = info.encode();
+    old[8..12].copy_from_slice(&[0x80, 0, 0, 0]);
+    let old = Info::decode(&old).expect("decodes");
+    assert!(!old.aligned && !old.extensions && !old.read_only);
     assert!(Info::decode(&info.encode()[..19]).is_err());
     assert!(Info::decode(&info.encode()[..35]).is_err());
     // A target without identity: zero id, or the 20-byte form.
@@ -277,4 +313,32 @@ fn random_input_never_panics() {
         let _ = decode_response(&b);
         let _ = Info::decode(&b);
     }
+}
+
+#[test]
+fn extents_round_trip_and_are_checked() {
+    use crate::device::{Extent, EXTENT_HOLE, EXTENT_ZERO};
+    let extents = vec![
+        Extent {
+            len: 4096,
+            flags: 0,
+        },
+        Extent {
+            len: 1 << 20,
+            flags: EXTENT_HOLE | EXTENT_ZERO,
+        },
+    ];
+    let body = encode_extents(&extents);
+    assert_eq!(body.len(), 16);
+    assert_eq!(decode_extents(&body, 4096 + (1 << 20)), Ok(extents.clone()));
+    // More than was asked, an empty answer, an empty extent, a torn one.
+    assert!(decode_extents(&body, 4096).is_err());
+    assert!(decode_extents(&[], 4096).is_err());
+    assert!(decode_extents(&encode_extents(&[Extent { len: 0, flags: 0 }]), 1).is_err());
+    assert!(decode_extents(&body[..12], u32::MAX).is_err());
+    let too_many = vec![Extent { len: 1, flags: 0 }; MAX_EXTENTS + 1];
+    assert!(decode_extents(&encode_extents(&too_many), u32::MAX).is_err());
+    // Not supported carries its message.
+    let e = BlockError::NotSupported("slow".into());
+    assert_eq!(decode_response(&encode_err(&e)), Ok(Err(e)));
 }

@@ -273,18 +273,21 @@ async fn hostile_handshakes_drop_only_their_connection() {
     // Probes for unsupported options get ERR_UNSUP and the negotiation
     // goes on; malformed known options get ERR_INVALID.
     let mut c = RawClient::handshake(addr).await;
-    for option in [
-        OPT_STRUCTURED_REPLY,
-        OPT_EXTENDED_HEADERS,
-        OPT_SET_META_CONTEXT,
-        OPT_LIST_META_CONTEXT,
-        OPT_STARTTLS,
-        4,
-        0xdead_beef,
-    ] {
+    for option in [OPT_EXTENDED_HEADERS, OPT_STARTTLS, 4, 0xdead_beef] {
         c.send_option(option, &[1, 2, 3]).await;
         let r = c.read_option_reply().await;
         assert_eq!((r.option, r.kind), (option, REP_ERR_UNSUP));
+    }
+    // Known options with bad data, or out of order (meta contexts before
+    // structured replies), are invalid.
+    for option in [
+        OPT_STRUCTURED_REPLY,
+        OPT_SET_META_CONTEXT,
+        OPT_LIST_META_CONTEXT,
+    ] {
+        c.send_option(option, &[1, 2, 3]).await;
+        let r = c.read_option_reply().await;
+        assert_eq!((r.option, r.kind), (option, REP_ERR_INVALID));
     }
     c.send_option(OPT_LIST, b"x").await;
     assert_eq!(c.read_option_reply().await.kind, REP_ERR_INVALID);
@@ -303,7 +306,9 @@ async fn hostile_handshakes_drop_only_their_connection() {
         | FLAG_SEND_FUA
         | FLAG_SEND_TRIM
         | FLAG_SEND_WRITE_ZEROES
-        | FLAG_CAN_MULTI_CONN;
+        | FLAG_CAN_MULTI_CONN
+        | FLAG_SEND_CACHE
+        | FLAG_SEND_FAST_ZERO;
     assert_eq!(flags, expected);
     assert_eq!(c.go("vol0").await, Ok((MIB as u64, expected)));
     c.request(CMD_READ, 0, 1, 0, 16, &[]).await;
@@ -350,8 +355,13 @@ async fn hostile_requests_get_errors_and_the_server_keeps_serving() {
         (CMD_TRIM, 0, size, 1, EINVAL),
         (CMD_WRITE_ZEROES, 0, u64::MAX - 1, 4, ENOSPC),
         (CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE | CMD_FLAG_FUA, 0, 4, 0),
-        (CMD_CACHE, 0, 0, 8, EINVAL),
+        (CMD_CACHE, 0, 0, 8, 0),
+        (CMD_CACHE, 0, size, 8, EINVAL),
+        (CMD_CACHE, CMD_FLAG_NO_HOLE, 0, 8, EINVAL),
+        // No metadata context was negotiated.
         (CMD_BLOCK_STATUS, 0, 0, 8, EINVAL),
+        (CMD_WRITE_ZEROES, CMD_FLAG_FAST_ZERO, 0, 4, 0),
+        (CMD_TRIM, CMD_FLAG_FAST_ZERO, 0, 4, EINVAL),
         (99, 0, 0, 0, EINVAL),
         (CMD_READ, 0, size, 0, 0),
     ];

@@ -74,6 +74,34 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_parses_and_passes_the_checks() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n").expect("README has a TOML example") + 8;
+        let len = readme[start..].find("```").expect("the example ends");
+        // The example names a host; this machine cannot resolve it.
+        let example = readme[start..start + len].replace("storage-host:", "127.0.0.1:");
+        let file: ConfigFile = toml::from_str(&example).expect("valid config");
+        assert_eq!(file.target.listen, ["0.0.0.0:7400"]);
+        let nbd = file.nbd.merged(NbdArgs::default());
+        let target = file.target.merged(TargetArgs::default());
+        assert!(nbd.is_ok() && target.is_ok(), "{nbd:?} {target:?}");
+    }
+
+    #[test]
+    fn nbd_takes_one_target_or_a_list_of_nodes() {
+        let one: ConfigFile = toml::from_str("[nbd]\ntarget = \"127.0.0.1:7400\"\n").expect("one");
+        assert_eq!(one.nbd.target, vec!["127.0.0.1:7400".to_owned()]);
+        let two: ConfigFile = toml::from_str(
+            "[nbd]\ntarget = [\"10.0.0.5:7400\", \"10.0.0.6:7400\"]\npolicy = \"active-active\"\n\
+             failover-delay = \"1s\"\n",
+        )
+        .expect("two");
+        assert_eq!(two.nbd.target.len(), 2);
+        assert_eq!(two.nbd.policy.as_deref(), Some("active-active"));
+        assert_eq!(two.nbd.failover_delay.as_deref(), Some("1s"));
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = toml::from_str::<ConfigFile>("[target]\nvolumes = \"x\"\n");
         assert!(err.is_err());

@@ -60,6 +60,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         target: None,
         progress: !args.json,
         second: None,
+        nodes: 1,
     })
     .await?;
     if args.json {

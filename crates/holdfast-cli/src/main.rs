@@ -4,13 +4,19 @@
 
 mod bench;
 mod chaos_cmd;
+mod checks;
 mod config;
+mod control;
 mod demo;
+mod errors;
 mod logsvc;
 mod malloc;
+mod metrics_export;
 mod nbd_cmd;
 mod nbd_life;
+mod notify;
 mod signals;
+mod status_cmd;
 mod target_cmd;
 mod torture;
 mod units;
@@ -50,7 +56,17 @@ enum Command {
     /// Connect to a target and export its volume over NBD, for qemu-img,
     /// qemu-io, fio, nbdcopy and the kernel's nbd client.
     #[command(
-        after_help = "Example:\n  holdfast nbd --target 10.0.0.5:7400 --listen 127.0.0.1:10809\n  qemu-img info nbd://127.0.0.1:10809/"
+        after_help = "Examples:\n  holdfast nbd --target 10.0.0.5:7400 --listen 127.0.0.1:10809\n  qemu-img info nbd://127.0.0.1:10809/\n\n\
+Two nodes of one backend (two `holdfast target` processes serving the same volume, each with\n\
+--peer naming the other):\n  holdfast nbd --target 10.0.0.5:7400 --target 10.0.0.6:7400 --policy active-passive\n\n\
+When the path to a node is lost (gone for longer than --detection), its requests that the node\n\
+never received move to another node at once; for the ones it may still run, the export asks a\n\
+surviving node to fence it (the old node confirms that none of them will run: failover takes\n\
+milliseconds) or, if the old node cannot be reached, waits the quiesce time it advertised, plus\n\
+--failover-delay, from the last contact. Only then are they re-issued, in their original order,\n\
+so a write retried on the new node is never overwritten by its stale copy. Each node's state\n\
+(active, standby, reconnecting, fencing, down), fences and moved requests are logged, printed as\n\
+`path` JSON lines with --json, and summed up on exit."
     )]
     Nbd(nbd_cmd::NbdArgs),
     /// Run a verified read/write workload through a fault-injecting proxy
@@ -81,6 +97,13 @@ enum Command {
         after_help = "Examples:\n  holdfast bench all --quick        # every scenario, under 5 minutes\n  holdfast bench overhead --results bench-results\n  holdfast bench block --quick      # needs fio, qemu-nbd, nbdkit\n  holdfast bench scale --json"
     )]
     Bench(bench::BenchArgs),
+    /// Show what a running target or export is doing: its sessions and
+    /// their state (attached, detached, expiring), connections and
+    /// counters, read over its local control socket (no network needed).
+    #[command(
+        after_help = "Examples:\n  holdfast status                          # every target and export running here\n  holdfast status --target /run/holdfast/disk1.sock --json\n  holdfast status --nbd /run/holdfast/nbd-4242.sock"
+    )]
+    Status(status_cmd::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -89,7 +112,7 @@ fn main() -> ExitCode {
     // The demo draws a progress line and a table: keep its logs to errors
     // unless asked. The services log their sessions' lives by default.
     init_logs(match cli.command {
-        Command::Demo(_) | Command::Torture(_) | Command::Bench(_) => "error",
+        Command::Demo(_) | Command::Torture(_) | Command::Bench(_) | Command::Status(_) => "error",
         _ => "info",
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -111,23 +134,42 @@ fn main() -> ExitCode {
             Command::Chaos(args) => chaos_cmd::run(args).await,
             Command::Torture(args) => torture::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Status(args) => status_cmd::run(args).await,
         }
     });
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", errors::chain(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (else by `default`).
+/// Logs to stderr, filtered by `RUST_LOG` (else by `default`), coloured only
+/// when stderr is a terminal. A `RUST_LOG` that does not parse is reported
+/// (the default filter is used instead), never silently ignored.
 fn init_logs(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => {
+            match tracing_subscriber::EnvFilter::try_new(&spec) {
+                Ok(filter) => filter,
+                Err(e) => {
+                    eprintln!(
+                        "warning: RUST_LOG={spec:?} is not a valid filter ({e}); logging at \
+                         {default:?} instead. Examples: RUST_LOG=debug, \
+                         RUST_LOG=holdfast=debug,warn"
+                    );
+                    tracing_subscriber::EnvFilter::new(default)
+                }
+            }
+        }
+        _ => tracing_subscriber::EnvFilter::new(default),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

@@ -2,6 +2,11 @@
 //! over NBD on a local address, so qemu-img, qemu-io, fio, nbdcopy and the
 //! kernel's nbd client use it unchanged while the session rides out
 //! connection loss underneath.
+//!
+//! With several `--target`s (nodes serving the same backend) the export
+//! runs over a path group ([`holdfast::paths`]): one session per node, and a
+//! lost node is fenced (or waited out) before its requests are re-issued on
+//! another, so no stale write lands after its retry.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use holdfast::paths::{PathGroup, PathGroupOptions, PathState, Policy};
 use holdfast::{Endpoint, EndpointConnector, Initiator, InitiatorConfig, InitiatorOptions};
 use holdfast_block::nbd::{NbdOptions, Server};
 use holdfast_block::Volume;
@@ -21,9 +27,24 @@ use crate::units::{parse_duration, parse_endpoint};
 #[derive(Debug, Default, Args, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub(crate) struct NbdArgs {
-    /// The holdfast target: HOST:PORT or unix:PATH.
+    /// The holdfast target: HOST:PORT or unix:PATH. Repeat it for the
+    /// nodes of one backend (`holdfast target` processes serving the same
+    /// volume): the export then holds one session per node and fails over
+    /// between them.
     #[arg(long, value_name = "ADDR")]
-    pub(crate) target: Option<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub(crate) target: Vec<String>,
+    /// With several targets: `active-passive` sends every request to one
+    /// node and keeps the others as standbys; `active-active` sends each to
+    /// the node with the fewest outstanding [default: active-passive].
+    #[arg(long, value_name = "POLICY", value_parser = ["active-passive", "active-active"])]
+    pub(crate) policy: Option<String>,
+    /// With several targets: extra wait on top of a lost node's advertised
+    /// quiesce time before its requests are re-issued elsewhere, when it
+    /// could not be fenced (for nodes that need more than they advertise)
+    /// [default: 0s].
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) failover_delay: Option<String>,
     /// Where NBD clients connect: HOST:PORT or unix:PATH
     /// [default: 127.0.0.1:10809].
     #[arg(long, value_name = "ADDR")]
@@ -77,26 +98,42 @@ pub(crate) struct NbdArgs {
     #[arg(long = "same-target", value_name = "ADDR")]
     #[serde(default)]
     pub(crate) same_target: Vec<String>,
+    /// Export read-only: NBD clients are told so, and every write, trim
+    /// and write-zeroes is refused with EPERM (the target may still take
+    /// writes from others).
+    #[arg(long)]
+    #[serde(default)]
+    pub(crate) read_only: bool,
     /// Print the export's address and size as a JSON line.
     #[arg(long)]
     #[serde(default)]
     pub(crate) json: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9401): NBD requests by type with latency, recoveries by
+    /// kind with duration, lost connections by cause, the session's calls
+    /// and bytes. Off unless given; the names are listed in README.md.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) metrics: Option<String>,
 }
 
 /// Settings after merging flags, file and defaults.
 #[derive(Debug)]
 pub(crate) struct NbdSettings {
-    target: Endpoint,
+    targets: Vec<Endpoint>,
     /// Further addresses of the same target (`--same-target`).
     same_target: Vec<Endpoint>,
     connections: u32,
     spread: holdfast::proto::Spread,
+    policy: Policy,
+    failover_delay: Duration,
     listen: Endpoint,
     export: String,
     io_timeout: Duration,
     detection: Duration,
     session_loss: Duration,
+    read_only: bool,
     json: bool,
+    metrics: Option<std::net::SocketAddr>,
     /// The NBD server's limits (export name and io timeout set in run).
     limits: NbdOptions,
 }
@@ -104,9 +141,14 @@ pub(crate) struct NbdSettings {
 impl NbdArgs {
     /// Merges these flags over the config file's values and checks them.
     pub(crate) fn merged(self, file: NbdArgs) -> anyhow::Result<NbdSettings> {
-        let Some(target) = pick(self.target, file.target) else {
-            bail!("no target: give --target HOST:PORT (where `holdfast target` listens)");
+        let targets = if self.target.is_empty() {
+            file.target
+        } else {
+            self.target
         };
+        if targets.is_empty() {
+            bail!("no target: give --target HOST:PORT (where `holdfast target` listens)");
+        }
         let endpoint = |s: &str| parse_endpoint(s).map_err(anyhow::Error::msg);
         let duration = |v: Option<String>, default: Duration| -> anyhow::Result<Duration> {
             v.map_or(Ok(default), |s| {
@@ -120,7 +162,7 @@ impl NbdArgs {
         };
         let connections = pick(self.connections, file.connections).unwrap_or(1);
         if connections == 0 {
-            bail!("--connections must be at least 1");
+            bail!("--connections 0 is too small: it must be at least 1 (the session needs a connection)");
         }
         let spread = match pick(self.spread, file.spread).as_deref() {
             None | Some("least-outstanding") => holdfast::proto::Spread::LeastOutstanding,
@@ -129,14 +171,26 @@ impl NbdArgs {
                 bail!("--spread {other}: give least-outstanding or round-robin")
             }
         };
-        Ok(NbdSettings {
-            target: endpoint(&target)?,
+        let policy = pick(self.policy, file.policy)
+            .map(|p| p.parse::<Policy>().map_err(anyhow::Error::msg))
+            .transpose()?
+            .unwrap_or_default();
+        let settings = NbdSettings {
+            targets: targets
+                .iter()
+                .map(|t| endpoint(t))
+                .collect::<anyhow::Result<_>>()?,
             same_target: same_target
                 .iter()
                 .map(|a| endpoint(a))
                 .collect::<anyhow::Result<_>>()?,
             connections,
             spread,
+            policy,
+            failover_delay: duration(
+                pick(self.failover_delay, file.failover_delay),
+                Duration::ZERO,
+            )?,
             listen: endpoint(
                 &pick(self.listen, file.listen).unwrap_or_else(|| "127.0.0.1:10809".to_owned()),
             )?,
@@ -150,7 +204,12 @@ impl NbdArgs {
                 pick(self.session_loss, file.session_loss),
                 Duration::from_secs(120),
             )?,
+            read_only: self.read_only || file.read_only,
             json: self.json || file.json,
+            metrics: pick(self.metrics, file.metrics)
+                .map(|m| crate::units::parse_socket_addr(&m).map_err(anyhow::Error::msg))
+                .transpose()
+                .context("--metrics")?,
             limits: {
                 let d = NbdOptions::default();
                 let bytes = pick(self.max_in_flight_bytes, file.max_in_flight_bytes)
@@ -173,8 +232,51 @@ impl NbdArgs {
                     ..d
                 }
             },
-        })
+        };
+        check_nbd(&settings)?;
+        Ok(settings)
     }
+}
+
+/// Refuses export settings that parse but cannot work.
+fn check_nbd(s: &NbdSettings) -> anyhow::Result<()> {
+    use crate::checks::{at_least, duration_within};
+    if s.targets.len() > 1 && !s.same_target.is_empty() {
+        bail!(
+            "--same-target names another address of the one --target; with several \
+             --target nodes, give each node once"
+        );
+    }
+    duration_within(
+        "detection",
+        s.detection,
+        Duration::from_millis(100),
+        Duration::from_secs(120),
+        "shorter declares healthy connections dead and reconnects in a storm; longer \
+         exceeds the keep-alive a target accepts",
+    )?;
+    duration_within(
+        "io-timeout",
+        s.io_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(24 * 3600),
+        "with 0 every request would fail before it is sent",
+    )?;
+    duration_within(
+        "session-loss",
+        s.session_loss,
+        s.detection,
+        Duration::from_secs(7 * 24 * 3600),
+        "the session cannot be given up before a lost connection is even detected",
+    )?;
+    for (flag, value) in [
+        ("max-connections", s.limits.max_connections),
+        ("max-in-flight", s.limits.max_in_flight),
+        ("max-zeroing", s.limits.max_zeroing_in_flight),
+    ] {
+        at_least(flag, value as u64, 1, "with 0 no request could be served")?;
+    }
+    Ok(())
 }
 
 /// A bound NBD listener.
@@ -183,38 +285,131 @@ enum Listener {
     Unix(tokio::net::UnixListener),
 }
 
+/// Accepts a TOML string or a list of strings (`target = "a"` or
+/// `target = ["a", "b"]`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// Opens the volume: over one session for one target, over a path group
+/// for several.
+async fn open_volume(s: &NbdSettings) -> anyhow::Result<Volume> {
+    let options = InitiatorOptions {
+        protocol: InitiatorConfig {
+            session_loss_timeout: Some(s.session_loss),
+            ..InitiatorConfig::default().with_detection_bound(s.detection)
+        },
+        ..InitiatorOptions::default()
+    }
+    .with_connections(s.connections, s.spread);
+    let names = targets_text(&s.targets);
+    if let [target] = s.targets.as_slice() {
+        // --same-target: further addresses of this target, used in turn.
+        let mut connectors: Vec<Arc<dyn holdfast::Connector>> = vec![Arc::new(
+            EndpointConnector::new(target.clone(), s.detection),
+        )];
+        for address in &s.same_target {
+            connectors.push(Arc::new(EndpointConnector::new(
+                address.clone(),
+                s.detection,
+            )));
+        }
+        let initiator = Initiator::start(
+            Arc::new(holdfast::RoundRobinConnector::new(connectors)),
+            options,
+        );
+        let volume = Volume::connect(initiator)
+            .await
+            .with_context(|| format!("could not open the volume of the target at {target}"))?;
+        return Ok(volume.with_target_name(target));
+    }
+    let mut builder = PathGroup::builder().options(PathGroupOptions {
+        policy: s.policy,
+        failover_delay: s.failover_delay,
+        initiator: options,
+        ..PathGroupOptions::default()
+    });
+    for t in &s.targets {
+        builder = builder.endpoint(t.clone());
+    }
+    let group = builder.start()?;
+    let volume = Volume::connect_group(group)
+        .await
+        .with_context(|| format!("could not open the volume of the targets at {names}"))?;
+    Ok(volume.with_target_name(format!("one of {names}")))
+}
+
+/// The targets' addresses, for messages.
+pub(crate) fn targets_text(targets: &[Endpoint]) -> String {
+    let all: Vec<String> = targets.iter().map(ToString::to_string).collect();
+    all.join(", ")
+}
+
+/// Logs every change of a path's state (and, with `--json`, prints it as
+/// a `path` event line), so the export's status shows each node.
+async fn report_paths(group: PathGroup, json: bool) {
+    let mut seen: Vec<Option<PathState>> = Vec::new();
+    loop {
+        let stats = group.stats().await;
+        seen.resize(stats.paths.len(), None);
+        for (p, last) in stats.paths.iter().zip(seen.iter_mut()) {
+            if *last == Some(p.state) {
+                continue;
+            }
+            *last = Some(p.state);
+            tracing::info!(path = %p.name, state = %p.state, "{p}");
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "event": "path",
+                        "path": p.name,
+                        "state": p.state.name(),
+                        "failovers": p.failovers,
+                        "fences_requested": p.fences_requested,
+                        "fences_confirmed": p.fences_confirmed,
+                        "fence_latency_ms": p.fence_latency.map(|d| d.as_secs_f64() * 1e3),
+                        "commands_moved": p.commands_moved,
+                        "epoch": stats.epoch,
+                    })
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Connects, exports, and serves until Ctrl-C or SIGTERM, or until the
 /// session is lost (see [`crate::nbd_life`]).
 pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
-    let mut connectors: Vec<Arc<dyn holdfast::Connector>> = vec![Arc::new(EndpointConnector::new(
-        s.target.clone(),
-        s.detection,
-    ))];
-    for address in &s.same_target {
-        connectors.push(Arc::new(EndpointConnector::new(
-            address.clone(),
-            s.detection,
-        )));
+    if let Some(addr) = s.metrics {
+        crate::metrics_export::install(addr)?;
     }
-    let initiator = Initiator::start(
-        Arc::new(holdfast::RoundRobinConnector::new(connectors)),
-        InitiatorOptions {
-            protocol: InitiatorConfig {
-                session_loss_timeout: Some(s.session_loss),
-                ..InitiatorConfig::default().with_detection_bound(s.detection)
-            },
-            ..InitiatorOptions::default()
+    let volume = open_volume(&s).await?;
+    if s.metrics.is_some() {
+        if let Some(initiator) = volume.initiator() {
+            crate::metrics_export::export_initiator(initiator.clone());
         }
-        .with_connections(s.connections, s.spread),
-    );
-    let volume = Volume::connect(initiator.clone())
-        .await
-        .with_context(|| format!("could not open the volume of the target at {}", s.target))?;
+        if let Some(group) = volume.path_group() {
+            crate::metrics_export::export_paths(group.clone());
+        }
+    }
+    let names = targets_text(&s.targets);
     let size = volume.size();
     let server = Server::new(
-        Arc::new(volume.with_target_name(&s.target)),
+        Arc::new(volume.clone()),
         NbdOptions {
             export_name: s.export.clone(),
+            read_only: s.read_only,
             io_timeout: Some(s.io_timeout),
             ..s.limits.clone()
         },
@@ -242,14 +437,23 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
     if s.json {
         println!(
             "{}",
-            serde_json::json!({ "event": "exporting", "uri": uri, "size": size, "target": s.target.to_string() })
+            serde_json::json!({
+                "event": "exporting",
+                "uri": uri,
+                "size": size,
+                "target": s.targets.first().map(ToString::to_string),
+                "targets": s.targets.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
         );
     } else {
-        eprintln!(
-            "exporting the volume of {} ({size} bytes) as {uri}; Ctrl-C to stop",
-            s.target
-        );
+        eprintln!("exporting the volume of {names} ({size} bytes) as {uri}; Ctrl-C to stop");
     }
+    crate::notify::ready(&format!("exporting the volume of {names} as {uri}"));
+    // After the `exporting` line: a caller reads that one first.
+    let reporter = volume
+        .path_group()
+        .cloned()
+        .map(|g| tokio::spawn(report_paths(g, s.json)));
     let serve = async {
         match listener {
             Listener::Tcp(l) => server.serve_listener(l).await,
@@ -257,11 +461,15 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
         }
     };
     let exit = crate::nbd_life::Exit {
-        initiator: &initiator,
-        target: &s.target,
+        volume: &volume,
+        target: &names,
         listen: &s.listen,
         json: s.json,
         signals,
     };
-    crate::nbd_life::serve_until_stopped(serve, exit).await
+    let result = crate::nbd_life::serve_until_stopped(serve, exit).await;
+    if let Some(r) = reporter {
+        r.abort();
+    }
+    result
 }

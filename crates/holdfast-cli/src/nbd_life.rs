@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use crate::signals::Signals;
 use anyhow::{bail, Context};
-use holdfast::{Endpoint, Initiator, SessionLoss};
+use holdfast::{Endpoint, SessionLoss};
+use holdfast_block::Volume;
 use tracing::warn;
 
 /// How long the first Ctrl-C or SIGTERM waits for the session to close
@@ -66,10 +67,10 @@ enum Stop {
 
 /// What the export shows on the way out.
 pub(crate) struct Exit<'a> {
-    /// The session under the export.
-    pub(crate) initiator: &'a Initiator,
-    /// The target's address, for messages.
-    pub(crate) target: &'a Endpoint,
+    /// The volume (its session or path group) under the export.
+    pub(crate) volume: &'a Volume,
+    /// The targets' addresses, for messages.
+    pub(crate) target: &'a str,
     /// The NBD listen address (a Unix socket file is removed on the way out).
     pub(crate) listen: &'a Endpoint,
     /// Print the final line as JSON on stdout.
@@ -90,7 +91,7 @@ where
     let stop = tokio::select! {
         never = serve => match never {},
         (name, _) = exit.signals.next() => Stop::Signal(name),
-        ended = exit.initiator.ended() => Stop::Ended(ended),
+        ended = exit.volume.ended() => Stop::Ended(ended),
     };
     // The server future is gone: the listener is closed and every NBD
     // connection with it (their requests still running are cancelled).
@@ -121,7 +122,7 @@ where
                  once)",
                 CLOSE_GRACE.as_secs()
             );
-            let close = tokio::time::timeout(CLOSE_GRACE, exit.initiator.close());
+            let close = tokio::time::timeout(CLOSE_GRACE, exit.volume.close());
             tokio::select! {
                 closed = close => match closed {
                     Ok(Ok(())) => {
@@ -160,11 +161,36 @@ where
 /// The final stats line: JSON on stdout with `--json`, else one line on
 /// stderr.
 async fn print_final_stats(exit: &Exit<'_>, reason: &str, clean: bool, code: u8) {
-    let stats = tokio::time::timeout(Duration::from_secs(1), exit.initiator.stats())
+    let stats = tokio::time::timeout(Duration::from_secs(2), exit.volume.session_stats())
         .await
         .ok()
         .flatten()
         .unwrap_or_default();
+    let paths = match exit.volume.path_group() {
+        Some(g) => tokio::time::timeout(Duration::from_secs(2), g.stats())
+            .await
+            .ok(),
+        None => None,
+    };
+    if let Some(p) = &paths {
+        eprintln!("paths: {p}");
+    }
+    let paths_json: Vec<serde_json::Value> = paths
+        .iter()
+        .flat_map(|g| g.paths.iter())
+        .map(|p| {
+            serde_json::json!({
+                "path": p.name,
+                "state": p.state.name(),
+                "failovers": p.failovers,
+                "fences_requested": p.fences_requested,
+                "fences_confirmed": p.fences_confirmed,
+                "fence_latency_ms": p.fence_latency.map(|d| d.as_secs_f64() * 1e3),
+                "commands_moved": p.commands_moved,
+                "commands_failed": p.commands_failed,
+            })
+        })
+        .collect();
     if exit.json {
         println!(
             "{}",
@@ -182,6 +208,7 @@ async fn print_final_stats(exit: &Exit<'_>, reason: &str, clean: bool, code: u8)
                 "calls_failed": stats.calls_failed,
                 "bytes_in": stats.bytes_in,
                 "bytes_out": stats.bytes_out,
+                "paths": paths_json,
             })
         );
     } else {

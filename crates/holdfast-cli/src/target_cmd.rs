@@ -37,10 +37,11 @@ pub(crate) struct TargetArgs {
     /// Create the file, or grow it, to this size (e.g. 1G). Without it the
     /// volume must exist.
     #[arg(long)]
+    #[serde(default, deserialize_with = "crate::checks::size_text")]
     pub(crate) size: Option<String>,
     /// Where to listen: HOST:PORT or unix:PATH; repeat for several.
     #[arg(long, value_name = "ADDR")]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::checks::one_or_many")]
     pub(crate) listen: Vec<String>,
     /// The volume's identity (a UUID), which clients check on every
     /// request. Required for a block device; a regular file keeps its own
@@ -56,13 +57,15 @@ pub(crate) struct TargetArgs {
     #[arg(long)]
     #[serde(default)]
     pub(crate) direct: bool,
-    /// Commands one session may have outstanding (its credit window).
+    /// Commands one session may have outstanding (its credit window), at
+    /// least 1 [default: 128].
     #[arg(long)]
     pub(crate) credits: Option<u32>,
-    /// How long a session's state is kept after its connection is lost.
+    /// How long a session's state is kept after its connection is lost
+    /// [default: 60s].
     #[arg(long, value_name = "DURATION")]
     pub(crate) retain: Option<String>,
-    /// The most sessions served at once.
+    /// The most sessions served at once [default: 16384].
     #[arg(long)]
     pub(crate) max_sessions: Option<usize>,
     /// The most sessions held at once that were created from one IP
@@ -77,16 +80,49 @@ pub(crate) struct TargetArgs {
     /// Bytes held for all connections' frames being received and queued to
     /// send; a connection that would exceed it is closed [default: 1G].
     #[arg(long, value_name = "SIZE")]
+    #[serde(default, deserialize_with = "crate::checks::size_text")]
     pub(crate) memory_budget: Option<String>,
     /// On Ctrl-C or SIGTERM: how long connections stay up after the
     /// shutdown notice (new logins are refused meanwhile); then the process
-    /// exits and its sessions end.
+    /// exits and its sessions end [default: 1s].
     #[arg(long, value_name = "DURATION")]
     pub(crate) shutdown_up: Option<String>,
+    /// Another node serving the same volume (its listen address): a
+    /// session to it carries fences. When a host fails over from that node
+    /// to this one, it asks this node to fence the old one; this node
+    /// forwards the FENCE over the peer link, the old node stops the
+    /// host's queued commands, waits for its running ones and confirms, and
+    /// the host re-issues at once instead of waiting out the old node's
+    /// quiesce time. Repeat for several peers. Without it (or while a peer
+    /// is unreachable) a fence is answered "unreachable" and the host
+    /// waits instead: slower, equally safe.
+    #[arg(long, value_name = "ADDR")]
+    #[serde(default)]
+    pub(crate) peer: Vec<String>,
+    /// How long a command of a multipath host may run once it has started
+    /// [default: 1s]. A node promises at login that after losing contact
+    /// with a host it starts none of its commands after the inactivity
+    /// deadline and has finished the started ones by the deadline plus this
+    /// budget (its "quiesce time"); a host that cannot reach the node waits
+    /// that long before it re-issues elsewhere. Raise it if the log reports
+    /// quiesce overruns (a slow disk), lower it for faster failover.
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) command_budget: Option<String>,
     /// Print the bound endpoints and final counters as JSON lines.
     #[arg(long)]
     #[serde(default)]
     pub(crate) json: bool,
+    /// The control socket `holdfast status` reads (mode 0600); `none`
+    /// turns it off [default: target-PID.sock in /run/holdfast for root,
+    /// else in $XDG_RUNTIME_DIR/holdfast, where `holdfast status` looks].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) control: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9400): sessions by state, logins, recoveries, commands,
+    /// bytes, credits, the response cache, backend I/O latency. Off unless
+    /// given; the names are listed in README.md.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) metrics: Option<String>,
 }
 
 /// Settings after merging flags, file and defaults.
@@ -100,8 +136,11 @@ pub(crate) struct TargetSettings {
     read_only: bool,
     direct: bool,
     protocol: TargetConfig,
+    peers: Vec<Endpoint>,
     shutdown_up: Duration,
     json: bool,
+    control: Option<PathBuf>,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 impl TargetArgs {
@@ -154,6 +193,21 @@ impl TargetArgs {
             let bytes = parse_size(&b).map_err(anyhow::Error::msg)?;
             protocol.memory_budget = usize::try_from(bytes).unwrap_or(usize::MAX);
         }
+        protocol.command_budget = duration(
+            pick(self.command_budget, file.command_budget),
+            protocol.command_budget,
+        )?;
+        check_target(&protocol, size)?;
+        let peers = if self.peer.is_empty() {
+            file.peer
+        } else {
+            self.peer
+        };
+        let peers = peers
+            .iter()
+            .map(|p| parse_endpoint(p).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .context("--peer")?;
         let volume_id = pick(self.volume_id, file.volume_id)
             .map(|v| v.parse::<holdfast_block::VolumeId>())
             .transpose()
@@ -166,13 +220,70 @@ impl TargetArgs {
             read_only: self.read_only || file.read_only,
             direct: self.direct || file.direct,
             protocol,
+            peers,
             shutdown_up: duration(
                 pick(self.shutdown_up, file.shutdown_up),
                 Duration::from_secs(1),
             )?,
             json: self.json || file.json,
+            metrics: pick(self.metrics, file.metrics)
+                .map(|m| crate::units::parse_socket_addr(&m).map_err(anyhow::Error::msg))
+                .transpose()
+                .context("--metrics")?,
+            control: match pick(self.control, file.control).as_deref() {
+                Some("none") => None,
+                Some(path) => Some(PathBuf::from(path)),
+                None => Some(crate::control::default_path("target")),
+            },
         })
     }
+}
+
+/// Refuses target settings that parse but cannot work.
+fn check_target(protocol: &TargetConfig, size: Option<u64>) -> anyhow::Result<()> {
+    use crate::checks::{at_least, duration_within};
+    at_least(
+        "credits",
+        u64::from(protocol.credits),
+        1,
+        "a session needs room for at least one command",
+    )?;
+    at_least(
+        "max-sessions",
+        protocol.max_sessions as u64,
+        1,
+        "with 0 every login would be refused",
+    )?;
+    at_least(
+        "max-sessions-per-source",
+        protocol.max_sessions_per_source as u64,
+        1,
+        "with 0 every login would be refused",
+    )?;
+    at_least(
+        "memory-budget",
+        protocol.memory_budget as u64,
+        1 << 20,
+        "connections need room for their frames; 1M is the least that serves one",
+    )?;
+    duration_within(
+        "max-inactivity",
+        protocol.max_inactivity,
+        Duration::from_millis(50),
+        Duration::from_secs(3600),
+        "the shortest inactivity deadline the protocol grants is 50ms",
+    )?;
+    duration_within(
+        "retain",
+        protocol.retain,
+        Duration::from_millis(1),
+        Duration::from_secs(7 * 24 * 3600),
+        "with 0 a session would end at its first broken connection",
+    )?;
+    if size == Some(0) {
+        bail!("--size 0 makes an empty volume: give the volume's size, e.g. --size 1G");
+    }
+    Ok(())
 }
 
 /// Serves until Ctrl-C or SIGTERM.
@@ -181,6 +292,7 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
     let mut signals = crate::signals::Signals::new()?;
     let options = TargetOptions {
         protocol: s.protocol.clone(),
+        peers: s.peers.clone(),
         ..TargetOptions::default()
     };
     let (target, what, size) = match &s.volume {
@@ -204,17 +316,32 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
                     ..holdfast_block::ServiceOptions::default()
                 },
             );
-            let target = Target::serve(&s.listen, options, service)
-                .await
-                .context("could not listen")?;
+            let target = Target::serve(&s.listen, options, service).await?;
             (target, volume.display().to_string(), Some(size))
         }
         None => {
-            let target = Target::serve(&s.listen, options, LogService::default().service())
-                .await
-                .context("could not listen")?;
+            let target = Target::serve(&s.listen, options, LogService::default().service()).await?;
             (target, "the log service".to_owned(), None)
         }
+    };
+    if let Some(addr) = s.metrics {
+        crate::metrics_export::install(addr)?;
+        crate::metrics_export::export_target(target.observer());
+    }
+    let control = match &s.control {
+        Some(path) => {
+            let observer = target.observer();
+            let service = what.clone();
+            let status: crate::control::StatusFn = std::sync::Arc::new(move || {
+                let observer = observer.clone();
+                let service = service.clone();
+                Box::pin(
+                    async move { crate::status_cmd::target_document(&observer, &service).await },
+                )
+            });
+            Some(crate::control::Control::start(path, status)?)
+        }
+        None => None,
     };
     let endpoints: Vec<String> = target.endpoints().iter().map(ToString::to_string).collect();
     if s.json {
@@ -229,26 +356,47 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
             endpoints.join(", ")
         );
     }
+    crate::notify::ready(&format!("serving {what} on {}", endpoints.join(", ")));
     signals.next().await;
+    crate::notify::stopping("shutdown notice sent; connections close after the up time");
     eprintln!(
         "shutting down: connections stay up {:?} (new logins refused), then the process \
          exits; its sessions end with it (announced as \"will not return\")",
         s.shutdown_up
     );
+    drop(control);
     let stats = target.stats().await;
     // Sessions do not survive this process: say it will not return.
     target.shutdown(s.shutdown_up, None).await;
     if let Some(stats) = stats {
+        let counters = serde_json::to_value(&stats)?;
         if s.json {
             println!(
                 "{}",
-                serde_json::json!({ "event": "stopped", "stats": format!("{stats:?}") })
+                serde_json::json!({ "event": "stopped", "stats": counters })
             );
         } else {
-            eprintln!("stopped: {stats:?}");
+            eprintln!("stopped: {}", counters_line(&counters));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `name value, name value, …` for the non-zero counters of a JSON object
+/// (`no activity` when all are zero).
+fn counters_line(counters: &serde_json::Value) -> String {
+    let parts: Vec<String> = counters
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| v.as_u64() != Some(0))
+        .map(|(k, v)| format!("{} {v}", k.replace('_', " ")))
+        .collect();
+    if parts.is_empty() {
+        "no activity".to_owned()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// The identity of the volume at `path`: for a regular file, its sidecar
@@ -287,6 +435,73 @@ fn volume_identity(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn log_target(extra: &str) -> anyhow::Result<TargetSettings> {
+        let file: TargetArgs = toml::from_str(&format!(
+            "service = \"log\"\nlisten = \"127.0.0.1:0\"\n{extra}"
+        ))?;
+        TargetArgs::default().merged(file)
+    }
+
+    #[test]
+    fn nonsense_values_are_refused_with_the_flag_named() {
+        for (extra, flag) in [
+            ("credits = 0", "--credits 0"),
+            ("max-sessions = 0", "--max-sessions 0"),
+            ("max-sessions-per-source = 0", "--max-sessions-per-source 0"),
+            ("max-inactivity = \"0s\"", "--max-inactivity 0ms"),
+            ("retain = \"0s\"", "--retain 0ms"),
+            ("memory-budget = 1024", "--memory-budget 1024"),
+        ] {
+            let err = log_target(extra).expect_err(extra).to_string();
+            assert!(err.starts_with(flag), "{extra}: {err}");
+        }
+        let err = TargetArgs {
+            volume: Some("/tmp/x.img".into()),
+            size: Some("0".to_owned()),
+            listen: vec!["127.0.0.1:0".to_owned()],
+            ..TargetArgs::default()
+        }
+        .merged(TargetArgs::default())
+        .expect_err("size 0")
+        .to_string();
+        assert!(err.starts_with("--size 0"), "{err}");
+        assert!(log_target("credits = 1").is_ok());
+    }
+
+    #[test]
+    fn the_config_file_takes_a_listen_string_and_a_size_in_bytes() {
+        let file: TargetArgs =
+            toml::from_str("volume = \"/srv/v.img\"\nsize = 1048576\nlisten = \"0.0.0.0:7400\"\n")
+                .expect("valid config");
+        assert_eq!(file.listen, ["0.0.0.0:7400"]);
+        assert_eq!(file.size.as_deref(), Some("1048576"));
+        let many: TargetArgs =
+            toml::from_str("listen = [\"a:1\", \"b:2\"]\nsize = \"1G\"\n").expect("valid config");
+        assert_eq!(many.listen, ["a:1", "b:2"]);
+        assert_eq!(many.size.as_deref(), Some("1G"));
+    }
+
+    #[test]
+    fn the_defaults_in_help_are_the_real_ones() {
+        use clap::CommandFactory;
+        let help = crate::Cli::command()
+            .find_subcommand_mut("target")
+            .expect("target subcommand")
+            .render_long_help()
+            .to_string();
+        let d = TargetConfig::default();
+        for shown in [
+            format!("[default: {}]", d.credits),
+            format!("[default: {}s]", d.retain.as_secs()),
+            format!("[default: {}]", d.max_sessions),
+            format!("[default: {}]", d.max_sessions_per_source),
+            format!("[default: {}s]", d.max_inactivity.as_secs()),
+            "[default: 1s]".to_owned(),
+        ] {
+            assert!(help.contains(&shown), "--help lacks {shown}:\n{help}");
+        }
+    }
 
     #[test]
     fn max_inactivity_and_memory_budget_reach_the_target_config() {

@@ -75,6 +75,15 @@ pub(crate) fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
         .ok_or_else(|| format!("{text:?} resolves to no address"))
 }
 
+/// Parses a TCP address `HOST:PORT` (no Unix socket), for listeners that
+/// speak HTTP such as `--metrics`.
+pub(crate) fn parse_socket_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    match parse_endpoint(text)? {
+        Endpoint::Tcp(addr) => Ok(addr),
+        _ => Err(format!("{text:?} is not a TCP address HOST:PORT")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

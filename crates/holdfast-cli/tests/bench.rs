@@ -150,6 +150,39 @@ fn bench_all_writes_every_report_plot_and_row() {
     }
     check_block(&json, &dir, &index);
     check_scale(&json, &dir, &index);
+    check_failover(&json, &dir, &index);
+}
+
+/// The failover scenario: the fence-confirmed, quiesce-wait and single-path
+/// rows with their trials, every fence of the first row confirmed, the
+/// reference rows, and the report linked from the index.
+fn check_failover(json: &serde_json::Value, dir: &std::path::Path, index: &str) {
+    let rows = json["failover"]["rows"].as_array().expect("failover rows");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for r in rows {
+        let trials = r["trials"].as_u64().expect("trials");
+        assert_eq!(
+            r["samples_ms"].as_array().expect("samples").len() as u64,
+            trials
+        );
+        assert!(r["p50_ms"].as_f64().expect("p50") > 0.0, "{r}");
+    }
+    let fences = &rows[0]["fences"];
+    assert_eq!(fences[0], fences[1], "every fence confirmed: {}", rows[0]);
+    assert_eq!(rows[1]["fences"][0], 0, "no peer links, no confirmation");
+    assert_eq!(
+        json["failover"]["references"].as_array().map(Vec::len),
+        Some(2)
+    );
+    let md = non_empty(dir, "failover.md");
+    assert!(
+        md.contains("fence confirmed") && md.contains("Documented, not"),
+        "{md}"
+    );
+    assert!(
+        index.contains("failover.md"),
+        "README.md does not link failover.md"
+    );
 }
 
 /// The block scenario: every job on every system (CI installs fio,
@@ -179,6 +212,10 @@ fn check_block(json: &serde_json::Value, dir: &std::path::Path, index: &str) {
     for job in jobs {
         for system in systems {
             want.push(format!("{job} / {system}"));
+            // The cost of --metrics is measured where per-request costs show.
+            if system == "holdfast nbd" && job.starts_with("4 KiB") && job.ends_with("QD 32") {
+                want.push(format!("{job} / holdfast nbd +metrics"));
+            }
         }
     }
     let got: Vec<String> = rows
@@ -192,6 +229,13 @@ fn check_block(json: &serde_json::Value, dir: &std::path::Path, index: &str) {
         })
         .collect();
     assert_eq!(got, want, "block rows");
+    for r in rows
+        .iter()
+        .filter(|r| r["system"] == "holdfast nbd +metrics")
+    {
+        let target = r["targets"][0]["target"].as_str().unwrap_or_default();
+        assert!(target.starts_with("IOPS >= 0.99x without --metrics"), "{r}");
+    }
     for r in rows {
         for field in ["iops", "mib_per_s", "p50_us", "p99_us", "cpu_us_per_io"] {
             let v = r[field].as_f64().unwrap_or(f64::NAN);
@@ -205,8 +249,9 @@ fn check_block(json: &serde_json::Value, dir: &std::path::Path, index: &str) {
         .map(|r| r["targets"].as_array().expect("targets").len())
         .sum();
     // holdfast nbd: one per job (6); native: 4 KiB randread QD 32 and the
-    // two 1 MiB jobs (3).
-    assert_eq!(targets, 9, "the issue's block targets");
+    // two 1 MiB jobs (3); with --metrics: against holdfast nbd without
+    // them, on two jobs (2).
+    assert_eq!(targets, 11, "the issue's block targets");
 
     let md = non_empty(dir, "block.md");
     assert!(

@@ -27,8 +27,9 @@ impl Drop for Running {
     }
 }
 
-/// Starts the log target with an up time of `up`; returns it and its address.
-fn start(up: &str) -> (Running, SocketAddr) {
+/// Starts the log target with an up time of `up`; returns it, its address
+/// and its later stdout lines (the final counters).
+fn start(up: &str) -> (Running, SocketAddr, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(BIN)
         .args(["target", "--service", "log", "--listen", "127.0.0.1:0"])
         .args(["--shutdown-up", up, "--json"])
@@ -42,11 +43,9 @@ fn start(up: &str) -> (Running, SocketAddr) {
     std::thread::spawn(move || {
         // The first line says where it listens; the rest (the final
         // counters) is read too, so the process can print it and exit.
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
-        for _ in lines {}
     });
     let line = rx
         .recv_timeout(Duration::from_secs(20))
@@ -58,7 +57,7 @@ fn start(up: &str) -> (Running, SocketAddr) {
         .trim_start_matches("tcp://")
         .parse()
         .unwrap_or_else(|e| panic!("endpoint in {line}: {e}"));
-    (running, addr)
+    (running, addr, rx)
 }
 
 /// A hand-driven connection: raw frames, reads bounded by 5 s.
@@ -91,6 +90,7 @@ impl Raw {
             max_frame: 1 << 20,
             keepalive_ms: 1000,
             requested_credits: 8,
+            host: None,
         });
         self.stream
             .write_all(&encode_to_vec(&login, Digests::NONE))
@@ -132,7 +132,7 @@ fn signal(child: &Child, name: &str) {
 /// shutdown: notice, rejected newcomer, exit after the up time.
 fn shuts_down_gracefully_on(sig: &str) {
     let up = Duration::from_secs(2);
-    let (mut target, addr) = start("2s");
+    let (mut target, addr, stdout) = start("2s");
     let mut attached = Raw::connect(addr).expect("connect");
     attached.login();
     assert!(matches!(attached.next(), Some(Frame::LoginAccept(_))));
@@ -173,6 +173,17 @@ fn shuts_down_gracefully_on(sig: &str) {
     };
     assert!(status.success(), "exit status {status}");
     assert!(started.elapsed() >= up, "exited before the up time ended");
+    let last = stdout
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a final line on stdout");
+    let v: serde_json::Value = serde_json::from_str(&last).expect("the final line is JSON");
+    assert_eq!(v["event"], "stopped", "{last}");
+    // JSON all the way down: counters are numbers, not a debug string.
+    assert!(
+        v["stats"]["connections"].as_u64().is_some_and(|n| n >= 1),
+        "{last}"
+    );
+    assert_eq!(v["stats"]["sessions_created"].as_u64(), Some(1), "{last}");
 }
 
 #[test]

@@ -56,3 +56,31 @@ fn the_second_session_alone_overlapping_the_first_runs_clean() {
     assert!(v["faults"]["io-timeout"].is_null(), "{v}");
     assert!(v["second_session_operations"].as_u64() > Some(500), "{v}");
 }
+
+#[test]
+fn fence_torture_over_two_nodes_with_path_faults_runs_clean() {
+    // Issue 15: two in-process nodes serve one volume file, the workload
+    // runs over a path group, and every third fault takes a node's path
+    // down long enough for a failover (fenced through the peer link).
+    // Bounded: 15 s of load.
+    let v = torture(&[
+        "--nodes",
+        "2",
+        "--duration",
+        "15s",
+        "--seed",
+        "5",
+        "--faults",
+        "9",
+    ]);
+    for key in ["lost", "corrupt", "failed_operations"] {
+        assert_eq!(v[key], 0, "{key}: {v}");
+    }
+    assert!(v["faults"]["path-down"].as_u64() >= Some(3), "{v}");
+    assert!(v["failovers"].as_u64() >= Some(2), "{v}");
+    assert!(v["operations"].as_u64() > Some(1000), "{v}");
+    eprintln!(
+        "two nodes: {} operations, {} failovers, {} fences confirmed, {} commands moved; {}",
+        v["operations"], v["failovers"], v["fences_confirmed"], v["commands_moved"], v["paths"]
+    );
+}

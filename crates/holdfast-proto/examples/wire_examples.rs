@@ -9,15 +9,18 @@
 //! A final cross-check drives a real [`Initiator`] and [`Target`] through the
 //! same exchange (new session, a command and its response, a command lost
 //! with its connection, recovery and the resend) and asserts that the state
-//! machines emit exactly the bytes printed here.
+//! machines emit exactly the bytes printed here, and so does a second run
+//! of the fenced failover of §15.6 (a LOGIN with a HOST record, FENCE and
+//! FENCE_DONE).
 //!
 //! Run with `cargo run -p holdfast-proto --example wire_examples`.
 
 use bytes::Bytes;
 use holdfast_proto::config::DEFAULT_MAX_FRAME;
 use holdfast_proto::wire::{
-    encode_to_vec, Decoder, Digests, Direction, ErrorCode, Frame, Login, LoginAccept, LoginKind,
-    LoginReject, RejectReason, ResponseStatus, HEADER_LEN, NEVER_MS, VERSION_MAX, VERSION_MIN,
+    encode_to_vec, Decoder, Digests, Direction, ErrorCode, FenceResult, Frame, HostId, HostRecord,
+    Login, LoginAccept, LoginKind, LoginReject, RejectReason, ResponseStatus, HEADER_LEN, NEVER_MS,
+    VERSION_MAX, VERSION_MIN,
 };
 use holdfast_proto::{
     CallOptions, ConnId, Initiator, InitiatorConfig, RandomSource, SessionId, SessionSecret,
@@ -30,6 +33,10 @@ const INCARNATION: u32 = 0xA1B2_C3D4;
 const SECRET: [u8; 16] = [
     0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff,
 ];
+/// The host id of the fenced-failover example.
+const HOST: HostId = HostId([
+    0x48, 0x4f, 0x53, 0x54, 0x2d, 0x41, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01,
+]);
 /// Both digests.
 const BOTH: Digests = Digests {
     header: true,
@@ -90,7 +97,30 @@ fn main() {
         println!("{name:<13} {}", hex(&bytes));
     }
 
-    section("15.6 Join: a second connection of the session (17.2)");
+    section("15.6 Fenced failover: a LOGIN with a HOST record, FENCE and FENCE_DONE");
+    let fenced = Fenced::new();
+    dump(
+        "LOGIN, new session, HOST record (host, epoch 1)",
+        &fenced.login_host,
+        Digests::NONE,
+    );
+    dump(
+        "LOGIN_ACCEPT with quiesce_ms = inactivity_ms + command budget",
+        &fenced.accept_host,
+        Digests::NONE,
+    );
+    dump(
+        "FENCE from the host's session at epoch 2",
+        &fenced.fence,
+        Digests::NONE,
+    );
+    dump(
+        "FENCE_DONE after the running command finished",
+        &fenced.fence_done,
+        Digests::NONE,
+    );
+
+    section("15.7 Join: a second connection of the session (17.2)");
     dump(
         "LOGIN, join (connection 2)",
         &frames.login_join,
@@ -99,10 +129,11 @@ fn main() {
     dump("LOGIN_ACCEPT, join", &frames.accept_join, Digests::NONE);
 
     cross_check(&frames);
+    cross_check_fence(&fenced);
     join_check(&frames);
     println!();
     println!(
-        "cross-check passed: Initiator and Target emit exactly the bytes of 15.1-15.4 and 15.6"
+        "cross-check passed: Initiator and Target emit exactly the bytes of 15.1-15.4, 15.6 and 15.7"
     );
 }
 
@@ -135,6 +166,7 @@ impl Frames {
                 max_frame: DEFAULT_MAX_FRAME,
                 keepalive_ms: 500,
                 requested_credits: 128,
+                host: None,
             })
         };
         let accept = |kind, secret, command_ack, credit_limit| {
@@ -150,6 +182,7 @@ impl Frames {
                 inactivity_ms: 2000,
                 retain_ms: 60_000,
                 credits: 128,
+                quiesce_ms: 0,
             })
         };
         let no_secret = SessionSecret([0; 16]);
@@ -233,7 +266,67 @@ fn every_type(session: SessionId, secret: SessionSecret) -> Vec<Frame> {
             limit: 131,
         },
         Frame::FinAck { ack: 3 },
+        Frame::Fence {
+            token: 1,
+            node: INCARNATION,
+            host: HOST,
+            epoch: 2,
+        },
+        Frame::FenceDone {
+            token: 1,
+            result: FenceResult::Fenced,
+            waited_ms: 25,
+        },
     ]
+}
+
+/// The frames of the fenced-failover example (§15.6): the host's first
+/// session logs in at epoch 1 and has CMD 1 running when its second
+/// session (epoch 2, on the same node here) asks for a fence of the node;
+/// the FENCE_DONE leaves when CMD 1 completes, 25 ms later.
+struct Fenced {
+    login_host: Frame,
+    accept_host: Frame,
+    fence: Frame,
+    fence_done: Frame,
+}
+
+impl Fenced {
+    fn new() -> Self {
+        let Frame::Login(login) = Frames::new(SessionId(0), SessionSecret([0; 16])).login_new
+        else {
+            unreachable!("login_new is a LOGIN")
+        };
+        let Frame::LoginAccept(accept) =
+            Frames::new(SessionId::new(INCARNATION, 1), SessionSecret(SECRET)).accept_new
+        else {
+            unreachable!("accept_new is a LOGIN_ACCEPT")
+        };
+        Fenced {
+            login_host: Frame::Login(Login {
+                host: Some(HostRecord {
+                    host: HOST,
+                    epoch: 1,
+                }),
+                ..login
+            }),
+            accept_host: Frame::LoginAccept(LoginAccept {
+                quiesce_ms: 3000,
+                ..accept
+            }),
+            fence: Frame::Fence {
+                token: 1,
+                node: INCARNATION,
+                host: HOST,
+                epoch: 2,
+            },
+            fence_done: Frame::FenceDone {
+                token: 1,
+                result: FenceResult::Fenced,
+                waited_ms: 25,
+            },
+        }
+    }
 }
 
 // ----- annotation -----
@@ -289,7 +382,7 @@ fn layout(kind: u8) -> &'static [(&'static str, usize, Show)] {
             ("inactivity_ms", 4, Dec),
             ("retain_ms", 4, Dec),
             ("credits", 4, Dec),
-            ("reserved", 4, Reserved),
+            ("quiesce_ms", 4, Dec),
         ],
         0x12 => &[
             ("reason", 2, Dec),
@@ -313,6 +406,19 @@ fn layout(kind: u8) -> &'static [(&'static str, usize, Show)] {
             ("ack", 8, Dec),
             ("limit", 8, Dec),
         ],
+        0x08 => &[
+            ("token", 8, Dec),
+            ("node", 4, Hex),
+            ("reserved", 4, Reserved),
+            ("host", 16, Raw),
+            ("epoch", 8, Dec),
+        ],
+        0x18 => &[
+            ("token", 8, Dec),
+            ("result (0 Fenced, 1 Unreachable, 2 Refused)", 2, Dec),
+            ("reserved", 2, Reserved),
+            ("waited_ms", 4, Dec),
+        ],
         _ => &[],
     }
 }
@@ -333,6 +439,8 @@ fn type_name(kind: u8) -> &'static str {
         0x15 => "PONG",
         0x16 => "SHUTDOWN",
         0x17 => "FIN_ACK",
+        0x08 => "FENCE",
+        0x18 => "FENCE_DONE",
         _ => "?",
     }
 }
@@ -652,7 +760,7 @@ fn cross_check(f: &Frames) {
     assert_eq!(cmd1, enc(&f.cmd1, BOTH), "CMD 1 with digests");
 }
 
-/// 15.6: a session whose initiator may use two connections joins a second
+/// 15.7: a session whose initiator may use two connections joins a second
 /// one right after its first login; asserts the printed bytes.
 fn join_check(f: &Frames) {
     let enc = |frame: &Frame, d| encode_to_vec(frame, d);
@@ -692,4 +800,71 @@ fn join_check(f: &Frames) {
         2,
         "both connections logged in"
     );
+}
+
+/// Everything the target has to send now on `conn` (its changes count as
+/// persisted); bytes for other connections are dropped.
+fn target_out_on(target: &mut Target, conn: ConnId, now: Timestamp) -> Vec<u8> {
+    let mut out = Vec::new();
+    while target.has_ready() {
+        let ready = target.ready();
+        for t in ready.transmits.iter().filter(|t| t.conn == conn) {
+            for chunk in &t.chunks {
+                out.extend_from_slice(chunk);
+            }
+        }
+        target.advance(now);
+    }
+    out
+}
+
+/// Runs the fenced failover of §15.6 through real Initiators and a Target
+/// and asserts they put exactly the printed frames on the wire.
+fn cross_check_fence(f: &Fenced) {
+    let enc = |frame: &Frame| encode_to_vec(frame, Digests::NONE);
+    let ms = Timestamp::from_millis;
+    let (c1, c2) = (ConnId(1), ConnId(2));
+    let mut target = new_target();
+    let host = |epoch| InitiatorConfig {
+        host: Some(HOST),
+        epoch,
+        ..InitiatorConfig::default()
+    };
+    let mut old = Initiator::new(host(1), ms(0));
+    old.connect(c1, ms(0)).expect("connect");
+    let login = initiator_out(&mut old, ms(0));
+    assert_eq!(login, enc(&f.login_host), "LOGIN with a HOST record");
+    target.accept(c1, ms(0)).expect("accept");
+    target.handle_input(c1, &login, ms(0));
+    let accept = target_out_on(&mut target, c1, ms(0));
+    assert_eq!(accept, enc(&f.accept_host), "LOGIN_ACCEPT with quiesce_ms");
+    old.handle_input(c1, &accept, ms(0));
+    assert_eq!(old.quiesce(), Some(std::time::Duration::from_secs(3)));
+    old.call(Bytes::from_static(b"hello"), CallOptions::default(), ms(1))
+        .expect("credit");
+    let cmd = initiator_out(&mut old, ms(1));
+    target.handle_input(c1, &cmd, ms(1));
+    target_out_on(&mut target, c1, ms(1));
+
+    let mut new = Initiator::new(host(2), ms(2));
+    new.connect(c2, ms(2)).expect("connect");
+    target.accept(c2, ms(2)).expect("accept");
+    let login = initiator_out(&mut new, ms(2));
+    target.handle_input(c2, &login, ms(2));
+    let accept = target_out_on(&mut target, c2, ms(2));
+    new.handle_input(c2, &accept, ms(2));
+    let token = new.fence(INCARNATION, HOST, 2, ms(10)).expect("logged in");
+    assert_eq!(token, 1);
+    let fence = initiator_out(&mut new, ms(10));
+    assert_eq!(fence, enc(&f.fence), "FENCE");
+    target.handle_input(c2, &fence, ms(10));
+    assert!(
+        target_out_on(&mut target, c2, ms(10)).is_empty(),
+        "no FENCE_DONE while CMD 1 runs"
+    );
+    target
+        .complete(SessionId::new(INCARNATION, 1), 1, Bytes::new(), ms(35))
+        .expect("CMD 1 is running");
+    let done = target_out_on(&mut target, c2, ms(35));
+    assert_eq!(done, enc(&f.fence_done), "FENCE_DONE");
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::wire::Digests;
+use crate::wire::{Digests, HostId};
 
 /// The largest frame accepted by default: a 4 MiB payload plus room for fields.
 pub const DEFAULT_MAX_FRAME: u32 = 4 * 1024 * 1024 + 64;
@@ -40,6 +40,12 @@ pub struct InitiatorConfig {
     pub connections: u32,
     /// How commands are spread over several connections.
     pub spread: Spread,
+    /// The host id sent in every LOGIN's HOST record (PROTOCOL.md §5.2.1);
+    /// `None`: no HOST record, the session is not multipath-capable.
+    pub host: Option<HostId>,
+    /// The fencing epoch sent with `host` (starts at 1, only grows; see
+    /// [`crate::Initiator::set_epoch`]).
+    pub epoch: u64,
     /// Test-only switches that disable protections.
     #[cfg(feature = "test-switches")]
     pub switches: crate::TestSwitches,
@@ -71,6 +77,8 @@ impl Default for InitiatorConfig {
             digests: Digests::NONE,
             connections: 1,
             spread: Spread::LeastOutstanding,
+            host: None,
+            epoch: 1,
             #[cfg(feature = "test-switches")]
             switches: crate::TestSwitches::default(),
         }
@@ -138,6 +146,14 @@ pub struct TargetConfig {
     /// The most connections attached to one session at once: a join
     /// beyond it is rejected with `TooManySessions` (PROTOCOL.md §17.2).
     pub max_session_connections: usize,
+    /// The command budget: how long a command of a multipath-capable
+    /// session may run once started. The quiesce time advertised at login
+    /// is the inactivity deadline plus this (PROTOCOL.md §11.4); a command
+    /// that runs longer is counted in `TargetStats::quiesce_overruns`.
+    pub command_budget: Duration,
+    /// How many fenced hosts are remembered (with the epoch they were
+    /// fenced at), to reject their older logins.
+    pub fenced_hosts: usize,
     /// Test-only switches that disable protections.
     #[cfg(feature = "test-switches")]
     pub switches: crate::TestSwitches,
@@ -166,6 +182,8 @@ impl Default for TargetConfig {
             max_logins_in_progress: 1024,
             memory_budget: 1 << 30,
             max_session_connections: 16,
+            command_budget: Duration::from_secs(1),
+            fenced_hosts: 4096,
             #[cfg(feature = "test-switches")]
             switches: crate::TestSwitches::default(),
         }

@@ -162,6 +162,15 @@ pub enum CallError {
         /// The target's detail.
         text: String,
     },
+    /// The target answered with the status `NotExecuted` (PROTOCOL.md
+    /// §6.7, §11.4): the command was **not executed** and never will be,
+    /// because the node's quiesce promise or a fence forbade starting it.
+    /// Settled: issuing it again, here or on another node, is safe.
+    #[error("not executed, and it never will be: the target refused to start it ({text}); issue it again")]
+    NotStarted {
+        /// The target's detail.
+        text: String,
+    },
     /// A call carried across a stateless recovery is larger than the new
     /// session's target accepts, so it cannot be re-issued; it failed alone
     /// (the other calls go on). `may_have_executed` says whether it was sent
@@ -186,7 +195,7 @@ impl CallError {
     /// [`CallError::Failed`]: it did).
     pub fn may_have_executed(&self) -> bool {
         match self {
-            CallError::NotExecuted(_) => false,
+            CallError::NotExecuted(_) | CallError::NotStarted { .. } => false,
             CallError::MayHaveExecuted(_) | CallError::Failed { .. } => true,
             CallError::Withdrawn { may_have_executed }
             | CallError::TooLargeForTarget {
@@ -204,6 +213,7 @@ impl CallError {
     pub fn is_settled(&self) -> bool {
         match self {
             CallError::NotExecuted(_)
+            | CallError::NotStarted { .. }
             | CallError::Withdrawn { .. }
             | CallError::Failed { .. }
             | CallError::TooLargeForTarget { .. } => true,
@@ -216,6 +226,7 @@ impl CallError {
         match self {
             CallError::NotExecuted(l) | CallError::MayHaveExecuted(l) => Some(l),
             CallError::Withdrawn { .. }
+            | CallError::NotStarted { .. }
             | CallError::Failed { .. }
             | CallError::TooLargeForTarget { .. } => None,
         }

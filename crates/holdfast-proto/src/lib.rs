@@ -48,11 +48,12 @@ pub use error::{
     SessionLoss, SubmitError,
 };
 pub use ids::{CallId, ConnId, Seq, SessionId, SessionSecret};
-pub use initiator::{CallOptions, Initiator, InitiatorEvent, InitiatorStats};
+pub use initiator::{CallOptions, FenceError, Initiator, InitiatorEvent, InitiatorStats};
 pub use random::{RandomSource, SeededRandom};
 pub use store::MemoryStore;
-pub use target::{Delivery, Ready, StateChange, Target, TargetStats};
+pub use target::{Delivery, FenceRequest, NotStarted, Ready, StateChange, Target, TargetStats};
 pub use time::Timestamp;
+pub use wire::{FenceResult, HostId, HostRecord};
 
 /// Switches that disable a protection, so tests can show that the checks
 /// catch the corruption that follows. Only with the `test-switches` feature.
@@ -76,4 +77,10 @@ pub struct TestSwitches {
     /// commands of it still run (the stale execution of issue 14 item 3: a
     /// re-issue can then run beside the first execution).
     pub expire_running: bool,
+    /// The target starts every command whatever its session's quiesce
+    /// promise or fence says (`Target::begin` never refuses).
+    pub no_quiesce: bool,
+    /// The target confirms a fence of its own node at once, without
+    /// waiting for the fenced sessions' running commands.
+    pub fence_without_waiting: bool,
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use crate::ids::{SessionId, SessionSecret};
 use crate::target::StateChange;
-use crate::wire::ResponseStatus;
+use crate::wire::{HostId, HostRecord, ResponseStatus};
 use crate::Seq;
 
 /// What the store holds for one session.
@@ -31,12 +31,16 @@ pub struct StoredSession {
     pub last_response: Seq,
     /// Highest response acknowledged.
     pub responses_acked: Seq,
+    /// The HOST record of its creating LOGIN, if any.
+    pub host: Option<HostRecord>,
 }
 
 /// Session state as persisted, applied change by change.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
     sessions: HashMap<SessionId, StoredSession>,
+    /// The highest epoch each host was fenced at.
+    fenced_hosts: HashMap<HostId, u64>,
     applied: u64,
 }
 
@@ -61,12 +65,14 @@ impl MemoryStore {
                 session,
                 secret,
                 credits,
+                host,
             } => {
                 self.sessions.insert(
                     *session,
                     StoredSession {
                         secret: Some(*secret),
                         credits: *credits,
+                        host: *host,
                         ..StoredSession::default()
                     },
                 );
@@ -101,12 +107,21 @@ impl MemoryStore {
             StateChange::SessionEnded { session } => {
                 self.sessions.remove(session);
             }
+            StateChange::HostFenced { host, epoch } => {
+                let e = self.fenced_hosts.entry(*host).or_default();
+                *e = (*e).max(*epoch);
+            }
         }
     }
 
     /// The persisted state of a session.
     pub fn session(&self, id: SessionId) -> Option<&StoredSession> {
         self.sessions.get(&id)
+    }
+
+    /// The highest epoch `host` was fenced at, if a fence was persisted.
+    pub fn fenced_epoch(&self, host: &HostId) -> Option<u64> {
+        self.fenced_hosts.get(host).copied()
     }
 
     /// How many changes were applied.

@@ -226,6 +226,7 @@ fn login(kind: LoginKind, session: SessionId, secret: SessionSecret, response_ac
             max_frame: MAX_FRAME,
             keepalive_ms: 60_000,
             requested_credits: 128,
+            host: None,
         }),
         Digests::NONE,
     )
@@ -526,6 +527,7 @@ fn peak_heap_growth_is_bounded_by_max_frame() {
         inactivity_ms: 60_000,
         retain_ms: 60_000,
         credits: 128,
+        quiesce_ms: 0,
     };
     ini.handle_input(
         ini_conn,

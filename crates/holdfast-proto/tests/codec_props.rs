@@ -22,7 +22,7 @@ mod wire_support;
 
 use holdfast_proto::wire::frame::{kind, MAX_LOGIN_EXTENSION, MAX_TEXT};
 use holdfast_proto::wire::{
-    encode_to_vec, Decoder, Digests, Direction, ErrorCode, Frame, Outgoing, HEADER_LEN,
+    encode_to_vec, Decoder, Digests, Direction, ErrorCode, Frame, Login, Outgoing, HEADER_LEN,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -309,7 +309,17 @@ proptest! {
                     // be the canonical encoding of what came out.
                     let consumed = bytes.len() - input.len();
                     prop_assert_ne!(&f, &frame);
-                    prop_assert_eq!(encode_to_vec(&f, digests), bytes[..consumed].to_vec());
+                    match (&f, &frame) {
+                        // A flip in the extension area can turn the HOST
+                        // record into one of an unknown type, which is
+                        // skipped (not canonical), or change its value; the
+                        // fixed fields are what they were.
+                        (Frame::Login(got), Frame::Login(sent)) if bit / 8 >= HEADER_LEN + LOGIN_FIXED => {
+                            let strip = |l: &Login| Login { host: None, ..l.clone() };
+                            prop_assert_eq!(strip(got), strip(sent));
+                        }
+                        _ => prop_assert_eq!(encode_to_vec(&f, digests), bytes[..consumed].to_vec()),
+                    }
                 }
             }
         }
@@ -431,4 +441,6 @@ const ALL_KINDS: &[(u8, Option<bool>)] = &[
     (kind::PONG, Some(false)),
     (kind::SHUTDOWN, Some(false)),
     (kind::FIN_ACK, Some(false)),
+    (kind::FENCE, Some(true)),
+    (kind::FENCE_DONE, Some(false)),
 ];

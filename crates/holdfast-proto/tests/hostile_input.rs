@@ -73,6 +73,7 @@ fn login(
         max_frame: 1 << 20,
         keepalive_ms: KEEPALIVE_MS,
         requested_credits: credits,
+        host: None,
     })
 }
 
@@ -289,6 +290,7 @@ impl Harness {
             inactivity_ms: (4 * KEEPALIVE_MS).min(30_000),
             retain_ms: 60_000,
             credits: before.credits,
+            quiesce_ms: 0,
         };
         match frames.first() {
             Some(Frame::LoginAccept(a)) => prop_assert_eq!(a, &expected),
@@ -348,9 +350,11 @@ fn check_progress(before: &SessionInfo, after: &SessionInfo) -> Result<(), TestC
 fn same_state(a: &SessionInfo, b: &SessionInfo) -> bool {
     SessionInfo {
         attached: false,
+        detached_since: None,
         ..a.clone()
     } == SessionInfo {
         attached: false,
+        detached_since: None,
         ..b.clone()
     }
 }
@@ -811,6 +815,7 @@ proptest! {
                 inactivity_ms: 4 * KEEPALIVE_MS,
                 retain_ms: 60_000,
                 credits: 8,
+                quiesce_ms: 0,
             });
             ini.handle_input(conn, &encode_to_vec(&accept, Digests::NONE), now);
             sent.set_digests(negotiated);
@@ -915,6 +920,7 @@ proptest! {
             inactivity_ms: 40_000,
             retain_ms: 60_000,
             credits: 8,
+            quiesce_ms: 0,
         });
         ini.handle_input(conn, &encode_to_vec(&accept, Digests::NONE), now);
         sent.set_digests(digests);
@@ -1031,7 +1037,7 @@ fn arb_violation() -> impl Strategy<Value = Violation> {
         (0u64..3).prop_map(|off| Violation::FinOutstanding { off }),
         Just(Violation::LoginAgain),
         Just(Violation::WrongDirection),
-        prop_oneof![0x08u8..=0x10, 0x18u8..=0xff, Just(0u8)]
+        prop_oneof![0x09u8..=0x10, 0x19u8..=0xff, Just(0u8)]
             .prop_map(|kind| Violation::UnknownType { kind }),
         (1u32..=u32::MAX - 4096).prop_map(|excess| Violation::Oversized { excess }),
         (any::<bool>(), any::<Index>())

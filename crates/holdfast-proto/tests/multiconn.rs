@@ -29,6 +29,7 @@ fn login(kind: LoginKind, session: SessionId, secret: SessionSecret) -> Frame {
         max_frame: holdfast_proto::config::DEFAULT_MAX_FRAME,
         keepalive_ms: 500,
         requested_credits: 128,
+        host: None,
     })
 }
 

@@ -609,6 +609,7 @@ fn a_login_reject_does_not_restart_the_targets_login_window() {
         max_frame: 1 << 16,
         keepalive_ms: 500,
         requested_credits: 8,
+        host: None,
     });
     let bytes = holdfast_proto::wire::encode_to_vec(&login, Default::default());
     p.target.handle_input(conn, &bytes, p.now);
@@ -698,6 +699,7 @@ fn forged_accept_error(
         inactivity_ms: 2000,
         retain_ms: 60_000,
         credits: 8,
+        quiesce_ms: 0,
     };
     tweak(&mut accept);
     let bytes =
@@ -814,6 +816,7 @@ fn raw_login(
         max_frame,
         keepalive_ms: 500,
         requested_credits: 8,
+        host: None,
     });
     let bytes = holdfast_proto::wire::encode_to_vec(&login, Default::default());
     let before = p.sent_by_target.len();

@@ -156,6 +156,7 @@ fn new_login(keepalive_ms: u32) -> Login {
         max_frame: 1 << 16,
         keepalive_ms,
         requested_credits: 8,
+        host: None,
     }
 }
 
@@ -753,6 +754,7 @@ fn the_initiator_never_answers_an_error_either() {
         inactivity_ms: 2000,
         retain_ms: 60_000,
         credits: 8,
+        quiesce_ms: 0,
     });
     init.handle_input(ConnId(1), &encode_to_vec(&accept, Digests::NONE), now);
     assert!(init.is_connected());

@@ -1,5 +1,7 @@
 //! Reconnect pacing: the first retry at once, then exponential backoff with
-//! full jitter, capped.
+//! "equal jitter" (half the step fixed, half random), capped. The fixed half
+//! is what keeps a peer that fails every attempt from being hammered: full
+//! jitter can draw near-zero delays again and again.
 
 use std::time::Duration;
 
@@ -24,7 +26,7 @@ impl Backoff {
     }
 
     /// The delay before the next attempt: zero for the first, then a random
-    /// value up to `initial * 2^(n-1)`, capped at `max`.
+    /// value between half of and all of `initial * 2^(n-1)`, capped at `max`.
     pub fn next_delay(&mut self) -> Duration {
         let attempt = self.attempt;
         self.attempt = self.attempt.saturating_add(1);
@@ -40,7 +42,8 @@ impl Backoff {
         self.seed ^= self.seed >> 7;
         self.seed ^= self.seed << 17;
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(self.seed % nanos.max(1))
+        let half = nanos / 2;
+        Duration::from_nanos(half + self.seed % (nanos - half).max(1))
     }
 
     /// Starts over after a successful connection.
@@ -60,7 +63,11 @@ mod tests {
         for n in 1..12u32 {
             let ceiling = (Duration::from_millis(10) * 2u32.pow((n - 1).min(20)))
                 .min(Duration::from_millis(200));
-            assert!(b.next_delay() <= ceiling);
+            let d = b.next_delay();
+            assert!(
+                d <= ceiling && d >= ceiling / 2,
+                "{d:?} outside half of {ceiling:?}"
+            );
         }
         b.reset();
         assert_eq!(b.next_delay(), Duration::ZERO);

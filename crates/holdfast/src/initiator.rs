@@ -31,6 +31,13 @@ use crate::outbox::Outbox;
 use crate::target::sleep_until;
 use crate::transport::{BoxStream, Connector};
 
+/// A connection must last this long after its login for the reconnect
+/// backoff to start over (the next reconnect after its loss is then
+/// immediate). One that dies sooner (a path that drops every connection
+/// right after login) keeps the backoff growing instead of reconnecting in
+/// a storm.
+const STABLE_CONNECTION: Duration = Duration::from_secs(1);
+
 /// Initiator settings: the protocol's plus the runtime's.
 #[derive(Clone, Debug)]
 pub struct InitiatorOptions {
@@ -153,6 +160,10 @@ impl Reply {
     }
 }
 
+/// The abandon-channel ticket that aborts the session ([`Initiator::abort`]);
+/// real tickets count up from 1 and never reach it.
+const ABORT_TICKET: u64 = u64::MAX;
+
 /// How many early abandon notices the driver remembers (see `Driver::abandon`).
 const EARLY_ABANDONS_MAX: usize = 4096;
 
@@ -179,6 +190,8 @@ pub struct Initiator {
     pub(crate) next_ticket: Arc<AtomicU64>,
     /// How the session ended, once it has (see [`Initiator::ended`]).
     pub(crate) outcome: tokio::sync::watch::Receiver<Option<Result<(), SessionLoss>>>,
+    /// What the driver publishes about the path (see `crate::fence`).
+    pub(crate) path: Arc<crate::fence::PathShared>,
 }
 
 impl std::fmt::Debug for Initiator {
@@ -199,7 +212,10 @@ impl Initiator {
             .jitter_seed
             .unwrap_or_else(|| getrandom::u64().unwrap_or(0x9e37_79b9_7f4a_7c15));
         let (outcome_tx, outcome) = tokio::sync::watch::channel(None);
+        let (path, path_rx) = crate::fence::PathShared::new(clock, options.protocol.epoch);
         let driver = Driver {
+            path: crate::fence::DriverPath::default(),
+            shared_path: path.clone(),
             core: holdfast_proto::Initiator::new(options.protocol.clone(), clock.now()),
             backoff: Backoff::new(options.backoff_initial, options.backoff_max, seed),
             options,
@@ -218,17 +234,20 @@ impl Initiator {
             ended: None,
             no_session_since: None,
             last_error: "no connection attempt yet".to_owned(),
+            recovery: crate::telemetry::RecoveryTimer::default(),
+            connected_at: None,
             connecting: None,
             links: Links::new(),
             join_at: None,
         };
         let span = tracing::info_span!("initiator", session = tracing::field::Empty);
-        tokio::spawn(driver.run(rx, abandon_rx).instrument(span));
+        tokio::spawn(driver.run(rx, abandon_rx, path_rx).instrument(span));
         Initiator {
             requests: tx,
             abandons: abandon_tx,
             next_ticket: Arc::new(AtomicU64::new(1)),
             outcome,
+            path,
         }
     }
 
@@ -317,6 +336,19 @@ impl Initiator {
         seen.unwrap_or(Err(SessionLoss::Aborted))
     }
 
+    /// Abandons the session at once: every outstanding call fails (those
+    /// sent "may have executed", the others "not executed"), the connection
+    /// is dropped, and nothing more is ever sent on this session. Returns
+    /// once the driver has done so. A path group uses it to stop talking to
+    /// a node it fails over from, so its last contact with it is final.
+    pub async fn abort(&self) {
+        // On the abandon channel: the driver reads it even while a request
+        // waits for credit (and so takes no requests).
+        if self.abandons.send(ABORT_TICKET).is_ok() {
+            let _ = self.ended().await;
+        }
+    }
+
     /// The core's counters.
     pub async fn stats(&self) -> Option<InitiatorStats> {
         let (tx, rx) = oneshot::channel();
@@ -330,10 +362,10 @@ struct Connection {
     reader: crate::transport::ReadHalf,
 }
 
-struct Driver {
-    core: holdfast_proto::Initiator,
+pub(crate) struct Driver {
+    pub(crate) core: holdfast_proto::Initiator,
     options: InitiatorOptions,
-    clock: Clock,
+    pub(crate) clock: Clock,
     connector: Arc<dyn Connector>,
     backoff: Backoff,
     conn: Option<Connection>,
@@ -354,12 +386,17 @@ struct Driver {
     close_waiters: Vec<oneshot::Sender<Result<(), SessionLoss>>>,
     /// Tells [`Initiator::ended`] how the session ended.
     outcome: tokio::sync::watch::Sender<Option<Result<(), SessionLoss>>>,
-    reconnect_at: Option<tokio::time::Instant>,
+    pub(crate) reconnect_at: Option<tokio::time::Instant>,
     ended: Option<SessionLoss>,
     /// Since when there has been no session (none yet, or replaced).
     no_session_since: Option<tokio::time::Instant>,
     /// The last connect or login failure, for error messages.
     last_error: String,
+    /// Times recoveries for the metrics.
+    recovery: crate::telemetry::RecoveryTimer,
+    /// When the current connection's login was accepted: the backoff starts
+    /// over only after a connection that lasted [`STABLE_CONNECTION`].
+    connected_at: Option<tokio::time::Instant>,
     /// A connection attempt in progress.
     connecting: Option<Connecting>,
     /// With several connections per session (`protocol.connections` > 1):
@@ -367,6 +404,10 @@ struct Driver {
     links: Links,
     /// With several connections: when to join the next missing one.
     join_at: Option<tokio::time::Instant>,
+    /// Fences waiting for their answer.
+    pub(crate) path: crate::fence::DriverPath,
+    /// What the handles read about the path.
+    pub(crate) shared_path: Arc<crate::fence::PathShared>,
 }
 
 impl Driver {
@@ -374,15 +415,19 @@ impl Driver {
         mut self,
         mut requests: mpsc::Receiver<ApiRequest>,
         mut abandons: mpsc::UnboundedReceiver<u64>,
+        mut paths: mpsc::UnboundedReceiver<crate::fence::PathRequest>,
     ) {
         let mut buf = BytesMut::with_capacity(self.options.read_buffer);
         self.reconnect_at = Some(tokio::time::Instant::now());
         loop {
             if self.core.is_finished() && self.close_waiters.is_empty() && self.ended.is_some() {
                 // Keep answering requests with the loss until every handle is gone.
-                match requests.recv().await {
-                    Some(r) => self.refuse(r),
-                    None => return,
+                tokio::select! {
+                    r = requests.recv() => match r {
+                        Some(r) => self.refuse(r),
+                        None => return,
+                    },
+                    Some(p) = paths.recv() => self.path_refuse(p),
                 }
                 continue;
             }
@@ -437,6 +482,8 @@ impl Driver {
                     }
                 },
                 Some(ticket) = abandons.recv() => self.abandon(ticket),
+                // Fences and epochs bypass the credit gate on `requests`.
+                Some(p) = paths.recv() => self.path_request(p),
                 r = requests.recv(), if accept_requests => match r {
                     Some(r) => self.request(r),
                     None => {
@@ -465,6 +512,7 @@ impl Driver {
                 }
             }
             self.flush();
+            self.publish_path();
         }
     }
 
@@ -675,8 +723,32 @@ impl Driver {
         self.replies.remove(&call).map(|(reply, _)| reply)
     }
 
+    /// Abandons the session: drops the connection first, unwritten bytes
+    /// included, so not one more byte reaches the target; then every
+    /// outstanding call fails.
+    fn abort_now(&mut self) {
+        self.conn = None;
+        self.outbox = None;
+        self.connecting = None;
+        self.reconnect_at = None;
+        let now = self.clock.now();
+        self.core.abort(now);
+        self.flush();
+        if let Some(r) = self.waiting.take() {
+            self.ended = Some(SessionLoss::Aborted);
+            self.refuse(r);
+        }
+        if self.outcome.borrow().is_none() {
+            self.outcome.send_replace(Some(Err(SessionLoss::Aborted)));
+        }
+    }
+
     /// The caller of submission `ticket` stopped waiting: withdraw it.
     fn abandon(&mut self, ticket: u64) {
+        if ticket == ABORT_TICKET {
+            self.abort_now();
+            return;
+        }
         // Rare (a caller gave up), so a scan beats a second map kept on
         // every call.
         let call = self
@@ -710,6 +782,7 @@ impl Driver {
     }
 
     fn event(&mut self, event: InitiatorEvent) {
+        self.path_event(&event);
         match event {
             InitiatorEvent::Response { call, payload } => {
                 if let Some(Reply::Call(tx)) = self.take_reply(call) {
@@ -736,7 +809,8 @@ impl Driver {
                 recovered,
                 resent,
             } => {
-                self.backoff.reset();
+                self.connected_at = Some(tokio::time::Instant::now());
+                self.recovery.connected();
                 if !recovered {
                     // A new session (first, or after a stateless recovery).
                     tracing::Span::current().record("session", tracing::field::display(session));
@@ -756,14 +830,23 @@ impl Driver {
                 failed,
             } => {
                 warn!(%lost, reissued, failed, "stateless recovery: the target lost the session");
+                self.recovery.replaced();
             }
             InitiatorEvent::ConnectionLost {
                 error,
                 reconnect_at,
             } => {
                 warn!(%error, "connection lost");
+                self.recovery.lost(&error);
                 self.last_error = error.to_string();
                 self.release_connection();
+                if self
+                    .connected_at
+                    .take()
+                    .is_some_and(|at| at.elapsed() >= STABLE_CONNECTION)
+                {
+                    self.backoff.reset();
+                }
                 let delay = self.backoff.next_delay();
                 let at = self
                     .clock

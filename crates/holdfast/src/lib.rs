@@ -49,12 +49,18 @@
 mod backoff;
 pub mod chaos;
 mod clock;
+mod fence;
 mod initiator;
 mod links;
 mod outbox;
+pub mod paths;
+mod peer;
 mod service;
+mod start_gate;
+mod status;
 mod target;
 mod target_writer;
+mod telemetry;
 pub mod transport;
 mod withdraw;
 
@@ -62,11 +68,17 @@ mod withdraw;
 pub use holdfast_proto as proto;
 
 pub use backoff::Backoff;
+pub use fence::{FenceError, FenceOutcome, PathState};
+pub use holdfast_proto::NotStarted;
 pub use holdfast_proto::{
-    CallOptions, InitiatorConfig, InitiatorStats, SessionLoss, TargetConfig, TargetStats,
+    CallOptions, FenceResult, HostId, InitiatorConfig, InitiatorStats, SessionLoss, TargetConfig,
+    TargetStats,
 };
 pub use initiator::{CallError, Initiator, InitiatorOptions};
 pub use links::RoundRobinConnector;
+pub use paths::{PathGroup, PathGroupOptions, PathGroupStats, Policy};
 pub use service::{service_fn, Request, ServiceFn, SessionService};
+pub use start_gate::StartGate;
+pub use status::{SessionState, SessionStatus, TargetObserver};
 pub use target::{Target, TargetOptions};
 pub use transport::{Acceptor, Connector, Endpoint, EndpointConnector, Listener};

@@ -37,6 +37,22 @@ pub struct Request {
     /// `CallError::Failed` (it executed). A service that can shape its
     /// answer (a shorter read, an error of its own) should stay within it.
     pub max_response: usize,
+    /// The command's start check (PROTOCOL.md §11.4); see [`Request::begin`].
+    /// `StartGate::default()` always says yes.
+    pub start: crate::StartGate,
+}
+
+impl Request {
+    /// Call right before the command touches the backend, if the service
+    /// may hold it back after `call` returned (a queue, a lock): `Err`
+    /// means the node's quiesce promise or a fence forbids starting it
+    /// now. Then do not touch the backend; the target answers the command
+    /// with the status `NotExecuted` whatever the service returns. The
+    /// runtime already checked once right before `call`; this is cheap
+    /// (two atomic loads and a clock read).
+    pub fn begin(&self) -> Result<(), holdfast_proto::NotStarted> {
+        self.start.begin()
+    }
 }
 
 /// The bound a target's service must satisfy. Errors are not sent to the

@@ -15,7 +15,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use holdfast_proto::target::{CloseReason, SourceKey};
 use holdfast_proto::{
-    ConnId, Delivery, RandomSource, Seq, SessionId, StateChange, TargetConfig, TargetStats,
+    ConnId, Delivery, NotStarted, RandomSource, Seq, SessionId, StateChange, TargetConfig,
+    TargetStats,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -24,6 +25,7 @@ use tracing::{debug, info, trace, warn, Instrument};
 
 use crate::clock::Clock;
 use crate::service::{Request, SessionService};
+use crate::status::{SessionStatus, TargetObserver};
 use crate::target_writer::{killed, ConnWriter};
 use crate::transport::{Acceptor, Endpoint, Listener};
 
@@ -42,6 +44,13 @@ pub struct TargetOptions {
     /// its response cache, sized by the initiator's frame limit, plus 64 KiB
     /// for control frames), which a peer that reads never exceeds.
     pub max_write_queue: Option<usize>,
+    /// Peer nodes serving the same backend (PROTOCOL.md §11.5): a session
+    /// to each carries the FENCEs this node forwards. Empty: a FENCE for
+    /// another node is answered `Unreachable`.
+    pub peers: Vec<Endpoint>,
+    /// How long a FENCE forwarded to a peer may take before it is answered
+    /// `Unreachable` (the initiator then fences by waiting).
+    pub peer_fence_timeout: Duration,
 }
 
 impl Default for TargetOptions {
@@ -51,16 +60,26 @@ impl Default for TargetOptions {
             socket_detection_bound: Duration::from_secs(2),
             read_buffer: 64 * 1024,
             max_write_queue: None,
+            peers: Vec::new(),
+            peer_fence_timeout: Duration::from_secs(5),
         }
     }
 }
 
 /// Messages to the engine.
-enum EngineMsg {
+pub(crate) enum EngineMsg {
     Accepted(ConnId, Option<SourceKey>, ConnWriter),
     Input(ConnId, Bytes),
     Closed(ConnId),
     Completed(SessionId, Seq, Bytes),
+    /// The service's own start check said no (`Request::begin`).
+    Refused(SessionId, Seq, NotStarted),
+    /// A peer's answer to a forwarded FENCE (see `crate::peer`).
+    FenceAnswered {
+        request: holdfast_proto::FenceRequest,
+        result: holdfast_proto::FenceResult,
+        waited_ms: u32,
+    },
     Shutdown {
         max_up: Duration,
         min_hold: Option<Duration>,
@@ -68,6 +87,7 @@ enum EngineMsg {
     },
     Stats(oneshot::Sender<TargetStats>),
     OpenConnections(oneshot::Sender<usize>),
+    Sessions(oneshot::Sender<Vec<SessionStatus>>),
 }
 
 /// A running target.
@@ -150,6 +170,8 @@ impl Target {
             tx: tx.clone(),
             shutdown_waiters: Vec::new(),
             stopping_at: None,
+            peers: crate::peer::Peers::start(&options.peers, options.peer_fence_timeout),
+            gates: HashMap::new(),
         };
         let span = tracing::info_span!("target", endpoints = ?bound);
         let engine_task = tokio::spawn(engine.run(rx).instrument(span));
@@ -175,6 +197,20 @@ impl Target {
     /// The endpoints actually bound.
     pub fn endpoints(&self) -> &[Endpoint] {
         &self.endpoints
+    }
+
+    /// Every session held right now, in id order, with its state.
+    /// `None` once the target has stopped.
+    pub async fn sessions(&self) -> Option<Vec<SessionStatus>> {
+        self.observer().sessions().await
+    }
+
+    /// A cloneable handle that reads this target's state (sessions,
+    /// counters, connections) from other tasks: a status endpoint or a
+    /// metrics exporter. It does not keep the target running; once it has
+    /// stopped, every query returns `None`.
+    pub fn observer(&self) -> TargetObserver {
+        TargetObserver::new(self.engine.clone(), self.endpoints.clone())
     }
 
     /// The core's counters.
@@ -331,6 +367,11 @@ struct Engine<S> {
     /// When a shutdown notice's up time ends: connections accepted later
     /// are closed at once.
     stopping_at: Option<holdfast_proto::Timestamp>,
+    /// Links to peer nodes, for forwarded fences.
+    peers: crate::peer::Peers,
+    /// Start gates of sessions with a quiesce promise and commands in the
+    /// service (see `crate::start_gate`), refreshed after every batch.
+    gates: HashMap<SessionId, Arc<crate::start_gate::SessionGate>>,
 }
 
 impl<S: SessionService> Engine<S> {
@@ -396,9 +437,19 @@ impl<S: SessionService> Engine<S> {
                 self.core.connection_closed(conn, now);
             }
             EngineMsg::Completed(session, seq, response) => {
-                if let Err(e) = self.core.complete(session, seq, response, now) {
-                    debug!(%session, seq, error = %e, "completion dropped");
-                }
+                self.complete(session, seq, response, None);
+            }
+            EngineMsg::Refused(session, seq, why) => {
+                self.complete(session, seq, Bytes::new(), Some(why));
+            }
+            EngineMsg::FenceAnswered {
+                request,
+                result,
+                waited_ms,
+            } => {
+                info!(token = request.token, %result, waited_ms, "forwarded fence answered");
+                let (conn, token) = (request.conn, request.token);
+                self.core.answer_fence(conn, token, result, waited_ms, now);
             }
             EngineMsg::Shutdown {
                 max_up,
@@ -416,12 +467,32 @@ impl<S: SessionService> Engine<S> {
             EngineMsg::OpenConnections(reply) => {
                 let _ = reply.send(self.conns.len());
             }
+            EngineMsg::Sessions(reply) => {
+                let now = self.clock.now();
+                let mut ids = self.core.session_ids();
+                ids.sort_unstable();
+                let sessions = ids
+                    .into_iter()
+                    .filter_map(|id| {
+                        let info = self.core.session_info(id)?;
+                        let detached_for = info.detached_since.map(|t| now.saturating_since(t));
+                        Some(SessionStatus::new(id, info, detached_for))
+                    })
+                    .collect();
+                let _ = reply.send(sessions);
+            }
         }
     }
 
     async fn drain_ready(&mut self) {
+        self.refresh_gates();
         while self.core.has_ready() {
             let mut ready = self.core.ready();
+            for f in ready.fences.drain(..) {
+                info!(token = f.token, node = format_args!("{:08x}", f.node), host = %f.host,
+                      epoch = f.epoch, "forwarding a fence to a peer");
+                self.peers.forward(f, self.tx.clone());
+            }
             // In-memory store: the changes are already "persisted"; they
             // are logged so an operator can follow each session's life.
             for change in &ready.changes {
@@ -466,11 +537,8 @@ impl<S: SessionService> Engine<S> {
             self.core.advance(self.clock.now());
             // Services that answered at once are completed here, without a
             // task and a channel hop each.
-            let now = self.clock.now();
-            for (session, seq, response) in finished {
-                if let Err(e) = self.core.complete(session, seq, response, now) {
-                    debug!(%session, seq, error = %e, "completion dropped");
-                }
+            for (session, seq, response, refused) in finished {
+                self.complete(session, seq, response, refused);
             }
         }
     }
@@ -510,9 +578,21 @@ impl<S: SessionService> Engine<S> {
     /// is answered inline (returned for completion); one that is not runs
     /// concurrently on its own task and its completion comes back through
     /// the engine's channel.
-    async fn deliver(&mut self, d: Delivery) -> Option<(SessionId, Seq, Bytes)> {
+    async fn deliver(&mut self, d: Delivery) -> Option<Finished> {
         let (Delivery::Command { session, .. } | Delivery::Message { session, .. }) = &d;
         let max_response = self.core.max_response(*session).unwrap_or(0);
+        if let Delivery::Command { session, seq, .. } = &d {
+            // The quiesce promise, checked where the command would start
+            // (§11.4): refused here, the service never sees it.
+            if let Err(why) = self.core.begin(*session, *seq, self.clock.now()) {
+                warn!(%session, seq, reason = %why, "command not started: answered NotExecuted");
+                return None;
+            }
+        }
+        let start = match &d {
+            Delivery::Command { session, .. } => self.start_gate(*session),
+            Delivery::Message { .. } => crate::StartGate::default(),
+        };
         let request = match d {
             Delivery::Command {
                 session,
@@ -524,6 +604,7 @@ impl<S: SessionService> Engine<S> {
                 payload,
                 one_way: false,
                 max_response,
+                start: start.clone(),
             },
             Delivery::Message {
                 session,
@@ -535,6 +616,7 @@ impl<S: SessionService> Engine<S> {
                 payload,
                 one_way: true,
                 max_response,
+                start: start.clone(),
             },
         };
         if let Err(e) = std::future::poll_fn(|cx| self.service.poll_ready(cx)).await {
@@ -554,7 +636,7 @@ impl<S: SessionService> Engine<S> {
                     Bytes::new()
                 }
             };
-            return (!one_way).then_some((session, seq, response));
+            return (!one_way).then_some((session, seq, response, start.refused()));
         }
         let tx = self.tx.clone();
         tokio::spawn(async move {
@@ -575,10 +657,87 @@ impl<S: SessionService> Engine<S> {
             };
             guard.tx = None;
             if !one_way {
-                let _ = tx.send(EngineMsg::Completed(session, seq, response)).await;
+                let msg = match start.refused() {
+                    Some(why) => EngineMsg::Refused(session, seq, why),
+                    None => EngineMsg::Completed(session, seq, response),
+                };
+                let _ = tx.send(msg).await;
             }
         });
         None
+    }
+}
+
+/// A command the service answered at once: session, sequence, response,
+/// and why its own start check refused it, if it did.
+type Finished = (SessionId, Seq, Bytes, Option<NotStarted>);
+
+impl<S: SessionService> Engine<S> {
+    /// Records a command's completion, or its refusal (`NotExecuted`).
+    fn complete(
+        &mut self,
+        session: SessionId,
+        seq: Seq,
+        response: Bytes,
+        refused: Option<NotStarted>,
+    ) {
+        let now = self.clock.now();
+        if let Some(why) = refused {
+            warn!(%session, seq, reason = %why, "the service did not start the command: answered NotExecuted");
+            self.core.refuse(session, seq, &why, now);
+            return;
+        }
+        let overruns = self.core.stats().quiesce_overruns;
+        if let Err(e) = self.core.complete(session, seq, response, now) {
+            debug!(%session, seq, error = %e, "completion dropped");
+        }
+        if self.core.stats().quiesce_overruns > overruns {
+            warn!(
+                %session, seq,
+                "a command finished after its session's quiesce time had passed since the last \
+                 contact: the promise made at login was broken; raise --command-budget"
+            );
+        }
+    }
+
+    /// The start gate for a command of `session`: shared by its commands
+    /// while any is in the service; a default gate for sessions without a
+    /// quiesce promise.
+    fn start_gate(&mut self, session: SessionId) -> crate::StartGate {
+        let Some((Some(deadline), fenced)) = self.core.start_gate(session) else {
+            return crate::StartGate::default();
+        };
+        let contact = self.core.last_contact(session).unwrap_or_default();
+        let gate = self
+            .gates
+            .entry(session)
+            .or_insert_with(|| crate::start_gate::SessionGate::new(contact, deadline, fenced))
+            .clone();
+        crate::StartGate::new(self.clock, gate)
+    }
+
+    /// Publishes every live gate's deadline and fence; drops gates no
+    /// command holds any more.
+    fn refresh_gates(&mut self) {
+        let core = &self.core;
+        self.gates.retain(|session, gate| {
+            if Arc::strong_count(gate) == 1 {
+                return false;
+            }
+            match core.start_gate(*session) {
+                Some((Some(deadline), fenced)) => {
+                    let contact = core.last_contact(*session).unwrap_or_default();
+                    gate.set(contact, deadline, fenced);
+                    true
+                }
+                // The session ended: only a fence or expiry ends one with
+                // commands in the service; none of them may start.
+                _ => {
+                    gate.set(Default::default(), Default::default(), true);
+                    false
+                }
+            }
+        });
     }
 }
 

@@ -155,10 +155,31 @@ enum ListenSocket {
 impl Listener {
     /// Binds an endpoint; accepted TCP sockets get keep-alive and
     /// TCP_USER_TIMEOUT tuned to `detection_bound`.
+    ///
+    /// A failure names the endpoint (`could not listen on 10.0.0.5:7400:
+    /// Cannot assign requested address`), keeping the error's kind.
     pub async fn bind(endpoint: &Endpoint, detection_bound: Duration) -> io::Result<Listener> {
+        let named = |e: io::Error| {
+            let hint = match e.kind() {
+                io::ErrorKind::AddrInUse => {
+                    " (another process listens there: stop it or pick another address)"
+                }
+                io::ErrorKind::AddrNotAvailable => {
+                    " (no interface of this machine has that address)"
+                }
+                io::ErrorKind::PermissionDenied => {
+                    " (ports below 1024 need privileges; a Unix socket needs a writable directory)"
+                }
+                _ => "",
+            };
+            io::Error::new(
+                e.kind(),
+                format!("could not listen on {endpoint}: {e}{hint}"),
+            )
+        };
         let socket = match endpoint {
-            Endpoint::Tcp(addr) => ListenSocket::Tcp(TcpListener::bind(addr).await?),
-            Endpoint::Unix(path) => ListenSocket::Unix(UnixListener::bind(path)?),
+            Endpoint::Tcp(addr) => ListenSocket::Tcp(TcpListener::bind(addr).await.map_err(named)?),
+            Endpoint::Unix(path) => ListenSocket::Unix(UnixListener::bind(path).map_err(named)?),
             Endpoint::Named(name) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,

@@ -280,6 +280,7 @@ async fn a_peer_that_never_reads_is_dropped_at_the_write_queue_bound() {
         max_frame: 1 << 20,
         keepalive_ms: 10_000,
         requested_credits: 64,
+        host: None,
     });
     let mut bytes = encode_to_vec(&login, Digests::NONE);
     for seq in 1..=64 {

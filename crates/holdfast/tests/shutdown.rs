@@ -317,6 +317,7 @@ fn raw_new_login() -> Vec<u8> {
             max_frame: 1 << 20,
             keepalive_ms: 1000,
             requested_credits: 8,
+            host: None,
         }),
         Digests::NONE,
     )

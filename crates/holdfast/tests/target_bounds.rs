@@ -61,6 +61,7 @@ fn login(keepalive_ms: u32) -> Login {
         max_frame: 1 << 16,
         keepalive_ms,
         requested_credits: 8,
+        host: None,
     }
 }
 

@@ -15,6 +15,8 @@ pub const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 /// Starts every simple reply.
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+/// Starts every structured reply chunk.
+pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 
 /// Handshake flag: the server speaks fixed newstyle negotiation.
 pub const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
@@ -44,6 +46,10 @@ pub const FLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
 /// Transmission flag: flush and FUA are visible across all connections to
 /// the export, so clients may spread requests over several connections.
 pub const FLAG_CAN_MULTI_CONN: u16 = 1 << 8;
+/// Transmission flag: `NBD_CMD_CACHE` is supported.
+pub const FLAG_SEND_CACHE: u16 = 1 << 10;
+/// Transmission flag: `NBD_CMD_FLAG_FAST_ZERO` is supported.
+pub const FLAG_SEND_FAST_ZERO: u16 = 1 << 11;
 
 /// Option: choose an export and enter transmission (no reply header).
 pub const OPT_EXPORT_NAME: u32 = 1;
@@ -57,11 +63,11 @@ pub const OPT_STARTTLS: u32 = 5;
 pub const OPT_INFO: u32 = 6;
 /// Option: describe an export and enter transmission.
 pub const OPT_GO: u32 = 7;
-/// Option: use structured replies (unsupported here).
+/// Option: use structured replies.
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
-/// Option: list metadata contexts (unsupported here).
+/// Option: list metadata contexts.
 pub const OPT_LIST_META_CONTEXT: u32 = 9;
-/// Option: select metadata contexts (unsupported here).
+/// Option: select metadata contexts.
 pub const OPT_SET_META_CONTEXT: u32 = 10;
 /// Option: use 64-bit extended headers (unsupported here).
 pub const OPT_EXTENDED_HEADERS: u32 = 11;
@@ -72,6 +78,8 @@ pub const REP_ACK: u32 = 1;
 pub const REP_SERVER: u32 = 2;
 /// Option reply: one piece of information for `NBD_OPT_INFO`/`NBD_OPT_GO`.
 pub const REP_INFO: u32 = 3;
+/// Option reply: one metadata context (`NBD_OPT_*_META_CONTEXT`).
+pub const REP_META_CONTEXT: u32 = 4;
 /// Bit 31 marks an error reply.
 pub const REP_FLAG_ERROR: u32 = 1 << 31;
 /// Option error: the option is not supported.
@@ -104,17 +112,44 @@ pub const CMD_DISC: u16 = 2;
 pub const CMD_FLUSH: u16 = 3;
 /// Command: discard a range.
 pub const CMD_TRIM: u16 = 4;
-/// Command: prefetch a range (unsupported here).
+/// Command: prefetch a range.
 pub const CMD_CACHE: u16 = 5;
 /// Command: write zeroes over a range.
 pub const CMD_WRITE_ZEROES: u16 = 6;
-/// Command: query block status (unsupported here).
+/// Command: query block status (with a metadata context selected).
 pub const CMD_BLOCK_STATUS: u16 = 7;
 
 /// Command flag: force unit access; reply only once the data is durable.
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
-/// Command flag: `NBD_CMD_WRITE_ZEROES` must allocate (ignored here).
+/// Command flag: `NBD_CMD_WRITE_ZEROES` must leave the range allocated.
 pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+
+/// Command flag: `NBD_CMD_BLOCK_STATUS` wants one extent only.
+pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+/// Command flag: `NBD_CMD_WRITE_ZEROES` only if fast, else `ENOTSUP`.
+pub const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
+
+/// Structured reply flag: the last chunk of the reply.
+pub const REPLY_FLAG_DONE: u16 = 1 << 0;
+/// Structured reply chunk: nothing (success, last chunk).
+pub const REPLY_TYPE_NONE: u16 = 0;
+/// Structured reply chunk: read data at an offset.
+pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+/// Structured reply chunk: block status descriptors of one context.
+pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+/// Structured reply chunk: an error with a message.
+pub const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
+/// Length of a structured reply chunk header.
+pub const STRUCTURED_REPLY_LEN: usize = 20;
+
+/// The one metadata context served: allocation (holes) and zeroes.
+pub const META_BASE_ALLOCATION: &str = "base:allocation";
+/// Its context id on a connection that selected it.
+pub const META_BASE_ALLOCATION_ID: u32 = 1;
+/// `base:allocation` state bit: a hole (not allocated).
+pub const STATE_HOLE: u32 = 1 << 0;
+/// `base:allocation` state bit: reads as zeroes.
+pub const STATE_ZERO: u32 = 1 << 1;
 
 /// Error value: operation not permitted (write to a read-only export).
 pub const EPERM: u32 = 1;
@@ -124,6 +159,8 @@ pub const EIO: u32 = 5;
 pub const EINVAL: u32 = 22;
 /// Error value: no space (write beyond the end of the export).
 pub const ENOSPC: u32 = 28;
+/// Error value: not supported (a FAST_ZERO that cannot be fast).
+pub const ENOTSUP: u32 = 95;
 
 /// Length of a transmission request header.
 pub const REQUEST_LEN: usize = 28;
@@ -137,10 +174,13 @@ pub const MAX_OPTION_LEN: u32 = 8 * 1024;
 /// Most options accepted in one negotiation before the connection is
 /// dropped as a denial of service.
 pub const MAX_OPTIONS: usize = 1024;
-/// Minimum block size advertised: any alignment is accepted.
+/// Minimum block size advertised for a device that takes any alignment
+/// (a device's own minimum, such as 4096 for O_DIRECT, replaces it).
 pub const MIN_BLOCK_SIZE: u32 = 1;
-/// Preferred block size advertised.
+/// Preferred block size advertised (or the minimum, if larger).
 pub const PREFERRED_BLOCK_SIZE: u32 = 4096;
+/// Largest minimum block size the protocol allows.
+pub const MAX_MIN_BLOCK_SIZE: u32 = 64 * 1024;
 /// Largest read or write payload accepted (and advertised).
 pub const MAX_PAYLOAD: u32 = 32 * 1024 * 1024;
 /// Default most requests of one connection in flight at once; the server

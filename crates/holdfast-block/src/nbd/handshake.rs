@@ -1,12 +1,17 @@
 //! The fixed newstyle handshake: greeting, client flags, then option
 //! haggling until the client picks the export (`NBD_OPT_EXPORT_NAME` or
 //! `NBD_OPT_GO`) or gives up (`NBD_OPT_ABORT`, or closing the socket).
+//!
+//! On the way the client may turn on structured replies
+//! (`NBD_OPT_STRUCTURED_REPLY`) and then select the `base:allocation`
+//! metadata context ([`super::meta`]), which `NBD_CMD_BLOCK_STATUS` needs.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use super::consts::*;
+use super::meta::MetaRequest;
 use super::{read_exact_or_eof, NbdError, NbdOptions};
 use crate::device::BlockDevice;
 
@@ -17,6 +22,13 @@ pub(crate) struct Export {
     pub(crate) size: u64,
     /// Transmission flags, as announced to the client.
     pub(crate) flags: u16,
+    /// Structured replies were negotiated.
+    pub(crate) structured: bool,
+    /// `base:allocation` was selected: BLOCK_STATUS is allowed.
+    pub(crate) allocation: bool,
+    /// Offsets and lengths of data commands must be multiples of this
+    /// (announced in `NBD_INFO_BLOCK_SIZE`; 1: any).
+    pub(crate) min_block: u32,
 }
 
 impl Export {
@@ -61,6 +73,8 @@ where
         return Err(NbdError::ClientFlags(client_flags));
     }
     let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
+    let mut structured = false;
+    let mut allocation = false;
 
     for _ in 0..MAX_OPTIONS {
         let mut header = [0u8; 16];
@@ -99,7 +113,7 @@ where
                 if !name_matches(options, &data) {
                     return Err(NbdError::UnknownExport(name));
                 }
-                let export = export_of(device);
+                let export = export_of(device, options, structured, allocation);
                 let mut out = BytesMut::with_capacity(10 + 124);
                 out.put_u64(export.size);
                 out.put_u16(export.flags);
@@ -146,7 +160,7 @@ where
                     reply(stream, option, REP_ERR_UNKNOWN, msg.as_bytes()).await?;
                     continue;
                 }
-                let export = export_of(device);
+                let export = export_of(device, options, structured, allocation);
                 let mut info = BytesMut::with_capacity(12);
                 info.put_u16(INFO_EXPORT);
                 info.put_u64(export.size);
@@ -160,11 +174,12 @@ where
                     reply(stream, option, REP_INFO, &info).await?;
                 }
                 // Sent whether asked for or not, as the protocol allows: it
-                // tells the client the largest payload accepted.
+                // tells the client the alignment needed and the largest
+                // payload accepted.
                 let mut info = BytesMut::with_capacity(14);
                 info.put_u16(INFO_BLOCK_SIZE);
-                info.put_u32(MIN_BLOCK_SIZE);
-                info.put_u32(PREFERRED_BLOCK_SIZE);
+                info.put_u32(export.min_block);
+                info.put_u32(export.min_block.max(PREFERRED_BLOCK_SIZE));
                 info.put_u32(MAX_PAYLOAD);
                 reply(stream, option, REP_INFO, &info).await?;
                 reply(stream, option, REP_ACK, &[]).await?;
@@ -172,9 +187,52 @@ where
                     return Ok(Negotiated::Transmission(export));
                 }
             }
+            OPT_STRUCTURED_REPLY => {
+                if !data.is_empty() {
+                    let msg = b"NBD_OPT_STRUCTURED_REPLY takes no data";
+                    reply(stream, option, REP_ERR_INVALID, msg).await?;
+                    continue;
+                }
+                structured = true;
+                reply(stream, option, REP_ACK, &[]).await?;
+            }
+            OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
+                let list = option == OPT_LIST_META_CONTEXT;
+                if !structured {
+                    let msg = b"negotiate NBD_OPT_STRUCTURED_REPLY first";
+                    reply(stream, option, REP_ERR_INVALID, msg).await?;
+                    continue;
+                }
+                let Some(request) = MetaRequest::parse(&data) else {
+                    let msg = b"malformed meta context request";
+                    reply(stream, option, REP_ERR_INVALID, msg).await?;
+                    continue;
+                };
+                if !name_matches(options, &request.name) {
+                    let msg = format!(
+                        "unknown export {:?}",
+                        String::from_utf8_lossy(&request.name)
+                    );
+                    reply(stream, option, REP_ERR_UNKNOWN, msg.as_bytes()).await?;
+                    continue;
+                }
+                let contexts = request.matches(list);
+                if !list {
+                    allocation = !contexts.is_empty();
+                }
+                for context in contexts {
+                    // LIST answers with id 0, as the protocol asks.
+                    let id = if list { 0 } else { META_BASE_ALLOCATION_ID };
+                    let mut out = BytesMut::with_capacity(4 + context.len());
+                    out.put_u32(id);
+                    out.put_slice(context.as_bytes());
+                    reply(stream, option, REP_META_CONTEXT, &out).await?;
+                }
+                reply(stream, option, REP_ACK, &[]).await?;
+            }
             _ => {
-                // Includes STARTTLS, STRUCTURED_REPLY, the meta context
-                // options and EXTENDED_HEADERS, which clients probe first.
+                // Includes STARTTLS and EXTENDED_HEADERS, which clients
+                // probe first.
                 let msg = format!("option {option} is not supported");
                 reply(stream, option, REP_ERR_UNSUP, msg.as_bytes()).await?;
             }
@@ -183,17 +241,32 @@ where
     Err(NbdError::TooManyOptions(MAX_OPTIONS))
 }
 
-/// The export as it stands now.
-fn export_of<D: BlockDevice>(device: &D) -> Export {
-    let mut flags = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_SEND_FUA | FLAG_CAN_MULTI_CONN;
-    if device.read_only() {
+/// The export as it stands now, with what was negotiated so far.
+fn export_of<D: BlockDevice>(
+    device: &D,
+    options: &NbdOptions,
+    structured: bool,
+    allocation: bool,
+) -> Export {
+    let mut flags =
+        FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_SEND_FUA | FLAG_CAN_MULTI_CONN | FLAG_SEND_CACHE;
+    if device.read_only() || options.read_only {
         flags |= FLAG_READ_ONLY;
     } else {
-        flags |= FLAG_SEND_TRIM | FLAG_SEND_WRITE_ZEROES;
+        flags |= FLAG_SEND_TRIM | FLAG_SEND_WRITE_ZEROES | FLAG_SEND_FAST_ZERO;
     }
+    // A power of two within what the protocol allows; a device needing
+    // more than 64 KiB alignment would be refused every request anyway.
+    let min_block = device
+        .min_block_size()
+        .clamp(MIN_BLOCK_SIZE, MAX_MIN_BLOCK_SIZE)
+        .next_power_of_two();
     Export {
         size: device.size(),
         flags,
+        structured,
+        allocation: structured && allocation,
+        min_block,
     }
 }
 

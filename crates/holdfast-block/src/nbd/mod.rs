@@ -1,9 +1,17 @@
 //! An NBD (Network Block Device) server for any [`BlockDevice`].
 //!
 //! The server speaks the fixed newstyle handshake (`NBD_OPT_EXPORT_NAME`,
-//! `NBD_OPT_GO`, `NBD_OPT_INFO`, `NBD_OPT_LIST`, `NBD_OPT_ABORT`; every other
-//! option gets `NBD_REP_ERR_UNSUP`) and simple replies in transmission:
-//! `READ`, `WRITE` (with FUA), `FLUSH`, `TRIM`, `WRITE_ZEROES` and `DISC`.
+//! `NBD_OPT_GO`, `NBD_OPT_INFO`, `NBD_OPT_LIST`, `NBD_OPT_ABORT`,
+//! `NBD_OPT_STRUCTURED_REPLY`, `NBD_OPT_LIST_META_CONTEXT` and
+//! `NBD_OPT_SET_META_CONTEXT` for `base:allocation`; every other option
+//! gets `NBD_REP_ERR_UNSUP`) and, in transmission, `READ`, `WRITE` (with
+//! FUA), `FLUSH`, `TRIM`, `WRITE_ZEROES` (with `NO_HOLE` and `FAST_ZERO`),
+//! `CACHE`, `BLOCK_STATUS` and `DISC`; READ and BLOCK_STATUS get structured
+//! replies once negotiated. `NBD_INFO_BLOCK_SIZE` announces the device's
+//! own minimum block size ([`BlockDevice::min_block_size`]: 4096 for an
+//! O_DIRECT file), and a request that breaks it is refused before the
+//! device sees it. [`NbdOptions::read_only`] exports a writable device
+//! read-only.
 //! Requests are pipelined: each runs as its own task and its reply goes out
 //! as soon as it completes, in any order, through one writer per connection.
 //! Per connection, at most [`NbdOptions::max_in_flight`] requests,
@@ -36,6 +44,9 @@
 
 pub mod consts;
 mod handshake;
+mod meta;
+mod metrics;
+mod reply;
 mod transmission;
 
 use std::convert::Infallible;
@@ -59,6 +70,10 @@ pub struct NbdOptions {
     /// Name of the one export. Clients may ask for it by this name or by the
     /// empty default name; any other name is refused.
     pub export_name: String,
+    /// Export read-only even if the device takes writes: announced with
+    /// `NBD_FLAG_READ_ONLY`, and every WRITE, TRIM and WRITE_ZEROES is
+    /// refused with `EPERM` without reaching the device.
+    pub read_only: bool,
     /// When the device work of a request (a FUA trim's trim and flush
     /// count as one) has not finished after this long, the server logs a
     /// warning and cancels it ([`crate::device::Cancel`]), then keeps
@@ -94,6 +109,7 @@ impl Default for NbdOptions {
     fn default() -> Self {
         NbdOptions {
             export_name: String::new(),
+            read_only: false,
             io_timeout: None,
             max_connections: consts::DEFAULT_MAX_CONNECTIONS,
             handshake_timeout: consts::DEFAULT_HANDSHAKE_TIMEOUT,

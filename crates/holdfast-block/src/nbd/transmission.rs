@@ -1,6 +1,13 @@
 //! The transmission phase: a reader that decodes requests and runs each on
-//! its own task, and a writer that sends the simple replies in completion
-//! order.
+//! its own task, and a writer ([`super::reply`]) that sends the replies in
+//! completion order.
+//!
+//! Requests are checked before the device sees them: flags the command
+//! does not take, a range beyond the export, a write to a read-only
+//! export, and (when the export announced a minimum block size above 1,
+//! as for an O_DIRECT device) an offset or length that is not a multiple
+//! of it are refused at once (`EINVAL`, `ENOSPC` or `EPERM`), so no request
+//! is ever done in part for breaking a constraint.
 //!
 //! Every request holds a slot permit (and, for reads and writes, one byte
 //! permit per payload byte; for TRIM and WRITE_ZEROES, a zeroing permit)
@@ -21,20 +28,20 @@
 //! connection, so even dropping the connection's future leaves them to end
 //! this way.
 
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
+use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, error, warn};
 
 use super::consts::*;
 use super::handshake::Export;
+use super::reply::{write_replies, Body, Outgoing};
 use super::{read_exact_or_eof, NbdError, NbdOptions};
-use crate::device::{BlockDevice, BlockError, Cancel};
+use crate::device::{BlockDevice, BlockError, Cancel, Extent, Zeroing};
 
 /// Fires a signal when dropped.
 struct CancelOnDrop(Cancel);
@@ -81,7 +88,7 @@ where
         zeroing: Arc::new(Semaphore::new(options.max_zeroing_in_flight.max(1))),
     };
     let mut reader = Box::pin(conn.read_requests(rd));
-    let writer = write_replies(wr, rx);
+    let writer = write_replies(wr, rx, export.structured);
     tokio::pin!(writer);
     let result = tokio::select! {
         read = &mut reader => {
@@ -143,7 +150,9 @@ enum Op {
     Write { offset: u64, data: Bytes, fua: bool },
     Flush,
     Trim { offset: u64, len: u32, fua: bool },
-    WriteZeroes { offset: u64, len: u32, fua: bool },
+    WriteZeroes { offset: u64, len: u32, how: Zeroing },
+    BlockStatus { offset: u64, len: u32, one: bool },
+    Cache { offset: u64, len: u32 },
 }
 
 impl Op {
@@ -154,28 +163,25 @@ impl Op {
             Op::Flush => "flush",
             Op::Trim { .. } => "trim",
             Op::WriteZeroes { .. } => "write_zeroes",
+            Op::BlockStatus { .. } => "block_status",
+            Op::Cache { .. } => "cache",
         }
     }
 }
 
-/// The permits a request holds until its reply is written.
+/// What a successful operation returns.
 #[derive(Debug)]
-struct Permits {
-    _slot: OwnedSemaphorePermit,
-    _budget: Option<OwnedSemaphorePermit>,
+enum Done {
+    Nothing,
+    Data(Vec<Bytes>),
+    Extents(Vec<Extent>),
 }
 
-/// A simple reply on its way to the writer.
+/// The permits a request holds until its reply is written.
 #[derive(Debug)]
-struct Outgoing {
-    handle: u64,
-    error: u32,
-    /// READ data, in consecutive segments.
-    data: Vec<Bytes>,
-    /// The request's outcome is in doubt ([`BlockError::InDoubt`]): no
-    /// reply may be sent, so the connection is closed instead.
-    in_doubt: bool,
-    _permits: Permits,
+pub(crate) struct Permits {
+    _slot: OwnedSemaphorePermit,
+    _budget: Option<OwnedSemaphorePermit>,
 }
 
 /// Whether to keep reading requests.
@@ -321,7 +327,7 @@ impl<D: BlockDevice> Conn<D> {
                 let (allowed, writes) = if req.kind == CMD_TRIM {
                     (CMD_FLAG_FUA, false)
                 } else {
-                    (CMD_FLAG_FUA | CMD_FLAG_NO_HOLE, true)
+                    (CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO, true)
                 };
                 let checked = self.check(&req, allowed, writes).and_then(|()| {
                     if self.export.read_only() {
@@ -337,7 +343,12 @@ impl<D: BlockDevice> Conn<D> {
                         let op = if req.kind == CMD_TRIM {
                             Op::Trim { offset, len, fua }
                         } else {
-                            Op::WriteZeroes { offset, len, fua }
+                            let how = Zeroing {
+                                fua,
+                                punch: req.flags & CMD_FLAG_NO_HOLE == 0,
+                                fast: req.flags & CMD_FLAG_FAST_ZERO != 0,
+                            };
+                            Op::WriteZeroes { offset, len, how }
                         };
                         // The zeroing semaphore is never closed.
                         let zeroing = Arc::clone(&self.zeroing).acquire_owned().await.ok();
@@ -350,6 +361,40 @@ impl<D: BlockDevice> Conn<D> {
                 }
                 Ok(Flow::Continue)
             }
+            CMD_CACHE => {
+                match self.check(&req, CMD_FLAG_FUA, false) {
+                    Err((errno, why)) => self.refuse(&req, bare(slot), errno, why),
+                    Ok(()) => {
+                        let (offset, len) = (req.offset, req.len);
+                        self.start(&req, Op::Cache { offset, len }, bare(slot));
+                    }
+                }
+                Ok(Flow::Continue)
+            }
+            CMD_BLOCK_STATUS => {
+                let checked = if !self.export.allocation {
+                    Err((EINVAL, "no metadata context was selected"))
+                } else if req.len == 0 {
+                    Err((EINVAL, "block status of an empty range"))
+                } else {
+                    check_flags(&req, CMD_FLAG_FUA | CMD_FLAG_REQ_ONE).and_then(|()| {
+                        BlockError::check_range(req.offset, u64::from(req.len), self.export.size)
+                            .map_err(|_| (EINVAL, "range beyond the end of the export"))
+                    })
+                };
+                match checked {
+                    Err((errno, why)) => self.refuse(&req, bare(slot), errno, why),
+                    Ok(()) => {
+                        let op = Op::BlockStatus {
+                            offset: req.offset,
+                            len: req.len,
+                            one: req.flags & CMD_FLAG_REQ_ONE != 0,
+                        };
+                        self.start(&req, op, bare(slot));
+                    }
+                }
+                Ok(Flow::Continue)
+            }
             _ => {
                 self.refuse(&req, bare(slot), EINVAL, "unknown command");
                 Ok(Flow::Continue)
@@ -357,9 +402,9 @@ impl<D: BlockDevice> Conn<D> {
         }
     }
 
-    /// Checks flags, read-only and range. `writes` selects the errors of
-    /// the protocol for data writes: `EPERM` on a read-only export and
-    /// `ENOSPC` beyond its end (`EINVAL` otherwise).
+    /// Checks flags, read-only, range and alignment. `writes` selects the
+    /// errors of the protocol for data writes: `EPERM` on a read-only
+    /// export and `ENOSPC` beyond its end (`EINVAL` otherwise).
     fn check(&self, req: &Request, allowed: u16, writes: bool) -> Result<(), (u32, &'static str)> {
         check_flags(req, allowed)?;
         if writes && self.export.read_only() {
@@ -368,6 +413,13 @@ impl<D: BlockDevice> Conn<D> {
         if let Err(e) = BlockError::check_range(req.offset, u64::from(req.len), self.export.size) {
             let errno = if writes { ENOSPC } else { e.errno() };
             return Err((errno, "range beyond the end of the export"));
+        }
+        let min = u64::from(self.export.min_block.max(1));
+        if req.offset % min != 0 || u64::from(req.len) % min != 0 {
+            return Err((
+                EINVAL,
+                "offset or length is not a multiple of the minimum block size",
+            ));
         }
         Ok(())
     }
@@ -385,6 +437,7 @@ impl<D: BlockDevice> Conn<D> {
 
     /// Answers a request with an error without touching the device.
     fn refuse(&self, req: &Request, permits: Permits, errno: u32, why: &str) {
+        super::metrics::refused(req.kind);
         debug!(
             handle = req.handle,
             command = req.kind,
@@ -394,10 +447,17 @@ impl<D: BlockDevice> Conn<D> {
             errno,
             "nbd: refused request: {why}"
         );
+        let body = if matches!(req.kind, CMD_READ | CMD_BLOCK_STATUS) {
+            Body::Failed {
+                error: errno,
+                message: format!("refused: {why}; nothing was done"),
+            }
+        } else {
+            Body::Status(errno)
+        };
         let _ = self.tx.send(Outgoing {
             handle: req.handle,
-            error: errno,
-            data: Vec::new(),
+            body,
             in_doubt: false,
             _permits: permits,
         });
@@ -411,12 +471,18 @@ impl<D: BlockDevice> Conn<D> {
         let cancel_all = self.cancel_all.clone();
         let io_timeout = self.io_timeout;
         let (handle, offset, len) = (req.handle, req.offset, req.len);
+        let with_message = matches!(req.kind, CMD_READ | CMD_BLOCK_STATUS);
         tokio::spawn(async move {
             let _alive = alive;
             let name = op.name();
             let mut in_doubt = false;
-            let (error, data) = match execute(&*device, op, io_timeout, &cancel_all).await {
-                Ok(data) => (0, data),
+            let started = std::time::Instant::now();
+            let outcome = execute(&*device, op, io_timeout, &cancel_all).await;
+            super::metrics::answered(name, outcome.as_ref().map(drop), started.elapsed());
+            let body = match outcome {
+                Ok(Done::Nothing) => Body::Status(0),
+                Ok(Done::Data(data)) => Body::Data { offset, data },
+                Ok(Done::Extents(extents)) => Body::Extents(extents),
                 Err(e @ BlockError::InDoubt(_)) => {
                     error!(
                         handle,
@@ -427,24 +493,36 @@ impl<D: BlockDevice> Conn<D> {
                          it (an error could be contradicted if it still runs)"
                     );
                     in_doubt = true;
-                    (e.errno(), Vec::new())
+                    Body::Status(e.errno())
                 }
                 Err(e) => {
-                    warn!(
-                        handle,
-                        offset,
-                        len,
-                        errno = e.errno(),
-                        error = %e,
-                        "nbd: {name} failed"
-                    );
-                    (e.errno(), Vec::new())
+                    // A FAST_ZERO that cannot be fast is an answer, not a
+                    // failure worth a warning.
+                    if matches!(e, BlockError::NotSupported(_)) {
+                        debug!(handle, offset, len, error = %e, "nbd: {name} not supported");
+                    } else {
+                        warn!(
+                            handle,
+                            offset,
+                            len,
+                            errno = e.errno(),
+                            error = %e,
+                            "nbd: {name} failed"
+                        );
+                    }
+                    if with_message {
+                        Body::Failed {
+                            error: e.errno(),
+                            message: e.to_string(),
+                        }
+                    } else {
+                        Body::Status(e.errno())
+                    }
                 }
             };
             let _ = tx.send(Outgoing {
                 handle,
-                error,
-                data,
+                body,
                 in_doubt,
                 _permits: permits,
             });
@@ -476,7 +554,7 @@ async fn execute<D: BlockDevice>(
     op: Op,
     io_timeout: Option<Duration>,
     cancel_all: &Cancel,
-) -> Result<Vec<Bytes>, BlockError> {
+) -> Result<Done, BlockError> {
     let cancel = Cancel::new();
     let name = op.name();
     let run = run_op(device, op, &cancel);
@@ -503,11 +581,7 @@ async fn execute<D: BlockDevice>(
 }
 
 /// Runs one operation on the device with `cancel` as its signal.
-async fn run_op<D: BlockDevice>(
-    device: &D,
-    op: Op,
-    cancel: &Cancel,
-) -> Result<Vec<Bytes>, BlockError> {
+async fn run_op<D: BlockDevice>(device: &D, op: Op, cancel: &Cancel) -> Result<Done, BlockError> {
     match op {
         Op::Read { offset, len } => {
             let data = device.read_segments(offset, len, cancel).await?;
@@ -518,65 +592,54 @@ async fn run_op<D: BlockDevice>(
                     "device returned {total} bytes for a read of {len}"
                 )));
             }
-            Ok(data)
+            Ok(Done::Data(data))
         }
         Op::Write { offset, data, fua } => device
             .write_at_cancellable(offset, data, fua, cancel)
             .await
-            .map(|()| Vec::new()),
-        Op::Flush => device.flush_cancellable(cancel).await.map(|()| Vec::new()),
+            .map(|()| Done::Nothing),
+        Op::Flush => device
+            .flush_cancellable(cancel)
+            .await
+            .map(|()| Done::Nothing),
         Op::Trim { offset, len, fua } => {
             device.trim_cancellable(offset, len, cancel).await?;
             if fua {
                 device.flush_cancellable(cancel).await?;
             }
-            Ok(Vec::new())
+            Ok(Done::Nothing)
         }
-        Op::WriteZeroes { offset, len, fua } => device
-            .write_zeroes_cancellable(offset, len, fua, cancel)
+        Op::WriteZeroes { offset, len, how } => device
+            .zero_range(offset, len, how, cancel)
             .await
-            .map(|()| Vec::new()),
-    }
-}
-
-/// Sends replies as they arrive, batching whatever is queued into one
-/// flush; ends when every sender is gone.
-async fn write_replies<W: AsyncWrite + Unpin>(
-    wr: W,
-    mut rx: UnboundedReceiver<Outgoing>,
-) -> io::Result<()> {
-    let mut out = BufWriter::with_capacity(256 * 1024, wr);
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(reply) = next.take() {
-            if reply.in_doubt {
-                out.flush().await?;
-                return Err(io::Error::other(format!(
-                    "request {:#x} is in doubt: the connection is closed without its reply",
-                    reply.handle
+            .map(|()| Done::Nothing),
+        Op::BlockStatus { offset, len, one } => {
+            let mut extents = device.block_status(offset, len, cancel).await?;
+            // The protocol asks for at least one extent, none empty, and
+            // no more than the range: hold the device to it.
+            extents.retain(|e| e.len > 0);
+            let total: u64 = extents.iter().map(|e| u64::from(e.len)).sum();
+            if extents.is_empty() || total > u64::from(len) {
+                return Err(BlockError::Io(format!(
+                    "device returned {} extents covering {total} bytes for a block status \
+                     of {len}",
+                    extents.len()
                 )));
             }
-            let mut header = [0u8; SIMPLE_REPLY_LEN];
-            let mut h = &mut header[..];
-            h.put_u32(SIMPLE_REPLY_MAGIC);
-            h.put_u32(reply.error);
-            h.put_u64(reply.handle);
-            out.write_all(&header).await?;
-            for data in &reply.data {
-                out.write_all(data).await?;
-            }
-            // Releases the permits: the reply is in the writer's hands.
-            drop(reply);
-            next = rx.try_recv().ok();
+            extents.truncate(if one { 1 } else { crate::device::MAX_EXTENTS });
+            Ok(Done::Extents(extents))
         }
-        out.flush().await?;
+        Op::Cache { offset, len } => device
+            .cache(offset, len, cancel)
+            .await
+            .map(|()| Done::Nothing),
     }
-    out.shutdown().await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BufMut;
 
     #[test]
     fn request_header_decodes_and_rejects_bad_magic() {

@@ -247,6 +247,18 @@ impl RawClient {
     }
 
     pub async fn info_or_go(&mut self, option: u32, name: &str) -> Result<(u64, u16), u32> {
+        let (size, flags, block_size) = self.info_or_go_sized(option, name).await?;
+        assert_eq!(block_size, (1, 4096, MAX_PAYLOAD));
+        Ok((size, flags))
+    }
+
+    /// [`RawClient::info_or_go`], returning the block size constraints
+    /// (minimum, preferred, maximum) as well.
+    pub async fn info_or_go_sized(
+        &mut self,
+        option: u32,
+        name: &str,
+    ) -> Result<(u64, u16, (u32, u32, u32)), u32> {
         let mut data = BytesMut::new();
         data.put_u32(name.len() as u32);
         data.put_slice(name.as_bytes());
@@ -278,8 +290,24 @@ impl RawClient {
                 other => panic!("unexpected reply type {other:#x}"),
             }
         }
-        assert_eq!(block_size, Some((1, 4096, MAX_PAYLOAD)));
-        Ok(export.expect("NBD_INFO_EXPORT sent"))
+        let (size, flags) = export.expect("NBD_INFO_EXPORT sent");
+        Ok((size, flags, block_size.expect("NBD_INFO_BLOCK_SIZE sent")))
+    }
+
+    /// Reads one structured reply chunk: (flags, type, handle, payload).
+    pub async fn chunk(&mut self) -> (u16, u16, u64, Vec<u8>) {
+        let mut h = [0u8; STRUCTURED_REPLY_LEN];
+        self.read_exact(&mut h).await;
+        let mut b = &h[..];
+        assert_eq!(
+            b.get_u32(),
+            STRUCTURED_REPLY_MAGIC,
+            "not a structured reply"
+        );
+        let (flags, kind, handle, len) = (b.get_u16(), b.get_u16(), b.get_u64(), b.get_u32());
+        assert!(len <= MAX_PAYLOAD + 8, "chunk of {len} bytes");
+        let payload = self.read_data(len as usize).await;
+        (flags, kind, handle, payload)
     }
 
     pub async fn request(

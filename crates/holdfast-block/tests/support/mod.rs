@@ -258,6 +258,8 @@ impl<D: BlockDevice> Unordered<D> {
             block_size: 4096,
             max_request: wire::DEFAULT_MAX_REQUEST,
             volume_id: None,
+            aligned: false,
+            extensions: false,
         };
         Unordered {
             device: Arc::new(device),

@@ -39,13 +39,22 @@ pub(crate) const WORKLOADS: [(&str, usize, usize); 6] = [
 ];
 
 /// The systems compared, in the tables' order.
-pub(crate) const SYSTEMS: [&str; 5] = [
+pub(crate) const SYSTEMS: [&str; 6] = [
     "local file",
     "qemu-nbd",
     "nbdkit file",
     "holdfast nbd",
+    METRICS_SYSTEM,
     "holdfast native",
 ];
+
+/// `holdfast nbd` and its target, both with `--metrics`: the cost of the
+/// Prometheus endpoint, measured on the jobs where a per-request cost shows.
+const METRICS_SYSTEM: &str = "holdfast nbd +metrics";
+
+/// The jobs run with metrics on (4 KiB at QD 32, where per-request costs
+/// dominate).
+const METRICS_WORKLOADS: [(&str, usize, usize); 2] = [WORKLOADS[1], WORKLOADS[3]];
 
 /// The system every ratio is against.
 const REFERENCE: &str = "qemu-nbd";
@@ -175,7 +184,18 @@ impl Runner {
         device: Device<'_>,
         servers: &[&Server],
     ) -> anyhow::Result<()> {
-        for (rw, block, depth) in WORKLOADS {
+        self.fio_some(system, device, servers, &WORKLOADS).await
+    }
+
+    /// The given jobs through fio against `device`.
+    async fn fio_some(
+        &mut self,
+        system: &str,
+        device: Device<'_>,
+        servers: &[&Server],
+        jobs: &[(&str, usize, usize)],
+    ) -> anyhow::Result<()> {
+        for &(rw, block, depth) in jobs {
             self.say(system, rw, block, depth);
             let before = cpu_of(servers)?;
             let r = fio::run(device, self.job(rw, block, depth)).await?;
@@ -189,11 +209,11 @@ impl Runner {
     /// and the target's to it.
     async fn native_jobs(&mut self, volume: &Volume, target: &Server) -> anyhow::Result<()> {
         for (rw, block, depth) in WORKLOADS {
-            self.say(SYSTEMS[4], rw, block, depth);
+            self.say(SYSTEMS[5], rw, block, depth);
             let before = child::cpu_time("self")? + target.cpu()?;
             let r = native::run(volume, self.job(rw, block, depth)).await?;
             let cpu = (child::cpu_time("self")? + target.cpu()?).saturating_sub(before);
-            self.push(SYSTEMS[4], rw, block, depth, r, cpu);
+            self.push(SYSTEMS[5], rw, block, depth, r, cpu);
         }
         Ok(())
     }
@@ -364,6 +384,9 @@ pub(crate) async fn run(mode: Mode, progress: bool) -> anyhow::Result<BlockRepor
     runner.native_jobs(&volume, &target).await?;
     let _ = initiator.close().await;
     target.stop().await;
+    if have_fio {
+        metrics_jobs(&mut runner, path, &socket("holdfast-metrics")).await?;
+    }
 
     let mut rows = runner.rows;
     judge(&mut rows);
@@ -375,6 +398,63 @@ pub(crate) async fn run(mode: Mode, progress: bool) -> anyhow::Result<BlockRepor
         rows,
         skipped,
     })
+}
+
+/// The 4 KiB QD 32 jobs through `holdfast nbd` and a target that both serve
+/// `--metrics`, recording every request.
+async fn metrics_jobs(runner: &mut Runner, volume: &str, sock: &Path) -> anyhow::Result<()> {
+    let free = || -> anyhow::Result<String> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .to_string())
+    };
+    let (target_metrics, nbd_metrics) = (free()?, free()?);
+    let (target, ready) = Server::holdfast(
+        "holdfast target",
+        &[
+            "target",
+            "--volume",
+            volume,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            &target_metrics,
+        ],
+    )
+    .await?;
+    let endpoint = ready["endpoints"][0]
+        .as_str()
+        .ok_or_else(|| anyhow!("holdfast target printed no endpoint: {ready}"))?
+        .to_owned();
+    let listen = format!("unix:{}", sock.display());
+    let (nbd, ready) = Server::holdfast(
+        "holdfast nbd",
+        &[
+            "nbd",
+            "--target",
+            &endpoint,
+            "--listen",
+            &listen,
+            "--metrics",
+            &nbd_metrics,
+        ],
+    )
+    .await?;
+    let uri = ready["uri"]
+        .as_str()
+        .ok_or_else(|| anyhow!("holdfast nbd printed no URI: {ready}"))?
+        .to_owned();
+    runner
+        .fio_some(
+            METRICS_SYSTEM,
+            Device::Nbd(&uri),
+            &[&target, &nbd],
+            &METRICS_WORKLOADS,
+        )
+        .await?;
+    nbd.stop().await;
+    target.stop().await;
+    Ok(())
 }
 
 /// A socket path as a program argument.
@@ -398,6 +478,15 @@ fn judge(rows: &mut [BlockRow]) {
         r.vs_qemu_nbd = reference.map(|q| r.iops / q);
         r.vs_local = iops_of(&snapshot, &r.workload, SYSTEMS[0]).map(|l| r.iops / l);
         r.targets = checks(r);
+        if r.system == METRICS_SYSTEM {
+            if let Some(without) = iops_of(&snapshot, &r.workload, "holdfast nbd") {
+                let ratio = r.iops / without;
+                r.targets.push(Check {
+                    target: format!("IOPS >= 0.99x without --metrics ({ratio:.3}x)"),
+                    met: ratio >= 0.99,
+                });
+            }
+        }
     }
     let rank = |r: &BlockRow| {
         let job = WORKLOADS

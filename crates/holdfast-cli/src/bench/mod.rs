@@ -26,6 +26,7 @@
 mod baseline;
 mod block;
 mod child;
+mod failover;
 mod fio;
 mod multiconn;
 mod native;
@@ -74,6 +75,11 @@ enum ScenarioCmd {
     /// link is limited to the same bandwidth by the chaos proxy, as ratios
     /// to one connection, with the target's reorder-buffer occupancy.
     Multiconn(Options),
+    /// Failover across two nodes: from the loss of a path to the first
+    /// call re-issued on the other node, with the old node fenced by
+    /// confirmation and by waiting its quiesce time, beside a single-path
+    /// session and the Linux defaults.
+    Failover(Options),
     /// Every scenario, and an index of the reports (DIR/README.md).
     All(Options),
 }
@@ -270,6 +276,7 @@ struct JsonReport {
     scale: Option<scale::ScaleReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     multiconn: Option<multiconn::MulticonnReport>,
+    failover: Option<failover::FailoverReport>,
 }
 
 /// Runs the chosen scenarios, prints their tables (or JSON) and writes
@@ -282,6 +289,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ScenarioCmd::Block(o) => (Some("block"), o),
         ScenarioCmd::Scale(o) => (Some("scale"), o),
         ScenarioCmd::Multiconn(o) => (Some("multiconn"), o),
+        ScenarioCmd::Failover(o) => (Some("failover"), o),
         ScenarioCmd::All(o) => (None, o),
     };
     let runs = |scenario: &str| only.is_none_or(|o| o == scenario);
@@ -309,6 +317,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         block: None,
         scale: None,
         multiconn: None,
+        failover: None,
     };
 
     if runs("overhead") {
@@ -359,6 +368,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             print!("{}", r.table());
         }
         report.multiconn = Some(r);
+    }
+    if runs("failover") {
+        let r = failover::run(mode, progress).await?;
+        write_file(dir, "failover.md", &r.markdown(&machine))?;
+        if !opts.json {
+            println!("\nholdfast bench failover ({} mode)\n", mode.name());
+            print!("{}", r.table());
+        }
+        report.failover = Some(r);
     }
     if only.is_none() {
         write_file(dir, "README.md", &index(&report))?;
@@ -430,6 +448,11 @@ fn index(report: &JsonReport) -> String {
             "| multiconn | one session over 1, 2, 4 bandwidth-limited connections | {} | [multiconn.md](multiconn.md) | - |\n",
             count(m.rows.iter().flat_map(|r| &r.targets).collect()),
         ));
+    }
+    if report.failover.is_some() {
+        md.push_str(
+            "| failover | path loss to the first call re-issued on another node: fence confirmed, quiesce wait, single path | - | [failover.md](failover.md) | - |\n",
+        );
     }
     md.push_str(
         "\nTargets come from the benchmark issue; they are reported, not asserted. \

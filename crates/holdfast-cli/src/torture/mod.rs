@@ -92,6 +92,13 @@ pub(crate) struct TortureArgs {
     /// (no io-timeouts), to tell its faults from the others.
     #[arg(long)]
     no_io_timeout_faults: bool,
+    /// Block mode: nodes serving the volume. With 2, two in-process
+    /// targets serve one volume file (each behind its own fault proxy) and
+    /// the workload runs over a path group; every third fault takes a
+    /// node's path down for 1-2.5 s, so the group fails over (making the
+    /// old node safe first) both ways.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    nodes: u8,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -110,6 +117,11 @@ pub(crate) async fn run(args: TortureArgs) -> anyhow::Result<ExitCode> {
         }
         Some(Err(e)) => bail!(e),
     };
+    if args.nodes > 1 && (args.mode != Mode::Block || target.is_some()) {
+        bail!(
+            "--nodes 2 runs block mode on its own in-process nodes: drop --target and --mode log"
+        );
+    }
     let passed = match args.mode {
         Mode::Block => {
             let summary = run_block(&Scenario {
@@ -129,7 +141,9 @@ pub(crate) async fn run(args: TortureArgs) -> anyhow::Result<ExitCode> {
                     // requests time out, then resume on the same link.
                     detection: args.io_timeout * 3,
                     faults: faults > 0 && !args.no_io_timeout_faults,
-                }),
+                })
+                .filter(|_| args.nodes == 1),
+                nodes: usize::from(args.nodes),
             })
             .await?;
             if args.json {

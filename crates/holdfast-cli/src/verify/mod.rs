@@ -9,6 +9,7 @@ pub(crate) mod blocks;
 pub(crate) mod faults;
 pub(crate) mod history;
 pub(crate) mod ledger;
+mod nodes;
 pub(crate) mod report;
 pub(crate) mod second;
 pub(crate) mod workload;
@@ -60,6 +61,9 @@ pub(crate) struct Scenario {
     /// A second session writing the first one's blocks, with io-timeout
     /// faults; then every read is checked against the shared history.
     pub(crate) second: Option<SecondSession>,
+    /// Nodes serving the volume: 1, or 2 for a path group over two
+    /// in-process nodes with path faults ([`nodes`]).
+    pub(crate) nodes: usize,
 }
 
 /// The hot blocks at the start of each worker's region, where the second
@@ -72,6 +76,8 @@ struct TargetSide {
     addr: SocketAddr,
     volume: std::path::PathBuf,
     duplicates: Arc<Duplicates>,
+    /// Peer links to the other nodes (two-node runs).
+    peers: Vec<Endpoint>,
     /// Responses answered from the cache by earlier incarnations.
     cache_answers_before: u64,
 }
@@ -84,6 +90,7 @@ impl TargetSide {
             addr,
             volume: std::path::PathBuf::new(),
             duplicates: Arc::default(),
+            peers: Vec::new(),
             cache_answers_before: 0,
         }
     }
@@ -97,11 +104,22 @@ impl TargetSide {
         volume: &std::path::Path,
         duplicates: Arc<Duplicates>,
     ) -> anyhow::Result<TargetSide> {
+        TargetSide::start_with_peers(addr, volume, duplicates, Vec::new()).await
+    }
+
+    /// Starts a node with peer links to `peers` (they forward fences).
+    async fn start_with_peers(
+        addr: SocketAddr,
+        volume: &std::path::Path,
+        duplicates: Arc<Duplicates>,
+        peers: Vec<Endpoint>,
+    ) -> anyhow::Result<TargetSide> {
         let mut side = TargetSide {
             target: None,
             addr,
             volume: volume.to_owned(),
             duplicates,
+            peers,
             cache_answers_before: 0,
         };
         side.spawn().await?;
@@ -117,6 +135,7 @@ impl TargetSide {
                 retain: Duration::from_secs(30),
                 ..TargetConfig::default()
             },
+            peers: self.peers.clone(),
             ..TargetOptions::default()
         };
         let target = Target::serve(&[Endpoint::Tcp(self.addr)], options, service)
@@ -229,6 +248,12 @@ impl Drop for Scratch {
 
 async fn run_in(scenario: &Scenario, scratch: Option<&Scratch>) -> anyhow::Result<Summary> {
     let args = scenario;
+    if args.nodes >= 2 {
+        let Some(s) = scratch else {
+            bail!("--nodes 2 runs its own two nodes: it cannot use --target");
+        };
+        return nodes::run(args, &s.volume).await;
+    }
     let duplicates = Arc::new(Duplicates::default());
     let mut target = match (scratch, scenario.target) {
         (Some(s), _) => {
@@ -389,6 +414,10 @@ async fn run_in(scenario: &Scenario, scratch: Option<&Scratch>) -> anyhow::Resul
         corrupt: load(&tally.corrupt),
         second_session_operations: second.as_ref().map(|s| load(&s.ops)),
         second_session_errors: second.as_ref().map(|s| load(&s.errors)),
+        failovers: None,
+        fences_confirmed: None,
+        commands_moved: None,
+        paths: None,
         problems,
     })
 }

@@ -40,6 +40,18 @@ pub(crate) struct Summary {
     /// Second-session requests answered with an error (EIO at the
     /// io-timeout while its path was down): expected, not a failure.
     pub(crate) second_session_errors: Option<u64>,
+    /// Failovers between nodes (`None`: one node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) failovers: Option<u64>,
+    /// Of the fences the failovers asked for, those the old node confirmed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) fences_confirmed: Option<u64>,
+    /// Calls moved from a lost node to another.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) commands_moved: Option<u64>,
+    /// Each path's state and figures at the end (two nodes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) paths: Option<String>,
     pub(crate) problems: Vec<String>,
 }
 
@@ -124,14 +136,25 @@ impl Summary {
                 ),
             );
         }
+        if let (Some(f), Some(c), Some(m)) =
+            (self.failovers, self.fences_confirmed, self.commands_moved)
+        {
+            row(
+                "failovers",
+                format!("{f} between the nodes, {c} fences confirmed, {m} commands moved"),
+            );
+        }
+        if let Some(p) = &self.paths {
+            row("paths", p.clone());
+        }
         row("failed operations", self.failed_operations.to_string());
         row("lost", self.lost.to_string());
         row(
             "duplicated",
-            self.duplicated
-                .map_or("not observable (external target)".to_owned(), |d| {
-                    d.to_string()
-                }),
+            self.duplicated.map_or(
+                "not observable (external target, or two nodes)".to_owned(),
+                |d| d.to_string(),
+            ),
         );
         row("corrupt", self.corrupt.to_string());
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

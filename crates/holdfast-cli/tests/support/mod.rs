@@ -433,3 +433,42 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     x.copy_from_slice(&b[at..at + 4]);
     u32::from_be_bytes(x)
 }
+
+/// A loopback `host:port` nothing listens on right now (for `--metrics`).
+pub fn free_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.to_string())
+        .expect("a free port")
+}
+
+/// `GET /metrics` from a `--metrics` endpoint, parsed into `name{labels}` →
+/// value (comments dropped).
+pub fn scrape(addr: &str) -> std::collections::HashMap<String, f64> {
+    let addr: std::net::SocketAddr = addr.parse().expect("a socket address");
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("response");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// One value of a scrape; panics naming the metric when it is missing.
+pub fn metric(m: &std::collections::HashMap<String, f64>, name: &str) -> u64 {
+    m.get(name)
+        .copied()
+        .unwrap_or_else(|| panic!("{name} missing from /metrics: {m:?}")) as u64
+}

@@ -107,10 +107,21 @@ pub enum InitiatorEvent {
     Closed,
     /// The session ended for good; every outstanding call has failed.
     SessionEnded(SessionLoss),
+    /// The answer to [`crate::Initiator::fence`] (PROTOCOL.md §11.5); also
+    /// `Unreachable` when the connection was lost before the answer came.
+    FenceDone {
+        /// The token `fence` returned.
+        token: u64,
+        /// `Fenced`: confirmed. Anything else: fence by waiting instead.
+        result: crate::wire::FenceResult,
+        /// How long the fenced node waited for running commands.
+        waited: std::time::Duration,
+    },
 }
 
 /// Counters the initiator keeps. All only ever increase.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct InitiatorStats {
     /// Connections opened.
     pub connects: u64,

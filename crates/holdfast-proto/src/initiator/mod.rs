@@ -19,6 +19,7 @@
 
 mod conns;
 mod events;
+mod fence;
 mod receive;
 mod recovery;
 mod withdraw;
@@ -39,6 +40,7 @@ use crate::wire::{
 use crate::Seq;
 
 pub use events::{CallOptions, InitiatorEvent, InitiatorStats};
+pub use fence::{FenceError, MAX_PENDING_FENCES};
 pub use receive::UNREADABLE_ERROR;
 
 /// Fixed fields of a CMD or MSG frame: the payload limit is the target's
@@ -206,6 +208,8 @@ pub struct Initiator {
     /// Smoothed round-trip estimate.
     srtt: Option<Duration>,
     stats: InitiatorStats,
+    /// Epoch, quiesce time, contact times, unanswered fences.
+    path: fence::PathInfo,
 }
 
 impl Initiator {
@@ -214,6 +218,7 @@ impl Initiator {
     pub fn new(config: InitiatorConfig, now: Timestamp) -> Self {
         Initiator {
             window: config.credits,
+            path: fence::PathInfo::new(config.epoch),
             config,
             lifecycle: Lifecycle::Active,
             session: None,
@@ -447,6 +452,7 @@ impl Initiator {
             max_frame: self.config.max_frame,
             keepalive_ms: self.keepalive_ms(),
             requested_credits: self.config.credits,
+            host: self.host_record(),
         });
         self.out.push(&login, Digests::NONE);
     }
@@ -498,6 +504,7 @@ impl Initiator {
         if let Some(c) = self.conn.as_mut() {
             c.last_send = now;
         }
+        self.path.sent(now);
         self.refresh_expecting(now);
         true
     }

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use crate::error::{CallError, ConnectionError, ProtocolError};
 use crate::ids::ConnId;
 use crate::time::Timestamp;
-use crate::wire::{ErrorCode, Frame, LoginAccept, LoginKind, NEVER_MS, VERSION_MAX, VERSION_MIN};
+use crate::wire::{
+    ErrorCode, Frame, LoginAccept, LoginKind, ResponseStatus, NEVER_MS, VERSION_MAX, VERSION_MIN,
+};
 use crate::Seq;
 
 use super::{Initiator, InitiatorEvent, Lifecycle, DATA_FIXED};
@@ -29,6 +31,7 @@ impl Initiator {
             Some(c) if c.id == conn => c.last_recv = now,
             _ => return,
         }
+        self.path.received(now);
         self.stats.bytes_in += data.len() as u64;
         loop {
             let (kind, decoded) = match self.conn.as_mut() {
@@ -110,7 +113,10 @@ impl Initiator {
                 },
             ) => {
                 self.on_ack(ack, limit)?;
-                let failed = CallError::Failed { status, text };
+                let failed = match status {
+                    ResponseStatus::NotExecuted => CallError::NotStarted { text },
+                    status => CallError::Failed { status, text },
+                };
                 self.on_response(seq, command, Err(failed), now)
             }
             (true, Frame::TargetAck { ack, limit }) => self.on_ack(ack, limit),
@@ -132,6 +138,14 @@ impl Initiator {
                 Ok(())
             }
             (true, Frame::FinAck { ack }) => self.on_fin_ack(ack),
+            (
+                true,
+                Frame::FenceDone {
+                    token,
+                    result,
+                    waited_ms,
+                },
+            ) => self.on_fence_done(token, result, waited_ms),
             (_, other) => Err(ProtocolError::new(
                 ErrorCode::UnexpectedFrame,
                 format!(
@@ -224,6 +238,7 @@ impl Initiator {
         };
         self.limit = self.limit.max(a.credit_limit);
         self.window = a.credits;
+        self.path.accepted(a.quiesce_ms);
         self.max_payload = Some((a.max_frame as usize).saturating_sub(DATA_FIXED));
         self.disconnected_since = None;
         self.reconnect_at = now;

@@ -29,6 +29,7 @@ impl Initiator {
         };
         self.stats.disconnects += 1;
         self.disconnected_since.get_or_insert(now);
+        self.fences_lost();
         let target_gone = conn.up_until.is_some() && self.reconnect_at == Timestamp::NEVER;
         self.events.push_back(InitiatorEvent::ConnectionLost {
             error,
@@ -58,6 +59,9 @@ impl Initiator {
                 self.end_session(SessionLoss::TargetGone, now);
             }
             _ => {
+                if reason == RejectReason::Fenced {
+                    self.path.rejected_fenced();
+                }
                 // 0xFFFFFFFF means never (e.g. MaxFrameTooSmall: the same
                 // LOGIN cannot succeed); the session-loss timeout then ends
                 // the session, if there is one.

@@ -68,6 +68,13 @@ impl Target {
             );
             return Ok(());
         }
+        if let Some((reason, retry_after, text)) = self.host_refusal(&login) {
+            if login.kind != LoginKind::New {
+                self.stats.recoveries_rejected += 1;
+            }
+            self.reject(conn, reason, retry_after, &text);
+            return Ok(());
+        }
         let (id, secret) = match login.kind {
             LoginKind::New if !self.source_has_room(source) => {
                 self.reject(
@@ -130,6 +137,7 @@ impl Target {
             session: id,
             secret,
             credits,
+            host: login.host,
         });
         self.stats.sessions_created += 1;
         Some((id, secret))
@@ -242,6 +250,13 @@ impl Target {
             return;
         };
         let resent = s.attach(conn);
+        if login.kind == LoginKind::New {
+            s.path.host = login.host;
+        }
+        s.path.inactivity = inactivity;
+        s.path.last_contact = s.path.last_contact.max(self.now);
+        let quiesce_ms =
+            super::quiesce::quiesce_ms(&self.config, inactivity_ms, s.path.host.is_some());
         if login.kind != LoginKind::New {
             self.stats.answered_from_cache += resent as u64;
         }
@@ -257,6 +272,7 @@ impl Target {
             inactivity_ms,
             retain_ms: duration_ms(self.config.retain),
             credits: s.credits,
+            quiesce_ms,
         });
         let has_unsent = s.has_unsent();
         let now = self.now;
@@ -344,6 +360,7 @@ mod tests {
             max_frame: 1 << 16,
             keepalive_ms: 500,
             requested_credits: 4,
+            host: None,
         });
         target.handle_input(conn, &encode_to_vec(&login, Digests::NONE), now);
         let mut decoder = Decoder::new(Direction::ToInitiator, u32::MAX);

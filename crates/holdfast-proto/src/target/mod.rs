@@ -13,7 +13,9 @@
 //!   drained Ready back with [`Target::recycle`] so its vectors are reused.
 
 mod admission;
+mod fence;
 mod login;
+mod quiesce;
 mod ready;
 mod reorder;
 mod session;
@@ -37,6 +39,8 @@ use crate::Seq;
 
 use admission::Admission;
 pub use admission::{SourceKey, CONTROL_ALLOWANCE};
+pub use fence::FenceRequest;
+pub use quiesce::NotStarted;
 pub use ready::{Close, CloseReason, Delivery, Ready, StateChange, Transmit};
 use session::Session;
 use timers::{TimerKey, Timers};
@@ -87,6 +91,7 @@ fn put_back<T>(slot: &mut Vec<T>, mut v: Vec<T>) {
 
 /// Counters a target keeps for observability. All only ever increase.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct TargetStats {
     /// Connections accepted.
     pub connections: u64,
@@ -136,6 +141,21 @@ pub struct TargetStats {
     /// Responses too large for their initiator, answered with a status
     /// response `ResponseTooLarge` instead.
     pub oversized_responses: u64,
+    /// Commands answered `NotExecuted`: a fence or the quiesce promise
+    /// forbade starting them (PROTOCOL.md §11.4).
+    pub not_executed: u64,
+    /// Commands that completed after their session's quiesce time had
+    /// passed since its last contact: the promise advertised at login was
+    /// broken by a slow backend call (raise `command_budget`).
+    pub quiesce_overruns: u64,
+    /// FENCEs naming this node that were carried out.
+    pub fences_received: u64,
+    /// FENCEs naming this node that were confirmed (FENCE_DONE `Fenced`).
+    pub fences_confirmed: u64,
+    /// FENCEs naming another node, handed to the driver to forward.
+    pub fences_forwarded: u64,
+    /// Sessions fenced.
+    pub sessions_fenced: u64,
 }
 
 /// A snapshot of one session's state, for tests and diagnostics.
@@ -159,6 +179,12 @@ pub struct SessionInfo {
     pub responses_acked: Seq,
     /// Whether a connection is attached.
     pub attached: bool,
+    /// Since when the session has had no connection (`None` while one is
+    /// attached): its retain time counts from here.
+    pub detached_since: Option<Timestamp>,
+    /// The retain time passed while commands still ran: the session ends
+    /// when the last completes, unless recovered first (PROTOCOL.md §11.1).
+    pub expiry_deferred: bool,
 }
 
 /// Where a connection is in its life.
@@ -232,6 +258,9 @@ pub struct Target {
     stats: TargetStats,
     /// Counters behind the admission limits and the memory budget.
     admission: Admission,
+    /// Fenced hosts, fences waiting for running commands, and FENCEs for
+    /// other nodes (PROTOCOL.md §11.5).
+    fencing: fence::Fencing,
 }
 
 impl std::fmt::Debug for Target {
@@ -253,6 +282,7 @@ impl Target {
         let incarnation = u32::from_be_bytes(word);
         Target {
             tombstones: Tombstones::new(config.tombstones),
+            fencing: fence::Fencing::new(config.fenced_hosts),
             config,
             incarnation,
             next_counter: 1,
@@ -312,6 +342,8 @@ impl Target {
             cached_bytes: s.cached_bytes(),
             responses_acked: s.responses_acked(),
             attached: s.is_attached(),
+            detached_since: s.detached_since,
+            expiry_deferred: s.expiry_deferred,
         })
     }
 
@@ -344,9 +376,15 @@ impl Target {
     /// connection (see the next [`Ready`]); the session is not harmed.
     pub fn handle_input(&mut self, conn: ConnId, mut data: &[u8], now: Timestamp) {
         self.now = now;
-        match self.conns.get_mut(&conn) {
-            Some(c) if !c.closing => c.last_recv = now,
+        let phase = match self.conns.get_mut(&conn) {
+            Some(c) if !c.closing => {
+                c.last_recv = now;
+                c.phase
+            }
             _ => return,
+        };
+        if let Phase::Attached(id) = phase {
+            self.touch(id, now);
         }
         self.stats.bytes_in += data.len() as u64;
         loop {
@@ -409,6 +447,7 @@ impl Target {
         now: Timestamp,
     ) -> Result<(), CompleteError> {
         self.now = now;
+        self.check_overrun(session, now);
         let s = self
             .sessions
             .get_mut(&session)
@@ -427,14 +466,7 @@ impl Target {
         } else {
             s.complete(seq, response, None, &mut self.changes);
         }
-        if s.expiry_deferred && s.running() == 0 && !s.is_attached() {
-            // Its retain time passed while this command ran.
-            self.expire(session);
-            return Ok(());
-        }
-        if let Some(conn) = s.newest_route() {
-            self.mark_dirty(conn);
-        }
+        self.after_completion(session);
         Ok(())
     }
 
@@ -503,7 +535,8 @@ impl Target {
             && (!self.dirty.is_empty()
                 || !self.changes.is_empty()
                 || !self.deliveries.is_empty()
-                || !self.closes.is_empty())
+                || !self.closes.is_empty()
+                || !self.fencing.requests.is_empty())
     }
 
     /// Takes the next batch of output. Persist its changes before sending its
@@ -566,6 +599,7 @@ impl Target {
                 &mut self.deliveries,
                 std::mem::take(&mut spare.deliveries),
             ),
+            fences: std::mem::take(&mut self.fencing.requests),
         };
         self.awaiting_advance = !ready.is_empty();
         ready
@@ -600,6 +634,7 @@ impl Target {
             mut transmits,
             closes,
             deliveries,
+            fences: _,
         } = ready;
         for t in transmits.drain(..) {
             let mut chunks = t.chunks;
@@ -669,6 +704,7 @@ impl Target {
                 return Ok(());
             }
             Frame::Fin { last_seq, ack } => return self.handle_fin(conn, id, last_seq, ack),
+            fence @ Frame::Fence { .. } => return self.handle_fence(conn, id, fence),
             other => return Err(unexpected(&other, "in an established session")),
         };
         s.ack_responses(ack, &mut self.changes)?;

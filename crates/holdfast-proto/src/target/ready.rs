@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use crate::error::ProtocolError;
 use crate::ids::{ConnId, SessionId, SessionSecret};
-use crate::wire::ResponseStatus;
+use crate::wire::{HostId, HostRecord, ResponseStatus};
 use crate::Seq;
 
 /// One batch of target output.
@@ -25,6 +25,9 @@ pub struct Ready {
     pub closes: Vec<Close>,
     /// Commands and messages for the service, in each session's sequence order.
     pub deliveries: Vec<Delivery>,
+    /// FENCEs naming another node: forward each over the peer link to that
+    /// node and answer with [`crate::Target::answer_fence`] (PROTOCOL.md §11.5).
+    pub fences: Vec<super::FenceRequest>,
 }
 
 impl Ready {
@@ -34,6 +37,7 @@ impl Ready {
             && self.transmits.is_empty()
             && self.closes.is_empty()
             && self.deliveries.is_empty()
+            && self.fences.is_empty()
     }
 }
 
@@ -75,7 +79,7 @@ pub enum CloseReason {
     Protocol(ProtocolError),
     /// The peer sent an ERROR frame.
     PeerError(String),
-    /// Another connection recovered the session.
+    /// Another connection recovered the session, or a fence ended it.
     Fenced,
     /// The session closed with FIN.
     Finished,
@@ -118,6 +122,9 @@ pub enum StateChange {
         secret: SessionSecret,
         /// Its credit window.
         credits: u32,
+        /// The HOST record of its creating LOGIN, if any: the host and
+        /// epoch a fence matches it by.
+        host: Option<HostRecord>,
     },
     /// A command or message was received; it is now acknowledged.
     Received {
@@ -151,9 +158,19 @@ pub enum StateChange {
         /// The cumulative acknowledgement.
         through: Seq,
     },
-    /// The session ended (FIN or retain expiry); its state may be dropped.
+    /// The session ended (FIN, retain expiry or fence); its state may be
+    /// dropped.
     SessionEnded {
         /// The session.
         session: SessionId,
+    },
+    /// A fence raised the epoch this node remembers for a host: LOGINs of
+    /// that host with a lower epoch are rejected `Fenced` from now on
+    /// (PROTOCOL.md §11.5). Persisted before the FENCE_DONE leaves.
+    HostFenced {
+        /// The host.
+        host: HostId,
+        /// Its sessions with a lower epoch are fenced.
+        epoch: u64,
     },
 }

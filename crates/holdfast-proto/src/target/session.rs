@@ -95,6 +95,8 @@ pub(crate) struct Session {
     handed_message: Option<Seq>,
     /// Received since the last frame that carried an ack.
     owed: u32,
+    /// Host, last contact and fence (PROTOCOL.md §11.4–§11.5).
+    pub(crate) path: super::quiesce::PathState,
 }
 
 impl Session {
@@ -129,6 +131,7 @@ impl Session {
             queued_message: None,
             handed_message: None,
             owed: 0,
+            path: super::quiesce::PathState::default(),
         }
     }
 

@@ -143,6 +143,12 @@ pub enum RejectReason {
     /// `max_inactivity`). The same LOGIN will never succeed: `retry_after`
     /// is [`super::NEVER_MS`]. The session, if any, is untouched.
     KeepaliveRejected,
+    /// The LOGIN's HOST record names a host this node fenced at an epoch
+    /// above the LOGIN's (PROTOCOL.md §11.5). For a recovery the session was
+    /// ended by the fence (stateless); for a new session the same LOGIN will
+    /// never succeed (`retry_after` is [`super::NEVER_MS`]): log in again
+    /// with the host's current epoch.
+    Fenced,
     /// A reason this implementation does not know (kept verbatim).
     Other(u16),
 }
@@ -161,6 +167,7 @@ impl RejectReason {
             RejectReason::SessionClosed => 8,
             RejectReason::MaxFrameTooSmall => 9,
             RejectReason::KeepaliveRejected => 10,
+            RejectReason::Fenced => 11,
             RejectReason::Other(v) => v,
         }
     }
@@ -178,6 +185,7 @@ impl RejectReason {
             8 => RejectReason::SessionClosed,
             9 => RejectReason::MaxFrameTooSmall,
             10 => RejectReason::KeepaliveRejected,
+            11 => RejectReason::Fenced,
             other => RejectReason::Other(other),
         }
     }
@@ -192,6 +200,7 @@ impl RejectReason {
                 | RejectReason::SessionExpired
                 | RejectReason::BadSecret
                 | RejectReason::SessionClosed
+                | RejectReason::Fenced
         )
     }
 }
@@ -209,6 +218,7 @@ impl fmt::Display for RejectReason {
             RejectReason::SessionClosed => "the session was closed",
             RejectReason::MaxFrameTooSmall => "the login's max_frame is too small",
             RejectReason::KeepaliveRejected => "the login's keepalive_ms is not accepted",
+            RejectReason::Fenced => "this host was fenced on this node at a higher epoch",
             RejectReason::Other(_) => "unknown reason",
         };
         write!(f, "{text} (reject {})", self.to_wire())
@@ -216,15 +226,19 @@ impl fmt::Display for RejectReason {
 }
 
 /// The status of a status response: a RESP with the STATUS flag, sent
-/// instead of the service's response when that cannot be delivered. The
-/// command **did execute**; only its response is replaced. See
-/// docs/PROTOCOL.md §6.7.
+/// instead of the service's response. For `ResponseTooLarge` the command
+/// **did execute** and only its response is replaced; `NotExecuted` says
+/// it never ran and never will. See docs/PROTOCOL.md §6.7.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ResponseStatus {
     /// The command executed, but its response was larger than the largest
     /// response the initiator accepts (its `max_frame` − 32).
     ResponseTooLarge,
+    /// The command was **not executed** and never will be: the node's
+    /// quiesce promise or a fence forbade starting it (PROTOCOL.md §11.4).
+    /// It may be issued again, on this node or another.
+    NotExecuted,
     /// A status this implementation does not know (kept verbatim).
     Other(u16),
 }
@@ -234,6 +248,7 @@ impl ResponseStatus {
     pub fn to_wire(self) -> u16 {
         match self {
             ResponseStatus::ResponseTooLarge => 1,
+            ResponseStatus::NotExecuted => 2,
             ResponseStatus::Other(v) => v,
         }
     }
@@ -242,6 +257,7 @@ impl ResponseStatus {
     pub fn from_wire(v: u16) -> Self {
         match v {
             1 => ResponseStatus::ResponseTooLarge,
+            2 => ResponseStatus::NotExecuted,
             other => ResponseStatus::Other(other),
         }
     }

@@ -11,6 +11,7 @@ use crate::error::ProtocolError;
 use crate::ids::{SessionId, SessionSecret};
 
 use super::codes::{ErrorCode, RejectReason, ResponseStatus};
+use super::extension::{FenceResult, HostId};
 use super::frame::{
     fixed_len, has_payload, kind, Digests, Direction, Frame, Login, LoginAccept, LoginKind,
     LoginReject, HEADER_LEN, LOGIN_MAGIC, MAX_LOGIN_EXTENSION, MAX_TEXT, STATUS_CODE_LEN,
@@ -388,7 +389,8 @@ fn parse(k: u8, mut f: Bytes, payload: Bytes) -> Result<Frame, ProtocolError> {
             let keepalive_ms = f.get_u32();
             let requested_credits = f.get_u32();
             reserved_zero(u64::from(f.get_u32()))?;
-            // The payload is an extension area: version 1 ignores it.
+            // The payload is the extension area: a list of records (§5.2.1).
+            let host = super::extension::parse_extensions(&payload)?;
             Frame::Login(Login {
                 min_version,
                 max_version,
@@ -400,6 +402,7 @@ fn parse(k: u8, mut f: Bytes, payload: Bytes) -> Result<Frame, ProtocolError> {
                 max_frame,
                 keepalive_ms,
                 requested_credits,
+                host,
             })
         }
         kind::COMMAND => Frame::Command {
@@ -441,7 +444,7 @@ fn parse(k: u8, mut f: Bytes, payload: Bytes) -> Result<Frame, ProtocolError> {
             let inactivity_ms = f.get_u32();
             let retain_ms = f.get_u32();
             let credits = f.get_u32();
-            reserved_zero(u64::from(f.get_u32()))?;
+            let quiesce_ms = f.get_u32();
             Frame::LoginAccept(LoginAccept {
                 version,
                 digests,
@@ -454,6 +457,7 @@ fn parse(k: u8, mut f: Bytes, payload: Bytes) -> Result<Frame, ProtocolError> {
                 inactivity_ms,
                 retain_ms,
                 credits,
+                quiesce_ms,
             })
         }
         kind::LOGIN_REJECT => {
@@ -494,6 +498,29 @@ fn parse(k: u8, mut f: Bytes, payload: Bytes) -> Result<Frame, ProtocolError> {
             limit: f.get_u64(),
         },
         kind::FIN_ACK => Frame::FinAck { ack: f.get_u64() },
+        kind::FENCE => {
+            let token = f.get_u64();
+            let node = f.get_u32();
+            reserved_zero(u64::from(f.get_u32()))?;
+            let mut host = [0u8; 16];
+            f.copy_to_slice(&mut host);
+            Frame::Fence {
+                token,
+                node,
+                host: HostId(host),
+                epoch: f.get_u64(),
+            }
+        }
+        kind::FENCE_DONE => {
+            let token = f.get_u64();
+            let result = FenceResult::from_wire(f.get_u16());
+            reserved_zero(u64::from(f.get_u16()))?;
+            Frame::FenceDone {
+                token,
+                result,
+                waited_ms: f.get_u32(),
+            }
+        }
         other => {
             return Err(ProtocolError::new(
                 ErrorCode::UnknownFrameType,

@@ -173,7 +173,12 @@ fn write_fixed(frame: &Frame, b: &mut BytesMut) -> Bytes {
             b.put_u32(l.keepalive_ms);
             b.put_u32(l.requested_credits);
             b.put_u32(0);
-            Bytes::new()
+            if l.host.is_none() {
+                return Bytes::new();
+            }
+            let mut area = BytesMut::with_capacity(frame.payload_len());
+            super::extension::write_extensions(l.host.as_ref(), &mut area);
+            area.freeze()
         }
         Frame::Command { seq, ack, payload } | Frame::Message { seq, ack, payload } => {
             b.put_u64(*seq);
@@ -211,7 +216,7 @@ fn write_fixed(frame: &Frame, b: &mut BytesMut) -> Bytes {
             b.put_u32(a.inactivity_ms);
             b.put_u32(a.retain_ms);
             b.put_u32(a.credits);
-            b.put_u32(0);
+            b.put_u32(a.quiesce_ms);
             Bytes::new()
         }
         Frame::LoginReject(r) => {
@@ -278,6 +283,30 @@ fn write_fixed(frame: &Frame, b: &mut BytesMut) -> Bytes {
         }
         Frame::FinAck { ack } => {
             b.put_u64(*ack);
+            Bytes::new()
+        }
+        Frame::Fence {
+            token,
+            node,
+            host,
+            epoch,
+        } => {
+            b.put_u64(*token);
+            b.put_u32(*node);
+            b.put_u32(0);
+            b.put_slice(&host.0);
+            b.put_u64(*epoch);
+            Bytes::new()
+        }
+        Frame::FenceDone {
+            token,
+            result,
+            waited_ms,
+        } => {
+            b.put_u64(*token);
+            b.put_u16(result.to_wire());
+            b.put_u16(0);
+            b.put_u32(*waited_ms);
             Bytes::new()
         }
     }

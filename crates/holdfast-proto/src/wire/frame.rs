@@ -9,6 +9,7 @@ use crate::ids::{SessionId, SessionSecret};
 use crate::Seq;
 
 use super::codes::{ErrorCode, RejectReason, ResponseStatus};
+use super::extension::{FenceResult, HostId, HostRecord};
 
 /// Frame type bytes (docs/PROTOCOL.md §4).
 pub mod kind {
@@ -24,6 +25,8 @@ pub mod kind {
     pub const PING: u8 = 0x05;
     /// FIN, initiator to target.
     pub const FIN: u8 = 0x06;
+    /// FENCE, initiator to target.
+    pub const FENCE: u8 = 0x08;
     /// ERROR, either direction.
     pub const ERROR: u8 = 0x07;
     /// LOGIN_ACCEPT, target to initiator.
@@ -40,6 +43,8 @@ pub mod kind {
     pub const SHUTDOWN: u8 = 0x16;
     /// FIN_ACK, target to initiator.
     pub const FIN_ACK: u8 = 0x17;
+    /// FENCE_DONE, target to initiator.
+    pub const FENCE_DONE: u8 = 0x18;
 }
 
 /// Whether a LOGIN creates a session or recovers one.
@@ -116,6 +121,9 @@ pub struct Login {
     pub keepalive_ms: u32,
     /// The credit window the initiator would like.
     pub requested_credits: u32,
+    /// The HOST record of the extension area, if any (PROTOCOL.md §5.2.1):
+    /// present, the login is multipath-capable.
+    pub host: Option<HostRecord>,
 }
 
 /// The LOGIN_ACCEPT frame.
@@ -143,6 +151,9 @@ pub struct LoginAccept {
     pub retain_ms: u32,
     /// The credit window granted.
     pub credits: u32,
+    /// The node's command quiesce time for this connection (ms): 0 unless
+    /// the LOGIN carried a HOST record (PROTOCOL.md §11.4).
+    pub quiesce_ms: u32,
 }
 
 /// The LOGIN_REJECT frame.
@@ -279,6 +290,28 @@ pub enum Frame {
         /// The last sequence number the target received.
         ack: Seq,
     },
+    /// A request to fence a host's older sessions on a node (initiator to
+    /// target, outside both streams; PROTOCOL.md §11.5).
+    Fence {
+        /// Echoed by the FENCE_DONE.
+        token: u64,
+        /// The incarnation of the node to fence (the high 32 bits of the
+        /// session ids it issues).
+        node: u32,
+        /// The host whose sessions are fenced.
+        host: HostId,
+        /// Sessions of `host` created with an epoch below this are fenced.
+        epoch: u64,
+    },
+    /// The answer to a FENCE (target to initiator).
+    FenceDone {
+        /// The FENCE's token.
+        token: u64,
+        /// What happened.
+        result: FenceResult,
+        /// How long the fenced node waited for running commands (ms).
+        waited_ms: u32,
+    },
 }
 
 impl Frame {
@@ -299,6 +332,8 @@ impl Frame {
             Frame::Pong { .. } => kind::PONG,
             Frame::Shutdown { .. } => kind::SHUTDOWN,
             Frame::FinAck { .. } => kind::FIN_ACK,
+            Frame::Fence { .. } => kind::FENCE,
+            Frame::FenceDone { .. } => kind::FENCE_DONE,
         }
     }
 
@@ -311,6 +346,9 @@ impl Frame {
             Frame::Error { text, .. } => text.len(),
             Frame::StatusResponse { text, .. } => STATUS_CODE_LEN + text.len(),
             Frame::LoginReject(r) => r.text.len(),
+            Frame::Login(l) => l.host.map_or(0, |_| {
+                super::extension::RECORD_HEADER_LEN + usize::from(super::extension::HOST_RECORD_LEN)
+            }),
             _ => 0,
         }
     }
@@ -340,6 +378,8 @@ pub(crate) fn fixed_len(kind: u8, dir: Direction) -> Option<usize> {
         kind::TARGET_ACK => (16, dir == ToInitiator),
         kind::PONG | kind::SHUTDOWN => (24, dir == ToInitiator),
         kind::FIN_ACK => (8, dir == ToInitiator),
+        kind::FENCE => (FENCE_FIXED, dir == ToTarget),
+        kind::FENCE_DONE => (16, dir == ToInitiator),
         _ => return None,
     };
     ok.then_some(len)
@@ -366,13 +406,16 @@ pub const STATUS_CODE_LEN: usize = 2;
 
 /// Length of LOGIN's fixed fields.
 pub(crate) const LOGIN_FIXED: usize = 60;
+/// Length of FENCE's fixed fields.
+pub(crate) const FENCE_FIXED: usize = 40;
 /// Length of LOGIN_ACCEPT's fixed fields.
 pub(crate) const ACCEPT_FIXED: usize = 64;
 /// The magic that opens every LOGIN: "HFST".
 pub const LOGIN_MAGIC: [u8; 4] = *b"HFST";
 /// The longest text an ERROR or LOGIN_REJECT may carry.
 pub const MAX_TEXT: usize = 256;
-/// The longest extension area a LOGIN may carry (ignored by version 1).
+/// The longest extension area a LOGIN may carry (a list of records,
+/// PROTOCOL.md §5.2.1).
 pub const MAX_LOGIN_EXTENSION: usize = 1024;
 /// The common header: type, flags, reserved, length.
 pub const HEADER_LEN: usize = 8;

@@ -8,11 +8,13 @@
 pub mod codes;
 pub mod decode;
 pub mod encode;
+pub mod extension;
 pub mod frame;
 
 pub use codes::{ErrorCode, RejectReason, ResponseStatus};
 pub use decode::Decoder;
 pub use encode::{encode_to_vec, Outgoing};
+pub use extension::{FenceResult, HostId, HostRecord};
 pub use frame::{
     Digests, Direction, Frame, Login, LoginAccept, LoginKind, LoginReject, HEADER_LEN,
     MIN_MAX_FRAME, NEVER_MS, STATUS_CODE_LEN, STATUS_FLAG, VERSION_MAX, VERSION_MIN,

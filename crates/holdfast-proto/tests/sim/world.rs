@@ -746,6 +746,8 @@ impl World {
                 | holdfast_proto::StateChange::Completed { session, .. }
                 | holdfast_proto::StateChange::ResponsesAcked { session, .. }
                 | holdfast_proto::StateChange::SessionEnded { session } => *session,
+                // Not per session: checked against the store's fenced hosts.
+                holdfast_proto::StateChange::HostFenced { .. } => continue,
             };
             let live = self.target.session_info(id);
             let stored = self.store.session(id);

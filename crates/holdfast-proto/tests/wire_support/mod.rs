@@ -12,7 +12,7 @@ use holdfast_proto::wire::{
     encode_to_vec, Decoder, Digests, Direction, ErrorCode, Frame, Login, LoginAccept, LoginKind,
     LoginReject, RejectReason, ResponseStatus, HEADER_LEN,
 };
-use holdfast_proto::{SessionId, SessionSecret};
+use holdfast_proto::{FenceResult, HostId, HostRecord, SessionId, SessionSecret};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -91,7 +91,8 @@ pub(crate) fn directions(frame: &Frame) -> &'static [Direction] {
         | Frame::Message { .. }
         | Frame::InitiatorAck { .. }
         | Frame::Ping { .. }
-        | Frame::Fin { .. } => &[Direction::ToTarget],
+        | Frame::Fin { .. }
+        | Frame::Fence { .. } => &[Direction::ToTarget],
         Frame::LoginAccept(_)
         | Frame::LoginReject(_)
         | Frame::Response { .. }
@@ -99,7 +100,8 @@ pub(crate) fn directions(frame: &Frame) -> &'static [Direction] {
         | Frame::TargetAck { .. }
         | Frame::Pong { .. }
         | Frame::Shutdown { .. }
-        | Frame::FinAck { .. } => &[Direction::ToInitiator],
+        | Frame::FinAck { .. }
+        | Frame::FenceDone { .. } => &[Direction::ToInitiator],
     }
 }
 
@@ -195,12 +197,14 @@ pub(crate) fn arb_login() -> impl Strategy<Value = Login> {
         (any::<u16>(), any::<u16>(), arb_login_kind(), arb_digests()),
         (arb_u64(), any::<[u8; 16]>(), arb_u64()),
         (arb_u32(), arb_u32(), arb_u32()),
+        arb_host_record(),
     )
         .prop_map(
             |(
                 (min_version, max_version, kind, digests),
                 (session, secret, response_ack),
                 (max_frame, keepalive_ms, requested_credits),
+                host,
             )| Login {
                 min_version,
                 max_version,
@@ -212,8 +216,26 @@ pub(crate) fn arb_login() -> impl Strategy<Value = Login> {
                 max_frame,
                 keepalive_ms,
                 requested_credits,
+                host,
             },
         )
+}
+
+/// No HOST record, or one with an arbitrary (non-zero) host and epoch.
+pub(crate) fn arb_host_record() -> impl Strategy<Value = Option<HostRecord>> {
+    proptest::option::of(
+        (arb_host(), arb_u64()).prop_map(|(host, epoch)| HostRecord { host, epoch }),
+    )
+}
+
+/// A host id that is not all zero.
+pub(crate) fn arb_host() -> impl Strategy<Value = HostId> {
+    any::<[u8; 16]>().prop_map(|mut id| {
+        if id == [0; 16] {
+            id[15] = 1;
+        }
+        HostId(id)
+    })
 }
 
 /// A LOGIN_ACCEPT with arbitrary fields.
@@ -222,12 +244,14 @@ pub(crate) fn arb_login_accept() -> impl Strategy<Value = LoginAccept> {
         (any::<u16>(), arb_digests(), arb_login_kind()),
         (arb_u64(), any::<[u8; 16]>(), arb_u64(), arb_u64()),
         (arb_u32(), arb_u32(), arb_u32(), arb_u32()),
+        arb_u32(),
     )
         .prop_map(
             |(
                 (version, digests, kind),
                 (session, secret, command_ack, credit_limit),
                 (max_frame, inactivity_ms, retain_ms, credits),
+                quiesce_ms,
             )| LoginAccept {
                 version,
                 digests,
@@ -240,6 +264,7 @@ pub(crate) fn arb_login_accept() -> impl Strategy<Value = LoginAccept> {
                 inactivity_ms,
                 retain_ms,
                 credits,
+                quiesce_ms,
             },
         )
 }
@@ -328,6 +353,21 @@ pub(crate) fn arb_frame() -> impl Strategy<Value = Frame> {
             })
             .boxed(),
         arb_u64().prop_map(|ack| Frame::FinAck { ack }).boxed(),
+        (arb_u64(), arb_u32(), arb_host(), arb_u64())
+            .prop_map(|(token, node, host, epoch)| Frame::Fence {
+                token,
+                node,
+                host,
+                epoch,
+            })
+            .boxed(),
+        (arb_u64(), any::<u16>(), arb_u32())
+            .prop_map(|(token, result, waited_ms)| Frame::FenceDone {
+                token,
+                result: FenceResult::from_wire(result),
+                waited_ms,
+            })
+            .boxed(),
     ]
 }
 
