@@ -83,6 +83,21 @@ pub(crate) struct NbdArgs {
     /// [default: 120s]; the export then exits with status 3 (restart it).
     #[arg(long, value_name = "DURATION")]
     pub(crate) session_loss: Option<String>,
+    /// Connections of the session to the target [default: 1]. With more,
+    /// commands spread over them (PROTOCOL.md §17), a lost one moves its
+    /// unanswered commands to the others at once and is re-joined in the
+    /// background.
+    #[arg(long, value_name = "N")]
+    pub(crate) connections: Option<u32>,
+    /// How commands spread over several connections: least-outstanding or
+    /// round-robin [default: least-outstanding].
+    #[arg(long, value_name = "POLICY")]
+    pub(crate) spread: Option<String>,
+    /// Another listen address of the same target process (repeatable): the
+    /// session's connections go to --target and these in turn.
+    #[arg(long = "same-target", value_name = "ADDR")]
+    #[serde(default)]
+    pub(crate) same_target: Vec<String>,
     /// Export read-only: NBD clients are told so, and every write, trim
     /// and write-zeroes is refused with EPERM (the target may still take
     /// writes from others).
@@ -105,6 +120,10 @@ pub(crate) struct NbdArgs {
 #[derive(Debug)]
 pub(crate) struct NbdSettings {
     targets: Vec<Endpoint>,
+    /// Further addresses of the same target (`--same-target`).
+    same_target: Vec<Endpoint>,
+    connections: u32,
+    spread: holdfast::proto::Spread,
     policy: Policy,
     failover_delay: Duration,
     listen: Endpoint,
@@ -136,6 +155,22 @@ impl NbdArgs {
                 parse_duration(&s).map_err(anyhow::Error::msg)
             })
         };
+        let same_target = if self.same_target.is_empty() {
+            file.same_target
+        } else {
+            self.same_target
+        };
+        let connections = pick(self.connections, file.connections).unwrap_or(1);
+        if connections == 0 {
+            bail!("--connections 0 is too small: it must be at least 1 (the session needs a connection)");
+        }
+        let spread = match pick(self.spread, file.spread).as_deref() {
+            None | Some("least-outstanding") => holdfast::proto::Spread::LeastOutstanding,
+            Some("round-robin") => holdfast::proto::Spread::RoundRobin,
+            Some(other) => {
+                bail!("--spread {other}: give least-outstanding or round-robin")
+            }
+        };
         let policy = pick(self.policy, file.policy)
             .map(|p| p.parse::<Policy>().map_err(anyhow::Error::msg))
             .transpose()?
@@ -145,6 +180,12 @@ impl NbdArgs {
                 .iter()
                 .map(|t| endpoint(t))
                 .collect::<anyhow::Result<_>>()?,
+            same_target: same_target
+                .iter()
+                .map(|a| endpoint(a))
+                .collect::<anyhow::Result<_>>()?,
+            connections,
+            spread,
             policy,
             failover_delay: duration(
                 pick(self.failover_delay, file.failover_delay),
@@ -200,6 +241,12 @@ impl NbdArgs {
 /// Refuses export settings that parse but cannot work.
 fn check_nbd(s: &NbdSettings) -> anyhow::Result<()> {
     use crate::checks::{at_least, duration_within};
+    if s.targets.len() > 1 && !s.same_target.is_empty() {
+        bail!(
+            "--same-target names another address of the one --target; with several \
+             --target nodes, give each node once"
+        );
+    }
     duration_within(
         "detection",
         s.detection,
@@ -262,11 +309,22 @@ async fn open_volume(s: &NbdSettings) -> anyhow::Result<Volume> {
             ..InitiatorConfig::default().with_detection_bound(s.detection)
         },
         ..InitiatorOptions::default()
-    };
+    }
+    .with_connections(s.connections, s.spread);
     let names = targets_text(&s.targets);
     if let [target] = s.targets.as_slice() {
+        // --same-target: further addresses of this target, used in turn.
+        let mut connectors: Vec<Arc<dyn holdfast::Connector>> = vec![Arc::new(
+            EndpointConnector::new(target.clone(), s.detection),
+        )];
+        for address in &s.same_target {
+            connectors.push(Arc::new(EndpointConnector::new(
+                address.clone(),
+                s.detection,
+            )));
+        }
         let initiator = Initiator::start(
-            Arc::new(EndpointConnector::new(target.clone(), s.detection)),
+            Arc::new(holdfast::RoundRobinConnector::new(connectors)),
             options,
         );
         let volume = Volume::connect(initiator)

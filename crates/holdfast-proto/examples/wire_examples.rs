@@ -120,11 +120,20 @@ fn main() {
         Digests::NONE,
     );
 
+    section("15.7 Join: a second connection of the session (17.2)");
+    dump(
+        "LOGIN, join (connection 2)",
+        &frames.login_join,
+        Digests::NONE,
+    );
+    dump("LOGIN_ACCEPT, join", &frames.accept_join, Digests::NONE);
+
     cross_check(&frames);
     cross_check_fence(&fenced);
+    join_check(&frames);
     println!();
     println!(
-        "cross-check passed: Initiator and Target emit exactly the bytes of 15.1-15.4 and 15.6"
+        "cross-check passed: Initiator and Target emit exactly the bytes of 15.1-15.4, 15.6 and 15.7"
     );
 }
 
@@ -138,6 +147,8 @@ struct Frames {
     login_recover: Frame,
     accept_recover: Frame,
     ping: Frame,
+    login_join: Frame,
+    accept_join: Frame,
 }
 
 impl Frames {
@@ -198,6 +209,8 @@ impl Frames {
             login_recover: login(LoginKind::Recover, session, secret, 1),
             accept_recover: accept(LoginKind::Recover, no_secret, 1, 129),
             ping: Frame::Ping { token: 1, ack: 0 },
+            login_join: login(LoginKind::Join, session, secret, 0),
+            accept_join: accept(LoginKind::Join, no_secret, 0, 128),
         }
     }
 }
@@ -341,7 +354,7 @@ fn layout(kind: u8) -> &'static [(&'static str, usize, Show)] {
             ("magic", 4, Ascii),
             ("min_version", 2, Dec),
             ("max_version", 2, Dec),
-            ("kind (0 new, 1 recover)", 1, Dec),
+            ("kind (0 new, 1 recover, 2 join)", 1, Dec),
             ("digests (bit0 hdr, bit1 data)", 1, Hex),
             ("reserved", 2, Reserved),
             ("session", 8, Hex),
@@ -360,7 +373,7 @@ fn layout(kind: u8) -> &'static [(&'static str, usize, Show)] {
         0x11 => &[
             ("version", 2, Dec),
             ("digests (bit0 hdr, bit1 data)", 1, Hex),
-            ("kind (0 new, 1 recover)", 1, Dec),
+            ("kind (0 new, 1 recover, 2 join)", 1, Dec),
             ("session", 8, Hex),
             ("secret", 16, Raw),
             ("command_ack", 8, Dec),
@@ -745,6 +758,48 @@ fn cross_check(f: &Frames) {
     .expect("credit");
     let cmd1 = initiator_out(&mut init, ms(501));
     assert_eq!(cmd1, enc(&f.cmd1, BOTH), "CMD 1 with digests");
+}
+
+/// 15.7: a session whose initiator may use two connections joins a second
+/// one right after its first login; asserts the printed bytes.
+fn join_check(f: &Frames) {
+    let enc = |frame: &Frame, d| encode_to_vec(frame, d);
+    let ms = Timestamp::from_millis;
+    let (c1, c2) = (ConnId(1), ConnId(2));
+    let mut target = new_target();
+    let config = InitiatorConfig {
+        connections: 2,
+        ..InitiatorConfig::default()
+    };
+    let mut init = Initiator::new(config, ms(0));
+    init.connect(c1, ms(0)).expect("connect");
+    target.accept(c1, ms(0)).expect("accept");
+    let login = initiator_out(&mut init, ms(0));
+    target.handle_input(c1, &login, ms(0));
+    let accept = target_out(&mut target, ms(0));
+    init.handle_input(c1, &accept, ms(0));
+    init.join(c2, ms(1)).expect("join");
+    let mut join = Vec::new();
+    while let Some(chunks) = init.poll_transmit_on(c2, ms(1)) {
+        for chunk in chunks {
+            join.extend_from_slice(&chunk);
+        }
+    }
+    assert_eq!(join, enc(&f.login_join, Digests::NONE), "LOGIN (join)");
+    target.accept(c2, ms(1)).expect("accept");
+    target.handle_input(c2, &join, ms(1));
+    let accept = target_out(&mut target, ms(1));
+    assert_eq!(
+        accept,
+        enc(&f.accept_join, Digests::NONE),
+        "LOGIN_ACCEPT (join)"
+    );
+    init.handle_input(c2, &accept, ms(1));
+    assert_eq!(
+        init.logged_in_connections(),
+        2,
+        "both connections logged in"
+    );
 }
 
 /// Everything the target has to send now on `conn` (its changes count as

@@ -33,6 +33,13 @@ pub struct InitiatorConfig {
     pub shutdown_margin: Duration,
     /// CRC32C digests to ask for.
     pub digests: Digests,
+    /// The most connections the session may use at once (PROTOCOL.md §17):
+    /// 1 keeps one connection per session; above 1, further connections
+    /// join the session with [`crate::Initiator::join`] and commands are
+    /// spread over them.
+    pub connections: u32,
+    /// How commands are spread over several connections.
+    pub spread: Spread,
     /// The host id sent in every LOGIN's HOST record (PROTOCOL.md §5.2.1);
     /// `None`: no HOST record, the session is not multipath-capable.
     pub host: Option<HostId>,
@@ -42,6 +49,18 @@ pub struct InitiatorConfig {
     /// Test-only switches that disable protections.
     #[cfg(feature = "test-switches")]
     pub switches: crate::TestSwitches,
+}
+
+/// How an initiator with several connections picks the connection for each
+/// command or message (PROTOCOL.md §17.4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Spread {
+    /// The logged-in connection with the fewest commands and messages sent
+    /// on it and not yet finished.
+    #[default]
+    LeastOutstanding,
+    /// The logged-in connections in turn.
+    RoundRobin,
 }
 
 impl Default for InitiatorConfig {
@@ -56,6 +75,8 @@ impl Default for InitiatorConfig {
             session_loss_timeout: Some(Duration::from_secs(60)),
             shutdown_margin: Duration::from_millis(10),
             digests: Digests::NONE,
+            connections: 1,
+            spread: Spread::LeastOutstanding,
             host: None,
             epoch: 1,
             #[cfg(feature = "test-switches")]
@@ -122,6 +143,9 @@ pub struct TargetConfig {
     /// A connection whose next frame would exceed it is closed with ERROR
     /// `Overloaded`.
     pub memory_budget: usize,
+    /// The most connections attached to one session at once: a join
+    /// beyond it is rejected with `TooManySessions` (PROTOCOL.md §17.2).
+    pub max_session_connections: usize,
     /// The command budget: how long a command of a multipath-capable
     /// session may run once started. The quiesce time advertised at login
     /// is the inactivity deadline plus this (PROTOCOL.md §11.4); a command
@@ -157,6 +181,7 @@ impl Default for TargetConfig {
             max_sessions_per_source: 1024,
             max_logins_in_progress: 1024,
             memory_budget: 1 << 30,
+            max_session_connections: 16,
             command_budget: Duration::from_secs(1),
             fenced_hosts: 4096,
             #[cfg(feature = "test-switches")]

@@ -267,6 +267,10 @@ pub enum ConnectError {
     /// The session is closed or lost; there is nothing to connect for.
     #[error("the session has ended")]
     Ended,
+    /// A join needs a session with a logged-in connection to join, and a
+    /// configuration that allows one more connection (PROTOCOL.md §17).
+    #[error("cannot join: {0}")]
+    CannotJoin(&'static str),
 }
 
 /// Why [`crate::Target::complete`] refused a completion.

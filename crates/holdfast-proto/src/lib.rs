@@ -42,7 +42,7 @@ pub mod target;
 pub mod time;
 pub mod wire;
 
-pub use config::{InitiatorConfig, TargetConfig};
+pub use config::{InitiatorConfig, Spread, TargetConfig};
 pub use error::{
     AcceptError, CallError, CompleteError, ConnectError, ConnectionError, ProtocolError,
     SessionLoss, SubmitError,

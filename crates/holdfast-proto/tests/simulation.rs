@@ -23,6 +23,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 fn params() -> SimParams {
     SimParams {
         ops: env_u64("HOLDFAST_SIM_OPS", 2000),
+        connections: env_u64("HOLDFAST_SIM_CONNECTIONS", 1) as u32,
         ..SimParams::default()
     }
 }
@@ -214,6 +215,81 @@ fn checker_catches_expiry_while_commands_run() {
     let e = caught.expect("no seed exposed expiry with commands running");
     eprintln!("caught as expected: {e}");
     assert!(e.contains("stale execution"), "unexpected failure: {e}");
+}
+
+/// Several connections per session (PROTOCOL.md §17): 2 to 4 connections,
+/// faults that cut, blackhole or hold one of them at any byte, re-joins,
+/// target restarts; exactly-once, order and the credit bound (reorder
+/// buffer included) are checked after every step. Seeds `shard, shard +
+/// shards, …` below `HOLDFAST_SIM_MULTI_SEEDS` (default 400).
+fn run_multi_shard(shard: u64, shards: u64) {
+    let seeds = env_u64("HOLDFAST_SIM_MULTI_SEEDS", 400);
+    let mut seed = shard;
+    let mut total = SimReport::default();
+    while seed < seeds {
+        let params = SimParams {
+            connections: 2 + (seed % 3) as u32,
+            ops: env_u64("HOLDFAST_SIM_OPS", 1000),
+            ..SimParams::default()
+        };
+        match World::new(seed, params).run() {
+            Ok(r) => total.add(&r),
+            Err(e) => panic!(
+                "{e}\n  with HOLDFAST_SIM_CONNECTIONS={} HOLDFAST_SIM_OPS={}",
+                2 + seed % 3,
+                env_u64("HOLDFAST_SIM_OPS", 1000)
+            ),
+        }
+        seed += shards;
+    }
+    eprintln!("multi shard {shard}/{shards} totals: {total:?}");
+    if seeds >= 40 {
+        // The runs must exercise what is new, or they prove little.
+        assert!(total.joins > 0 && total.moved > 0 && total.reordered > 0);
+        assert!(total.duplicates > 0 && total.recoveries > 0 && total.fenced > 0);
+    }
+}
+
+#[test]
+fn multi_connection_seeds_shard_0() {
+    run_multi_shard(0, 2);
+}
+
+#[test]
+fn multi_connection_seeds_shard_1() {
+    run_multi_shard(1, 2);
+}
+
+/// Mutation test: with several connections and deduplication off, the copy
+/// of a moved command that the dying connection still delivers runs twice,
+/// and the checker must catch it.
+#[test]
+fn checker_catches_disabled_dedup_across_connections() {
+    let mut caught = None;
+    for seed in 0..200 {
+        let params = SimParams {
+            switches: TestSwitches {
+                no_dedup: true,
+                ..TestSwitches::default()
+            },
+            ops: 500,
+            abandon: false,
+            connections: 3,
+            ..SimParams::default()
+        };
+        if let Err(e) = World::new(seed, params).run() {
+            caught = Some(e);
+            break;
+        }
+    }
+    let e = caught.expect("no seed exposed the disabled deduplication");
+    eprintln!("caught as expected: {e}");
+    assert!(
+        e.contains("exactly-once violated")
+            || e.contains("executed")
+            || e.contains("order violated"),
+        "unexpected failure: {e}"
+    );
 }
 
 /// Two nodes over one backend, a host failing over from A to B by fence,

@@ -21,8 +21,12 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
 
+#[path = "initiator_multi.rs"]
+mod multi;
+
 use crate::backoff::Backoff;
 use crate::clock::Clock;
+use crate::links::{LinkInput, Links};
 use crate::outbox::Outbox;
 use crate::target::sleep_until;
 use crate::transport::{BoxStream, Connector};
@@ -37,7 +41,10 @@ const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 /// Initiator settings: the protocol's plus the runtime's.
 #[derive(Clone, Debug)]
 pub struct InitiatorOptions {
-    /// Protocol settings (credits, detection bound, session-loss timeout).
+    /// Protocol settings (credits, detection bound, session-loss timeout,
+    /// and the connections per session with their spread policy,
+    /// `protocol.connections` and `protocol.spread`: see
+    /// [`InitiatorOptions::with_connections`]).
     pub protocol: InitiatorConfig,
     /// First backoff step after the immediate retry.
     pub backoff_initial: Duration,
@@ -62,6 +69,20 @@ impl Default for InitiatorOptions {
             read_buffer: 64 * 1024,
             jitter_seed: None,
         }
+    }
+}
+
+impl InitiatorOptions {
+    /// Uses `connections` connections per session (PROTOCOL.md §17), with
+    /// commands spread over them by `spread`. With more than one, the first
+    /// logs in, the others join; a lost one moves its unanswered commands
+    /// to the survivors at once and is re-joined in the background. Give
+    /// the initiator a connector that reaches the target's addresses (for
+    /// several, a [`crate::RoundRobinConnector`]).
+    pub fn with_connections(mut self, connections: u32, spread: holdfast_proto::Spread) -> Self {
+        self.protocol.connections = connections.max(1);
+        self.protocol.spread = spread;
+        self
     }
 }
 
@@ -216,6 +237,8 @@ impl Initiator {
             recovery: crate::telemetry::RecoveryTimer::default(),
             connected_at: None,
             connecting: None,
+            links: Links::new(),
+            join_at: None,
         };
         let span = tracing::info_span!("initiator", session = tracing::field::Empty);
         tokio::spawn(driver.run(rx, abandon_rx, path_rx).instrument(span));
@@ -376,6 +399,11 @@ pub(crate) struct Driver {
     connected_at: Option<tokio::time::Instant>,
     /// A connection attempt in progress.
     connecting: Option<Connecting>,
+    /// With several connections per session (`protocol.connections` > 1):
+    /// all of them (`conn` and `outbox` stay empty).
+    links: Links,
+    /// With several connections: when to join the next missing one.
+    join_at: Option<tokio::time::Instant>,
     /// Fences waiting for their answer.
     pub(crate) path: crate::fence::DriverPath,
     /// What the handles read about the path.
@@ -403,13 +431,19 @@ impl Driver {
                 }
                 continue;
             }
-            if self.conn.is_none() && self.connecting.is_none() {
+            if self.multi() {
+                self.start_multi_if_due();
+            } else if self.conn.is_none() && self.connecting.is_none() {
                 self.start_connect_if_due();
             }
             let timer = self.core.poll_timeout().map(|t| self.clock.instant(t));
-            let reconnect = (self.conn.is_none() && self.connecting.is_none())
-                .then_some(self.reconnect_at)
-                .flatten();
+            let reconnect = if self.multi() {
+                self.next_multi_attempt()
+            } else {
+                (self.conn.is_none() && self.connecting.is_none())
+                    .then_some(self.reconnect_at)
+                    .flatten()
+            };
             let give_up = self.refuse_waiting_if_unreachable();
             let wake = [timer, reconnect, give_up].into_iter().flatten().min();
             let accept_requests = self.waiting.is_none();
@@ -438,6 +472,13 @@ impl Driver {
                                 self.core.handle_input(id, &data, now);
                             }
                         }
+                    }
+                },
+                input = self.links.next(), if !self.links.is_empty() => {
+                    let now = self.clock.now();
+                    match input {
+                        LinkInput::Data(id, data) => self.core.handle_input(id, &data, now),
+                        LinkInput::Closed(id) => self.core.connection_lost(id, now),
                     }
                 },
                 Some(ticket) = abandons.recv() => self.abandon(ticket),
@@ -592,6 +633,7 @@ impl Driver {
     fn connect_finished(&mut self, attempt: ConnectAttempt) {
         let now = self.clock.now();
         match attempt {
+            Ok(Ok(stream)) if self.multi() => self.multi_connected(stream, now),
             Ok(Ok(stream)) => {
                 let id = ConnId(self.next_conn);
                 self.next_conn += 1;
@@ -630,7 +672,7 @@ impl Driver {
     fn flush(&mut self) {
         loop {
             let now = self.clock.now();
-            let mut progressed = false;
+            let mut progressed = self.flush_links(now);
             while self.core.poll_transmit_into(now, &mut self.chunks) {
                 progressed = true;
                 match &mut self.outbox {
@@ -658,6 +700,8 @@ impl Driver {
     /// Lets the current connection go: what is queued for it is still
     /// written, then its write side is closed, in a task of its own.
     fn release_connection(&mut self) {
+        let keep = self.core.connections();
+        self.links.retain(&keep);
         self.conn = None;
         if let Some(out) = self.outbox.take() {
             out.finish();
@@ -772,6 +816,10 @@ impl Driver {
                     tracing::Span::current().record("session", tracing::field::display(session));
                 }
                 info!(%session, recovered, resent, "session established");
+                if self.multi() {
+                    // Fill up the session's other connections.
+                    self.join_at = Some(tokio::time::Instant::now());
+                }
                 if let Some(r) = self.waiting.take() {
                     self.request(r);
                 }
@@ -805,6 +853,18 @@ impl Driver {
                     .instant(reconnect_at)
                     .max(tokio::time::Instant::now() + delay);
                 self.reconnect_at = Some(at);
+            }
+            InitiatorEvent::ConnectionDropped { conn, error, moved } => {
+                warn!(?conn, %error, moved, "one of the session's connections was lost; its commands moved to the others");
+                self.last_error = error.to_string();
+                self.links.remove(conn);
+                let delay = self.backoff.next_delay();
+                self.join_at = Some(tokio::time::Instant::now() + delay);
+            }
+            InitiatorEvent::Joined { session, conn } => {
+                self.backoff.reset();
+                debug!(%session, ?conn, "connection joined the session");
+                self.join_at = Some(tokio::time::Instant::now());
             }
             InitiatorEvent::ShutdownNotice {
                 up_until,

@@ -51,6 +51,7 @@ pub mod chaos;
 mod clock;
 mod fence;
 mod initiator;
+mod links;
 mod outbox;
 pub mod paths;
 mod peer;
@@ -74,6 +75,7 @@ pub use holdfast_proto::{
     TargetStats,
 };
 pub use initiator::{CallError, Initiator, InitiatorOptions};
+pub use links::RoundRobinConnector;
 pub use paths::{PathGroup, PathGroupOptions, PathGroupStats, Policy};
 pub use service::{service_fn, Request, ServiceFn, SessionService};
 pub use start_gate::StartGate;

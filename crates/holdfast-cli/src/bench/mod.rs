@@ -13,6 +13,9 @@
 //! * `scale`: a target's resident memory per idle session at two counts,
 //!   throughput and fairness with many active sessions, and resident memory
 //!   over a long fault-injected run;
+//! * `multiconn`: throughput of one session with 1, 2 and 4 connections
+//!   where each link is bandwidth-limited by the chaos proxy, and the
+//!   target's reorder-buffer occupancy;
 //! * `all`: every scenario, and an index.
 //!
 //! Each scenario prints a table (JSON with `--json`) and writes a Markdown
@@ -25,6 +28,7 @@ mod block;
 mod child;
 mod failover;
 mod fio;
+mod multiconn;
 mod native;
 mod overhead;
 mod plot;
@@ -67,6 +71,10 @@ enum ScenarioCmd {
     /// sessions), throughput and Jain's fairness index with 1,000 active
     /// sessions, and resident memory over a 10-minute fault-injected run.
     Scale(Options),
+    /// Throughput of one session with 1, 2 and 4 connections where each
+    /// link is limited to the same bandwidth by the chaos proxy, as ratios
+    /// to one connection, with the target's reorder-buffer occupancy.
+    Multiconn(Options),
     /// Failover across two nodes: from the loss of a path to the first
     /// call re-issued on the other node, with the old node fenced by
     /// confirmation and by waiting its quiesce time, beside a single-path
@@ -267,6 +275,7 @@ struct JsonReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     scale: Option<scale::ScaleReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    multiconn: Option<multiconn::MulticonnReport>,
     failover: Option<failover::FailoverReport>,
 }
 
@@ -279,6 +288,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ScenarioCmd::Recovery(o) => (Some("recovery"), o),
         ScenarioCmd::Block(o) => (Some("block"), o),
         ScenarioCmd::Scale(o) => (Some("scale"), o),
+        ScenarioCmd::Multiconn(o) => (Some("multiconn"), o),
         ScenarioCmd::Failover(o) => (Some("failover"), o),
         ScenarioCmd::All(o) => (None, o),
     };
@@ -306,6 +316,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         recovery: None,
         block: None,
         scale: None,
+        multiconn: None,
         failover: None,
     };
 
@@ -348,6 +359,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             print!("{}", r.table());
         }
         report.scale = Some(r);
+    }
+    if runs("multiconn") {
+        let r = multiconn::run(mode, progress).await?;
+        write_file(dir, "multiconn.md", &r.markdown(&machine))?;
+        if !opts.json {
+            println!("\nholdfast bench multiconn ({} mode)\n", mode.name());
+            print!("{}", r.table());
+        }
+        report.multiconn = Some(r);
     }
     if runs("failover") {
         let r = failover::run(mode, progress).await?;
@@ -421,6 +441,12 @@ fn index(report: &JsonReport) -> String {
                     .chain([&s.active.target])
                     .collect()
             ),
+        ));
+    }
+    if let Some(m) = &report.multiconn {
+        md.push_str(&format!(
+            "| multiconn | one session over 1, 2, 4 bandwidth-limited connections | {} | [multiconn.md](multiconn.md) | - |\n",
+            count(m.rows.iter().flat_map(|r| &r.targets).collect()),
         ));
     }
     if report.failover.is_some() {

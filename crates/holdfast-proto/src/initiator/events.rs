@@ -74,6 +74,26 @@ pub enum InitiatorEvent {
         /// The earliest time to reconnect (the target's hold time, if any).
         reconnect_at: Timestamp,
     },
+    /// One of the session's several connections ended while others remain
+    /// (PROTOCOL.md §17.5): close it, and join a new one in its place with
+    /// [`crate::Initiator::join`] when you like. What it carried that the
+    /// target had not acknowledged is already assigned to the survivors.
+    ConnectionDropped {
+        /// The connection.
+        conn: crate::ids::ConnId,
+        /// Why.
+        error: ConnectionError,
+        /// Commands and messages moved to the surviving connections.
+        moved: u64,
+    },
+    /// A join (LOGIN kind 2) succeeded: the connection carries the
+    /// session's traffic beside the others.
+    Joined {
+        /// The session.
+        session: SessionId,
+        /// The connection that joined.
+        conn: crate::ids::ConnId,
+    },
     /// The target announced a shutdown.
     ShutdownNotice {
         /// The connection is expected to work until then.
@@ -133,4 +153,10 @@ pub struct InitiatorStats {
     pub bytes_in: u64,
     /// Bytes sent.
     pub bytes_out: u64,
+    /// Commands and messages moved from a lost connection to the surviving
+    /// ones of the session (§17.5).
+    pub moved: u64,
+    /// Duplicate responses dropped (a response written again on a
+    /// surviving connection that also arrived on the lost one, §17.5).
+    pub duplicate_responses: u64,
 }

@@ -17,13 +17,14 @@
 //! On `ConnectionLost`, close the transport (after writing any last bytes)
 //! and reconnect no earlier than the event's `reconnect_at`.
 
+mod conns;
 mod events;
 mod fence;
 mod receive;
 mod recovery;
 mod withdraw;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -65,6 +66,12 @@ struct Entry {
     abandoned: bool,
     /// When it was last sent (for the round-trip estimate).
     sent_at: Option<Timestamp>,
+    /// With several connections (§17): the connection it is assigned to
+    /// (and, with `on_wire`, was written to); `None` until assigned, and
+    /// again once that connection is lost.
+    via: Option<ConnId>,
+    /// Written to `via`.
+    on_wire: bool,
 }
 
 /// A call carried over from a lost session, waiting for a sequence number
@@ -137,6 +144,8 @@ struct Connection {
     fin_sent: bool,
     /// The shutdown notice's up-until time, if one arrived on this connection.
     up_until: Option<Timestamp>,
+    /// Logs in with a join (kind 2) beside the session's other connections.
+    join: bool,
 }
 
 /// Where the session is in its life.
@@ -155,6 +164,13 @@ pub struct Initiator {
     lifecycle: Lifecycle,
     session: Option<(SessionId, SessionSecret)>,
     conn: Option<Connection>,
+    /// The session's other connections (§17), out of focus.
+    others: Vec<conns::Other>,
+    /// The round-robin spread's position.
+    round_robin: usize,
+    /// Responses received above `response_ack`: with several connections
+    /// they may arrive out of order (§17.4). Bounded by the window.
+    responses_seen: BTreeSet<Seq>,
     /// Outstanding work of the current session, by sequence number.
     entries: BTreeMap<Seq, Entry>,
     /// Calls from a lost session waiting to be re-issued, in order.
@@ -207,6 +223,9 @@ impl Initiator {
             lifecycle: Lifecycle::Active,
             session: None,
             conn: None,
+            others: Vec::new(),
+            round_robin: 0,
+            responses_seen: BTreeSet::new(),
             entries: BTreeMap::new(),
             carry: VecDeque::new(),
             next_seq: 1,
@@ -246,7 +265,7 @@ impl Initiator {
 
     /// True while a connection is logged in.
     pub fn is_connected(&self) -> bool {
-        self.conn.as_ref().is_some_and(|c| c.logged_in)
+        self.logged_in_connections() > 0
     }
 
     /// The current connection's id, if any.
@@ -356,6 +375,8 @@ impl Initiator {
                 earlier: Earlier::NotSent,
                 abandoned: false,
                 sent_at: None,
+                via: None,
+                on_wire: false,
             },
         );
         Ok(call)
@@ -392,6 +413,7 @@ impl Initiator {
             return Err(ConnectError::TooEarly(self.reconnect_at));
         }
         self.out = Outgoing::new();
+        self.forget_others();
         self.conn = Some(Connection {
             id: conn,
             decoder: Decoder::new(Direction::ToInitiator, self.config.max_frame),
@@ -405,6 +427,7 @@ impl Initiator {
             send_cursor: self.acked + 1,
             fin_sent: false,
             up_until: None,
+            join: false,
         });
         self.stats.connects += 1;
         self.queue_login();
@@ -412,7 +435,9 @@ impl Initiator {
     }
 
     fn queue_login(&mut self) {
+        let join = self.conn.as_ref().is_some_and(|c| c.join);
         let (kind, session, secret) = match self.session {
+            Some((id, secret)) if join => (LoginKind::Join, id, secret),
             Some((id, secret)) => (LoginKind::Recover, id, secret),
             None => (LoginKind::New, SessionId(0), SessionSecret([0; 16])),
         };
@@ -441,9 +466,9 @@ impl Initiator {
     }
 
     /// The driver reports that connection `conn` ended. Ignored if it is not
-    /// the current connection.
+    /// one of the session's connections.
     pub fn connection_lost(&mut self, conn: ConnId, now: Timestamp) {
-        if self.conn.as_ref().is_some_and(|c| c.id == conn) {
+        if self.focus(conn) {
             self.lose_connection(ConnectionError::TransportClosed, now);
         }
     }
@@ -488,13 +513,17 @@ impl Initiator {
     fn write_session_frames(&mut self, now: Timestamp) {
         let ignore_credits = self.ignores_credits();
         let estimate = self.srtt.unwrap_or_default() + self.config.shutdown_margin;
+        let multi = self.multi();
+        let wrote_assigned = multi && self.write_assigned(now);
+        let fin_elsewhere = multi && self.fin_sent_anywhere();
         let Some(c) = self.conn.as_mut() else {
             return;
         };
         let digests = c.digests;
-        let mut carried_ack = false;
+        let mut carried_ack = wrote_assigned;
         let cutoff = c.up_until.map(|up| up.saturating_since(now));
-        for (&seq, e) in self.entries.range_mut(c.send_cursor..) {
+        let from = if multi { Seq::MAX } else { c.send_cursor };
+        for (&seq, e) in self.entries.range_mut(from..) {
             if seq > self.limit && !ignore_credits {
                 break;
             }
@@ -527,7 +556,7 @@ impl Initiator {
             carried_ack = true;
         }
         let idle = self.entries.is_empty() && self.carry.is_empty();
-        if self.lifecycle == Lifecycle::Closing && idle && !c.fin_sent {
+        if self.lifecycle == Lifecycle::Closing && idle && !c.fin_sent && !fin_elsewhere {
             self.out.push(
                 &Frame::Fin {
                     last_seq: self.next_seq - 1,
@@ -587,7 +616,11 @@ impl Initiator {
             !c.logged_in
                 || c.ping.is_some()
                 || c.fin_sent
-                || self.entries.range(..c.send_cursor).next().is_some()
+                || if self.multi() {
+                    self.awaits_on(c.id)
+                } else {
+                    self.entries.range(..c.send_cursor).next().is_some()
+                }
         })
     }
 
@@ -621,6 +654,17 @@ impl Initiator {
                 _ => None,
             };
         };
+        // A standalone ACK can only go out on a logged-in connection.
+        let ack = self
+            .ack_owed_since
+            .filter(|_| self.ack_owed > 0 && self.is_connected())
+            .map(|s| s + self.config.ack_delay);
+        earliest(earliest(self.conn_timeout(c), self.others_timeout()), ack)
+    }
+
+    /// The next deadline of one connection: its login timeout, detection
+    /// bound or keep-alive.
+    fn conn_timeout(&self, c: &Connection) -> Option<Timestamp> {
         if !c.logged_in {
             return Some(c.opened + self.config.login_timeout);
         }
@@ -636,16 +680,21 @@ impl Initiator {
                 .map(|s| s.max(c.last_recv) + self.config.keepalive);
             earliest(Some(idle), overdue)
         };
-        let ack = self
-            .ack_owed_since
-            .filter(|_| self.ack_owed > 0)
-            .map(|s| s + self.config.ack_delay);
-        earliest(earliest(dead, ping), ack)
+        earliest(dead, ping)
     }
 
     /// Handles timers due at `now`: login timeout, the detection bound, the
     /// session-loss timeout. (PINGs and ACKs come out of `poll_transmit`.)
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        if !self.others.is_empty() {
+            self.timeout_all(now);
+            return;
+        }
+        self.timeout_focused(now);
+    }
+
+    /// The timers of the connection in focus (or, with none, the session's).
+    fn timeout_focused(&mut self, now: Timestamp) {
         let Some(c) = self.conn.as_ref() else {
             if let (Some(since), Some(limit)) =
                 (self.disconnected_since, self.config.session_loss_timeout)
@@ -708,6 +757,7 @@ impl Initiator {
     fn finish_closed(&mut self) {
         self.lifecycle = Lifecycle::Closed;
         self.conn = None;
+        self.others.clear();
         self.events.push_back(InitiatorEvent::Closed);
     }
 }

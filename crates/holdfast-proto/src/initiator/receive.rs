@@ -24,6 +24,9 @@ impl Initiator {
     /// Feeds bytes received on connection `conn` (ignored unless it is the
     /// current one).
     pub fn handle_input(&mut self, conn: ConnId, mut data: &[u8], now: Timestamp) {
+        if !self.focus(conn) {
+            return;
+        }
         match self.conn.as_mut() {
             Some(c) if c.id == conn => c.last_recv = now,
             _ => return,
@@ -184,7 +187,17 @@ impl Initiator {
                 ),
             ));
         }
+        let join = self.conn.as_ref().is_some_and(|c| c.join);
         let recovered = match (a.kind, self.session) {
+            (LoginKind::Join, Some((id, _))) if join && id == a.session => {
+                return self.on_join_accept(a, now);
+            }
+            _ if join => {
+                return Err(ProtocolError::new(
+                    ErrorCode::UnexpectedFrame,
+                    "LOGIN_ACCEPT does not answer the join we sent",
+                ))
+            }
             (LoginKind::New, None) => {
                 if a.command_ack != 0 {
                     return Err(ack_error(a.command_ack, 0, 0));
@@ -232,6 +245,14 @@ impl Initiator {
         let naive = self.naive_resend();
         let acked = self.acked;
         let first_unanswered = self.entries.keys().next().copied();
+        if self.multi() {
+            // A new or recovered session: the target fenced every other
+            // connection (§17.2), so everything above its ack goes out
+            // again, assigned afresh. (Responses already received above
+            // `response_ack` stay known: the target resends every cached
+            // one above it, and those are duplicates, §17.4.)
+            self.forget_others();
+        }
         let Some(c) = self.conn.as_mut() else {
             return Ok(());
         };
@@ -263,6 +284,30 @@ impl Initiator {
             session: a.session,
             recovered,
             resent,
+        });
+        Ok(())
+    }
+
+    /// The answer to a join (§17.2): the connection now carries the
+    /// session's traffic beside the others. Its `command_ack` is applied
+    /// like any acknowledgement (it may be older than one already seen on
+    /// another connection); nothing is resent for it and nothing withdrawn.
+    fn on_join_accept(&mut self, a: LoginAccept, now: Timestamp) -> Result<(), ProtocolError> {
+        self.on_ack(a.command_ack, a.credit_limit)?;
+        self.window = a.credits;
+        self.max_payload = Some((a.max_frame as usize).saturating_sub(DATA_FIXED));
+        self.disconnected_since = None;
+        let Some(c) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        c.logged_in = true;
+        c.digests = a.digests;
+        c.decoder.set_digests(a.digests);
+        c.last_recv = now;
+        let conn = c.id;
+        self.events.push_back(InitiatorEvent::Joined {
+            session: a.session,
+            conn,
         });
         Ok(())
     }
@@ -305,6 +350,8 @@ impl Initiator {
                     earlier: c.earlier,
                     abandoned: false,
                     sent_at: None,
+                    via: None,
+                    on_wire: false,
                 },
             );
         }
@@ -318,6 +365,16 @@ impl Initiator {
     /// recovery. So it is bounded by what was sent in this session.
     fn on_ack(&mut self, ack: Seq, limit: Seq) -> Result<(), ProtocolError> {
         let sent = self.conn.as_ref().map_or(self.acked, |c| c.send_cursor - 1);
+        if ack < self.acked && self.multi() {
+            // Acknowledgements travel on several connections and may
+            // overtake each other: an older one is stale (§17.3); its limit
+            // still counts if higher.
+            if limit > self.limit {
+                self.limit = limit;
+                self.drain_carry();
+            }
+            return Ok(());
+        }
         if ack < self.acked || (ack > sent && ack > self.highest_sent()) {
             return Err(ack_error(ack, self.acked, self.highest_sent().max(sent)));
         }
@@ -338,7 +395,7 @@ impl Initiator {
     /// The highest sequence sent in this session (on any connection), or
     /// the last ack accepted if higher. Entries at or below the ack may be
     /// gone; every one above it is still held.
-    fn highest_sent(&self) -> Seq {
+    pub(super) fn highest_sent(&self) -> Seq {
         self.entries
             .range(self.acked + 1..)
             .rev()
@@ -388,7 +445,24 @@ impl Initiator {
         outcome: Result<Bytes, CallError>,
         now: Timestamp,
     ) -> Result<(), ProtocolError> {
-        if seq != self.response_ack + 1 {
+        if seq != self.response_ack + 1 && self.multi() {
+            // Several connections (§17.4): responses may arrive out of
+            // order, and a response the target wrote again on a survivor
+            // may also arrive on the connection that was dying.
+            if seq <= self.response_ack || self.responses_seen.contains(&seq) {
+                self.stats.duplicate_responses += 1;
+                return Ok(());
+            }
+            if seq - self.response_ack > u64::from(self.window.max(1)) {
+                return Err(ProtocolError::new(
+                    ErrorCode::SequenceGap,
+                    format!(
+                        "response {seq} is beyond the window of {} above {}",
+                        self.window, self.response_ack
+                    ),
+                ));
+            }
+        } else if seq != self.response_ack + 1 {
             return Err(ProtocolError::new(
                 ErrorCode::SequenceGap,
                 format!("expected response {}, got {seq}", self.response_ack + 1),
@@ -410,7 +484,10 @@ impl Initiator {
         if let Some(sent) = entry.sent_at {
             self.sample_rtt(now.saturating_since(sent));
         }
-        self.response_ack = seq;
+        self.responses_seen.insert(seq);
+        while self.responses_seen.remove(&(self.response_ack + 1)) {
+            self.response_ack += 1;
+        }
         self.ack_owed += 1;
         self.ack_owed_since.get_or_insert(now);
         self.stats.responses += 1;

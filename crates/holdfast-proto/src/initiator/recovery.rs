@@ -20,6 +20,10 @@ use super::{Carried, Initiator, InitiatorEvent, Lifecycle};
 impl Initiator {
     /// Drops the current connection and tells the driver when to reconnect.
     pub(super) fn lose_connection(&mut self, error: ConnectionError, now: Timestamp) {
+        if self.drop_one(&error, now) {
+            // Others of the session's connections carry on (§17.5).
+            return;
+        }
         let Some(conn) = self.conn.take() else {
             return;
         };
@@ -40,6 +44,12 @@ impl Initiator {
         let reason = reject.reason;
         match (self.session, reason) {
             (Some((session, _)), r) if r.is_stateless() => {
+                // The session is gone at the target, with every connection
+                // it had: this one logs in to a new session alone.
+                self.forget_others();
+                if let Some(c) = self.conn.as_mut() {
+                    c.join = false;
+                }
                 self.stateless_recovery(SessionLoss::Rejected { session, reason }, now);
             }
             (_, RejectReason::UnsupportedVersion) => {
@@ -103,6 +113,7 @@ impl Initiator {
         self.withdraw_floor = 0;
         self.limit = 0;
         self.response_ack = 0;
+        self.responses_seen.clear();
         self.ack_owed = 0;
         self.ack_owed_since = None;
         self.stats.stateless_recoveries += 1;
@@ -133,6 +144,7 @@ impl Initiator {
             self.fail_call(c.call, c.earlier.sent(), loss.clone());
         }
         self.conn = None;
+        self.others.clear();
         self.lifecycle = Lifecycle::Ended(loss.clone());
         self.reconnect_at = Timestamp::NEVER;
         self.events.push_back(InitiatorEvent::SessionEnded(loss));

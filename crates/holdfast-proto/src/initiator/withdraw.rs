@@ -50,6 +50,16 @@ impl Initiator {
             return true;
         }
         let never_sent = !entry.transmitted;
+        if self.multi() {
+            // Several connections (§17.7): a sequence number sent on any of
+            // them may still arrive on one the target has not fenced, so
+            // only calls above everything sent in the session are dropped.
+            let from = self.highest_sent().max(floor) + 1;
+            if seq >= from {
+                self.withdraw_unreceived(from);
+            }
+            return true;
+        }
         let live_cursor = self
             .conn
             .as_ref()

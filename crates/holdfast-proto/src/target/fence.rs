@@ -260,12 +260,12 @@ impl Target {
             self.confirm_fences(session);
             return;
         }
-        if s.expiry_deferred && s.running() == 0 && s.conn.is_none() {
+        if s.expiry_deferred && s.running() == 0 && !s.is_attached() {
             // Its retain time passed while this command ran.
             self.expire(session);
             return;
         }
-        if let Some(conn) = s.conn {
+        if let Some(conn) = s.newest_route() {
             self.mark_dirty(conn);
         }
     }

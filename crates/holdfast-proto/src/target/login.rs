@@ -97,15 +97,18 @@ impl Target {
                     return Ok(());
                 }
             },
-            LoginKind::Recover => match self.recover_session(conn, &login)? {
+            LoginKind::Recover | LoginKind::Join => match self.recover_session(conn, &login)? {
                 Ok(id) => (id, SessionSecret([0; 16])),
                 Err(reason) => {
                     self.stats.recoveries_rejected += 1;
-                    let retry_after = match reason {
-                        RejectReason::MaxFrameTooSmall => NEVER_MS,
-                        _ => 0,
+                    let (retry_after, text) = match reason {
+                        RejectReason::MaxFrameTooSmall => (NEVER_MS, "cannot recover"),
+                        RejectReason::TooManySessions => {
+                            (1000, "at the connection limit of this session")
+                        }
+                        _ => (0, "cannot recover"),
                     };
-                    self.reject(conn, reason, retry_after, "cannot recover");
+                    self.reject(conn, reason, retry_after, text);
                     return Ok(());
                 }
             },
@@ -157,8 +160,10 @@ impl Target {
         None
     }
 
-    /// Finds the session a recovery login names and checks its secret.
-    /// `Ok(Err(reason))` is a reject; `Err` is a protocol violation.
+    /// Finds the session a recovery or join login names and checks its
+    /// secret; a recovery then fences every connection of the session, a
+    /// join none (PROTOCOL.md §17.2). `Ok(Err(reason))` is a reject; `Err`
+    /// is a protocol violation.
     fn recover_session(
         &mut self,
         conn: ConnId,
@@ -186,14 +191,29 @@ impl Target {
             // them would break the new one. Refused before anything changes.
             return Ok(Err(RejectReason::MaxFrameTooSmall));
         }
+        let join = login.kind == LoginKind::Join;
+        if join && s.conns.len() >= self.config.max_session_connections {
+            return Ok(Err(RejectReason::TooManySessions));
+        }
         s.ack_responses(login.response_ack, &mut self.changes)?;
         s.peer_max_frame = login.max_frame;
         #[cfg(feature = "test-switches")]
         let fencing = !self.config.switches.no_fencing;
         #[cfg(not(feature = "test-switches"))]
         let fencing = true;
-        if let Some(old) = s.conn {
-            if old != conn && fencing {
+        if join {
+            // Sequence numbers may now arrive out of order (§17.3).
+            s.multi = true;
+            self.stats.joins_accepted += 1;
+            return Ok(Ok(id));
+        }
+        // What waits in the reorder buffer came on connections this
+        // recovery fences: the initiator resends it above `command_ack`,
+        // and may renumber it (§11.3, §17.3), so it must not run later.
+        s.drop_early();
+        let old: Vec<ConnId> = s.conns.iter().copied().filter(|&c| c != conn).collect();
+        for old in old {
+            if fencing {
                 self.fence(old);
             }
         }
@@ -237,7 +257,7 @@ impl Target {
         s.path.last_contact = s.path.last_contact.max(self.now);
         let quiesce_ms =
             super::quiesce::quiesce_ms(&self.config, inactivity_ms, s.path.host.is_some());
-        if login.kind == LoginKind::Recover {
+        if login.kind != LoginKind::New {
             self.stats.answered_from_cache += resent as u64;
         }
         let accept = Frame::LoginAccept(LoginAccept {

@@ -17,6 +17,7 @@ mod fence;
 mod login;
 mod quiesce;
 mod ready;
+mod reorder;
 mod session;
 mod timers;
 mod tombstones;
@@ -129,6 +130,14 @@ pub struct TargetStats {
     pub bytes_in: u64,
     /// Bytes handed out to send.
     pub bytes_out: u64,
+    /// Join logins accepted (a connection added to a session, §17).
+    pub joins_accepted: u64,
+    /// Commands or messages that arrived ahead of their turn on a session
+    /// with several connections and waited in its reorder buffer (§17.3).
+    pub reordered: u64,
+    /// The most sequence numbers one session's reorder buffer held at once
+    /// (always below its credits, §17.3).
+    pub reorder_peak: u64,
     /// Responses too large for their initiator, answered with a status
     /// response `ResponseTooLarge` instead.
     pub oversized_responses: u64,
@@ -332,10 +341,21 @@ impl Target {
             cached: s.cached(),
             cached_bytes: s.cached_bytes(),
             responses_acked: s.responses_acked(),
-            attached: s.conn.is_some(),
+            attached: s.is_attached(),
             detached_since: s.detached_since,
             expiry_deferred: s.expiry_deferred,
         })
+    }
+
+    /// How many connections are attached to a session (PROTOCOL.md §17).
+    pub fn session_connections(&self, id: SessionId) -> usize {
+        self.sessions.get(&id).map_or(0, |s| s.conns.len())
+    }
+
+    /// Sequence numbers a session holds in its reorder buffer, and their
+    /// payload bytes (always fewer than its credits, §17.3).
+    pub fn reorder_occupancy(&self, id: SessionId) -> (usize, usize) {
+        self.sessions.get(&id).map_or((0, 0), |s| s.reordering())
     }
 
     /// The ids of all sessions held.
@@ -545,7 +565,7 @@ impl Target {
                         c.out.push(&Frame::Pong { token, ack, limit }, c.digests);
                         s.mark_advertised();
                     }
-                    s.write_output(&mut c.out, c.digests, now);
+                    s.write_output(conn, &mut c.out, c.digests, now);
                 }
             }
             if !c.out.is_empty() {
@@ -688,20 +708,41 @@ impl Target {
             other => return Err(unexpected(&other, "in an established session")),
         };
         s.ack_responses(ack, &mut self.changes)?;
-        let first_message = !command && !s.has_delivered_messages();
-        match s.receive(seq, command, payload, deliver_duplicates, &mut self.changes) {
-            Ok(Some(delivery)) => {
-                if command {
-                    self.stats.commands += 1;
-                } else {
-                    self.stats.messages += 1;
-                    if first_message {
-                        self.delivering.push(id);
+        let had_messages = s.has_delivered_messages();
+        let (early_before, _) = s.reordering();
+        let from = self.deliveries.len();
+        match s.receive(
+            seq,
+            command,
+            payload,
+            conn,
+            deliver_duplicates,
+            &mut self.changes,
+            &mut self.deliveries,
+        ) {
+            Ok(0) if s.reordering().0 > early_before => {
+                self.stats.reordered += 1;
+                let held = s.reordering().0 as u64;
+                self.stats.reorder_peak = self.stats.reorder_peak.max(held);
+            }
+            Ok(0) => {
+                self.stats.duplicates_dropped += 1;
+                if s.has_unsent() {
+                    // A duplicate may have moved its response here (§17.5).
+                    self.mark_dirty(conn);
+                }
+            }
+            Ok(_) => {
+                if !had_messages && s.has_delivered_messages() {
+                    self.delivering.push(id);
+                }
+                for d in &self.deliveries[from..] {
+                    match d {
+                        Delivery::Command { .. } => self.stats.commands += 1,
+                        Delivery::Message { .. } => self.stats.messages += 1,
                     }
                 }
-                self.deliveries.push(delivery);
             }
-            Ok(None) => self.stats.duplicates_dropped += 1,
             Err(e) => {
                 if e.code() == ErrorCode::CreditExceeded {
                     self.stats.credit_violations += 1;
@@ -736,7 +777,12 @@ impl Target {
             ));
         }
         let fin_ack = Frame::FinAck { ack: s.received() };
+        let others: Vec<ConnId> = s.conns.iter().copied().filter(|&c| c != conn).collect();
         self.push_frame(conn, &fin_ack);
+        for other in others {
+            // The session ends: its other connections go with it (§17.6).
+            self.close_conn(other, CloseReason::Finished);
+        }
         self.end_session(id, RejectReason::SessionClosed);
         self.stats.sessions_closed += 1;
         self.close_conn(conn, CloseReason::Finished);
@@ -784,15 +830,28 @@ impl Target {
         }
     }
 
-    /// Detaches `conn` from session `id` if it is still the attached one.
+    /// Detaches `conn` from session `id` if it is attached to it. Responses
+    /// it carried and that are not acknowledged go out again on another
+    /// attached connection at once (§17.5); with none left, the session is
+    /// retained.
     fn detach(&mut self, id: SessionId, conn: ConnId) {
         let now = self.now;
-        if let Some(s) = self.sessions.get_mut(&id) {
-            if s.conn == Some(conn) {
-                s.detach(now);
-                let retain = admission::retain_time(&self.config, s);
-                self.timers.arm_session(now + retain, id, &mut s.armed);
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if !s.detach(conn, now) {
+            return;
+        }
+        if s.is_attached() {
+            if s.has_unsent() {
+                let survivors = s.conns.clone();
+                for survivor in survivors {
+                    self.mark_dirty(survivor);
+                }
             }
+        } else {
+            let retain = admission::retain_time(&self.config, s);
+            self.timers.arm_session(now + retain, id, &mut s.armed);
         }
     }
 
@@ -820,7 +879,7 @@ impl Target {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        let Some(conn) = s.conn else {
+        let Some(conn) = s.first_conn() else {
             return;
         };
         if !s.ack_owed() && !s.has_unsent() {

@@ -8,7 +8,7 @@
 //! unfinished until it is delivered. The limit advertised to the initiator is
 //! `received + (credits - held)`, which never decreases.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 
@@ -20,6 +20,7 @@ use crate::wire::{Digests, ErrorCode, Frame, Outgoing, ResponseStatus, STATUS_CO
 use crate::Seq;
 
 use super::ready::{Delivery, StateChange};
+use super::reorder::{Early, Reorder};
 
 /// A response kept until the initiator acknowledges it.
 #[derive(Debug)]
@@ -30,6 +31,12 @@ struct Cached {
     payload: Bytes,
     /// Set for a status response (sent as RESP with the STATUS flag).
     status: Option<ResponseStatus>,
+    /// The connection its command arrived on: it goes back there while
+    /// that connection is attached (PROTOCOL.md §17.4).
+    origin: ConnId,
+    /// The attached connection it was last written to; `None` when it
+    /// still has to be (again, after that connection went away).
+    sent_on: Option<ConnId>,
 }
 
 /// Per-session state at the target.
@@ -39,8 +46,14 @@ pub(crate) struct Session {
     pub(crate) secret: SessionSecret,
     /// The credit window.
     pub(crate) credits: u32,
-    /// The attached connection, if any.
-    pub(crate) conn: Option<ConnId>,
+    /// The attached connections, in the order they attached (PROTOCOL.md
+    /// §17: one unless the initiator joined more).
+    pub(crate) conns: Vec<ConnId>,
+    /// A join was accepted: sequence numbers may arrive out of order across
+    /// connections, and acknowledgements may arrive stale (§17.3).
+    pub(crate) multi: bool,
+    /// Commands and messages that arrived ahead of their turn (§17.3).
+    reorder: Reorder,
     /// When the last connection went away (for the retain timer).
     pub(crate) detached_since: Option<Timestamp>,
     /// The retain time passed while commands still ran: the session ends
@@ -52,15 +65,17 @@ pub(crate) struct Session {
     received: Seq,
     /// Unfinished messages (see module docs).
     held: u32,
-    /// Commands delivered to the service and not yet completed.
-    running: BTreeSet<Seq>,
+    /// Commands delivered to the service and not yet completed, with the
+    /// connection each arrived on.
+    running: BTreeMap<Seq, ConnId>,
     /// Responses not yet acknowledged, in response-sequence order.
     cache: VecDeque<Cached>,
     /// The next response sequence number.
     next_response: Seq,
     /// Highest response acknowledged by the initiator.
     responses_acked: Seq,
-    /// The next response to send on the attached connection.
+    /// The lowest response that may still have to be written: every cached
+    /// response below it is on an attached connection's wire.
     send_cursor: Seq,
     /// What the initiator was last told (ack, limit) on this connection.
     advertised: (Seq, Seq),
@@ -95,13 +110,15 @@ impl Session {
             id,
             secret,
             credits,
-            conn: None,
+            conns: Vec::new(),
+            multi: false,
+            reorder: Reorder::default(),
             detached_since: None,
             expiry_deferred: false,
             peer_max_frame,
             received: 0,
             held: 0,
-            running: BTreeSet::new(),
+            running: BTreeMap::new(),
             cache: VecDeque::new(),
             next_response: 1,
             responses_acked: 0,
@@ -170,21 +187,57 @@ impl Session {
     /// sent again on it, and the initiator is re-told the ack and limit.
     /// Returns how many cached responses will be resent.
     pub(crate) fn attach(&mut self, conn: ConnId) -> usize {
-        self.conn = Some(conn);
+        if !self.conns.contains(&conn) {
+            self.conns.push(conn);
+        }
         self.detached_since = None;
         self.expiry_deferred = false;
-        self.send_cursor = self.responses_acked + 1;
         self.advertised = (self.ack(), self.limit());
         self.ack_due = None;
         self.owed = 0;
-        self.cache.len()
+        self.cache.iter().filter(|c| c.sent_on.is_none()).count()
     }
 
-    /// Detaches the connection; the session is retained from `now`.
-    pub(crate) fn detach(&mut self, now: Timestamp) {
-        self.conn = None;
-        self.detached_since = Some(now);
-        self.ack_due = None;
+    /// The first attached connection: standalone acknowledgements go there.
+    pub(crate) fn first_conn(&self) -> Option<ConnId> {
+        self.conns.first().copied()
+    }
+
+    /// True while a connection is attached.
+    pub(crate) fn is_attached(&self) -> bool {
+        !self.conns.is_empty()
+    }
+
+    /// Detaches `conn`, if attached. The responses written to it and not
+    /// yet acknowledged are written again on another attached connection
+    /// (or on the next one). When it was the last, the session is retained
+    /// from `now`. Returns true when `conn` was attached.
+    pub(crate) fn detach(&mut self, conn: ConnId, now: Timestamp) -> bool {
+        let Some(i) = self.conns.iter().position(|&c| c == conn) else {
+            return false;
+        };
+        self.conns.remove(i);
+        for cached in self.cache.iter_mut().filter(|c| c.sent_on == Some(conn)) {
+            cached.sent_on = None;
+            self.send_cursor = self.send_cursor.min(cached.seq);
+        }
+        if self.conns.is_empty() {
+            self.detached_since = Some(now);
+            self.ack_due = None;
+        }
+        true
+    }
+
+    /// Empties the reorder buffer: a recovery fenced every connection its
+    /// entries came on, and the initiator resends (possibly renumbered,
+    /// §11.3) everything above the LOGIN_ACCEPT's `command_ack` (§17.3).
+    pub(crate) fn drop_early(&mut self) {
+        self.reorder.clear();
+    }
+
+    /// Sequence numbers held in the reorder buffer, and their payload bytes.
+    pub(crate) fn reordering(&self) -> (usize, usize) {
+        (self.reorder.len(), self.reorder.bytes())
     }
 
     /// Applies the initiator's cumulative acknowledgement of responses.
@@ -193,6 +246,11 @@ impl Session {
         ack: Seq,
         changes: &mut Vec<StateChange>,
     ) -> Result<(), ProtocolError> {
+        if self.multi && ack < self.responses_acked {
+            // Acknowledgements travel on several connections and may
+            // overtake each other: an older one is stale, not wrong (§17.3).
+            return Ok(());
+        }
         if ack < self.responses_acked || ack >= self.next_response {
             return Err(ProtocolError::new(
                 ErrorCode::AckOutOfRange,
@@ -219,35 +277,47 @@ impl Session {
         Ok(())
     }
 
-    /// Receives a command or message. Duplicates (already received) are
-    /// dropped and return `Ok(None)`, unless the test switch disables that.
+    /// Receives a command or message that arrived on `conn`, pushing what
+    /// it makes deliverable to `deliveries` (in sequence order) and returning
+    /// how many. Duplicates (already received, or already waiting in the
+    /// reorder buffer) are dropped and return 0, unless the test switch
+    /// disables that. A sequence number ahead of the stream is a gap on a
+    /// session with one connection; with several (§17.3) it waits in the
+    /// reorder buffer if it is within the credit limit.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn receive(
         &mut self,
         seq: Seq,
         command: bool,
         payload: Bytes,
+        conn: ConnId,
         deliver_duplicates: bool,
         changes: &mut Vec<StateChange>,
-    ) -> Result<Option<Delivery>, ProtocolError> {
+        deliveries: &mut Vec<Delivery>,
+    ) -> Result<usize, ProtocolError> {
         if seq == 0 {
             return Err(ProtocolError::new(
                 ErrorCode::Malformed,
                 "sequence number 0",
             ));
         }
-        if seq <= self.received {
-            if deliver_duplicates {
-                return Ok(Some(self.delivery(seq, command, payload)));
+        if seq <= self.received || self.reorder.holds(seq) {
+            if self.multi && command && seq <= self.received {
+                self.redirect(seq, conn);
             }
-            return Ok(None);
+            if deliver_duplicates && seq <= self.received {
+                deliveries.push(self.delivery(seq, command, payload));
+                return Ok(1);
+            }
+            return Ok(0);
         }
-        if seq != self.received + 1 {
+        if seq != self.received + 1 && !self.multi {
             return Err(ProtocolError::new(
                 ErrorCode::SequenceGap,
                 format!("expected sequence {}, got {seq}", self.received + 1),
             ));
         }
-        if self.held >= self.credits {
+        if seq > self.limit() {
             return Err(ProtocolError::new(
                 ErrorCode::CreditExceeded,
                 format!(
@@ -257,11 +327,71 @@ impl Session {
                 ),
             ));
         }
+        if seq != self.received + 1 {
+            let early = Early {
+                command,
+                payload,
+                conn,
+            };
+            self.reorder.hold(seq, early);
+            return Ok(0);
+        }
+        self.accept(seq, command, payload, conn, changes, deliveries);
+        let mut count = 1;
+        // Whatever waited for this one follows, in order. Each was within
+        // the limit when it arrived, and receiving one leaves the limit
+        // where it was, so none of them can exceed the credits now.
+        while let Some(next) = self.received.checked_add(1) {
+            let Some(early) = self.reorder.take(next) else {
+                break;
+            };
+            self.accept(
+                next,
+                early.command,
+                early.payload,
+                early.conn,
+                changes,
+                deliveries,
+            );
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// A copy of command `seq` arrived again on `conn`: the initiator sent
+    /// it there because it lost the connection it first used (§17.5), so
+    /// the command's response goes to `conn` from now on, and is written
+    /// again there if it was already written elsewhere and is not yet
+    /// acknowledged. (The initiator drops a response it gets twice.)
+    fn redirect(&mut self, seq: Seq, conn: ConnId) {
+        if let Some(origin) = self.running.get_mut(&seq) {
+            *origin = conn;
+            return;
+        }
+        if let Some(cached) = self.cache.iter_mut().find(|c| c.command == seq) {
+            cached.origin = conn;
+            if cached.sent_on != Some(conn) {
+                cached.sent_on = None;
+                self.send_cursor = self.send_cursor.min(cached.seq);
+            }
+        }
+    }
+
+    /// Receives the stream's next sequence number.
+    fn accept(
+        &mut self,
+        seq: Seq,
+        command: bool,
+        payload: Bytes,
+        conn: ConnId,
+        changes: &mut Vec<StateChange>,
+        deliveries: &mut Vec<Delivery>,
+    ) {
         self.received = seq;
         self.held += 1;
         self.owed += 1;
         if command {
-            self.running.insert(seq);
+            self.running.insert(seq, conn);
         }
         changes.push(StateChange::Received {
             session: self.id,
@@ -273,7 +403,7 @@ impl Session {
             self.delivered_messages += 1;
             self.queued_message.get_or_insert(seq);
         }
-        Ok(Some(self.delivery(seq, command, payload)))
+        deliveries.push(self.delivery(seq, command, payload));
     }
 
     /// True when messages were delivered since the last Ready was taken.
@@ -318,7 +448,7 @@ impl Session {
 
     /// True when a command with this sequence is running.
     pub(crate) fn is_running(&self, seq: Seq) -> bool {
-        self.running.contains(&seq)
+        self.running.contains_key(&seq)
     }
 
     /// Records a command's response in the cache: the service's, or (with
@@ -330,7 +460,7 @@ impl Session {
         status: Option<ResponseStatus>,
         changes: &mut Vec<StateChange>,
     ) {
-        self.running.remove(&seq);
+        let origin = self.running.remove(&seq).unwrap_or(ConnId(u64::MAX));
         let response = self.next_response;
         self.next_response += 1;
         changes.push(StateChange::Completed {
@@ -345,7 +475,24 @@ impl Session {
             command: seq,
             payload,
             status,
+            origin,
+            sent_on: None,
         });
+    }
+
+    /// The connection a response that came from `origin` goes out on: its
+    /// own while attached, else the first attached one.
+    fn route(&self, origin: ConnId) -> Option<ConnId> {
+        if self.conns.contains(&origin) {
+            Some(origin)
+        } else {
+            self.first_conn()
+        }
+    }
+
+    /// The connection the newest response goes out on, if any is attached.
+    pub(crate) fn newest_route(&self) -> Option<ConnId> {
+        self.cache.back().and_then(|c| self.route(c.origin))
     }
 
     /// True when FIN may be accepted: everything up to `last_seq` received,
@@ -373,20 +520,37 @@ impl Session {
             || self.limit() >= self.advertised.1 + u64::from(self.ack_threshold())
     }
 
-    /// Writes unsent responses, then a standalone ACK if one is owed and due.
-    /// Returns true if anything was written.
+    /// Writes the unsent responses that go out on `conn` (§17.4), then, on
+    /// the first attached connection, a standalone ACK if one is owed and
+    /// due. Returns true if anything was written.
     pub(crate) fn write_output(
         &mut self,
+        conn: ConnId,
         out: &mut Outgoing,
         digests: Digests,
         now: Timestamp,
     ) -> bool {
         let mut wrote = false;
         let (ack, limit) = (self.ack(), self.limit());
+        let first_conn = self.first_conn();
         // The cache is in response order: skip straight to the send cursor.
         let first = self.cache.front().map_or(self.send_cursor, |c| c.seq);
         let skip = usize::try_from(self.send_cursor.saturating_sub(first)).unwrap_or(usize::MAX);
-        for cached in self.cache.iter().skip(skip) {
+        let mut lowest_unsent = None;
+        let conns = &self.conns;
+        for cached in self.cache.iter_mut().skip(skip) {
+            if cached.sent_on.is_some() {
+                continue;
+            }
+            let route = if conns.contains(&cached.origin) {
+                Some(cached.origin)
+            } else {
+                first_conn
+            };
+            if route != Some(conn) {
+                lowest_unsent.get_or_insert(cached.seq);
+                continue;
+            }
             let frame = match cached.status {
                 None => Frame::Response {
                     seq: cached.seq,
@@ -405,10 +569,12 @@ impl Session {
                 },
             };
             out.push(&frame, digests);
+            cached.sent_on = Some(conn);
             wrote = true;
         }
-        self.send_cursor = self.next_response;
+        self.send_cursor = lowest_unsent.unwrap_or(self.next_response);
         if !wrote
+            && first_conn == Some(conn)
             && self.ack_owed()
             && (self.ack_urgent() || self.ack_due.is_some_and(|d| d <= now))
         {

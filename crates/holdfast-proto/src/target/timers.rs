@@ -141,7 +141,7 @@ impl super::Target {
         }
         if let Some(due) = s.ack_due {
             if due <= now {
-                if let Some(conn) = s.conn {
+                if let Some(conn) = s.first_conn() {
                     self.mark_dirty(conn);
                 }
             } else {

@@ -314,9 +314,10 @@ fn login_kind(b: u8) -> Result<LoginKind, ProtocolError> {
     match b {
         0 => Ok(LoginKind::New),
         1 => Ok(LoginKind::Recover),
+        2 => Ok(LoginKind::Join),
         other => Err(ProtocolError::new(
             ErrorCode::Malformed,
-            format!("login kind {other} is neither new (0) nor recover (1)"),
+            format!("login kind {other} is not new (0), recover (1) or join (2)"),
         )),
     }
 }

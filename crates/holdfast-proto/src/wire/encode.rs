@@ -316,6 +316,7 @@ pub(crate) fn login_kind_byte(k: LoginKind) -> u8 {
     match k {
         LoginKind::New => 0,
         LoginKind::Recover => 1,
+        LoginKind::Join => 2,
     }
 }
 

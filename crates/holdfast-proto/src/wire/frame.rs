@@ -52,8 +52,12 @@ pub mod kind {
 pub enum LoginKind {
     /// Create a new session.
     New,
-    /// Recover the named session on this new connection.
+    /// Recover the named session on this new connection (fences every
+    /// other connection of the session).
     Recover,
+    /// Add this connection to the named session, beside the connections it
+    /// already has (none of them is fenced; PROTOCOL.md §17).
+    Join,
 }
 
 /// Which CRC32C digests a connection carries (negotiated at login).

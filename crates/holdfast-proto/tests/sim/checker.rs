@@ -245,7 +245,12 @@ impl Checker {
                 continue;
             };
             let window = info.credits as usize;
-            if info.held as usize > window || info.cached > window || info.running > window {
+            let (early, _) = target.reorder_occupancy(id);
+            if info.held as usize > window
+                || info.cached > window
+                || info.running > window
+                || (early > 0 && early >= window)
+            {
                 return Err(format!(
                     "session {id} exceeds its {window} credits: {info:?}"
                 ));

@@ -12,6 +12,9 @@ use holdfast_proto::{
     SubmitError, Target, TargetConfig, Timestamp,
 };
 
+#[path = "multi.rs"]
+mod multi;
+
 use super::checker::Checker;
 use super::net::{Packet, SimConn};
 use super::service::{payload, OpKind, Services};
@@ -33,6 +36,10 @@ pub struct SimParams {
     pub slow_service: bool,
     /// Callers sometimes stop waiting and withdraw their call.
     pub abandon: bool,
+    /// Connections per session (PROTOCOL.md §17): above 1, the initiator
+    /// joins more after its first login, faults cut one of them, and lost
+    /// ones are re-joined after a backoff.
+    pub connections: u32,
 }
 
 impl Default for SimParams {
@@ -43,6 +50,7 @@ impl Default for SimParams {
             faults: true,
             slow_service: false,
             abandon: true,
+            connections: 1,
         }
     }
 }
@@ -80,6 +88,12 @@ pub struct SimReport {
     pub withdrawn: u64,
     /// Sessions whose expiry waited for running commands.
     pub expiries_deferred: u64,
+    /// Joins the target accepted (several connections per session).
+    pub joins: u64,
+    /// Commands and messages moved from a lost connection to survivors.
+    pub moved: u64,
+    /// Commands and messages that waited in the target's reorder buffer.
+    pub reordered: u64,
 }
 
 impl SimReport {
@@ -99,6 +113,9 @@ impl SimReport {
         self.not_executed += o.not_executed;
         self.withdrawn += o.withdrawn;
         self.expiries_deferred += o.expiries_deferred;
+        self.joins += o.joins;
+        self.moved += o.moved;
+        self.reordered += o.reordered;
     }
 
     fn add_target(&mut self, t: &holdfast_proto::TargetStats) {
@@ -108,6 +125,8 @@ impl SimReport {
         self.duplicates += t.duplicates_dropped;
         self.expired += t.sessions_expired;
         self.expiries_deferred += t.expiries_deferred;
+        self.joins += t.joins_accepted;
+        self.reordered += t.reordered;
     }
 }
 
@@ -137,6 +156,10 @@ pub struct World {
     checker: Checker,
     conns: Vec<SimConn>,
     current: Option<ConnId>,
+    /// Connections joined beside `current` (several per session).
+    joined: Vec<ConnId>,
+    /// No join before this (backoff after losing one of several).
+    rejoin_at: Timestamp,
     next_conn: u64,
     reconnect_at: Option<Timestamp>,
     completions: Vec<Completion>,
@@ -183,6 +206,7 @@ impl World {
             ack_delay,
             digests,
             session_loss_timeout: None,
+            connections: params.connections,
             ..InitiatorConfig::default()
         }
         .with_detection_bound(Duration::from_millis(200));
@@ -215,6 +239,8 @@ impl World {
             checker: Checker::default(),
             conns: Vec::new(),
             current: None,
+            joined: Vec::new(),
+            rejoin_at: Timestamp::ZERO,
             next_conn: 1,
             reconnect_at: Some(Timestamp::ZERO),
             completions: Vec::new(),
@@ -259,8 +285,22 @@ impl World {
     pub fn run(mut self) -> Result<SimReport, String> {
         let heal_deadline_after = Duration::from_secs(120);
         let mut healed_at: Option<Timestamp> = None;
+        let (mut last_now, mut still) = (self.now, 0u32);
         loop {
             self.report.steps += 1;
+            if self.now == last_now {
+                still += 1;
+                if still > 100_000 {
+                    return Err(self.fail(format!(
+                        "no progress: 100000 steps at one instant (live {:?}, connected {}, connections {:?})",
+                        self.live(),
+                        self.initiator.is_connected(),
+                        self.initiator.connections()
+                    )));
+                }
+            } else {
+                (last_now, still) = (self.now, 0);
+            }
             let workload_done = self.report.ops >= self.params.ops;
             if workload_done && healed_at.is_none() {
                 healed_at = Some(self.now);
@@ -279,10 +319,15 @@ impl World {
                 }
                 if self.now > h + heal_deadline_after {
                     return Err(self.fail(format!(
-                        "liveness: {} calls still without an outcome {heal_deadline_after:?} after the network healed (connected: {}, outstanding {})",
+                        "liveness: {} calls still without an outcome {heal_deadline_after:?} after the network healed (connected: {}, outstanding {}, live {:?}, initiator's {:?}, reconnect at {:?}, rejoin at {:?}, initiator reconnect at {:?})",
                         self.checker.pending,
                         self.initiator.is_connected(),
-                        self.initiator.outstanding()
+                        self.initiator.outstanding(),
+                        self.live(),
+                        self.initiator.connections(),
+                        self.reconnect_at,
+                        self.rejoin_at,
+                        self.initiator.reconnect_at()
                     )));
                 }
             }
@@ -295,6 +340,7 @@ impl World {
         self.report.may_have_executed = self.checker.may_have_executed;
         self.report.not_executed = self.checker.not_executed;
         self.report.withdrawn = self.initiator.stats().withdrawn;
+        self.report.moved = self.initiator.stats().moved;
         Ok(self.report)
     }
 
@@ -362,8 +408,10 @@ impl World {
         consider(self.target.poll_timeout());
         consider(self.completions.iter().map(|c| c.at).min());
         consider(self.restart_at);
-        if self.current.is_none() {
+        if self.live().is_empty() {
             consider(self.reconnect_at);
+        } else if self.wants_join() {
+            consider(Some(self.rejoin_at));
         }
         if faults_allowed {
             if !self.credit_blocked {
@@ -471,7 +519,11 @@ impl World {
     }
 
     fn maybe_reconnect(&mut self) {
-        if self.current.is_some() || self.initiator.is_finished() {
+        if self.initiator.is_finished() {
+            return;
+        }
+        if !self.live().is_empty() {
+            self.maybe_join();
             return;
         }
         let Some(at) = self.reconnect_at else {
@@ -570,7 +622,7 @@ impl World {
             self.restart_at = Some(self.now + max_up + Duration::from_millis(1));
             return;
         }
-        let Some(id) = self.current.or_else(|| self.conns.last().map(|c| c.id)) else {
+        let Some(id) = self.fault_target() else {
             return;
         };
         let mode = self.below(4);
@@ -652,10 +704,14 @@ impl World {
     fn pump(&mut self) -> Result<(), String> {
         loop {
             let mut progress = false;
-            while let Some(chunks) = self.initiator.poll_transmit(self.now) {
-                progress = true;
-                let data: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-                if let Some(id) = self.current {
+            if self.live().is_empty() {
+                // Last bytes of a connection already given up: dropped.
+                while self.initiator.poll_transmit(self.now).is_some() {}
+            }
+            for id in self.live() {
+                while let Some(chunks) = self.initiator.poll_transmit_on(id, self.now) {
+                    progress = true;
+                    let data: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
                     let now = self.now;
                     if let Some(c) = self.conn_mut(id) {
                         let latency = c.latency;
@@ -667,6 +723,7 @@ impl World {
                 progress = true;
                 self.on_event(event)?;
             }
+            self.reconcile();
             while self.target.has_ready() {
                 progress = true;
                 self.process_ready()?;
@@ -817,10 +874,10 @@ impl World {
     fn partition(&mut self, until: Timestamp) {
         self.partition_until = Some(until);
         let now = self.now;
-        let Some(id) = self.current else {
-            return;
-        };
-        if let Some(c) = self.conn_mut(id) {
+        for id in self.live() {
+            let Some(c) = self.conn_mut(id) else {
+                continue;
+            };
             let a = c.to_target.queued_bytes();
             c.to_target.cut_at(a);
             let b = c.to_initiator.queued_bytes();
@@ -836,6 +893,9 @@ impl World {
     }
 
     fn on_event(&mut self, event: InitiatorEvent) -> Result<(), String> {
+        if std::env::var_os("HOLDFAST_SIM_TRACE").is_some() {
+            eprintln!("{:?} {event:?}", self.now);
+        }
         match event {
             InitiatorEvent::Response { call, payload } => {
                 self.checker.response(&self.services, call, &payload)
@@ -851,13 +911,8 @@ impl World {
                 Ok(())
             }
             InitiatorEvent::ConnectionLost { reconnect_at, .. } => {
-                if let Some(id) = self.current.take() {
-                    let now = self.now;
-                    if let Some(c) = self.conn_mut(id) {
-                        c.initiator_gone = true;
-                        let latency = c.latency;
-                        c.to_target.push(now, latency, Packet::Close);
-                    }
+                for id in self.live() {
+                    self.give_up(id);
                 }
                 let backoff = Duration::from_micros(self.below(50_000));
                 self.reconnect_at = Some(reconnect_at.max(self.now + backoff));
@@ -868,7 +923,14 @@ impl World {
                 Ok(())
             }
             InitiatorEvent::SessionEnded(loss) => Err(format!("session ended: {loss}")),
+            InitiatorEvent::ConnectionDropped { conn, .. } => {
+                self.give_up(conn);
+                let backoff = Duration::from_micros(self.below(50_000));
+                self.rejoin_at = self.now + backoff;
+                Ok(())
+            }
             InitiatorEvent::Connected { .. }
+            | InitiatorEvent::Joined { .. }
             | InitiatorEvent::SessionReplaced { .. }
             | InitiatorEvent::ShutdownNotice { .. } => {
                 // A refusal may now succeed (a new session grants credit).
