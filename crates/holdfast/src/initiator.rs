@@ -31,11 +31,11 @@ use crate::outbox::Outbox;
 use crate::target::sleep_until;
 use crate::transport::{BoxStream, Connector};
 
-/// A connection must last this long after its login for the reconnect
-/// backoff to start over (the next reconnect after its loss is then
-/// immediate). One that dies sooner (a path that drops every connection
-/// right after login) keeps the backoff growing instead of reconnecting in
-/// a storm.
+/// A connection must carry a response (or a delivery), or last this long
+/// after its login, for the reconnect backoff to start over (the next
+/// reconnect after its loss is then immediate). One that dies sooner with
+/// nothing done (a path that drops every connection right after login)
+/// keeps the backoff growing instead of reconnecting in a storm.
 const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 
 /// Initiator settings: the protocol's plus the runtime's.
@@ -394,9 +394,10 @@ pub(crate) struct Driver {
     last_error: String,
     /// Times recoveries for the metrics.
     recovery: crate::telemetry::RecoveryTimer,
-    /// When the current connection's login was accepted: the backoff starts
-    /// over only after a connection that lasted [`STABLE_CONNECTION`].
-    connected_at: Option<tokio::time::Instant>,
+    /// When the current connection's login was accepted, and whether a
+    /// response or delivery came on it since: the backoff starts over only
+    /// after a connection that did some work or lasted [`STABLE_CONNECTION`].
+    connected_at: Option<(tokio::time::Instant, bool)>,
     /// A connection attempt in progress.
     connecting: Option<Connecting>,
     /// With several connections per session (`protocol.connections` > 1):
@@ -781,15 +782,26 @@ impl Driver {
         self.early_abandons.insert(ticket);
     }
 
+    /// A response or delivery arrived: the connection works, so its loss
+    /// is a fault to recover from at once, not a path that fails every
+    /// login.
+    fn made_progress(&mut self) {
+        if let Some((_, worked)) = &mut self.connected_at {
+            *worked = true;
+        }
+    }
+
     fn event(&mut self, event: InitiatorEvent) {
         self.path_event(&event);
         match event {
             InitiatorEvent::Response { call, payload } => {
+                self.made_progress();
                 if let Some(Reply::Call(tx)) = self.take_reply(call) {
                     let _ = tx.send(Ok(payload));
                 }
             }
             InitiatorEvent::MessageDelivered { call } => {
+                self.made_progress();
                 if let Some(Reply::Send(tx)) = self.take_reply(call) {
                     let _ = tx.send(Ok(()));
                 }
@@ -809,7 +821,7 @@ impl Driver {
                 recovered,
                 resent,
             } => {
-                self.connected_at = Some(tokio::time::Instant::now());
+                self.connected_at = Some((tokio::time::Instant::now(), false));
                 self.recovery.connected();
                 if !recovered {
                     // A new session (first, or after a stateless recovery).
@@ -843,7 +855,7 @@ impl Driver {
                 if self
                     .connected_at
                     .take()
-                    .is_some_and(|at| at.elapsed() >= STABLE_CONNECTION)
+                    .is_some_and(|(at, worked)| worked || at.elapsed() >= STABLE_CONNECTION)
                 {
                     self.backoff.reset();
                 }
