@@ -330,38 +330,23 @@ async fn report_paths(group: PathGroup, json: bool) {
     }
 }
 
-/// Connects, exports, and serves until Ctrl-C or SIGTERM, or until the
-/// session is lost (see [`crate::nbd_life`]).
+/// Binds the NBD listener, connects, exports, and serves until Ctrl-C or
+/// SIGTERM, or until the session is lost (see [`crate::nbd_life`]).
+///
+/// The listener comes first: a port that cannot be bound fails the export
+/// before any session is opened on the target (none is left behind), and a
+/// client that connects while the session is being established waits for
+/// its greeting (within `--handshake-timeout`) instead of being refused.
 pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
     if let Some(addr) = s.metrics {
         crate::metrics_export::install(addr)?;
     }
-    let volume = open_volume(&s).await?;
-    if s.metrics.is_some() {
-        if let Some(initiator) = volume.initiator() {
-            crate::metrics_export::export_initiator(initiator.clone());
-        }
-        if let Some(group) = volume.path_group() {
-            crate::metrics_export::export_paths(group.clone());
-        }
-    }
-    let names = targets_text(&s.targets);
-    let size = volume.size();
-    let server = Server::new(
-        Arc::new(volume.clone()),
-        NbdOptions {
-            export_name: s.export.clone(),
-            read_only: s.read_only,
-            io_timeout: Some(s.io_timeout),
-            ..s.limits.clone()
-        },
-    );
     // Bind first, so the address printed is the one bound (port 0 works).
     let listener = match &s.listen {
         Endpoint::Tcp(addr) => Listener::Tcp(
             tokio::net::TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("could not listen on {addr}"))?,
+                .with_context(|| format!("could not listen on {addr}: nothing was exported"))?,
         ),
         Endpoint::Unix(path) => Listener::Unix(crate::nbd_life::bind_unix(path)?),
         Endpoint::Named(n) => bail!("cannot listen on {n}"),
@@ -373,6 +358,45 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
             other => other.to_string(),
         },
     };
+    let (slot, server) = Server::<Volume>::deferred(NbdOptions {
+        export_name: s.export.clone(),
+        read_only: s.read_only,
+        io_timeout: Some(s.io_timeout),
+        ..s.limits.clone()
+    });
+    let serve = async {
+        match listener {
+            Listener::Tcp(l) => server.serve_listener(l).await,
+            Listener::Unix(l) => server.serve_listener(l).await,
+        }
+    };
+    let mut serve = std::pin::pin!(serve);
+    // Clients are accepted (and wait for their greeting) while the volume
+    // opens.
+    let opened = tokio::select! {
+        opened = open_volume(&s) => opened,
+        never = &mut serve => match never {},
+    };
+    let volume = match opened {
+        Ok(v) => v,
+        Err(e) => {
+            if let Endpoint::Unix(path) = &s.listen {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+    };
+    slot.set(Arc::new(volume.clone()));
+    if s.metrics.is_some() {
+        if let Some(initiator) = volume.initiator() {
+            crate::metrics_export::export_initiator(initiator.clone());
+        }
+        if let Some(group) = volume.path_group() {
+            crate::metrics_export::export_paths(group.clone());
+        }
+    }
+    let names = targets_text(&s.targets);
+    let size = volume.size();
     // Handle Ctrl-C and SIGTERM from before the address is printed: a
     // caller that signals as soon as it sees it gets the clean stop.
     let signals = crate::signals::Signals::new()?;
@@ -396,12 +420,6 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
         .path_group()
         .cloned()
         .map(|g| tokio::spawn(report_paths(g, s.json)));
-    let serve = async {
-        match listener {
-            Listener::Tcp(l) => server.serve_listener(l).await,
-            Listener::Unix(l) => server.serve_listener(l).await,
-        }
-    };
     let exit = crate::nbd_life::Exit {
         volume: &volume,
         target: &names,
