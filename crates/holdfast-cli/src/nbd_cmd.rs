@@ -99,6 +99,13 @@ pub(crate) struct NbdArgs {
     /// and bytes. Off unless given; the names are listed in README.md.
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) metrics: Option<String>,
+    /// The control socket `holdfast status` reads (mode 0600): the export,
+    /// its session(s), each path's state and the NBD requests in flight;
+    /// `none` turns it off [default: nbd-PID.sock in /run/holdfast for
+    /// root, else in $XDG_RUNTIME_DIR/holdfast, where `holdfast status`
+    /// looks].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) control: Option<String>,
 }
 
 /// Settings after merging flags, file and defaults.
@@ -115,6 +122,8 @@ pub(crate) struct NbdSettings {
     read_only: bool,
     json: bool,
     metrics: Option<std::net::SocketAddr>,
+    /// The control socket (`None`: off).
+    control: Option<std::path::PathBuf>,
     /// The NBD server's limits (export name and io timeout set in run).
     limits: NbdOptions,
 }
@@ -169,6 +178,11 @@ impl NbdArgs {
                 .map(|m| crate::units::parse_socket_addr(&m).map_err(anyhow::Error::msg))
                 .transpose()
                 .context("--metrics")?,
+            control: match pick(self.control, file.control).as_deref() {
+                Some("none") => None,
+                Some(path) => Some(std::path::PathBuf::from(path)),
+                None => Some(crate::control::default_path("nbd")),
+            },
             limits: {
                 let d = NbdOptions::default();
                 let bytes = pick(self.max_in_flight_bytes, file.max_in_flight_bytes)
@@ -397,6 +411,21 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
     }
     let names = targets_text(&s.targets);
     let size = volume.size();
+    let control = match &s.control {
+        Some(path) => {
+            let (volume, uri, server) = (volume.clone(), uri.clone(), server.clone());
+            let targets: Vec<String> = s.targets.iter().map(ToString::to_string).collect();
+            let status: crate::control::StatusFn = Arc::new(move || {
+                let (volume, uri, targets) = (volume.clone(), uri.clone(), targets.clone());
+                let in_flight = server.requests_in_flight();
+                Box::pin(async move {
+                    crate::status_cmd::nbd_document(&volume, &uri, &targets, in_flight).await
+                })
+            });
+            Some(crate::control::Control::start(path, status)?)
+        }
+        None => None,
+    };
     // Handle Ctrl-C and SIGTERM from before the address is printed: a
     // caller that signals as soon as it sees it gets the clean stop.
     let signals = crate::signals::Signals::new()?;
@@ -428,6 +457,7 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
         signals,
     };
     let result = crate::nbd_life::serve_until_stopped(serve, exit).await;
+    drop(control);
     if let Some(r) = reporter {
         r.abort();
     }
