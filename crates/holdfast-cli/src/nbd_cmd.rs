@@ -21,6 +21,7 @@ use holdfast_block::Volume;
 use serde::Deserialize;
 
 use crate::config::pick;
+use crate::peer_probe::ProbingConnector;
 use crate::units::{parse_duration, parse_endpoint};
 
 /// Options of `holdfast nbd` (also the `[nbd]` table of a config file).
@@ -278,30 +279,58 @@ async fn open_volume(s: &NbdSettings) -> anyhow::Result<Volume> {
         ..InitiatorOptions::default()
     };
     let names = targets_text(&s.targets);
-    if let [target] = s.targets.as_slice() {
-        let initiator = Initiator::start(
-            Arc::new(EndpointConnector::new(target.clone(), s.detection)),
-            options,
-        );
-        let volume = Volume::connect(initiator)
+    // Each target's connector probes its peer until a login succeeds.
+    let probed: Vec<(Endpoint, Arc<ProbingConnector>)> = s
+        .targets
+        .iter()
+        .map(|t| {
+            let inner = Arc::new(EndpointConnector::new(t.clone(), s.detection));
+            (t.clone(), Arc::new(ProbingConnector::new(inner, t)))
+        })
+        .collect();
+    let not_holdfast = async {
+        let mut waits = tokio::task::JoinSet::new();
+        for (t, c) in &probed {
+            let (target, probe) = (t.clone(), c.probe());
+            waits.spawn(async move { (target, probe.not_holdfast().await) });
+        }
+        let Some(Ok((target, why))) = waits.join_next().await else {
+            return std::future::pending().await;
+        };
+        anyhow::anyhow!(
+            "{} is not a holdfast target: its first bytes are not a holdfast frame ({why}). \
+             Nothing was exported and nothing was written; give --target the address where \
+             `holdfast target` listens",
+            crate::peer_probe::address(&target)
+        )
+    };
+    let open = async {
+        if let [(target, connector)] = probed.as_slice() {
+            let initiator = Initiator::start(connector.clone(), options);
+            let volume = Volume::connect(initiator)
+                .await
+                .with_context(|| format!("could not open the volume of the target at {target}"))?;
+            return Ok(volume.with_target_name(target));
+        }
+        let mut builder = PathGroup::builder().options(PathGroupOptions {
+            policy: s.policy,
+            failover_delay: s.failover_delay,
+            initiator: options,
+            ..PathGroupOptions::default()
+        });
+        for (t, c) in &probed {
+            builder = builder.connector(t.to_string(), c.clone());
+        }
+        let group = builder.start()?;
+        let volume = Volume::connect_group(group)
             .await
-            .with_context(|| format!("could not open the volume of the target at {target}"))?;
-        return Ok(volume.with_target_name(target));
+            .with_context(|| format!("could not open the volume of the targets at {names}"))?;
+        Ok(volume.with_target_name(format!("one of {names}")))
+    };
+    tokio::select! {
+        opened = open => opened,
+        e = not_holdfast => Err(e),
     }
-    let mut builder = PathGroup::builder().options(PathGroupOptions {
-        policy: s.policy,
-        failover_delay: s.failover_delay,
-        initiator: options,
-        ..PathGroupOptions::default()
-    });
-    for t in &s.targets {
-        builder = builder.endpoint(t.clone());
-    }
-    let group = builder.start()?;
-    let volume = Volume::connect_group(group)
-        .await
-        .with_context(|| format!("could not open the volume of the targets at {names}"))?;
-    Ok(volume.with_target_name(format!("one of {names}")))
 }
 
 /// The targets' addresses, for messages.

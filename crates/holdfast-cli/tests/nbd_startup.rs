@@ -95,3 +95,50 @@ fn a_client_connecting_while_the_session_is_established_waits_for_it() {
     assert_eq!(wrote, 0, "the write succeeds");
     assert_eq!(read.expect("read"), vec![7u8; 4096]);
 }
+
+#[test]
+fn a_target_that_is_an_nbd_server_is_named_as_such_at_startup() {
+    // A fake NBD server: the fixed newstyle greeting to every client.
+    let nbd_server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = nbd_server.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for stream in nbd_server.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut greeting = b"NBDMAGIC".to_vec();
+            greeting.extend_from_slice(&0x4948_4156_454f_5054u64.to_be_bytes());
+            greeting.extend_from_slice(&3u16.to_be_bytes());
+            let _ = std::io::Write::write_all(&mut stream, &greeting);
+            std::thread::spawn(move || {
+                let _ = std::io::Read::read_to_end(&mut stream, &mut Vec::new());
+            });
+        }
+    });
+    let mut nbd = Proc::spawn(&["nbd", "--target", &addr, "--listen", "127.0.0.1:0"]);
+    let status = nbd.wait_exit(Duration::from_secs(10));
+    let stderr = nbd.stderr_so_far().to_owned();
+    let status = status.unwrap_or_else(|| {
+        panic!("holdfast nbd kept retrying an NBD server as its target; stderr:\n{stderr}")
+    });
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{addr} is not a holdfast target: its first bytes are not a holdfast frame \
+             (\"NBDMAGIC\": an NBD server?)"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_absent_target_is_retried_and_the_log_says_nobody_answers() {
+    let target = free_addr();
+    let mut nbd = Proc::spawn(&["nbd", "--target", &target, "--listen", "127.0.0.1:0"]);
+    nbd.wait_stderr(
+        &format!("no holdfast target answers at {target} (connection refused); retrying"),
+        Duration::from_secs(10),
+    );
+    assert!(
+        nbd.wait_exit(Duration::from_millis(500)).is_none(),
+        "an absent target is retried, not given up at once"
+    );
+}
