@@ -15,6 +15,7 @@ mod metrics_export;
 mod nbd_cmd;
 mod nbd_life;
 mod notify;
+mod peer_probe;
 mod signals;
 mod status_cmd;
 mod target_cmd;

@@ -21,6 +21,7 @@ use holdfast_block::Volume;
 use serde::Deserialize;
 
 use crate::config::pick;
+use crate::peer_probe::ProbingConnector;
 use crate::units::{parse_duration, parse_endpoint};
 
 /// Options of `holdfast nbd` (also the `[nbd]` table of a config file).
@@ -114,6 +115,13 @@ pub(crate) struct NbdArgs {
     /// and bytes. Off unless given; the names are listed in README.md.
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) metrics: Option<String>,
+    /// The control socket `holdfast status` reads (mode 0600): the export,
+    /// its session(s), each path's state and the NBD requests in flight;
+    /// `none` turns it off [default: nbd-PID.sock in /run/holdfast for
+    /// root, else in $XDG_RUNTIME_DIR/holdfast, where `holdfast status`
+    /// looks].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) control: Option<String>,
 }
 
 /// Settings after merging flags, file and defaults.
@@ -134,6 +142,8 @@ pub(crate) struct NbdSettings {
     read_only: bool,
     json: bool,
     metrics: Option<std::net::SocketAddr>,
+    /// The control socket (`None`: off).
+    control: Option<std::path::PathBuf>,
     /// The NBD server's limits (export name and io timeout set in run).
     limits: NbdOptions,
 }
@@ -210,6 +220,11 @@ impl NbdArgs {
                 .map(|m| crate::units::parse_socket_addr(&m).map_err(anyhow::Error::msg))
                 .transpose()
                 .context("--metrics")?,
+            control: match pick(self.control, file.control).as_deref() {
+                Some("none") => None,
+                Some(path) => Some(std::path::PathBuf::from(path)),
+                None => Some(crate::control::default_path("nbd")),
+            },
             limits: {
                 let d = NbdOptions::default();
                 let bytes = pick(self.max_in_flight_bytes, file.max_in_flight_bytes)
@@ -312,40 +327,69 @@ async fn open_volume(s: &NbdSettings) -> anyhow::Result<Volume> {
     }
     .with_connections(s.connections, s.spread);
     let names = targets_text(&s.targets);
-    if let [target] = s.targets.as_slice() {
-        // --same-target: further addresses of this target, used in turn.
-        let mut connectors: Vec<Arc<dyn holdfast::Connector>> = vec![Arc::new(
-            EndpointConnector::new(target.clone(), s.detection),
-        )];
-        for address in &s.same_target {
-            connectors.push(Arc::new(EndpointConnector::new(
-                address.clone(),
-                s.detection,
-            )));
+    // Each target's connector probes its peer until a login succeeds.
+    let probed: Vec<(Endpoint, Arc<ProbingConnector>)> = s
+        .targets
+        .iter()
+        .map(|t| {
+            let inner = Arc::new(EndpointConnector::new(t.clone(), s.detection));
+            (t.clone(), Arc::new(ProbingConnector::new(inner, t)))
+        })
+        .collect();
+    let not_holdfast = async {
+        let mut waits = tokio::task::JoinSet::new();
+        for (t, c) in &probed {
+            let (target, probe) = (t.clone(), c.probe());
+            waits.spawn(async move { (target, probe.not_holdfast().await) });
         }
-        let initiator = Initiator::start(
-            Arc::new(holdfast::RoundRobinConnector::new(connectors)),
-            options,
-        );
-        let volume = Volume::connect(initiator)
+        let Some(Ok((target, why))) = waits.join_next().await else {
+            return std::future::pending().await;
+        };
+        anyhow::anyhow!(
+            "{} is not a holdfast target: its first bytes are not a holdfast frame ({why}). \
+             Nothing was exported and nothing was written; give --target the address where \
+             `holdfast target` listens",
+            crate::peer_probe::address(&target)
+        )
+    };
+    let open = async {
+        if let [(target, connector)] = probed.as_slice() {
+            // --same-target: further addresses of this target, used in turn.
+            let mut connectors: Vec<Arc<dyn holdfast::Connector>> = vec![connector.clone()];
+            for address in &s.same_target {
+                connectors.push(Arc::new(EndpointConnector::new(
+                    address.clone(),
+                    s.detection,
+                )));
+            }
+            let initiator = Initiator::start(
+                Arc::new(holdfast::RoundRobinConnector::new(connectors)),
+                options,
+            );
+            let volume = Volume::connect(initiator)
+                .await
+                .with_context(|| format!("could not open the volume of the target at {target}"))?;
+            return Ok(volume.with_target_name(target));
+        }
+        let mut builder = PathGroup::builder().options(PathGroupOptions {
+            policy: s.policy,
+            failover_delay: s.failover_delay,
+            initiator: options,
+            ..PathGroupOptions::default()
+        });
+        for (t, c) in &probed {
+            builder = builder.connector(t.to_string(), c.clone());
+        }
+        let group = builder.start()?;
+        let volume = Volume::connect_group(group)
             .await
-            .with_context(|| format!("could not open the volume of the target at {target}"))?;
-        return Ok(volume.with_target_name(target));
+            .with_context(|| format!("could not open the volume of the targets at {names}"))?;
+        Ok(volume.with_target_name(format!("one of {names}")))
+    };
+    tokio::select! {
+        opened = open => opened,
+        e = not_holdfast => Err(e),
     }
-    let mut builder = PathGroup::builder().options(PathGroupOptions {
-        policy: s.policy,
-        failover_delay: s.failover_delay,
-        initiator: options,
-        ..PathGroupOptions::default()
-    });
-    for t in &s.targets {
-        builder = builder.endpoint(t.clone());
-    }
-    let group = builder.start()?;
-    let volume = Volume::connect_group(group)
-        .await
-        .with_context(|| format!("could not open the volume of the targets at {names}"))?;
-    Ok(volume.with_target_name(format!("one of {names}")))
 }
 
 /// The targets' addresses, for messages.
@@ -388,38 +432,23 @@ async fn report_paths(group: PathGroup, json: bool) {
     }
 }
 
-/// Connects, exports, and serves until Ctrl-C or SIGTERM, or until the
-/// session is lost (see [`crate::nbd_life`]).
+/// Binds the NBD listener, connects, exports, and serves until Ctrl-C or
+/// SIGTERM, or until the session is lost (see [`crate::nbd_life`]).
+///
+/// The listener comes first: a port that cannot be bound fails the export
+/// before any session is opened on the target (none is left behind), and a
+/// client that connects while the session is being established waits for
+/// its greeting (within `--handshake-timeout`) instead of being refused.
 pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
     if let Some(addr) = s.metrics {
         crate::metrics_export::install(addr)?;
     }
-    let volume = open_volume(&s).await?;
-    if s.metrics.is_some() {
-        if let Some(initiator) = volume.initiator() {
-            crate::metrics_export::export_initiator(initiator.clone());
-        }
-        if let Some(group) = volume.path_group() {
-            crate::metrics_export::export_paths(group.clone());
-        }
-    }
-    let names = targets_text(&s.targets);
-    let size = volume.size();
-    let server = Server::new(
-        Arc::new(volume.clone()),
-        NbdOptions {
-            export_name: s.export.clone(),
-            read_only: s.read_only,
-            io_timeout: Some(s.io_timeout),
-            ..s.limits.clone()
-        },
-    );
     // Bind first, so the address printed is the one bound (port 0 works).
     let listener = match &s.listen {
         Endpoint::Tcp(addr) => Listener::Tcp(
             tokio::net::TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("could not listen on {addr}"))?,
+                .with_context(|| format!("could not listen on {addr}: nothing was exported"))?,
         ),
         Endpoint::Unix(path) => Listener::Unix(crate::nbd_life::bind_unix(path)?),
         Endpoint::Named(n) => bail!("cannot listen on {n}"),
@@ -430,6 +459,60 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
             Endpoint::Unix(p) => format!("nbd+unix:///{}?socket={}", s.export, p.display()),
             other => other.to_string(),
         },
+    };
+    let (slot, server) = Server::<Volume>::deferred(NbdOptions {
+        export_name: s.export.clone(),
+        read_only: s.read_only,
+        io_timeout: Some(s.io_timeout),
+        ..s.limits.clone()
+    });
+    let serve = async {
+        match listener {
+            Listener::Tcp(l) => server.serve_listener(l).await,
+            Listener::Unix(l) => server.serve_listener(l).await,
+        }
+    };
+    let mut serve = std::pin::pin!(serve);
+    // Clients are accepted (and wait for their greeting) while the volume
+    // opens.
+    let opened = tokio::select! {
+        opened = open_volume(&s) => opened,
+        never = &mut serve => match never {},
+    };
+    let volume = match opened {
+        Ok(v) => v,
+        Err(e) => {
+            if let Endpoint::Unix(path) = &s.listen {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+    };
+    slot.set(Arc::new(volume.clone()));
+    if s.metrics.is_some() {
+        if let Some(initiator) = volume.initiator() {
+            crate::metrics_export::export_initiator(initiator.clone());
+        }
+        if let Some(group) = volume.path_group() {
+            crate::metrics_export::export_paths(group.clone());
+        }
+    }
+    let names = targets_text(&s.targets);
+    let size = volume.size();
+    let control = match &s.control {
+        Some(path) => {
+            let (volume, uri, server) = (volume.clone(), uri.clone(), server.clone());
+            let targets: Vec<String> = s.targets.iter().map(ToString::to_string).collect();
+            let status: crate::control::StatusFn = Arc::new(move || {
+                let (volume, uri, targets) = (volume.clone(), uri.clone(), targets.clone());
+                let in_flight = server.requests_in_flight();
+                Box::pin(async move {
+                    crate::status_cmd::nbd_document(&volume, &uri, &targets, in_flight).await
+                })
+            });
+            Some(crate::control::Control::start(path, status)?)
+        }
+        None => None,
     };
     // Handle Ctrl-C and SIGTERM from before the address is printed: a
     // caller that signals as soon as it sees it gets the clean stop.
@@ -454,12 +537,6 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
         .path_group()
         .cloned()
         .map(|g| tokio::spawn(report_paths(g, s.json)));
-    let serve = async {
-        match listener {
-            Listener::Tcp(l) => server.serve_listener(l).await,
-            Listener::Unix(l) => server.serve_listener(l).await,
-        }
-    };
     let exit = crate::nbd_life::Exit {
         volume: &volume,
         target: &names,
@@ -468,6 +545,7 @@ pub(crate) async fn run(s: NbdSettings) -> anyhow::Result<ExitCode> {
         signals,
     };
     let result = crate::nbd_life::serve_until_stopped(serve, exit).await;
+    drop(control);
     if let Some(r) = reporter {
         r.abort();
     }

@@ -89,6 +89,62 @@ pub(crate) async fn target_document(target: &TargetObserver, service: &str) -> V
     })
 }
 
+/// The status document of a running `holdfast nbd`: its export, its
+/// session (or each path's, over a path group: state, connected or not,
+/// counters) and the NBD requests in flight.
+pub(crate) async fn nbd_document(
+    volume: &holdfast_block::Volume,
+    uri: &str,
+    targets: &[String],
+    requests_in_flight: usize,
+) -> Value {
+    let mut sessions = Vec::new();
+    let mut paths = Vec::new();
+    if let Some(initiator) = volume.initiator() {
+        let state = initiator.path_state();
+        let stats = initiator.stats().await;
+        sessions.push(json!({
+            "target": targets.first(),
+            "connected": state.connected,
+            "session": state.session.map(|s| s.to_string()),
+            "ended": state.ended,
+            "stats": serde_json::to_value(stats).unwrap_or(Value::Null),
+        }));
+    }
+    if let Some(group) = volume.path_group() {
+        use holdfast::paths::PathState;
+        for p in group.stats().await.paths {
+            let connected = matches!(p.state, PathState::Active | PathState::Standby);
+            sessions.push(json!({
+                "target": p.name,
+                "connected": connected,
+                "stats": serde_json::to_value(p.session).unwrap_or(Value::Null),
+            }));
+            paths.push(json!({
+                "path": p.name,
+                "state": p.state.name(),
+                "since_contact_ms": p.since_contact.map(|d| d.as_millis() as u64),
+                "outstanding": p.outstanding,
+                "failovers": p.failovers,
+                "fences_requested": p.fences_requested,
+                "fences_confirmed": p.fences_confirmed,
+                "commands_moved": p.commands_moved,
+                "commands_failed": p.commands_failed,
+            }));
+        }
+    }
+    json!({
+        "kind": "nbd",
+        "pid": std::process::id(),
+        "uri": uri,
+        "targets": targets,
+        "size": volume.size(),
+        "requests_in_flight": requests_in_flight,
+        "sessions": sessions,
+        "paths": paths,
+    })
+}
+
 fn session_json(s: &SessionStatus) -> Value {
     json!({
         "id": s.id.to_string(),
@@ -151,21 +207,66 @@ fn render(doc: &Value) -> String {
             );
         }
     } else {
-        out += &format!(
-            "holdfast nbd (pid {}) exporting {} from {}\n",
-            doc["pid"],
-            doc["uri"].as_str().unwrap_or("?"),
-            doc["target"].as_str().unwrap_or("?")
-        );
-        if let Some(session) = doc["session"].as_object() {
-            let parts: Vec<String> = session
-                .iter()
-                .map(|(k, v)| format!("{} {v}", k.replace('_', " ")))
-                .collect();
-            out += &format!("session: {}\n", parts.join(", "));
-        }
+        render_nbd(doc, &mut out);
     }
     out
+}
+
+/// A person's view of an export's status document.
+fn render_nbd(doc: &Value, out: &mut String) {
+    let list = |v: &Value| {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    *out += &format!(
+        "holdfast nbd (pid {}) exporting {} ({} bytes) from {}\n",
+        doc["pid"],
+        doc["uri"].as_str().unwrap_or("?"),
+        doc["size"],
+        list(&doc["targets"])
+    );
+    *out += &format!("NBD requests in flight: {}\n", doc["requests_in_flight"]);
+    for s in doc["sessions"].as_array().into_iter().flatten() {
+        let st = &s["stats"];
+        *out += &format!(
+            "session with {}: {}; {} connections, {} stateful and {} stateless recoveries, \
+             {} responses, {} failed calls\n",
+            s["target"].as_str().unwrap_or("?"),
+            if s["connected"].as_bool() == Some(true) {
+                "connected"
+            } else {
+                "not connected"
+            },
+            st["connects"],
+            st["recoveries"],
+            st["stateless_recoveries"],
+            st["responses"],
+            st["calls_failed"]
+        );
+    }
+    let paths = doc["paths"].as_array().cloned().unwrap_or_default();
+    if !paths.is_empty() {
+        *out += &format!(
+            "{:<24} {:<12} {:>11} {:>9} {:>7}\n",
+            "PATH", "STATE", "OUTSTANDING", "FAILOVERS", "FENCES"
+        );
+    }
+    for p in paths {
+        *out += &format!(
+            "{:<24} {:<12} {:>11} {:>9} {:>7}\n",
+            p["path"].as_str().unwrap_or("?"),
+            p["state"].as_str().unwrap_or("?"),
+            p["outstanding"],
+            p["failovers"],
+            p["fences_confirmed"]
+        );
+    }
 }
 
 #[cfg(test)]

@@ -52,11 +52,13 @@ mod transmission;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
@@ -205,28 +207,68 @@ impl NbdListener for tokio::net::UnixListener {
 }
 
 /// An NBD server exporting one device. Cheap to clone.
+///
+/// The device may come later than the server ([`Server::deferred`]): an
+/// application can then listen before its device exists (a remote volume
+/// still logging in), and a client that connects early waits, within its
+/// [`NbdOptions::handshake_timeout`], for the server's greeting.
 #[derive(Debug)]
 pub struct Server<D> {
-    device: Arc<D>,
+    /// The device once known (`None` until [`DeviceSlot::set`]).
+    device: watch::Receiver<Option<Arc<D>>>,
     options: Arc<NbdOptions>,
+    /// Requests read and not yet answered, over every connection.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl<D> Clone for Server<D> {
     fn clone(&self) -> Self {
         Server {
-            device: Arc::clone(&self.device),
+            device: self.device.clone(),
             options: Arc::clone(&self.options),
+            in_flight: Arc::clone(&self.in_flight),
         }
+    }
+}
+
+/// Where the device of a [`Server::deferred`] server is handed over.
+/// Dropping it unset closes the connections waiting for the device.
+#[derive(Debug)]
+pub struct DeviceSlot<D>(watch::Sender<Option<Arc<D>>>);
+
+impl<D> DeviceSlot<D> {
+    /// Gives the server its device: clients waiting get their greeting.
+    pub fn set(self, device: Arc<D>) {
+        self.0.send_replace(Some(device));
     }
 }
 
 impl<D: BlockDevice> Server<D> {
     /// A server exporting `device` as configured by `options`.
     pub fn new(device: Arc<D>, options: NbdOptions) -> Self {
-        Server {
-            device,
+        let (slot, server) = Self::deferred(options);
+        slot.set(device);
+        server
+    }
+
+    /// A server whose device is not known yet: it accepts clients at once,
+    /// and each waits (within [`NbdOptions::handshake_timeout`], counted
+    /// from its connecting) for the device given to the returned slot
+    /// before its handshake starts.
+    pub fn deferred(options: NbdOptions) -> (DeviceSlot<D>, Self) {
+        let (tx, rx) = watch::channel(None);
+        let server = Server {
+            device: rx,
             options: Arc::new(options),
-        }
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        };
+        (DeviceSlot(tx), server)
+    }
+
+    /// NBD requests read from clients and not yet answered, over every
+    /// connection of this server (and its clones).
+    pub fn requests_in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// The configuration.
@@ -249,22 +291,35 @@ impl<D: BlockDevice> Server<D> {
         // first requests right behind NBD_OPT_GO.
         let mut stream = BufReader::with_capacity(64 * 1024, stream);
         let limit = self.options.handshake_timeout;
-        let negotiated = tokio::time::timeout(
-            limit,
-            handshake::negotiate(&mut stream, &*self.device, &self.options),
-        )
-        .await
-        .unwrap_or(Err(NbdError::HandshakeTimeout(limit)));
+        let mut device = self.device.clone();
+        let handshake = async {
+            // Before the device is known the client gets no greeting yet;
+            // a slot dropped unset ends the connection.
+            let known = match device.wait_for(Option::is_some).await {
+                Ok(d) => d.clone(),
+                Err(_) => None,
+            };
+            let Some(device) = known else {
+                return Ok((Negotiated::Closed, None));
+            };
+            handshake::negotiate(&mut stream, &*device, &self.options)
+                .await
+                .map(|n| (n, Some(device)))
+        };
+        let negotiated = tokio::time::timeout(limit, handshake)
+            .await
+            .unwrap_or(Err(NbdError::HandshakeTimeout(limit)));
         match negotiated {
-            Ok(Negotiated::Transmission(export)) => {
+            Ok((Negotiated::Transmission(export), Some(device))) => {
                 debug!(
                     size = export.size,
                     flags = export.flags,
                     "nbd: transmission"
                 );
-                transmission::run(stream, Arc::clone(&self.device), export, &self.options).await
+                let in_flight = Arc::clone(&self.in_flight);
+                transmission::run(stream, device, export, &self.options, in_flight).await
             }
-            Ok(Negotiated::Closed) => {
+            Ok((Negotiated::Closed | Negotiated::Transmission(_), _)) => {
                 let _ = stream.shutdown().await;
                 Ok(())
             }

@@ -28,6 +28,7 @@
 //! connection, so even dropping the connection's future leaves them to end
 //! this way.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +62,7 @@ pub(crate) async fn run<S, D>(
     device: Arc<D>,
     export: Export,
     options: &NbdOptions,
+    in_flight: Arc<AtomicUsize>,
 ) -> Result<(), NbdError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -86,6 +88,7 @@ where
         cancel_all: cancel_all.clone(),
         bytes: Arc::new(Semaphore::new(max_bytes as usize)),
         zeroing: Arc::new(Semaphore::new(options.max_zeroing_in_flight.max(1))),
+        in_flight,
     };
     let mut reader = Box::pin(conn.read_requests(rd));
     let writer = write_replies(wr, rx, export.structured);
@@ -180,7 +183,7 @@ enum Done {
 /// The permits a request holds until its reply is written.
 #[derive(Debug)]
 pub(crate) struct Permits {
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
     _budget: Option<OwnedSemaphorePermit>,
 }
 
@@ -205,6 +208,32 @@ struct Conn<D> {
     bytes: Arc<Semaphore>,
     /// TRIM and WRITE_ZEROES in flight.
     zeroing: Arc<Semaphore>,
+    /// The server's count of requests in flight (all connections).
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// A request's place among the connection's [`NbdOptions::max_in_flight`],
+/// counted in the server's requests in flight until its reply is written.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    counted: Arc<AtomicUsize>,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, counted: &Arc<AtomicUsize>) -> Slot {
+        counted.fetch_add(1, Ordering::Relaxed);
+        Slot {
+            _permit: permit,
+            counted: Arc::clone(counted),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.counted.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl<D: BlockDevice> Conn<D> {
@@ -232,6 +261,7 @@ impl<D: BlockDevice> Conn<D> {
                     break Err(e.into());
                 }
             }
+            let slot = Slot::new(slot, &self.in_flight);
             let request = match Request::parse(&header) {
                 Ok(r) => r,
                 Err(magic) => {
@@ -260,7 +290,7 @@ impl<D: BlockDevice> Conn<D> {
         &mut self,
         rd: &mut R,
         req: Request,
-        slot: OwnedSemaphorePermit,
+        slot: Slot,
     ) -> Result<Flow, NbdError> {
         let fua = req.fua();
         match req.kind {
@@ -425,7 +455,7 @@ impl<D: BlockDevice> Conn<D> {
     }
 
     /// Takes `len` byte permits (waiting while too much payload is held).
-    async fn permits(&self, slot: OwnedSemaphorePermit, len: u32) -> Permits {
+    async fn permits(&self, slot: Slot, len: u32) -> Permits {
         // `len` <= MAX_PAYLOAD <= the semaphore's size, and the semaphore
         // is never closed, so this always succeeds eventually.
         let bytes = Arc::clone(&self.bytes).acquire_many_owned(len).await.ok();
@@ -531,7 +561,7 @@ impl<D: BlockDevice> Conn<D> {
 }
 
 /// Permits for a request without payload.
-fn bare(slot: OwnedSemaphorePermit) -> Permits {
+fn bare(slot: Slot) -> Permits {
     Permits {
         _slot: slot,
         _budget: None,
