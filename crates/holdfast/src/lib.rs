@@ -54,6 +54,7 @@ mod initiator;
 mod outbox;
 mod peer;
 mod service;
+mod service_call;
 mod start_gate;
 mod status;
 mod target;

@@ -55,11 +55,12 @@ impl Request {
     }
 }
 
-/// The bound a target's service must satisfy. Errors are not sent to the
-/// initiator (the protocol carries application errors in response payloads);
-/// a service error is logged and answered with an empty response. A
-/// response larger than [`Request::max_response`] is answered with a status
-/// response instead (the call fails at the initiator; the command ran).
+/// The bound a target's service must satisfy. A service error travels: the
+/// command is answered with the status response `ServiceFailed` whose text
+/// is the error's `Display` (cut to 256 bytes), and the call fails at the
+/// initiator with `CallError::ServiceFailed` (it executed). A response
+/// larger than [`Request::max_response`] is answered with a status response
+/// instead (the call fails at the initiator; the command ran).
 pub trait SessionService:
     tower_service::Service<Request, Response = Bytes, Future = Self::Fut, Error = Self::Err>
     + Clone

@@ -13,6 +13,7 @@
 //!   drained Ready back with [`Target::recycle`] so its vectors are reused.
 
 mod admission;
+mod failed;
 mod fence;
 mod login;
 mod quiesce;
@@ -135,6 +136,9 @@ pub struct TargetStats {
     /// Commands answered `NotExecuted`: a fence or the quiesce promise
     /// forbade starting them (PROTOCOL.md §11.4).
     pub not_executed: u64,
+    /// Commands whose service reported an error, answered with a status
+    /// response `ServiceFailed` (they executed).
+    pub service_failures: u64,
     /// Commands that completed after their session's quiesce time had
     /// passed since its last contact: the promise advertised at login was
     /// broken by a slow backend call (raise `command_budget`).

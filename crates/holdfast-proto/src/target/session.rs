@@ -442,9 +442,15 @@ impl Session {
 /// The text of a `ResponseTooLarge` status response, cut to fit a payload
 /// of `max` bytes (after the 2-byte code) and [`MAX_TEXT`].
 pub(crate) fn oversized_text(len: usize, max: usize) -> String {
-    let mut text = format!(
+    let text = format!(
         "the command executed; its response of {len} bytes exceeds the initiator's limit of {max} bytes"
     );
+    status_text(text, max)
+}
+
+/// Cuts a status response's text, on a character boundary, to fit a
+/// payload of `max` bytes (after the 2-byte code) and [`MAX_TEXT`].
+pub(crate) fn status_text(mut text: String, max: usize) -> String {
     let room = max.saturating_sub(STATUS_CODE_LEN).min(MAX_TEXT);
     if text.len() > room {
         let mut end = room;
