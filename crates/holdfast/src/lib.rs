@@ -51,6 +51,7 @@ pub mod chaos;
 mod clock;
 mod fence;
 mod initiator;
+mod lanes;
 mod outbox;
 mod peer;
 mod service;

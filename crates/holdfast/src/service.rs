@@ -15,6 +15,17 @@
 //! log would), or sequences its futures itself (as the block service does
 //! for overlapping ranges); work done only inside the future may run out of
 //! order with later requests.
+//!
+//! # Readiness
+//!
+//! Each session calls its own clone of the service, so `poll_ready` is
+//! per session: a session whose clone is not ready (a `ConcurrencyLimit`,
+//! `RateLimit` or full `Buffer`) holds its own commands, in order, and
+//! nobody else's, and the target goes on serving every other session. A
+//! layer whose clones share their state (one `ConcurrencyLimit` semaphore)
+//! limits every session together; make a fresh layer per clone for a limit
+//! per session. A `poll_ready` error fails the command as not executed
+//! (`CallError::NotStarted`): the service never sees it.
 
 use bytes::Bytes;
 use holdfast_proto::{Seq, SessionId};

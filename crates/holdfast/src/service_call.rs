@@ -21,6 +21,9 @@ pub(crate) enum Outcome {
     Failed(String),
     /// It was not started: the start check said no (`NotExecuted`).
     Refused(NotStarted),
+    /// It was not handed to the service: its readiness check failed with
+    /// this error (`NotExecuted`).
+    NotReady(String),
 }
 
 impl Outcome {

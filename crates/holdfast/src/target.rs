@@ -73,6 +73,9 @@ pub(crate) enum EngineMsg {
     Closed(ConnId),
     /// A command's outcome in the service (see `crate::service_call`).
     Done(SessionId, Seq, Outcome),
+    /// A session's lane task handed over the first `n` requests it was
+    /// sent (see `crate::lanes`).
+    LaneDrained(SessionId, u64),
     /// A peer's answer to a forwarded FENCE (see `crate::peer`).
     FenceAnswered {
         request: holdfast_proto::FenceRequest,
@@ -161,7 +164,7 @@ impl Target {
         let engine = Engine {
             core,
             clock,
-            service,
+            lanes: crate::lanes::Lanes::new(service),
             conns: HashMap::new(),
             max_write_queue: options.max_write_queue,
             memory_budget: options.protocol.memory_budget,
@@ -353,7 +356,8 @@ async fn read_loop(
 struct Engine<S> {
     core: holdfast_proto::Target,
     clock: Clock,
-    service: S,
+    /// Each session's clone of the service.
+    lanes: crate::lanes::Lanes<S>,
     conns: HashMap<ConnId, ConnWriter>,
     /// A fixed per-connection write-queue bound, if configured.
     max_write_queue: Option<usize>,
@@ -438,6 +442,11 @@ impl<S: SessionService> Engine<S> {
             EngineMsg::Done(session, seq, outcome) => {
                 self.complete(session, seq, outcome);
             }
+            EngineMsg::LaneDrained(session, taken) => {
+                if self.lanes.drained(session, taken) {
+                    self.core.release_messages(session, now);
+                }
+            }
             EngineMsg::FenceAnswered {
                 request,
                 result,
@@ -493,6 +502,9 @@ impl<S: SessionService> Engine<S> {
             // are logged so an operator can follow each session's life.
             for change in &ready.changes {
                 log_change(change);
+                if let StateChange::SessionEnded { session } = change {
+                    self.lanes.end(*session);
+                }
             }
             for t in ready.transmits.drain(..) {
                 let Some(w) = self.conns.get(&t.conn) else {
@@ -527,6 +539,11 @@ impl<S: SessionService> Engine<S> {
                 if let Some(done) = self.deliver(d).await {
                     finished.push(done);
                 }
+            }
+            // Messages waiting in a session's lane are not with the
+            // service yet: not acknowledged until its task hands them over.
+            for session in self.lanes.take_held() {
+                self.core.hold_messages(session);
             }
             // The emptied vectors go back for the next batches.
             self.core.recycle(ready);
@@ -615,10 +632,8 @@ impl<S: SessionService> Engine<S> {
                 start: start.clone(),
             },
         };
-        if let Err(e) = std::future::poll_fn(|cx| self.service.poll_ready(cx)).await {
-            warn!(error = %e, "service not ready");
-        }
-        crate::service_call::call(&mut self.service, request, &self.tx)
+        // Readiness per session, never awaited here (see `crate::lanes`).
+        self.lanes.dispatch(request, &self.tx)
     }
 }
 
@@ -636,6 +651,10 @@ impl<S: SessionService> Engine<S> {
             }
             Outcome::Response(response) => self.core.complete(session, seq, response, now),
             Outcome::Failed(text) => self.core.fail(session, seq, &text, now),
+            Outcome::NotReady(text) => {
+                self.core.refuse_unready(session, seq, &text, now);
+                return;
+            }
         };
         if let Err(e) = result {
             debug!(%session, seq, error = %e, "completion dropped");

@@ -42,3 +42,27 @@ impl Target {
         Ok(())
     }
 }
+
+impl Target {
+    /// Answers command `seq` of `session` with the status response
+    /// `NotExecuted` because the service's readiness check failed with
+    /// `error` before the command was handed to it: it never ran and never
+    /// will. Ignored if the command is not running.
+    pub fn refuse_unready(&mut self, session: SessionId, seq: Seq, error: &str, now: Timestamp) {
+        self.now = now;
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        if !s.is_running(seq) {
+            return;
+        }
+        self.stats.not_executed += 1;
+        let text = format!(
+            "not executed, and it never will be: the service was not ready ({error}); issue it again"
+        );
+        let text = session::status_text(text, s.max_response());
+        let status = Some(ResponseStatus::NotExecuted);
+        s.complete(seq, Bytes::from(text), status, &mut self.changes);
+        self.after_completion(session);
+    }
+}

@@ -15,6 +15,7 @@
 mod admission;
 mod failed;
 mod fence;
+mod held;
 mod login;
 mod quiesce;
 mod ready;
@@ -599,6 +600,9 @@ impl Target {
         let releasing = std::mem::take(&mut self.releasing);
         for &id in &releasing {
             if let Some(s) = self.sessions.get_mut(&id) {
+                if s.untaken {
+                    continue; // until `release_messages` (see `held`)
+                }
                 s.release_delivered();
                 self.owe_ack(id);
             }

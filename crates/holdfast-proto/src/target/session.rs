@@ -78,6 +78,9 @@ pub(crate) struct Session {
     /// below them until the driver confirms the service has them (§6.2).
     queued_message: Option<Seq>,
     handed_message: Option<Seq>,
+    /// The driver has not yet handed this session's delivered messages to
+    /// the service (`Target::hold_messages`): `advance` leaves them out.
+    pub(crate) untaken: bool,
     /// Received since the last frame that carried an ack.
     owed: u32,
     /// Host, last contact and fence (PROTOCOL.md §11.4–§11.5).
@@ -113,6 +116,7 @@ impl Session {
             releasing: 0,
             queued_message: None,
             handed_message: None,
+            untaken: false,
             owed: 0,
             path: super::quiesce::PathState::default(),
         }
