@@ -77,6 +77,8 @@ pub(crate) fn export_target(target: TargetObserver) -> JoinHandle<()> {
                 .absolute(stats.commands);
             counter!("holdfast_target_commands_total", "outcome" => "response_too_large")
                 .absolute(stats.oversized_responses);
+            counter!("holdfast_target_commands_total", "outcome" => "service_failed")
+                .absolute(stats.service_failures);
             counter!("holdfast_target_commands_total", "outcome" => "answered_from_cache")
                 .absolute(stats.answered_from_cache);
             counter!("holdfast_target_commands_total", "outcome" => "duplicate_dropped")

@@ -162,6 +162,16 @@ pub enum CallError {
         /// The target's detail.
         text: String,
     },
+    /// The command **executed** and the service reported an error instead
+    /// of a response (the status `ServiceFailed`, PROTOCOL.md §6.7); `text`
+    /// is the service error's description, cut to at most 256 bytes.
+    /// Settled: it ran once and will not run again. Whether retrying is
+    /// right depends on the error and the operation.
+    #[error("executed, and the service failed it: {text}")]
+    ServiceFailed {
+        /// The service error's description.
+        text: String,
+    },
     /// The target answered with the status `NotExecuted` (PROTOCOL.md
     /// §6.7, §11.4): the command was **not executed** and never will be,
     /// because the node's quiesce promise or a fence forbade starting it.
@@ -196,7 +206,9 @@ impl CallError {
     pub fn may_have_executed(&self) -> bool {
         match self {
             CallError::NotExecuted(_) | CallError::NotStarted { .. } => false,
-            CallError::MayHaveExecuted(_) | CallError::Failed { .. } => true,
+            CallError::MayHaveExecuted(_)
+            | CallError::Failed { .. }
+            | CallError::ServiceFailed { .. } => true,
             CallError::Withdrawn { may_have_executed }
             | CallError::TooLargeForTarget {
                 may_have_executed, ..
@@ -216,6 +228,7 @@ impl CallError {
             | CallError::NotStarted { .. }
             | CallError::Withdrawn { .. }
             | CallError::Failed { .. }
+            | CallError::ServiceFailed { .. }
             | CallError::TooLargeForTarget { .. } => true,
             CallError::MayHaveExecuted(loss) => loss.fences(),
         }
@@ -228,6 +241,7 @@ impl CallError {
             CallError::Withdrawn { .. }
             | CallError::NotStarted { .. }
             | CallError::Failed { .. }
+            | CallError::ServiceFailed { .. }
             | CallError::TooLargeForTarget { .. } => None,
         }
     }

@@ -15,6 +15,17 @@
 //! log would), or sequences its futures itself (as the block service does
 //! for overlapping ranges); work done only inside the future may run out of
 //! order with later requests.
+//!
+//! # Readiness
+//!
+//! Each session calls its own clone of the service, so `poll_ready` is
+//! per session: a session whose clone is not ready (a `ConcurrencyLimit`,
+//! `RateLimit` or full `Buffer`) holds its own commands, in order, and
+//! nobody else's, and the target goes on serving every other session. A
+//! layer whose clones share their state (one `ConcurrencyLimit` semaphore)
+//! limits every session together; make a fresh layer per clone for a limit
+//! per session. A `poll_ready` error fails the command as not executed
+//! (`CallError::NotStarted`): the service never sees it.
 
 use bytes::Bytes;
 use holdfast_proto::{Seq, SessionId};
@@ -55,11 +66,12 @@ impl Request {
     }
 }
 
-/// The bound a target's service must satisfy. Errors are not sent to the
-/// initiator (the protocol carries application errors in response payloads);
-/// a service error is logged and answered with an empty response. A
-/// response larger than [`Request::max_response`] is answered with a status
-/// response instead (the call fails at the initiator; the command ran).
+/// The bound a target's service must satisfy. A service error travels: the
+/// command is answered with the status response `ServiceFailed` whose text
+/// is the error's `Display` (cut to 256 bytes), and the call fails at the
+/// initiator with `CallError::ServiceFailed` (it executed). A response
+/// larger than [`Request::max_response`] is answered with a status response
+/// instead (the call fails at the initiator; the command ran).
 pub trait SessionService:
     tower_service::Service<Request, Response = Bytes, Future = Self::Fut, Error = Self::Err>
     + Clone

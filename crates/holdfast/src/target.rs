@@ -15,8 +15,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use holdfast_proto::target::{CloseReason, SourceKey};
 use holdfast_proto::{
-    ConnId, Delivery, NotStarted, RandomSource, Seq, SessionId, StateChange, TargetConfig,
-    TargetStats,
+    ConnId, Delivery, RandomSource, Seq, SessionId, StateChange, TargetConfig, TargetStats,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -25,6 +24,7 @@ use tracing::{debug, info, trace, warn, Instrument};
 
 use crate::clock::Clock;
 use crate::service::{Request, SessionService};
+use crate::service_call::{Finished, Outcome};
 use crate::status::{SessionStatus, TargetObserver};
 use crate::target_writer::{killed, ConnWriter};
 use crate::transport::{Acceptor, Endpoint, Listener};
@@ -71,9 +71,11 @@ pub(crate) enum EngineMsg {
     Accepted(ConnId, Option<SourceKey>, ConnWriter),
     Input(ConnId, Bytes),
     Closed(ConnId),
-    Completed(SessionId, Seq, Bytes),
-    /// The service's own start check said no (`Request::begin`).
-    Refused(SessionId, Seq, NotStarted),
+    /// A command's outcome in the service (see `crate::service_call`).
+    Done(SessionId, Seq, Outcome),
+    /// A session's lane task handed over the first `n` requests it was
+    /// sent (see `crate::lanes`).
+    LaneDrained(SessionId, u64),
     /// A peer's answer to a forwarded FENCE (see `crate::peer`).
     FenceAnswered {
         request: holdfast_proto::FenceRequest,
@@ -162,7 +164,7 @@ impl Target {
         let engine = Engine {
             core,
             clock,
-            service,
+            lanes: crate::lanes::Lanes::new(service),
             conns: HashMap::new(),
             max_write_queue: options.max_write_queue,
             memory_budget: options.protocol.memory_budget,
@@ -354,7 +356,8 @@ async fn read_loop(
 struct Engine<S> {
     core: holdfast_proto::Target,
     clock: Clock,
-    service: S,
+    /// Each session's clone of the service.
+    lanes: crate::lanes::Lanes<S>,
     conns: HashMap<ConnId, ConnWriter>,
     /// A fixed per-connection write-queue bound, if configured.
     max_write_queue: Option<usize>,
@@ -436,11 +439,13 @@ impl<S: SessionService> Engine<S> {
                 }
                 self.core.connection_closed(conn, now);
             }
-            EngineMsg::Completed(session, seq, response) => {
-                self.complete(session, seq, response, None);
+            EngineMsg::Done(session, seq, outcome) => {
+                self.complete(session, seq, outcome);
             }
-            EngineMsg::Refused(session, seq, why) => {
-                self.complete(session, seq, Bytes::new(), Some(why));
+            EngineMsg::LaneDrained(session, taken) => {
+                if self.lanes.drained(session, taken) {
+                    self.core.release_messages(session, now);
+                }
             }
             EngineMsg::FenceAnswered {
                 request,
@@ -497,6 +502,9 @@ impl<S: SessionService> Engine<S> {
             // are logged so an operator can follow each session's life.
             for change in &ready.changes {
                 log_change(change);
+                if let StateChange::SessionEnded { session } = change {
+                    self.lanes.end(*session);
+                }
             }
             for t in ready.transmits.drain(..) {
                 let Some(w) = self.conns.get(&t.conn) else {
@@ -532,13 +540,18 @@ impl<S: SessionService> Engine<S> {
                     finished.push(done);
                 }
             }
+            // Messages waiting in a session's lane are not with the
+            // service yet: not acknowledged until its task hands them over.
+            for session in self.lanes.take_held() {
+                self.core.hold_messages(session);
+            }
             // The emptied vectors go back for the next batches.
             self.core.recycle(ready);
             self.core.advance(self.clock.now());
             // Services that answered at once are completed here, without a
             // task and a channel hop each.
-            for (session, seq, response, refused) in finished {
-                self.complete(session, seq, response, refused);
+            for (session, seq, outcome) in finished {
+                self.complete(session, seq, outcome);
             }
         }
     }
@@ -619,76 +632,31 @@ impl<S: SessionService> Engine<S> {
                 start: start.clone(),
             },
         };
-        if let Err(e) = std::future::poll_fn(|cx| self.service.poll_ready(cx)).await {
-            warn!(error = %e, "service not ready");
-        }
-        let (session, seq, one_way) = (request.session, request.seq, request.one_way);
-        let mut fut = Box::pin(self.service.call(request));
-        // One poll with a no-op waker: most services answer at once. A
-        // future that is pending is spawned and polled again with a real
-        // waker, as the future contract requires.
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if let std::task::Poll::Ready(result) = std::future::Future::poll(fut.as_mut(), &mut cx) {
-            let response = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    warn!(%session, seq, error = %e, "service failed; answering empty");
-                    Bytes::new()
-                }
-            };
-            return (!one_way).then_some((session, seq, response, start.refused()));
-        }
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            // If the future panics, the command still completes (answered
-            // empty, like a service error): a command that never completes
-            // would keep its session from ever ending (§11.1).
-            let mut guard = CompleteOnDrop {
-                tx: (!one_way).then(|| tx.clone()),
-                session,
-                seq,
-            };
-            let response = match fut.await {
-                Ok(r) => r,
-                Err(e) => {
-                    warn!(%session, seq, error = %e, "service failed; answering empty");
-                    Bytes::new()
-                }
-            };
-            guard.tx = None;
-            if !one_way {
-                let msg = match start.refused() {
-                    Some(why) => EngineMsg::Refused(session, seq, why),
-                    None => EngineMsg::Completed(session, seq, response),
-                };
-                let _ = tx.send(msg).await;
-            }
-        });
-        None
+        // Readiness per session, never awaited here (see `crate::lanes`).
+        self.lanes.dispatch(request, &self.tx)
     }
 }
 
-/// A command the service answered at once: session, sequence, response,
-/// and why its own start check refused it, if it did.
-type Finished = (SessionId, Seq, Bytes, Option<NotStarted>);
-
 impl<S: SessionService> Engine<S> {
-    /// Records a command's completion, or its refusal (`NotExecuted`).
-    fn complete(
-        &mut self,
-        session: SessionId,
-        seq: Seq,
-        response: Bytes,
-        refused: Option<NotStarted>,
-    ) {
+    /// Records a command's outcome: its response, its service error
+    /// (`ServiceFailed`), or its refusal (`NotExecuted`).
+    fn complete(&mut self, session: SessionId, seq: Seq, outcome: Outcome) {
         let now = self.clock.now();
-        if let Some(why) = refused {
-            warn!(%session, seq, reason = %why, "the service did not start the command: answered NotExecuted");
-            self.core.refuse(session, seq, &why, now);
-            return;
-        }
         let overruns = self.core.stats().quiesce_overruns;
-        if let Err(e) = self.core.complete(session, seq, response, now) {
+        let result = match outcome {
+            Outcome::Refused(why) => {
+                warn!(%session, seq, reason = %why, "the service did not start the command: answered NotExecuted");
+                self.core.refuse(session, seq, &why, now);
+                return;
+            }
+            Outcome::Response(response) => self.core.complete(session, seq, response, now),
+            Outcome::Failed(text) => self.core.fail(session, seq, &text, now),
+            Outcome::NotReady(text) => {
+                self.core.refuse_unready(session, seq, &text, now);
+                return;
+            }
+        };
+        if let Err(e) = result {
             debug!(%session, seq, error = %e, "completion dropped");
         }
         if self.core.stats().quiesce_overruns > overruns {
@@ -738,31 +706,6 @@ impl<S: SessionService> Engine<S> {
                 }
             }
         });
-    }
-}
-
-/// Completes a command whose service future ended without an answer (it
-/// panicked, or the runtime dropped it), so its session can end.
-struct CompleteOnDrop {
-    tx: Option<mpsc::Sender<EngineMsg>>,
-    session: SessionId,
-    seq: Seq,
-}
-
-impl Drop for CompleteOnDrop {
-    fn drop(&mut self) {
-        let Some(tx) = self.tx.take() else {
-            return;
-        };
-        let (session, seq) = (self.session, self.seq);
-        tracing::error!(%session, seq, "the service's future ended without an answer (it panicked?); answering empty");
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = tx
-                    .send(EngineMsg::Completed(session, seq, Bytes::new()))
-                    .await;
-            });
-        }
     }
 }
 

@@ -115,6 +115,7 @@ impl Initiator {
                 self.on_ack(ack, limit)?;
                 let failed = match status {
                     ResponseStatus::NotExecuted => CallError::NotStarted { text },
+                    ResponseStatus::ServiceFailed => CallError::ServiceFailed { text },
                     status => CallError::Failed { status, text },
                 };
                 self.on_response(seq, command, Err(failed), now)

@@ -13,7 +13,9 @@
 //!   drained Ready back with [`Target::recycle`] so its vectors are reused.
 
 mod admission;
+mod failed;
 mod fence;
+mod held;
 mod login;
 mod quiesce;
 mod ready;
@@ -144,6 +146,9 @@ pub struct TargetStats {
     /// Commands answered `NotExecuted`: a fence or the quiesce promise
     /// forbade starting them (PROTOCOL.md §11.4).
     pub not_executed: u64,
+    /// Commands whose service reported an error, answered with a status
+    /// response `ServiceFailed` (they executed).
+    pub service_failures: u64,
     /// Commands that completed after their session's quiesce time had
     /// passed since its last contact: the promise advertised at login was
     /// broken by a slow backend call (raise `command_budget`).
@@ -615,6 +620,9 @@ impl Target {
         let releasing = std::mem::take(&mut self.releasing);
         for &id in &releasing {
             if let Some(s) = self.sessions.get_mut(&id) {
+                if s.untaken {
+                    continue; // until `release_messages` (see `held`)
+                }
                 s.release_delivered();
                 self.owe_ack(id);
             }

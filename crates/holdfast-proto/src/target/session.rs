@@ -93,6 +93,9 @@ pub(crate) struct Session {
     /// below them until the driver confirms the service has them (§6.2).
     queued_message: Option<Seq>,
     handed_message: Option<Seq>,
+    /// The driver has not yet handed this session's delivered messages to
+    /// the service (`Target::hold_messages`): `advance` leaves them out.
+    pub(crate) untaken: bool,
     /// Received since the last frame that carried an ack.
     owed: u32,
     /// Host, last contact and fence (PROTOCOL.md §11.4–§11.5).
@@ -130,6 +133,7 @@ impl Session {
             releasing: 0,
             queued_message: None,
             handed_message: None,
+            untaken: false,
             owed: 0,
             path: super::quiesce::PathState::default(),
         }
@@ -608,9 +612,15 @@ impl Session {
 /// The text of a `ResponseTooLarge` status response, cut to fit a payload
 /// of `max` bytes (after the 2-byte code) and [`MAX_TEXT`].
 pub(crate) fn oversized_text(len: usize, max: usize) -> String {
-    let mut text = format!(
+    let text = format!(
         "the command executed; its response of {len} bytes exceeds the initiator's limit of {max} bytes"
     );
+    status_text(text, max)
+}
+
+/// Cuts a status response's text, on a character boundary, to fit a
+/// payload of `max` bytes (after the 2-byte code) and [`MAX_TEXT`].
+pub(crate) fn status_text(mut text: String, max: usize) -> String {
     let room = max.saturating_sub(STATUS_CODE_LEN).min(MAX_TEXT);
     if text.len() > room {
         let mut end = room;

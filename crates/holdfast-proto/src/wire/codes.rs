@@ -226,9 +226,10 @@ impl fmt::Display for RejectReason {
 }
 
 /// The status of a status response: a RESP with the STATUS flag, sent
-/// instead of the service's response. For `ResponseTooLarge` the command
-/// **did execute** and only its response is replaced; `NotExecuted` says
-/// it never ran and never will. See docs/PROTOCOL.md §6.7.
+/// instead of the service's response. For `ResponseTooLarge` and
+/// `ServiceFailed` the command **did execute** and only its response is
+/// replaced; `NotExecuted` says it never ran and never will. See
+/// docs/PROTOCOL.md §6.7.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ResponseStatus {
@@ -239,6 +240,9 @@ pub enum ResponseStatus {
     /// quiesce promise or a fence forbade starting it (PROTOCOL.md §11.4).
     /// It may be issued again, on this node or another.
     NotExecuted,
+    /// The command executed and the service reported an error instead of
+    /// a response; the text is the error's description, cut to fit.
+    ServiceFailed,
     /// A status this implementation does not know (kept verbatim).
     Other(u16),
 }
@@ -249,6 +253,7 @@ impl ResponseStatus {
         match self {
             ResponseStatus::ResponseTooLarge => 1,
             ResponseStatus::NotExecuted => 2,
+            ResponseStatus::ServiceFailed => 3,
             ResponseStatus::Other(v) => v,
         }
     }
@@ -258,6 +263,7 @@ impl ResponseStatus {
         match v {
             1 => ResponseStatus::ResponseTooLarge,
             2 => ResponseStatus::NotExecuted,
+            3 => ResponseStatus::ServiceFailed,
             other => ResponseStatus::Other(other),
         }
     }
