@@ -28,7 +28,12 @@ const HOST: HostId = HostId([0x5a; 16]);
 #[derive(Clone)]
 struct Backend {
     executed: Arc<Mutex<Vec<String>>>,
-    lock: Arc<tokio::sync::Mutex<()>>,
+    /// "slow" and "queued" take turns in the order `call` was invoked (the
+    /// session's order), whatever order their futures are first polled in.
+    next_ticket: Arc<std::sync::atomic::AtomicUsize>,
+    turn: Arc<tokio::sync::watch::Sender<usize>>,
+    /// Set once "slow" has started and waits for the gate.
+    slow_started: Arc<std::sync::atomic::AtomicBool>,
     gate: Arc<Semaphore>,
 }
 
@@ -36,7 +41,9 @@ impl Backend {
     fn new() -> Self {
         Backend {
             executed: Arc::new(Mutex::new(Vec::new())),
-            lock: Arc::new(tokio::sync::Mutex::new(())),
+            next_ticket: Arc::default(),
+            turn: Arc::new(tokio::sync::watch::channel(0).0),
+            slow_started: Arc::default(),
             gate: Arc::new(Semaphore::new(0)),
         }
     }
@@ -49,22 +56,34 @@ impl Backend {
         let backend = self.clone();
         let service = service_fn(move |req: Request| {
             let b = backend.clone();
+            let what = String::from_utf8_lossy(&req.payload).into_owned();
+            // Taken here, in call order; waited for in the future.
+            let ticket = matches!(what.as_str(), "slow" | "queued").then(|| {
+                b.next_ticket
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            });
             async move {
-                let what = String::from_utf8_lossy(&req.payload).into_owned();
-                let _turn = match what.as_str() {
-                    "slow" | "queued" => Some(b.lock.lock().await),
-                    _ => None,
-                };
+                if let Some(t) = ticket {
+                    let mut turn = b.turn.subscribe();
+                    let _ = turn.wait_for(|&now| now == t).await;
+                }
                 // The moment it would touch the backend.
-                if req.begin().is_err() {
-                    return Ok(Bytes::from_static(b"not started"));
+                let outcome = if req.begin().is_err() {
+                    Bytes::from_static(b"not started")
+                } else {
+                    if what == "slow" {
+                        b.slow_started
+                            .store(true, std::sync::atomic::Ordering::SeqCst);
+                        let permit = b.gate.acquire().await.expect("gate");
+                        permit.forget();
+                    }
+                    b.executed.lock().expect("lock").push(what);
+                    Bytes::from_static(b"done")
+                };
+                if ticket.is_some() {
+                    b.turn.send_modify(|now| *now += 1);
                 }
-                if what == "slow" {
-                    let permit = b.gate.acquire().await.expect("gate");
-                    permit.forget();
-                }
-                b.executed.lock().expect("lock").push(what);
-                Ok::<_, std::convert::Infallible>(Bytes::from_static(b"done"))
+                Ok::<_, std::convert::Infallible>(outcome)
             }
         });
         let mut options = TargetOptions {
@@ -119,7 +138,10 @@ async fn fence_scenario(switches: TestSwitches) -> Result<(), String> {
         async move { i.call(Bytes::from_static(b"slow")).await }
     });
     until("slow to start", async || {
-        backend.lock.try_lock().is_err() && on_a.node().is_some()
+        backend
+            .slow_started
+            .load(std::sync::atomic::Ordering::SeqCst)
+            && on_a.node().is_some()
     })
     .await?;
     let queued = tokio::spawn({
