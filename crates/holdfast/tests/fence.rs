@@ -253,10 +253,19 @@ async fn quiesce_scenario(switches: TestSwitches) -> Result<(), String> {
     let a = backend.serve(switches, Vec::new()).await;
     // Keep-alive 25 ms: the inactivity deadline is 100 ms.
     let on_a = host_initiator(&a, 1, Duration::from_millis(25));
-    let calls = [b"slow".as_slice(), b"queued".as_slice()].map(|p| {
+    // One after the other: two tasks spawned at once submit in either order.
+    let call = |p: &'static [u8]| {
         let i = on_a.clone();
         tokio::spawn(async move { i.call(Bytes::from_static(p)).await })
-    });
+    };
+    let slow = call(b"slow");
+    until("slow to start", async || {
+        backend
+            .slow_started
+            .load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await?;
+    let calls = [slow, call(b"queued")];
     until("both to reach the service", async || {
         a.stats().await.is_some_and(|s| s.commands == 2)
     })
