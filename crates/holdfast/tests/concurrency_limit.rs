@@ -39,6 +39,8 @@ const BOUND: Duration = Duration::from_secs(10);
 struct Gated {
     gate: Arc<Semaphore>,
     log: Arc<Mutex<Vec<String>>>,
+    /// The sequence numbers of the calls, in the same order.
+    seqs: Arc<Mutex<Vec<u64>>>,
     /// Set: `poll_ready` fails.
     broken: Arc<AtomicBool>,
 }
@@ -48,6 +50,7 @@ impl Gated {
         Gated {
             gate: Arc::new(Semaphore::new(0)),
             log: Arc::default(),
+            seqs: Arc::default(),
             broken: Arc::default(),
         }
     }
@@ -72,6 +75,7 @@ impl tower::Service<Request> for Gated {
     fn call(&mut self, req: Request) -> Self::Future {
         let payload = String::from_utf8_lossy(&req.payload).into_owned();
         self.log.lock().expect("log").push(payload.clone());
+        self.seqs.lock().expect("seqs").push(req.seq);
         let gate = self.gate.clone();
         Box::pin(async move {
             if payload.starts_with("hold") {
@@ -208,13 +212,20 @@ async fn concurrency_limit_per_session_holds_only_that_session() {
     for h in held {
         h.await.expect("join").expect("A's call");
     }
+    // The six calls were submitted by six tasks in any order; session
+    // order is their sequence numbers, which the service must see rising.
     let log = gated.log();
-    let a_order: Vec<&String> = log.iter().filter(|p| p.starts_with("hold")).collect();
-    let expected: Vec<String> = (0..6).map(|i| format!("hold-{i}")).collect();
-    assert_eq!(
-        a_order,
-        expected.iter().collect::<Vec<_>>(),
-        "A's calls in session order"
+    let seqs = gated.seqs.lock().expect("seqs").clone();
+    let a_seqs: Vec<u64> = log
+        .iter()
+        .zip(&seqs)
+        .filter(|(p, _)| p.starts_with("hold"))
+        .map(|(_, &seq)| seq)
+        .collect();
+    assert_eq!(a_seqs.len(), 6, "{log:?}");
+    assert!(
+        a_seqs.windows(2).all(|w| w[0] < w[1]),
+        "A's calls in session order: {log:?} with sequence numbers {seqs:?}"
     );
     a.close().await.expect("A closes");
     b.close().await.expect("B closes");
