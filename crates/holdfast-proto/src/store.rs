@@ -33,6 +33,8 @@ pub struct StoredSession {
     pub responses_acked: Seq,
     /// The HOST record of its creating LOGIN, if any.
     pub host: Option<HostRecord>,
+    /// Highest one-way message the service has taken.
+    pub messages_delivered: Seq,
 }
 
 /// Session state as persisted, applied change by change.
@@ -95,6 +97,11 @@ impl MemoryStore {
                     }
                     s.responses.insert(*response, (*command, payload.clone()));
                     s.last_response = s.last_response.max(*response);
+                }
+            }
+            StateChange::MessagesDelivered { session, through } => {
+                if let Some(s) = self.sessions.get_mut(session) {
+                    s.messages_delivered = s.messages_delivered.max(*through);
                 }
             }
             StateChange::ResponsesAcked { session, through } => {

@@ -49,6 +49,7 @@
 mod backoff;
 pub mod chaos;
 mod clock;
+mod durability;
 mod fence;
 mod initiator;
 mod lanes;
@@ -70,6 +71,7 @@ mod withdraw;
 pub use holdfast_proto as proto;
 
 pub use backoff::Backoff;
+pub use durability::{NoDurability, ServiceDurability};
 pub use fence::{FenceError, FenceOutcome, PathState};
 pub use holdfast_proto::NotStarted;
 pub use holdfast_proto::{

@@ -151,6 +151,17 @@ pub enum StateChange {
         /// be delivered, §6.7): sent as RESP with the STATUS flag.
         status: Option<ResponseStatus>,
     },
+    /// The service has taken every one-way message of the session up to and
+    /// including `through` (emitted at the `advance` of the Ready that
+    /// delivered them, so it is persisted before any byte whose
+    /// acknowledgement covers them). A restored target delivers again only
+    /// the messages above it (PROTOCOL.md §12).
+    MessagesDelivered {
+        /// The session.
+        session: SessionId,
+        /// The highest message sequence the service has taken.
+        through: Seq,
+    },
     /// The initiator acknowledged responses up to and including `through`.
     ResponsesAcked {
         /// The session.
