@@ -1,8 +1,8 @@
 //! An in-memory store of the target's [`StateChange`]s.
 //!
-//! It is what a durable store would hold, kept in memory: enough to check
-//! that no byte the target sends reflects a change the driver has not yet
-//! persisted, and the shape a later durable store (redb or a log) will take.
+//! It is what the durable store holds, kept in memory: the simulation checks
+//! against it that no byte the target sends reflects a change the driver has
+//! not yet persisted, and the log engine (`store::log`) rebuilds it from the files.
 
 use std::collections::{BTreeMap, HashMap};
 
