@@ -229,26 +229,6 @@ impl MemoryStore {
         self.applied
     }
 
-    /// Every stored session, in no particular order.
-    pub fn sessions(&self) -> impl Iterator<Item = (SessionId, &StoredSession)> + '_ {
-        self.sessions.iter().map(|(id, s)| (*id, s))
-    }
-
-    /// Every fenced host with the highest epoch it was fenced at.
-    pub fn fenced_hosts(&self) -> impl Iterator<Item = (HostId, u64)> + '_ {
-        self.fenced_hosts.iter().map(|(h, e)| (*h, *e))
-    }
-
-    /// Puts a session read back from a checkpoint (store::log).
-    pub(crate) fn insert_session(&mut self, id: SessionId, session: StoredSession) {
-        self.sessions.insert(id, session);
-    }
-
-    /// Puts a fence read back from a checkpoint (store::log).
-    pub(crate) fn insert_fence(&mut self, host: HostId, epoch: u64) {
-        self.fenced_hosts.insert(host, epoch);
-    }
-
     /// Sets the applied count read back from a checkpoint (store::log).
     pub(crate) fn set_applied(&mut self, applied: u64) {
         self.applied = applied;
