@@ -1,6 +1,9 @@
 //! The services behind the simulated target, and the operations the
 //! workload issues. The service state outlives target restarts (it is the
-//! "disk"); only session state is lost.
+//! "disk"); only session state is lost. In the durable mode the service
+//! state is stored with each commit of the session store instead (the log
+//! service's model): a crash rolls it back to the last commit
+//! ([`Services::rollback_to`]).
 //!
 //! * a counter: NOT idempotent; each increment returns the new value;
 //! * a register: idempotent writes (retry-safe), returns what it stored;
@@ -93,6 +96,9 @@ pub struct Services {
     /// Sessions in the order they first executed something: once a newer
     /// session has executed, an older one must never execute again.
     pub sessions_in_order: Vec<SessionId>,
+    /// Every execution, in order: the state is a function of it, so a
+    /// committed state is a prefix length (see `rollback_to`).
+    journal: Vec<(SessionId, Bytes)>,
 }
 
 impl Services {
@@ -100,6 +106,8 @@ impl Services {
     pub fn execute(&mut self, session: SessionId, payload: &[u8]) -> Result<Bytes, String> {
         let (kind, tag) =
             parse(payload).ok_or_else(|| format!("corrupt payload {payload:02x?}"))?;
+        self.journal
+            .push((session, Bytes::copy_from_slice(payload)));
         let result = match kind {
             OpKind::Increment => {
                 self.counter += 1;
@@ -121,6 +129,25 @@ impl Services {
         b.put_u64(tag);
         b.put_u64(result);
         Ok(b.freeze())
+    }
+}
+
+impl Services {
+    /// How many executions the state holds: what a commit stores.
+    pub fn committed_len(&self) -> usize {
+        self.journal.len()
+    }
+
+    /// Rolls the state back to the first `len` executions (a crash: only
+    /// the state stored with the last commit survives).
+    pub fn rollback_to(&mut self, len: usize) -> Result<(), String> {
+        let mut journal = std::mem::take(&mut self.journal);
+        journal.truncate(len);
+        *self = Services::default();
+        for (session, payload) in journal {
+            self.execute(session, &payload)?;
+        }
+        Ok(())
     }
 }
 

@@ -15,6 +15,9 @@ use holdfast_proto::{
 #[path = "multi.rs"]
 mod multi;
 
+#[path = "durable.rs"]
+mod durable;
+
 use super::checker::Checker;
 use super::net::{Packet, SimConn};
 use super::service::{payload, OpKind, Services};
@@ -40,6 +43,10 @@ pub struct SimParams {
     /// joins more after its first login, faults cut one of them, and lost
     /// ones are re-joined after a backoff.
     pub connections: u32,
+    /// Durable restarts (issue 16): the store and the service state survive
+    /// a crash (at any point of a Ready's handling) and the target is rebuilt
+    /// with `Target::restore` (see `durable`).
+    pub durable: bool,
 }
 
 impl Default for SimParams {
@@ -51,6 +58,7 @@ impl Default for SimParams {
             slow_service: false,
             abandon: true,
             connections: 1,
+            durable: false,
         }
     }
 }
@@ -94,6 +102,12 @@ pub struct SimReport {
     pub moved: u64,
     /// Commands and messages that waited in the target's reorder buffer.
     pub reordered: u64,
+    /// Targets rebuilt from their store (durable mode).
+    pub restores: u64,
+    /// Sessions rebuilt in them.
+    pub sessions_restored: u64,
+    /// Sessions whose retain time passed while the target was down.
+    pub expired_while_down: u64,
 }
 
 impl SimReport {
@@ -116,6 +130,9 @@ impl SimReport {
         self.joins += o.joins;
         self.moved += o.moved;
         self.reordered += o.reordered;
+        self.restores += o.restores;
+        self.sessions_restored += o.sessions_restored;
+        self.expired_while_down += o.expired_while_down;
     }
 
     fn add_target(&mut self, t: &holdfast_proto::TargetStats) {
@@ -179,6 +196,8 @@ pub struct World {
     closed: bool,
     report: SimReport,
     credit_blocked: bool,
+    /// Durable mode: the committed service state and the armed crash.
+    durable: durable::DurableState,
 }
 
 impl World {
@@ -226,6 +245,8 @@ impl World {
             Box::new(SeededRandom::new(rng.next_u64())),
             Timestamp::ZERO,
         );
+        let mut store = MemoryStore::new();
+        store.set_incarnation(target.incarnation());
         World {
             seed,
             params,
@@ -234,7 +255,7 @@ impl World {
             target,
             target_config,
             generation: 0,
-            store: MemoryStore::new(),
+            store,
             services: Services::default(),
             checker: Checker::default(),
             conns: Vec::new(),
@@ -257,6 +278,7 @@ impl World {
             closed: false,
             report: SimReport::default(),
             credit_blocked: false,
+            durable: durable::DurableState::default(),
             rng,
         }
     }
@@ -341,6 +363,9 @@ impl World {
         self.report.not_executed = self.checker.not_executed;
         self.report.withdrawn = self.initiator.stats().withdrawn;
         self.report.moved = self.initiator.stats().moved;
+        self.report.restores = self.durable.restores;
+        self.report.sessions_restored = self.durable.sessions_restored;
+        self.report.expired_while_down = self.durable.expired_while_down;
         Ok(self.report)
     }
 
@@ -378,7 +403,7 @@ impl World {
         }
         self.complete_due()?;
         if self.restart_at.is_some_and(|t| t <= self.now) {
-            self.restart_target();
+            self.restart_target()?;
         }
         self.maybe_reconnect();
         if faults_allowed {
@@ -609,12 +634,21 @@ impl World {
     fn inject_fault(&mut self) {
         self.report.faults += 1;
         let roll = self.below(100);
-        if roll < 2 && self.restart_at.is_none() {
-            // Target crash: all session state lost, connections reset.
+        // A durable target crashes more often: recovery from its store is
+        // what that mode is about.
+        let crash = if self.params.durable { 6 } else { 2 };
+        if roll < crash && self.restart_at.is_none() {
+            if self.params.durable && self.chance(70) {
+                // Killed in the middle of handling a Ready.
+                self.arm_crash();
+                return;
+            }
+            // Target crash: session state lost (or, durable, all but what
+            // its store holds), connections reset.
             self.restart_at = Some(self.now);
             return;
         }
-        if roll < 4 && self.restart_at.is_none() {
+        if roll < crash + 2 && self.restart_at.is_none() {
             // Graceful shutdown notice, then a restart after the up time.
             let max_up = Duration::from_millis(self.below(50));
             let hold = Duration::from_millis(self.below(100));
@@ -677,19 +711,23 @@ impl World {
         }
     }
 
-    fn restart_target(&mut self) {
+    fn restart_target(&mut self) -> Result<(), String> {
         self.restart_at = None;
         self.report.restarts += 1;
         let target_stats = self.target.stats().clone();
         self.report.add_target(&target_stats);
         self.generation += 1;
         self.backend_busy_until.clear();
-        self.target = Target::new(
-            self.target_config.clone(),
-            Box::new(SeededRandom::new(self.rng.next_u64())),
-            self.now,
-        );
-        self.store = MemoryStore::new();
+        if self.params.durable {
+            self.restore_target()?;
+        } else {
+            self.target = Target::new(
+                self.target_config.clone(),
+                Box::new(SeededRandom::new(self.rng.next_u64())),
+                self.now,
+            );
+            self.store = MemoryStore::new();
+        }
         let now = self.now;
         for c in self.conns.iter_mut() {
             c.target_gone = true;
@@ -698,6 +736,7 @@ impl World {
             c.to_initiator.push(now, c.latency, Packet::Close);
             c.to_initiator.blackholed = true;
         }
+        Ok(())
     }
 
     /// Moves everything that is ready between the machines until quiet.
@@ -736,7 +775,13 @@ impl World {
 
     fn process_ready(&mut self) -> Result<(), String> {
         let ready = self.target.ready();
+        let has_changes = !ready.changes.is_empty();
+        let crash = self.take_crash(has_changes);
+        if crash == Some(durable::CrashAt::BeforePersist) {
+            return self.crash_now();
+        }
         self.store.apply_all(&ready.changes);
+        self.committed(has_changes);
         // Every byte below may only reflect persisted state: the store must
         // now mirror the target exactly for every session it changed.
         for change in &ready.changes {
@@ -771,6 +816,9 @@ impl World {
                 }
             }
         }
+        if crash == Some(durable::CrashAt::AfterPersist) {
+            return self.crash_now();
+        }
         let now = self.now;
         for t in ready.transmits {
             let data: Vec<u8> = t.chunks.iter().flat_map(|c| c.iter().copied()).collect();
@@ -790,7 +838,13 @@ impl World {
                 }
             }
         }
-        for d in ready.deliveries {
+        if crash == Some(durable::CrashAt::AfterTransmit) {
+            return self.crash_now();
+        }
+        for (i, d) in ready.deliveries.into_iter().enumerate() {
+            if crash == Some(durable::CrashAt::MidDeliveries(i)) {
+                return self.crash_now();
+            }
             match d {
                 Delivery::Command {
                     session,
@@ -799,6 +853,10 @@ impl World {
                 } => {
                     if self.params.slow_service {
                         self.slow_command(session, seq, payload);
+                        continue;
+                    }
+                    if self.params.durable {
+                        self.durable_command(session, seq, payload)?;
                         continue;
                     }
                     let response = self.services.execute(session, &payload)?;
@@ -822,6 +880,12 @@ impl World {
                     self.checker.executed(&self.services, session, tag)?;
                 }
             }
+        }
+        if matches!(
+            crash,
+            Some(durable::CrashAt::BeforeAdvance | durable::CrashAt::MidDeliveries(_))
+        ) {
+            return self.crash_now();
         }
         self.target.advance(now);
         Ok(())
@@ -898,6 +962,7 @@ impl World {
         if std::env::var_os("HOLDFAST_SIM_TRACE").is_some() {
             eprintln!("{:?} {event:?}", self.now);
         }
+        self.check_durable_event(&event)?;
         match event {
             InitiatorEvent::Response { call, payload } => {
                 self.checker.response(&self.services, call, &payload)
