@@ -138,6 +138,7 @@ fn change() -> impl Strategy<Value = StateChange> {
                         host: HostId([h | 1; 16]),
                         epoch
                     }),
+                    max_frame: 1 << 16,
                 }
             ),
         (session.clone(), 1u64..50, any::<bool>(), payload.clone()).prop_map(
@@ -200,7 +201,10 @@ struct Run {
 fn run_all(groups: &[(Vec<StateChange>, Option<Bytes>)], limits: LogLimits) -> Run {
     let (mut log, mut ops) = DurableLog::create(7, limits);
     let mut synced_at = Vec::new();
-    let mut states = vec![(MemoryStore::new(), None)];
+    // recover() records the log's incarnation in the store it rebuilds.
+    let mut empty = MemoryStore::new();
+    empty.set_incarnation(7);
+    let mut states = vec![(empty, None)];
     for (i, (changes, state)) in groups.iter().enumerate() {
         let group_ops = log.commit(changes, state.as_ref(), 1000 + i as u64);
         assert_eq!(group_ops[1], StoreOp::Sync(StoreFile::Log));
@@ -408,6 +412,7 @@ fn corrupt_middle_group_names_sessions() {
         secret: SessionSecret([3; 16]),
         credits: 8,
         host: None,
+        max_frame: 1 << 16,
     };
     let groups = vec![
         (vec![created], None),

@@ -150,6 +150,7 @@ const MESSAGES_DELIVERED: u8 = 4;
 const RESPONSES_ACKED: u8 = 5;
 const SESSION_ENDED: u8 = 6;
 const HOST_FENCED: u8 = 7;
+const MAX_FRAME_RAISED: u8 = 8;
 
 /// Appends one change.
 pub(crate) fn put_change(w: &mut Writer, c: &StateChange) {
@@ -159,12 +160,19 @@ pub(crate) fn put_change(w: &mut Writer, c: &StateChange) {
             secret,
             credits,
             host,
+            max_frame,
         } => {
             w.u8(SESSION_CREATED);
             w.u64(session.0);
             w.raw(&secret.0);
             w.u32(*credits);
             w.host(host.as_ref());
+            w.u32(*max_frame);
+        }
+        StateChange::MaxFrameRaised { session, max_frame } => {
+            w.u8(MAX_FRAME_RAISED);
+            w.u64(session.0);
+            w.u32(*max_frame);
         }
         StateChange::Received {
             session,
@@ -229,6 +237,11 @@ pub(crate) fn get_change(r: &mut Reader<'_>) -> Result<StateChange, DecodeError>
             secret: SessionSecret(r.id16()?),
             credits: r.u32()?,
             host: r.host()?,
+            max_frame: r.u32()?,
+        },
+        MAX_FRAME_RAISED => StateChange::MaxFrameRaised {
+            session: SessionId(r.u64()?),
+            max_frame: r.u32()?,
         },
         RECEIVED => StateChange::Received {
             session: SessionId(r.u64()?),
@@ -273,6 +286,7 @@ pub(crate) fn change_session(c: &StateChange) -> Option<SessionId> {
         | StateChange::Received { session, .. }
         | StateChange::Completed { session, .. }
         | StateChange::MessagesDelivered { session, .. }
+        | StateChange::MaxFrameRaised { session, .. }
         | StateChange::ResponsesAcked { session, .. }
         | StateChange::SessionEnded { session } => Some(*session),
         StateChange::HostFenced { .. } => None,

@@ -14,11 +14,12 @@ use crate::wire::{HostId, ResponseStatus};
 use super::codec::{DecodeError, Reader, Writer};
 
 /// Smallest encoded session (for bounding the count read back).
-const MIN_SESSION: usize = 8 + 1 + 4 + 8 + 4 + 4 + 8 + 8 + 1 + 8;
+const MIN_SESSION: usize = 8 + 1 + 4 + 4 + 8 + 4 + 4 + 4 + 8 + 8 + 1 + 8;
 
 /// Appends the image of `store`.
 pub(crate) fn put_store(w: &mut Writer, store: &MemoryStore) {
     w.u64(store.applied());
+    w.u32(store.max_counter());
     let mut fences: Vec<_> = store.fenced_hosts().collect();
     fences.sort();
     w.u32(u32::try_from(fences.len()).unwrap_or(u32::MAX));
@@ -39,7 +40,14 @@ pub(crate) fn put_store(w: &mut Writer, store: &MemoryStore) {
             }
         }
         w.u32(s.credits);
+        w.u32(s.max_frame);
         w.u64(s.received);
+        w.u32(u32::try_from(s.pending.len()).unwrap_or(u32::MAX));
+        for (seq, (command, payload)) in &s.pending {
+            w.u64(*seq);
+            w.u8(u8::from(*command));
+            w.bytes(payload);
+        }
         w.u32(u32::try_from(s.responses.len()).unwrap_or(u32::MAX));
         for (resp, (cmd, payload)) in &s.responses {
             w.u64(*resp);
@@ -66,6 +74,7 @@ pub(crate) fn get_store(
 ) -> Result<MemoryStore, DecodeError> {
     let mut store = MemoryStore::new();
     store.set_applied(r.u64()?);
+    store.raise_max_counter(r.u32()?);
     let fences = r.count(24)?;
     for _ in 0..fences {
         let host = HostId(r.id16()?);
@@ -82,7 +91,14 @@ pub(crate) fn get_store(
             None
         };
         let credits = r.u32()?;
+        let max_frame = r.u32()?;
         let received = r.u64()?;
+        let mut pending = BTreeMap::new();
+        for _ in 0..r.count(13)? {
+            let seq = r.u64()?;
+            let command = r.bool()?;
+            pending.insert(seq, (command, r.bytes()?));
+        }
         let mut responses = BTreeMap::new();
         for _ in 0..r.count(20)? {
             let resp = r.u64()?;
@@ -97,7 +113,9 @@ pub(crate) fn get_store(
         let session = StoredSession {
             secret,
             credits,
+            max_frame,
             received,
+            pending,
             responses,
             statuses,
             last_response: r.u64()?,

@@ -281,6 +281,7 @@ pub(super) fn run(
         at += end;
     }
     let last_group = ckpt_group.max(expected - 1);
+    store.set_incarnation(incarnation);
 
     let mut engine = DurableLog {
         incarnation,
