@@ -1,0 +1,307 @@
+//! The durable session store on real sockets and real files
+//! (`holdfast::durable`, PROTOCOL.md §12): the state directory's lock, no
+//! answer before its group is durable (the service's sync first), and the
+//! service state stored with the completions. `cargo test durable` runs
+//! them.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use holdfast::{
+    DurableStore, Endpoint, EndpointConnector, Initiator, InitiatorOptions, ServiceDurability,
+    StoreError, StoreOptions, Target, TargetOptions,
+};
+
+/// Every wait in these tests is bounded by this.
+const BOUND: Duration = Duration::from_secs(10);
+
+/// The counter's durability: its value is its state; its first `sync` can
+/// be held (it reports that it was entered and waits for a release).
+struct CounterDurability {
+    value: Arc<AtomicU64>,
+    hold: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+}
+
+impl ServiceDurability for CounterDurability {
+    fn sync(&self) -> std::io::Result<()> {
+        let hold = self
+            .hold
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .take();
+        if let Some((entered, release)) = hold {
+            let _ = entered.send(());
+            release
+                .recv_timeout(BOUND)
+                .map_err(|_| std::io::Error::other("never released"))?;
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Option<Bytes> {
+        Some(Bytes::copy_from_slice(
+            &self.value.load(Ordering::SeqCst).to_be_bytes(),
+        ))
+    }
+}
+
+fn tcp0() -> Endpoint {
+    Endpoint::Tcp("127.0.0.1:0".parse().expect("addr"))
+}
+
+fn initiator(endpoint: Endpoint) -> Initiator {
+    Initiator::start(
+        Arc::new(EndpointConnector::new(endpoint, Duration::from_millis(500))),
+        InitiatorOptions::default(),
+    )
+}
+
+/// Opens the store, waiting (bounded) while a dropped target's commit
+/// thread still holds the lock.
+async fn reopen(dir: &std::path::Path) -> DurableStore {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        match DurableStore::open(dir, StoreOptions::default()) {
+            Err(StoreError::Locked { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other.expect("the store reopens"),
+        }
+    }
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("holdfast-durable-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn durable_store_lock_refuses_a_second_store() {
+    let dir = scratch("lock");
+    let first = DurableStore::open(&dir, StoreOptions::default()).expect("first open");
+    assert!(first.report().created);
+    let second = DurableStore::open(&dir, StoreOptions::default());
+    let err = second.expect_err("a second store on the same directory is refused");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&dir.display().to_string()),
+        "{err}"
+    );
+    drop(first);
+    let again = DurableStore::open(&dir, StoreOptions::default()).expect("free once closed");
+    assert!(
+        !again.report().created,
+        "the store created first is found again"
+    );
+    drop(again);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The answer to a command leaves only once its group is durable: while
+/// the service's sync (the first step of the commit) is held, the call does
+/// not complete; released, it does, and the store holds the counter's
+/// state with the completion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_answer_waits_for_the_commit() {
+    support::init_logs();
+    let dir = scratch("wait");
+    let value = Arc::new(AtomicU64::new(0));
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel();
+    let durability = Arc::new(CounterDurability {
+        value: value.clone(),
+        hold: Mutex::new(Some((entered_tx, release_rx))),
+    });
+    let store = DurableStore::open(&dir, StoreOptions::default()).expect("open");
+    let target = Target::serve_durable(
+        &[tcp0()],
+        TargetOptions::default(),
+        store,
+        support::counter(value.clone()),
+        durability,
+    )
+    .await
+    .expect("serve");
+    let init = initiator(target.endpoints()[0].clone());
+    let call = tokio::spawn({
+        let init = init.clone();
+        async move { init.call(Bytes::from_static(b"inc")).await }
+    });
+    let entered = tokio::task::spawn_blocking(move || entered_rx.recv_timeout(BOUND))
+        .await
+        .expect("task");
+    entered.expect("the commit of the completion syncs the service first");
+    assert_eq!(value.load(Ordering::SeqCst), 1, "the command executed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !call.is_finished(),
+        "the answer left before its completion was durable"
+    );
+    release_tx.send(()).expect("release");
+    let answer = tokio::time::timeout(BOUND, call)
+        .await
+        .expect("answered once durable")
+        .expect("task")
+        .expect("call");
+    assert_eq!(answer.as_ref(), 1u64.to_be_bytes());
+    drop(target);
+    let store = reopen(&dir).await;
+    assert_eq!(store.report().sessions, 1, "{:?}", store.report());
+    assert_eq!(
+        store.service_state().map(|b| b.to_vec()),
+        Some(1u64.to_be_bytes().to_vec()),
+        "the counter's state is stored with its completion"
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Serves the counter from `dir` on `addr` (retrying the bind while the
+/// dropped target's listener is still closing), its value restored from
+/// the store.
+async fn serve_counter(
+    dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+    options: TargetOptions,
+) -> (Target, Arc<AtomicU64>, holdfast::RecoveryReport) {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        let store = reopen(dir).await;
+        let report = store.report().clone();
+        let start = store
+            .service_state()
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let value = Arc::new(AtomicU64::new(start));
+        let durability = Arc::new(CounterDurability {
+            value: value.clone(),
+            hold: Mutex::new(None),
+        });
+        match Target::serve_durable(
+            &[Endpoint::Tcp(addr)],
+            options.clone(),
+            store,
+            support::counter(value.clone()),
+            durability,
+        )
+        .await
+        {
+            Ok(t) => return (t, value, report),
+            Err(StoreError::Io { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("serve: {e}"),
+        }
+    }
+}
+
+/// The in-process equivalent of kill -9 during load: the target task is
+/// dropped (no shutdown) mid-load, three times, and served again from the
+/// same directory. Every call succeeds exactly once: the counter equals
+/// the number of calls and every answer is a distinct value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_crash_restart_every_call_exactly_once() {
+    support::init_logs();
+    const TASKS: u64 = 8;
+    const CALLS: u64 = 40;
+    let dir = scratch("crash");
+    // A free port, kept across restarts.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let (mut target, mut value, report) = serve_counter(&dir, addr, TargetOptions::default()).await;
+    assert!(report.created);
+    let init = initiator(Endpoint::Tcp(addr));
+    let load: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let init = init.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for _ in 0..CALLS {
+                    let r = init.call(Bytes::from_static(b"inc")).await;
+                    got.push(r.map(|b| {
+                        u64::from_be_bytes(<[u8; 8]>::try_from(b.as_ref()).unwrap_or_default())
+                    }));
+                }
+                got
+            })
+        })
+        .collect();
+    let mut restored = Vec::new();
+    for crash in 1..=3u64 {
+        // Let the load run into this incarnation of the process.
+        let goal = crash * TASKS * CALLS / 4;
+        let deadline = tokio::time::Instant::now() + BOUND;
+        while value.load(Ordering::SeqCst) < goal && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        drop(target);
+        let (t, v, report) = serve_counter(&dir, addr, TargetOptions::default()).await;
+        assert!(!report.created);
+        assert_eq!(report.sessions, 1, "{report:?}");
+        restored.push(report);
+        target = t;
+        value = v;
+    }
+    let mut answers = Vec::new();
+    for task in load {
+        let got = tokio::time::timeout(BOUND * 3, task)
+            .await
+            .expect("the load finishes")
+            .expect("task");
+        for r in got {
+            answers.push(r.expect("every call succeeds across the crashes"));
+        }
+    }
+    answers.sort_unstable();
+    let expected: Vec<u64> = (1..=TASKS * CALLS).collect();
+    assert_eq!(answers, expected, "each call executed exactly once");
+    assert_eq!(value.load(Ordering::SeqCst), TASKS * CALLS);
+    let stats = target.stats().await.expect("stats");
+    assert!(stats.sessions_restored >= 1, "{stats:?}");
+    eprintln!("restores: {restored:?}");
+    drop(target);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// After the retain time (counted from the last durable commit) the
+/// restored session is gone: the recovery is rejected statelessly, as
+/// after any restart without a store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_session_past_retain_is_rejected() {
+    support::init_logs();
+    let dir = scratch("retain");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let mut options = TargetOptions::default();
+    options.protocol.retain = Duration::from_millis(800);
+    let (target, _value, _) = serve_counter(&dir, addr, options.clone()).await;
+    let init = initiator(Endpoint::Tcp(addr));
+    init.call(Bytes::from_static(b"inc")).await.expect("call");
+    drop(target);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (target, _value, report) = serve_counter(&dir, addr, options).await;
+    assert_eq!(report.sessions, 1, "stored, but past its retain time");
+    assert!(report.downtime >= Duration::from_millis(800), "{report:?}");
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        let stats = target.stats().await.expect("stats");
+        if stats.recoveries_rejected >= 1 {
+            assert_eq!(stats.recoveries_accepted, 0, "{stats:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no recovery was rejected: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(target);
+    let _ = std::fs::remove_dir_all(&dir);
+}
