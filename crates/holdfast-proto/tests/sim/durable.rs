@@ -14,13 +14,32 @@
 //! restarts; in addition a restored target must never reject a recovery
 //! of a session its store holds, never as restarted, and never find its
 //! store behind an initiator.
+//!
+//! With `SimParams::disk` the store is the durable log engine
+//! (`store::log::DurableLog`) whose file operations run on a [`SimDisk`];
+//! the service state (a journal length) is each group's service state. A
+//! crash may then also fall between any two file operations of a commit
+//! (append, fsync, checkpoint write, fsync, rename, directory fsync), and
+//! the target is rebuilt from `DurableLog::recover` of what survived the
+//! crash, which must be exactly the last group whose fsync ran, or that
+//! plus the group in flight.
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use holdfast_proto::store::log::{DurableLog, LogLimits, StoreFile, StoreOp};
 use holdfast_proto::wire::RejectReason;
-use holdfast_proto::{InitiatorEvent, SeededRandom, SessionLoss, Target};
+use holdfast_proto::{InitiatorEvent, MemoryStore, SeededRandom, SessionLoss, StateChange, Target};
 
-use super::World;
+use super::super::disk::SimDisk;
+use super::{SimParams, World};
+
+/// Small logs, so checkpoints (and crashes in them) are frequent.
+const LIMITS: LogLimits = LogLimits {
+    min_log: 4096,
+    max_group: 1 << 30,
+    max_checkpoint: 1 << 34,
+};
 
 /// Where in the handling of a Ready the target dies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,11 +54,31 @@ pub(super) enum CrashAt {
     MidDeliveries(usize),
     /// Everything done but `advance`.
     BeforeAdvance,
+    /// Disk mode: after this many of the commit's file operations (taken
+    /// modulo their count plus one).
+    MidCommit(usize),
+}
+
+/// The durable log on its simulated disk, and what a crash may recover.
+#[derive(Debug)]
+pub(super) struct OnDisk {
+    log: DurableLog,
+    disk: SimDisk,
+    /// The store and service state as of the last group whose log fsync
+    /// ran: a crash must recover at least this...
+    floor: (MemoryStore, usize),
+    /// ...and at most this: the last group whose append ran.
+    ceiling: (MemoryStore, usize),
+    /// Commits whose operations all ran, and crashes inside one.
+    pub(super) commits: u64,
+    pub(super) torn_tails: u64,
 }
 
 /// What the durable mode keeps beside the world.
 #[derive(Debug, Default)]
 pub(super) struct DurableState {
+    /// Disk mode's log and disk.
+    pub(super) on_disk: Option<OnDisk>,
     /// The service state stored with the last commit (a journal length).
     pub(super) committed_services: usize,
     /// When the last commit completed (virtual time).
@@ -53,11 +92,39 @@ pub(super) struct DurableState {
     pub(super) expired_while_down: u64,
 }
 
+impl DurableState {
+    /// The durable state of a new world whose (empty) store is `store`.
+    pub(super) fn new(params: &SimParams, store: &MemoryStore) -> DurableState {
+        let on_disk = params.disk.then(|| {
+            let incarnation = store.incarnation().unwrap_or(0);
+            let (log, ops) = DurableLog::create(incarnation, LIMITS);
+            let mut disk = SimDisk::new(params.skip_sync);
+            for op in &ops {
+                disk.run(op);
+            }
+            OnDisk {
+                log,
+                disk,
+                floor: (store.clone(), 0),
+                ceiling: (store.clone(), 0),
+                commits: 0,
+                torn_tails: 0,
+            }
+        });
+        DurableState {
+            on_disk,
+            ..DurableState::default()
+        }
+    }
+}
+
 impl World {
     /// Arms a crash of the target at a random point of the next Ready that
     /// has changes (durable mode).
     pub(super) fn arm_crash(&mut self) {
-        let at = match self.below(5) {
+        let kinds = if self.params.disk { 7 } else { 5 };
+        let at = match self.below(kinds) {
+            5 | 6 => CrashAt::MidCommit(self.below(64) as usize),
             0 => CrashAt::BeforePersist,
             1 => CrashAt::AfterPersist,
             2 => CrashAt::AfterTransmit,
@@ -76,12 +143,49 @@ impl World {
         self.durable.crash.take()
     }
 
-    /// A Ready's changes are durable: the service state commits with them.
-    pub(super) fn committed(&mut self, has_changes: bool) {
-        if self.params.durable && has_changes {
-            self.durable.committed_services = self.services.committed_len();
-            self.durable.last_commit = self.now;
+    /// Persists a Ready's changes (with the service state), as the driver
+    /// does before anything else of it. Returns true if the target was
+    /// killed in the middle (disk mode: between two file operations).
+    pub(super) fn persist(
+        &mut self,
+        changes: &[StateChange],
+        crash: Option<CrashAt>,
+    ) -> Result<bool, String> {
+        self.store.apply_all(changes);
+        if !self.params.durable || changes.is_empty() {
+            return Ok(false);
         }
+        let services = self.services.committed_len();
+        let wall_ms = self.now.as_nanos() / 1_000_000;
+        if let Some(d) = self.durable.on_disk.as_mut() {
+            let state = Bytes::copy_from_slice(&(services as u64).to_le_bytes());
+            let ops = d.log.commit(changes, Some(&state), wall_ms);
+            let stop = match crash {
+                Some(CrashAt::MidCommit(k)) => Some(k % (ops.len() + 1)),
+                _ => None,
+            };
+            for (i, op) in ops.iter().enumerate() {
+                if stop == Some(i) {
+                    return self.crash_now().map(|()| true);
+                }
+                d.disk.run(op);
+                match op {
+                    StoreOp::Append {
+                        file: StoreFile::Log,
+                        ..
+                    } => d.ceiling = (self.store.clone(), services),
+                    StoreOp::Sync(StoreFile::Log) => d.floor = d.ceiling.clone(),
+                    _ => {}
+                }
+            }
+            d.commits += 1;
+            if stop == Some(ops.len()) {
+                return self.crash_now().map(|()| true);
+            }
+        }
+        self.durable.committed_services = services;
+        self.durable.last_commit = self.now;
+        Ok(false)
     }
 
     /// The target process dies now and comes back from its store.
@@ -93,20 +197,25 @@ impl World {
     /// Rebuilds the target from the durable store (durable mode's restart).
     /// The downtime is usually short, sometimes longer than the retain time.
     pub(super) fn restore_target(&mut self) -> Result<(), String> {
-        self.services.rollback_to(self.durable.committed_services)?;
         let retain = self.target_config.retain.as_micros() as u64;
         let down = if self.chance(10) {
             self.below(2 * retain)
         } else {
             self.below(retain / 4)
         };
-        let detached_for =
-            self.now.saturating_since(self.durable.last_commit) + Duration::from_micros(down);
+        let down = Duration::from_micros(down);
+        let since_commit = match self.durable.on_disk.is_some() {
+            true => self.recover_disk()?,
+            false => {
+                self.services.rollback_to(self.durable.committed_services)?;
+                self.now.saturating_since(self.durable.last_commit)
+            }
+        };
         let target = Target::restore(
             self.target_config.clone(),
             Box::new(SeededRandom::new(self.rng.next_u64())),
             &self.store,
-            detached_for,
+            since_commit + down,
             self.now,
         )
         .map_err(|e| format!("restore failed: {e}"))?;
@@ -115,6 +224,54 @@ impl World {
         self.durable.expired_while_down += target.stats().sessions_expired;
         self.target = target;
         Ok(())
+    }
+
+    /// Disk mode: the disk crashes, the log engine recovers what survived
+    /// (which must be the last synced group, or that and the one in
+    /// flight), and the world's store and service state become that.
+    /// Returns the time since the last durable commit.
+    fn recover_disk(&mut self) -> Result<Duration, String> {
+        let Some(d) = self.durable.on_disk.as_mut() else {
+            return Ok(Duration::ZERO);
+        };
+        let mut disk = d.disk.crash(&mut self.rng);
+        let recovered = DurableLog::recover(
+            disk.read(StoreFile::Checkpoint),
+            disk.read(StoreFile::Log),
+            LIMITS,
+        )
+        .map_err(|e| format!("recovery from the crashed disk failed: {e}"))?;
+        let services = match recovered.service_state.as_deref() {
+            Some(b) => {
+                let bytes: [u8; 8] = b.try_into().map_err(|_| "bad service state")?;
+                u64::from_le_bytes(bytes) as usize
+            }
+            None => 0,
+        };
+        let got = (recovered.store.clone(), services);
+        if got != d.floor && got != d.ceiling {
+            return Err(format!(
+                "the crashed disk recovered neither the last synced group nor the one in \
+                 flight: recovered {:?}, synced {:?}, in flight {:?}",
+                got, d.floor, d.ceiling
+            ));
+        }
+        if recovered.torn_tail.is_some() {
+            d.torn_tails += 1;
+        }
+        for op in &recovered.ops {
+            disk.run(op);
+        }
+        d.disk = disk;
+        d.log = recovered.log;
+        d.floor = got.clone();
+        d.ceiling = got;
+        self.store = recovered.store;
+        self.services.rollback_to(services)?;
+        let now_ms = self.now.as_nanos() / 1_000_000;
+        Ok(Duration::from_millis(
+            now_ms.saturating_sub(recovered.last_commit_wall_ms),
+        ))
     }
 
     /// Executes a command of a durable service and completes it at once:

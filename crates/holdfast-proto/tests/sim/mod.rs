@@ -5,6 +5,7 @@
 //! (`two_nodes`).
 
 pub mod checker;
+pub mod disk;
 pub mod net;
 pub mod service;
 pub mod two_nodes;

@@ -47,6 +47,13 @@ pub struct SimParams {
     /// a crash (at any point of a Ready's handling) and the target is rebuilt
     /// with `Target::restore` (see `durable`).
     pub durable: bool,
+    /// With `durable`: the store is the durable log engine on a simulated
+    /// disk with crash semantics, and a crash may also fall between any
+    /// two of a commit's file operations (see `durable` and `disk`).
+    pub disk: bool,
+    /// With `disk`: the disk's syncs do nothing (the test-only fault the
+    /// crash simulation must catch).
+    pub skip_sync: bool,
 }
 
 impl Default for SimParams {
@@ -59,6 +66,8 @@ impl Default for SimParams {
             abandon: true,
             connections: 1,
             durable: false,
+            disk: false,
+            skip_sync: false,
         }
     }
 }
@@ -108,6 +117,10 @@ pub struct SimReport {
     pub sessions_restored: u64,
     /// Sessions whose retain time passed while the target was down.
     pub expired_while_down: u64,
+    /// Disk mode: commits whose file operations all ran.
+    pub disk_commits: u64,
+    /// Disk mode: recoveries that dropped a torn final group.
+    pub torn_tails: u64,
 }
 
 impl SimReport {
@@ -133,6 +146,8 @@ impl SimReport {
         self.restores += o.restores;
         self.sessions_restored += o.sessions_restored;
         self.expired_while_down += o.expired_while_down;
+        self.disk_commits += o.disk_commits;
+        self.torn_tails += o.torn_tails;
     }
 
     fn add_target(&mut self, t: &holdfast_proto::TargetStats) {
@@ -247,6 +262,7 @@ impl World {
         );
         let mut store = MemoryStore::new();
         store.set_incarnation(target.incarnation());
+        let durable = durable::DurableState::new(&params, &store);
         World {
             seed,
             params,
@@ -278,7 +294,7 @@ impl World {
             closed: false,
             report: SimReport::default(),
             credit_blocked: false,
-            durable: durable::DurableState::default(),
+            durable,
             rng,
         }
     }
@@ -366,6 +382,10 @@ impl World {
         self.report.restores = self.durable.restores;
         self.report.sessions_restored = self.durable.sessions_restored;
         self.report.expired_while_down = self.durable.expired_while_down;
+        if let Some(d) = &self.durable.on_disk {
+            self.report.disk_commits = d.commits;
+            self.report.torn_tails = d.torn_tails;
+        }
         Ok(self.report)
     }
 
@@ -780,8 +800,9 @@ impl World {
         if crash == Some(durable::CrashAt::BeforePersist) {
             return self.crash_now();
         }
-        self.store.apply_all(&ready.changes);
-        self.committed(has_changes);
+        if self.persist(&ready.changes, crash)? {
+            return Ok(()); // killed in the middle of the commit
+        }
         // Every byte below may only reflect persisted state: the store must
         // now mirror the target exactly for every session it changed.
         for change in &ready.changes {
