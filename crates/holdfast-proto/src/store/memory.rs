@@ -234,3 +234,61 @@ impl MemoryStore {
         self.applied = applied;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every entry a session holds is reclaimed by the change that finishes
+    /// it: the store stays within the session's credits.
+    #[test]
+    fn entries_are_reclaimed_as_they_finish() {
+        let id = SessionId::new(5, 9);
+        let mut store = MemoryStore::new();
+        let received = |seq, command| StateChange::Received {
+            session: id,
+            seq,
+            command,
+            payload: Bytes::from_static(b"p"),
+        };
+        store.apply_all(&[
+            StateChange::SessionCreated {
+                session: id,
+                secret: SessionSecret([1; 16]),
+                credits: 4,
+                host: None,
+                max_frame: 1 << 16,
+            },
+            received(1, true),
+            received(2, false),
+            received(3, false),
+            received(4, true),
+        ]);
+        let s = store.session(id).expect("held");
+        assert_eq!(s.pending.keys().copied().collect::<Vec<_>>(), [1, 2, 3, 4]);
+        store.apply_all(&[
+            StateChange::MessagesDelivered {
+                session: id,
+                through: 2,
+            },
+            StateChange::Completed {
+                session: id,
+                command: 1,
+                response: 1,
+                payload: Bytes::from_static(b"r"),
+                status: None,
+            },
+        ]);
+        let s = store.session(id).expect("held");
+        assert_eq!(s.pending.keys().copied().collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(s.responses.len(), 1);
+        store.apply(&StateChange::ResponsesAcked {
+            session: id,
+            through: 1,
+        });
+        assert!(store.session(id).expect("held").responses.is_empty());
+        store.apply(&StateChange::SessionEnded { session: id });
+        assert!(store.session(id).is_none());
+        assert_eq!(store.max_counter(), 9, "the counter outlives the session");
+    }
+}

@@ -7,6 +7,7 @@
 pub mod checker;
 pub mod disk;
 pub mod net;
+pub mod report;
 pub mod service;
 pub mod two_nodes;
 pub mod world;
