@@ -15,7 +15,9 @@
 //! the disk's fsyncs skipped (test-only switch) they must fail.
 //!
 //! * `HOLDFAST_SIM_SEEDS=N` runs N seeds (default 400);
-//! * `HOLDFAST_SIM_SEED=S` with the `replay_durable` test replays one seed.
+//! * `HOLDFAST_SIM_SEED=S` with the `replay_durable` test replays one seed
+//!   (`HOLDFAST_SIM_DISK=1`: of the disk runs; `HOLDFAST_SIM_CONNECTIONS=N`:
+//!   with N connections per session).
 
 mod sim;
 
@@ -34,6 +36,7 @@ fn params(switches: TestSwitches) -> SimParams {
         ops: env_u64("HOLDFAST_SIM_OPS", 1000),
         durable: true,
         switches,
+        connections: env_u64("HOLDFAST_SIM_CONNECTIONS", 1) as u32,
         ..SimParams::default()
     }
 }
@@ -84,6 +87,22 @@ fn durable_restart_crash_at_every_durability_point_shard_1() {
     run_shard_with(1, 2, &disk_params(false));
 }
 
+/// Two connections per session (PROTOCOL.md §17): joins, reordering and
+/// moved calls across crashes of a target on the simulated disk.
+#[test]
+fn durable_restart_two_connections() {
+    let params = SimParams {
+        connections: 2,
+        ..disk_params(false)
+    };
+    let seeds = env_u64("HOLDFAST_SIM_SEEDS", 400) / 4;
+    for seed in 0..seeds {
+        if let Err(e) = World::new(seed, params.clone()).run() {
+            panic!("{e}");
+        }
+    }
+}
+
 /// Mutation: with the disk's fsyncs skipped, a crash loses commits whose
 /// bytes were already sent, and the simulation must say so.
 #[test]
@@ -109,7 +128,11 @@ fn durable_restart_seeds_shard_1() {
 fn replay_durable() {
     if let Ok(seed) = std::env::var("HOLDFAST_SIM_SEED") {
         let seed: u64 = seed.parse().expect("HOLDFAST_SIM_SEED must be a number");
-        let report = World::new(seed, params(TestSwitches::default()))
+        let params = match std::env::var_os("HOLDFAST_SIM_DISK") {
+            Some(_) => disk_params(false),
+            None => params(TestSwitches::default()),
+        };
+        let report = World::new(seed, params)
             .run()
             .unwrap_or_else(|e| panic!("{e}"));
         eprintln!("seed {seed}: {report:?}");

@@ -224,8 +224,14 @@ impl World {
     }
 
     fn fail(&self, msg: impl std::fmt::Display) -> String {
+        let (test, env) = match (self.params.durable, self.params.disk) {
+            (false, _) => ("simulation replay", ""),
+            (true, false) => ("durable_restart replay_durable", ""),
+            (true, true) => ("durable_restart replay_durable", " HOLDFAST_SIM_DISK=1"),
+        };
+        let connections = self.params.connections;
         format!(
-            "seed {} failed at step {} (t={:?}): {msg}\n  replay: HOLDFAST_SIM_SEED={} cargo test -p holdfast-proto --test simulation replay -- --nocapture",
+            "seed {} failed at step {} (t={:?}): {msg}\n  replay: HOLDFAST_SIM_SEED={}{env} HOLDFAST_SIM_CONNECTIONS={connections} cargo test -p holdfast-proto --test {test} -- --nocapture",
             self.seed, self.report.steps, self.now, self.seed
         )
     }
