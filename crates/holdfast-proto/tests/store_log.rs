@@ -454,6 +454,46 @@ fn corrupt_middle_group_names_sessions() {
     );
 }
 
+/// A damaged first group (the one that created the session): the session
+/// is named from the groups after it, whose lengths still check.
+#[test]
+fn corrupt_first_group_names_sessions_of_later_groups() {
+    let limits = LogLimits {
+        min_log: 1 << 20,
+        ..LogLimits::default()
+    };
+    let s1 = SessionId::new(7, 1);
+    let created = StateChange::SessionCreated {
+        session: s1,
+        secret: SessionSecret([3; 16]),
+        credits: 8,
+        host: None,
+        max_frame: 4096,
+    };
+    let groups = vec![
+        (vec![created], None),
+        (
+            vec![StateChange::Received {
+                session: s1,
+                seq: 1,
+                command: true,
+                payload: Bytes::from_static(b"x"),
+            }],
+            None,
+        ),
+    ];
+    let run = run_all(&groups, limits);
+    let mut disk = SimDisk::default();
+    for op in &run.ops {
+        disk.run(op);
+    }
+    let mut log = disk.read(StoreFile::Log).expect("log exists");
+    log[24 + 12 + 20] ^= 0x01;
+    let err = DurableLog::recover(None, Some(&log), limits).expect_err("corrupt");
+    assert_eq!(err.offset, 24);
+    assert_eq!(err.sessions, vec![s1], "{err}");
+}
+
 /// The test-only switch: the same crash check with `Sync` and `SyncDir`
 /// skipped loses acknowledged groups, and the check sees it.
 #[test]

@@ -633,6 +633,9 @@ impl<S: SessionService> Engine<S> {
         // service yet: not acknowledged until its task hands them over.
         for session in self.lanes.take_held() {
             self.core.hold_messages(session);
+            if let Some(d) = &mut self.durable {
+                d.session_held(session);
+            }
         }
         // The emptied vectors go back for the next batches.
         self.core.recycle(ready);

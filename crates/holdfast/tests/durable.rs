@@ -305,3 +305,101 @@ async fn durable_session_past_retain_is_rejected() {
     drop(target);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Fails every sync: the effect of a completed command cannot be made
+/// stable.
+struct BrokenDisk;
+
+impl ServiceDurability for BrokenDisk {
+    fn sync(&self) -> std::io::Result<()> {
+        Err(std::io::Error::other(
+            "the backend's fdatasync failed (EIO)",
+        ))
+    }
+}
+
+/// A failed commit stops the target: the completion whose effect could not
+/// be made stable is never answered, and the target is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_failed_commit_stops_the_target() {
+    support::init_logs();
+    let dir = scratch("failed");
+    let store = DurableStore::open(&dir, StoreOptions::default()).expect("open");
+    let value = Arc::new(AtomicU64::new(0));
+    let target = Target::serve_durable(
+        &[tcp0()],
+        TargetOptions::default(),
+        store,
+        support::counter(value.clone()),
+        Arc::new(BrokenDisk),
+    )
+    .await
+    .expect("serve");
+    let init = initiator(target.endpoints()[0].clone());
+    let call = tokio::spawn({
+        let init = init.clone();
+        async move { init.call(Bytes::from_static(b"inc")).await }
+    });
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while target.stats().await.is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the target kept running after a failed commit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(value.load(Ordering::SeqCst), 1, "the command ran once");
+    assert!(
+        !call.is_finished() || call.await.expect("task").is_err(),
+        "no answer"
+    );
+    drop(target);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A store file damaged in the middle is refused at open, naming the file
+/// and the session; nothing is replayed and the files stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_corrupt_store_is_refused_naming_the_session() {
+    support::init_logs();
+    let dir = scratch("corrupt");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let (target, _value, _) = serve_counter(&dir, addr, TargetOptions::default()).await;
+    let init = initiator(Endpoint::Tcp(addr));
+    for _ in 0..3 {
+        init.call(Bytes::from_static(b"inc")).await.expect("call");
+    }
+    let session = target.sessions().await.expect("sessions")[0].id;
+    drop(target);
+    // Served again: the open compacts the log into a checkpoint.
+    let (target, _value, _) = serve_counter(&dir, addr, TargetOptions::default()).await;
+    init.call(Bytes::from_static(b"inc"))
+        .await
+        .expect("call after restart");
+    drop(target);
+    // Not reopened (that would compact the log into a checkpoint): wait for
+    // the dropped target's commit thread, if one ran, to finish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log_path = dir.join("session.log");
+    let log = std::fs::read(&log_path).expect("log");
+    let mut ckpt = std::fs::read(dir.join("session.ckpt")).expect("checkpoint");
+    ckpt[40] ^= 0x04;
+    std::fs::write(dir.join("session.ckpt"), &ckpt).expect("write");
+    let err = DurableStore::open(&dir, StoreOptions::default()).expect_err("corrupt");
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{text}");
+    assert!(
+        text.contains("session.ckpt") && text.contains("move the directory aside"),
+        "{text}"
+    );
+    // The log's groups after the checkpoint still name the session.
+    assert!(text.contains(&session.to_string()), "{text}");
+    assert_eq!(
+        std::fs::read(&log_path).expect("log"),
+        log,
+        "files unchanged"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

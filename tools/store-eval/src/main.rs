@@ -67,11 +67,17 @@ fn open(kind: &str, dir: &Path) -> Box<dyn Store> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     match kind {
-        "log" => Box::new(Log(OpenOptions::new().create(true).append(true).open(dir.join("log")).unwrap())),
+        "log" => Box::new(Log(OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("log"))
+            .unwrap())),
         "redb" => Box::new(Redb(redb::Database::create(dir.join("db")).unwrap())),
         _ => {
             let ks = fjall::Config::new(dir.join("fj")).open().unwrap();
-            let p = ks.open_partition("s", fjall::PartitionCreateOptions::default()).unwrap();
+            let p = ks
+                .open_partition("s", fjall::PartitionCreateOptions::default())
+                .unwrap();
             Box::new(Fjall(ks, p))
         }
     }
@@ -114,7 +120,9 @@ fn recovery(kind: &str, dir: &Path) {
     {
         let mut s = open(kind, dir);
         for chunk in 0..SESSIONS / 100 {
-            let group: Vec<_> = (0..100).map(|i| (chunk * 100 + i, vec![7u8; 300])).collect();
+            let group: Vec<_> = (0..100)
+                .map(|i| (chunk * 100 + i, vec![7u8; 300]))
+                .collect();
             s.commit(&group);
         }
     }
@@ -123,7 +131,10 @@ fn recovery(kind: &str, dir: &Path) {
     match kind {
         "log" => {
             let mut bytes = Vec::new();
-            File::open(dir.join("log")).unwrap().read_to_end(&mut bytes).unwrap();
+            File::open(dir.join("log"))
+                .unwrap()
+                .read_to_end(&mut bytes)
+                .unwrap();
             let mut at = 0;
             while at + 8 <= bytes.len() {
                 let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
@@ -151,7 +162,9 @@ fn recovery(kind: &str, dir: &Path) {
         }
         _ => {
             let ks = fjall::Config::new(dir.join("fj")).open().unwrap();
-            let p = ks.open_partition("s", fjall::PartitionCreateOptions::default()).unwrap();
+            let p = ks
+                .open_partition("s", fjall::PartitionCreateOptions::default())
+                .unwrap();
             for e in p.iter() {
                 let (k, v) = e.unwrap();
                 map.insert(u64::from_be_bytes(k[..].try_into().unwrap()), v.to_vec());

@@ -30,6 +30,8 @@ pub(crate) type Committed = (Box<DurableStore>, Vec<StateChange>, Result<(), Sto
 pub(crate) struct Committer {
     store: Option<Box<DurableStore>>,
     durability: Arc<dyn ServiceDurability>,
+    /// The warning about a stateful service that was not ready was given.
+    warned_held: bool,
 }
 
 impl Committer {
@@ -37,6 +39,25 @@ impl Committer {
         Committer {
             store: Some(Box::new(store)),
             durability,
+            warned_held: false,
+        }
+    }
+
+    /// A session's messages wait in its lane (the service was not ready).
+    /// A service that keeps its state in the store must take every message
+    /// at once (PROTOCOL.md §12.2): a state captured while a lane holds
+    /// messages can include the effect of one the store does not yet count
+    /// as delivered, which a crash would then deliver again. Warned once.
+    pub(crate) fn session_held(&mut self, session: holdfast_proto::SessionId) {
+        if !self.warned_held && self.durability.state().is_some() {
+            self.warned_held = true;
+            tracing::warn!(
+                %session,
+                "the service was not ready for a session's messages, yet it keeps its state in \
+                 the durable store: after a crash a message it had already taken may be \
+                 delivered again. A service with state in the store must be always ready \
+                 (PROTOCOL.md §12.2)"
+            );
         }
     }
 

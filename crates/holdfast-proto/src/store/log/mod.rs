@@ -165,7 +165,8 @@ pub struct CorruptStore {
     /// What is wrong.
     pub what: &'static str,
     /// The sessions whose state cannot be trusted: those in the store at
-    /// the bad point (any of them may have records after it).
+    /// the bad point (any of them may have records after it) and those
+    /// named in the groups after it that can still be read.
     pub sessions: Vec<SessionId>,
     /// True when the checkpoint is bad or missing: every session it held is
     /// affected too, not only those listed.

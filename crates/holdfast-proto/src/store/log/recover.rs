@@ -80,16 +80,18 @@ fn sorted_sessions(store: &MemoryStore) -> Vec<SessionId> {
     v
 }
 
-/// Best effort: the sessions named in the log's intact groups, for the
-/// report of a bad checkpoint.
-fn sessions_in_log(log: &[u8], limits: LogLimits) -> Vec<SessionId> {
+/// Best effort: the sessions named in the log's groups from offset `from`
+/// on. A group whose length passes its checksum is stepped over even when
+/// its body fails (so the sessions of the groups after a damaged one are
+/// named too); the walk stops at the first length that fails.
+fn sessions_in_log(log: &[u8], from: usize, limits: LogLimits) -> Vec<SessionId> {
     let mut out = Vec::new();
-    let mut at = LOG_HEADER;
+    let mut at = from;
     while let Some(g) = log.get(at..) {
         let Some((len, body)) = group_at(g, limits) else {
             break;
         };
-        if let Ok((_, _, _, changes)) = decode_group(body) {
+        if let Some(Ok((_, _, _, changes))) = body.map(decode_group) {
             out.extend(changes.iter().filter_map(codec::change_session));
         }
         at += GROUP_HEADER + len;
@@ -99,9 +101,9 @@ fn sessions_in_log(log: &[u8], limits: LogLimits) -> Vec<SessionId> {
     out
 }
 
-/// The group at the start of `g` if it is whole and its checksum holds:
-/// (body length, body).
-fn group_at(g: &[u8], limits: LogLimits) -> Option<(usize, &[u8])> {
+/// The group at the start of `g` if its length passes its checksum and the
+/// group is whole: (body length, the body if its checksum holds).
+fn group_at(g: &[u8], limits: LogLimits) -> Option<(usize, Option<&[u8]>)> {
     let header = g.get(..GROUP_HEADER)?;
     let len = usize::try_from(u32::from_le_bytes(header[..4].try_into().ok()?)).ok()?;
     let len_crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
@@ -113,7 +115,16 @@ fn group_at(g: &[u8], limits: LogLimits) -> Option<(usize, &[u8])> {
         return None;
     }
     let body = g.get(GROUP_HEADER..GROUP_HEADER.checked_add(len)?)?;
-    (crc32c::crc32c(body) == crc).then_some((len, body))
+    Some((len, (crc32c::crc32c(body) == crc).then_some(body)))
+}
+
+/// The sessions in `store` and those named in the log from `from` on.
+fn affected(store: &MemoryStore, log: &[u8], from: usize, limits: LogLimits) -> Vec<SessionId> {
+    let mut v = sorted_sessions(store);
+    v.extend(sessions_in_log(log, from, limits));
+    v.sort();
+    v.dedup();
+    v
 }
 
 type Group = (u64, u64, Option<Bytes>, Vec<crate::target::StateChange>);
@@ -153,7 +164,10 @@ pub(super) fn run(
             match read_checkpoint(bytes, limits, &mut seen) {
                 Ok(c) => Some(c),
                 Err(bad) => {
-                    seen.extend(log.map(|l| sessions_in_log(l, limits)).unwrap_or_default());
+                    seen.extend(
+                        log.map(|l| sessions_in_log(l, LOG_HEADER, limits))
+                            .unwrap_or_default(),
+                    );
                     seen.sort();
                     seen.dedup();
                     return Err(corrupt(bad, seen, true));
@@ -237,7 +251,13 @@ pub(super) fn run(
         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
         let len_crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
         let crc = u32::from_le_bytes([rest[8], rest[9], rest[10], rest[11]]);
-        let bad = |what| corrupt((file, at as u64, what), sorted_sessions(&store), all);
+        let bad = |what| {
+            corrupt(
+                (file, at as u64, what),
+                affected(&store, log, at, limits),
+                all,
+            )
+        };
         if crc32c::crc32c(&rest[..4]) != len_crc {
             // A crash can leave zeros where an append had not landed; any
             // other bytes are a damaged length.
@@ -264,7 +284,7 @@ pub(super) fn run(
         }
         let (group, g_wall, state, changes) = decode_group(body).map_err(|e| {
             let (f, o, w) = decode_err(file, at + GROUP_HEADER, e);
-            corrupt((f, o, w), sorted_sessions(&store), all)
+            corrupt((f, o, w), affected(&store, log, at, limits), all)
         })?;
         if group != expected {
             return Err(bad("group number out of sequence"));
