@@ -108,6 +108,19 @@ pub(crate) struct TargetArgs {
     /// quiesce overruns (a slow disk), lower it for faster failover.
     #[arg(long, value_name = "DURATION")]
     pub(crate) command_budget: Option<String>,
+    /// Keep session state in DIR (created if missing; one target per DIR,
+    /// it is locked) so sessions survive a crash, `kill -9` or power loss
+    /// of this process: restarted with the same DIR within --retain, the
+    /// target takes every session back statefully. Completed commands are
+    /// answered from the stored cache, none runs twice, none is lost, and
+    /// commands received but not finished run once, in order. The log
+    /// service keeps its counter and streams there too. Cost: no answer
+    /// leaves before its changes are on disk, one fsync per group of
+    /// changes (changes arriving during an fsync share the next one), and
+    /// for --service block one fdatasync of the volume per group that
+    /// completes a write. Without it sessions end with the process.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
     /// Print the bound endpoints and final counters as JSON lines.
     #[arg(long)]
     #[serde(default)]
@@ -141,6 +154,8 @@ pub(crate) struct TargetSettings {
     json: bool,
     control: Option<PathBuf>,
     metrics: Option<std::net::SocketAddr>,
+    /// Where session state is kept (`--state-dir`); `None`: in memory.
+    state_dir: Option<PathBuf>,
 }
 
 impl TargetArgs {
@@ -212,7 +227,12 @@ impl TargetArgs {
             .map(|v| v.parse::<holdfast_block::VolumeId>())
             .transpose()
             .context("--volume-id")?;
+        let state_dir = pick(self.state_dir, file.state_dir);
+        if let Some(dir) = &state_dir {
+            crate::checks::state_dir(dir, volume.as_deref())?;
+        }
         Ok(TargetSettings {
+            state_dir,
             volume,
             size,
             volume_id,
@@ -467,6 +487,53 @@ mod tests {
         .to_string();
         assert!(err.starts_with("--size 0"), "{err}");
         assert!(log_target("credits = 1").is_ok());
+    }
+
+    /// `state-dir` in the file or `--state-dir` on the command line (which
+    /// wins) reaches the settings; a path that is a file is refused with
+    /// the flag named.
+    #[test]
+    fn a_state_dir_comes_from_the_file_or_the_flag_and_must_be_a_directory() {
+        let from_file = log_target("state-dir = \"/var/lib/holdfast/a\"").expect("valid");
+        assert_eq!(
+            from_file.state_dir.as_deref(),
+            Some(std::path::Path::new("/var/lib/holdfast/a"))
+        );
+        let file: TargetArgs =
+            toml::from_str("service = \"log\"\nlisten = \"127.0.0.1:0\"\nstate-dir = \"/x\"\n")
+                .expect("valid config");
+        let flag = TargetArgs {
+            state_dir: Some("/var/lib/holdfast/b".into()),
+            ..TargetArgs::default()
+        }
+        .merged(file)
+        .expect("valid");
+        assert_eq!(
+            flag.state_dir.as_deref(),
+            Some(std::path::Path::new("/var/lib/holdfast/b"))
+        );
+        assert!(log_target("").expect("valid").state_dir.is_none());
+        let not_a_dir = std::env::current_exe().expect("this test binary, a file");
+        let err = log_target(&format!(
+            "state-dir = {:?}",
+            not_a_dir.display().to_string()
+        ))
+        .expect_err("a file is no state dir")
+        .to_string();
+        assert!(
+            err.starts_with("--state-dir") && err.contains("not a directory"),
+            "{err}"
+        );
+        let err = TargetArgs {
+            volume: Some("/tmp/v.img".into()),
+            state_dir: Some("/tmp/v.img".into()),
+            listen: vec!["127.0.0.1:0".to_owned()],
+            ..TargetArgs::default()
+        }
+        .merged(TargetArgs::default())
+        .expect_err("the volume is no state dir")
+        .to_string();
+        assert!(err.contains("is the volume"), "{err}");
     }
 
     #[test]
