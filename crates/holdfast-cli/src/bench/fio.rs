@@ -232,7 +232,10 @@ mod tests {
         let out = r#"{ "jobs": [ { "error": 0, "write": { "iops": 222.5 },
   "sync": { "total_ios": 445, "lat_ns": { "percentile": { "50.000000": 4000000, "99.000000": 9000000 } } } } ] }"#;
         let r = parse_fsync(out).expect("parse");
-        assert_eq!((r.fsyncs_per_s, r.p50_us, r.p99_us), (222.5, 4000.0, 9000.0));
+        assert_eq!(
+            (r.fsyncs_per_s, r.p50_us, r.p99_us),
+            (222.5, 4000.0, 9000.0)
+        );
         assert!(parse_fsync(r#"{"jobs":[{"write":{"iops":0}}]}"#).is_err());
     }
 

@@ -25,7 +25,7 @@
 
 mod baseline;
 mod block;
-mod child;
+pub(crate) mod child;
 mod failover;
 mod fio;
 mod multiconn;
