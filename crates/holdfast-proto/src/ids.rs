@@ -18,6 +18,11 @@ impl SessionId {
     pub const fn incarnation(self) -> u32 {
         (self.0 >> 32) as u32
     }
+
+    /// The per-incarnation counter (the low 32 bits).
+    pub const fn counter(self) -> u32 {
+        self.0 as u32
+    }
 }
 
 impl fmt::Debug for SessionId {

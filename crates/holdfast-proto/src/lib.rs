@@ -50,8 +50,11 @@ pub use error::{
 pub use ids::{CallId, ConnId, Seq, SessionId, SessionSecret};
 pub use initiator::{CallOptions, FenceError, Initiator, InitiatorEvent, InitiatorStats};
 pub use random::{RandomSource, SeededRandom};
-pub use store::MemoryStore;
-pub use target::{Delivery, FenceRequest, NotStarted, Ready, StateChange, Target, TargetStats};
+pub use store::{MemoryStore, StoredSession};
+pub use target::{
+    Delivery, FenceRequest, NotStarted, Ready, RestoreError, StateChange, StoreBehind, Target,
+    TargetStats,
+};
 pub use time::Timestamp;
 pub use wire::{FenceResult, HostId, HostRecord};
 
@@ -83,4 +86,11 @@ pub struct TestSwitches {
     /// The target confirms a fence of its own node at once, without
     /// waiting for the fenced sessions' running commands.
     pub fence_without_waiting: bool,
+    /// The target never emits `StateChange::MessagesDelivered`: a target
+    /// restored from its store delivers again one-way messages the service
+    /// had already taken (issue 16).
+    pub no_delivered_record: bool,
+    /// `Target::restore` drops the commands and messages that were received
+    /// and not finished instead of delivering them again (issue 16).
+    pub restore_drops_pending: bool,
 }

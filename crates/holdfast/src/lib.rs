@@ -50,6 +50,7 @@ mod backoff;
 pub mod chaos;
 mod clock;
 mod durability;
+pub mod durable;
 mod fence;
 mod initiator;
 mod lanes;
@@ -72,6 +73,7 @@ pub use holdfast_proto as proto;
 
 pub use backoff::Backoff;
 pub use durability::{NoDurability, ServiceDurability};
+pub use durable::{DurableStore, RecoveryReport, StoreError, StoreOptions, StoreStats};
 pub use fence::{FenceError, FenceOutcome, PathState};
 pub use holdfast_proto::NotStarted;
 pub use holdfast_proto::{

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, trace, warn, Instrument};
 
 use crate::clock::Clock;
+use crate::durable::commit::{wait_commit, Committed};
 use crate::service::{Request, SessionService};
 use crate::service_call::{Finished, Outcome};
 use crate::status::{SessionStatus, TargetObserver};
@@ -145,6 +146,18 @@ impl Target {
         let clock = Clock::new();
         let core =
             holdfast_proto::Target::new(options.protocol.clone(), Box::new(OsRandom), clock.now());
+        Target::start(acceptors, options, service, core, clock, None)
+    }
+
+    /// Starts the acceptors and the engine around `core`.
+    pub(crate) fn start<S: SessionService>(
+        acceptors: Vec<Box<dyn Acceptor>>,
+        options: TargetOptions,
+        service: S,
+        core: holdfast_proto::Target,
+        clock: Clock,
+        durable: Option<crate::durable::commit::Committer>,
+    ) -> Target {
         let (tx, rx) = mpsc::channel(1024);
         let next_conn = Arc::new(AtomicU64::new(1));
         let queued = Arc::new(AtomicUsize::new(0));
@@ -174,6 +187,8 @@ impl Target {
             stopping_at: None,
             peers: crate::peer::Peers::start(&options.peers, options.peer_fence_timeout),
             gates: HashMap::new(),
+            durable,
+            pending: None,
         };
         let span = tracing::info_span!("target", endpoints = ?bound);
         let engine_task = tokio::spawn(engine.run(rx).instrument(span));
@@ -375,10 +390,17 @@ struct Engine<S> {
     /// Start gates of sessions with a quiesce promise and commands in the
     /// service (see `crate::start_gate`), refreshed after every batch.
     gates: HashMap<SessionId, Arc<crate::start_gate::SessionGate>>,
+    /// The durable store, if the target has one.
+    durable: Option<crate::durable::commit::Committer>,
+    /// The `Ready` whose changes are being committed: finished (sent,
+    /// delivered, advanced) once the commit is durable.
+    pending: Option<holdfast_proto::Ready>,
 }
 
 impl<S: SessionService> Engine<S> {
     async fn run(mut self, mut rx: mpsc::Receiver<EngineMsg>) {
+        // The group commit in flight, if any (durable store only).
+        let mut commit: Option<JoinHandle<Committed>> = None;
         loop {
             let deadline = self.core.poll_timeout().map(|t| self.clock.instant(t));
             // Biased (timers first), so that seeded simulations replay
@@ -388,6 +410,11 @@ impl<S: SessionService> Engine<S> {
                 () = sleep_until(deadline) => {
                     let now = self.clock.now();
                     self.core.handle_timeout(now);
+                }
+                done = wait_commit(&mut commit) => {
+                    if !self.committed(done).await {
+                        return;
+                    }
                 }
                 msg = rx.recv() => match msg {
                     Some(m) => self.handle(m),
@@ -401,7 +428,7 @@ impl<S: SessionService> Engine<S> {
                     Err(_) => break,
                 }
             }
-            self.drain_ready().await;
+            self.drain_ready(&mut commit).await;
             // Stopped: the up time is over (new logins were refused until
             // then) and every connection is closed.
             let up_time_over = self.stopping_at.is_some_and(|at| at <= self.clock.now());
@@ -489,70 +516,123 @@ impl<S: SessionService> Engine<S> {
         }
     }
 
-    async fn drain_ready(&mut self) {
+    /// Takes `Ready`s and finishes them; with a durable store, one with
+    /// changes is committed first: it waits in `pending` and no new `Ready`
+    /// is taken until its commit is durable (`committed`).
+    async fn drain_ready(&mut self, commit: &mut Option<JoinHandle<Committed>>) {
         self.refresh_gates();
-        while self.core.has_ready() {
+        while commit.is_none() && self.core.has_ready() {
             let mut ready = self.core.ready();
-            for f in ready.fences.drain(..) {
-                info!(token = f.token, node = format_args!("{:08x}", f.node), host = %f.host,
+            if !ready.changes.is_empty() {
+                if let Some(durable) = &mut self.durable {
+                    for change in &ready.changes {
+                        log_change(change);
+                    }
+                    let changes = std::mem::take(&mut ready.changes);
+                    *commit = durable.start(changes);
+                    self.pending = Some(ready);
+                    return;
+                }
+            }
+            self.finish_ready(ready).await;
+        }
+    }
+
+    /// A group commit finished: on success the waiting `Ready` goes out;
+    /// on failure the target stops (false), for the store's state on disk
+    /// is unknown after a failed fsync.
+    async fn committed(&mut self, done: Result<Committed, tokio::task::JoinError>) -> bool {
+        let dir = self.durable.as_ref().and_then(|d| d.dir());
+        let error = match done {
+            Ok((store, changes, result)) => {
+                if let Some(d) = &mut self.durable {
+                    d.finish(store);
+                }
+                match result {
+                    Ok(()) => {
+                        if let Some(mut ready) = self.pending.take() {
+                            ready.changes = changes;
+                            self.finish_ready(ready).await;
+                        }
+                        return true;
+                    }
+                    Err(e) => e.to_string(),
+                }
+            }
+            Err(e) => format!("the commit thread failed: {e} (state directory {dir:?})"),
+        };
+        tracing::error!(
+            "the session store could not commit, so the target stops (nothing it had not \
+             made durable was sent): {error}"
+        );
+        false
+    }
+
+    /// Sends, closes, delivers and advances one `Ready` whose changes are
+    /// durable (or in memory only, without a store).
+    async fn finish_ready(&mut self, mut ready: holdfast_proto::Ready) {
+        for f in ready.fences.drain(..) {
+            info!(token = f.token, node = format_args!("{:08x}", f.node), host = %f.host,
                       epoch = f.epoch, "forwarding a fence to a peer");
-                self.peers.forward(f, self.tx.clone());
-            }
-            // In-memory store: the changes are already "persisted"; they
-            // are logged so an operator can follow each session's life.
-            for change in &ready.changes {
+            self.peers.forward(f, self.tx.clone());
+        }
+        // The changes are persisted (durable store) or kept in memory
+        // only; they are logged so an operator can follow each
+        // session's life (a durable store logged them at its commit).
+        for change in &ready.changes {
+            if self.durable.is_none() {
                 log_change(change);
-                if let StateChange::SessionEnded { session } = change {
-                    self.lanes.end(*session);
+            }
+            if let StateChange::SessionEnded { session } = change {
+                self.lanes.end(*session);
+            }
+        }
+        for t in ready.transmits.drain(..) {
+            let Some(w) = self.conns.get(&t.conn) else {
+                continue;
+            };
+            let queued = w.send(t.chunks);
+            if let Some(why) = self.over_limit(t.conn, queued) {
+                warn!(
+                    conn = ?t.conn,
+                    queued,
+                    "{why}; dropping the connection (its session stays recoverable)"
+                );
+                if let Some(w) = self.conns.remove(&t.conn) {
+                    w.kill();
                 }
+                self.core.connection_closed(t.conn, self.clock.now());
             }
-            for t in ready.transmits.drain(..) {
-                let Some(w) = self.conns.get(&t.conn) else {
-                    continue;
-                };
-                let queued = w.send(t.chunks);
-                if let Some(why) = self.over_limit(t.conn, queued) {
-                    warn!(
-                        conn = ?t.conn,
-                        queued,
-                        "{why}; dropping the connection (its session stays recoverable)"
-                    );
-                    if let Some(w) = self.conns.remove(&t.conn) {
-                        w.kill();
-                    }
-                    self.core.connection_closed(t.conn, self.clock.now());
+        }
+        for c in ready.closes.drain(..) {
+            match &c.reason {
+                CloseReason::Protocol(e) => {
+                    warn!(conn = ?c.conn, error = %e, "closing connection")
                 }
+                other => debug!(conn = ?c.conn, reason = ?other, "closing connection"),
             }
-            for c in ready.closes.drain(..) {
-                match &c.reason {
-                    CloseReason::Protocol(e) => {
-                        warn!(conn = ?c.conn, error = %e, "closing connection")
-                    }
-                    other => debug!(conn = ?c.conn, reason = ?other, "closing connection"),
-                }
-                if let Some(w) = self.conns.remove(&c.conn) {
-                    w.close();
-                }
+            if let Some(w) = self.conns.remove(&c.conn) {
+                w.close();
             }
-            let mut finished = Vec::new();
-            for d in ready.deliveries.drain(..) {
-                if let Some(done) = self.deliver(d).await {
-                    finished.push(done);
-                }
+        }
+        let mut finished = Vec::new();
+        for d in ready.deliveries.drain(..) {
+            if let Some(done) = self.deliver(d).await {
+                finished.push(done);
             }
-            // Messages waiting in a session's lane are not with the
-            // service yet: not acknowledged until its task hands them over.
-            for session in self.lanes.take_held() {
-                self.core.hold_messages(session);
-            }
-            // The emptied vectors go back for the next batches.
-            self.core.recycle(ready);
-            self.core.advance(self.clock.now());
-            // Services that answered at once are completed here, without a
-            // task and a channel hop each.
-            for (session, seq, outcome) in finished {
-                self.complete(session, seq, outcome);
-            }
+        }
+        // Messages waiting in a session's lane are not with the
+        // service yet: not acknowledged until its task hands them over.
+        for session in self.lanes.take_held() {
+            self.core.hold_messages(session);
+        }
+        // The emptied vectors go back for the next batches.
+        self.core.recycle(ready);
+        self.core.advance(self.clock.now());
+        // Services that answered at once are completed here, without a
+        // task and a channel hop each.
+        for (session, seq, outcome) in finished {
+            self.complete(session, seq, outcome);
         }
     }
 

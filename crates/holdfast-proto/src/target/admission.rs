@@ -56,13 +56,15 @@ pub(crate) struct Admission {
 }
 
 /// How long a detached session is retained: `retain`, or `retain_unused`
-/// (if shorter) while it has received no CMD or MSG.
+/// (if shorter) while it has received no CMD or MSG; less what it already
+/// spent while the target was down, for a session restored from its store.
 pub(crate) fn retain_time(config: &TargetConfig, s: &Session) -> Duration {
-    if s.received() == 0 {
+    let base = if s.received() == 0 {
         config.retain_unused.min(config.retain)
     } else {
         config.retain
-    }
+    };
+    base.saturating_sub(s.retain_cut)
 }
 
 impl Target {

@@ -83,7 +83,7 @@ impl Fencing {
 
     /// Records a fence of `host` at `epoch`; true if that raised the
     /// remembered epoch. The oldest host is forgotten when full.
-    fn raise(&mut self, host: HostId, epoch: u64) -> bool {
+    pub(crate) fn raise(&mut self, host: HostId, epoch: u64) -> bool {
         if self.capacity == 0 {
             return false;
         }

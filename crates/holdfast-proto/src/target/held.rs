@@ -26,6 +26,7 @@ impl Target {
     /// return. A no-op for a session that is not held.
     pub fn release_messages(&mut self, session: SessionId, now: Timestamp) {
         self.now = now;
+        let record = self.records_deliveries();
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
@@ -40,7 +41,7 @@ impl Target {
                 self.releasing.push(session);
             }
         } else {
-            s.release_delivered();
+            s.release_delivered(&mut self.changes, record);
             self.owe_ack(session);
         }
     }

@@ -97,6 +97,15 @@ impl Target {
                     return Ok(());
                 }
             },
+            LoginKind::Recover | LoginKind::Join if self.store_behind(&login) => {
+                self.stats.recoveries_rejected += 1;
+                let text = format!(
+                    "the target restarted from a store that lost state of session {} it had                      confirmed (the initiator acknowledged response {}); the session ended,                      and its calls may or may not have executed",
+                    login.session, login.response_ack
+                );
+                self.reject(conn, RejectReason::TargetRestarted, 0, &text);
+                return Ok(());
+            }
             LoginKind::Recover | LoginKind::Join => match self.recover_session(conn, &login)? {
                 Ok(id) => (id, SessionSecret([0; 16])),
                 Err(reason) => {
@@ -138,6 +147,7 @@ impl Target {
             secret,
             credits,
             host: login.host,
+            max_frame: login.max_frame,
         });
         self.stats.sessions_created += 1;
         Some((id, secret))
@@ -196,7 +206,16 @@ impl Target {
             return Ok(Err(RejectReason::TooManySessions));
         }
         s.ack_responses(login.response_ack, &mut self.changes)?;
+        if login.max_frame > s.peer_max_frame {
+            self.changes.push(StateChange::MaxFrameRaised {
+                session: id,
+                max_frame: login.max_frame,
+            });
+        }
         s.peer_max_frame = login.max_frame;
+        // In step with the initiator now: a later ack beyond the cache is
+        // its own violation, not a store that fell behind.
+        s.restored = false;
         #[cfg(feature = "test-switches")]
         let fencing = !self.config.switches.no_fencing;
         #[cfg(not(feature = "test-switches"))]

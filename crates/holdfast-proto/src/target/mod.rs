@@ -20,6 +20,7 @@ mod login;
 mod quiesce;
 mod ready;
 mod reorder;
+mod restore;
 mod session;
 mod timers;
 mod tombstones;
@@ -44,6 +45,7 @@ pub use admission::{SourceKey, CONTROL_ALLOWANCE};
 pub use fence::FenceRequest;
 pub use quiesce::NotStarted;
 pub use ready::{Close, CloseReason, Delivery, Ready, StateChange, Transmit};
+pub use restore::{RestoreError, StoreBehind};
 use session::Session;
 use timers::{TimerKey, Timers};
 use tombstones::Tombstones;
@@ -161,6 +163,11 @@ pub struct TargetStats {
     pub fences_forwarded: u64,
     /// Sessions fenced.
     pub sessions_fenced: u64,
+    /// Sessions rebuilt from the store by [`Target::restore`] (PROTOCOL.md §12).
+    pub sessions_restored: u64,
+    /// Recoveries of restored sessions refused because the initiator had
+    /// received responses the store did not hold (see [`StoreBehind`]).
+    pub recoveries_store_behind: u64,
 }
 
 /// A snapshot of one session's state, for tests and diagnostics.
@@ -266,6 +273,9 @@ pub struct Target {
     /// Fenced hosts, fences waiting for running commands, and FENCEs for
     /// other nodes (PROTOCOL.md §11.5).
     fencing: fence::Fencing,
+    /// Recoveries refused because the restored store was behind, for the
+    /// driver to log ([`Target::take_store_behind`]).
+    store_behind: Vec<StoreBehind>,
 }
 
 impl std::fmt::Debug for Target {
@@ -307,6 +317,7 @@ impl Target {
             shutdown: None,
             stats: TargetStats::default(),
             admission: Admission::default(),
+            store_behind: Vec::new(),
         }
     }
 
@@ -617,13 +628,14 @@ impl Target {
     pub fn advance(&mut self, now: Timestamp) {
         self.now = now;
         self.awaiting_advance = false;
+        let record = self.records_deliveries();
         let releasing = std::mem::take(&mut self.releasing);
         for &id in &releasing {
             if let Some(s) = self.sessions.get_mut(&id) {
                 if s.untaken {
                     continue; // until `release_messages` (see `held`)
                 }
-                s.release_delivered();
+                s.release_delivered(&mut self.changes, record);
                 self.owe_ack(id);
             }
         }
@@ -661,6 +673,16 @@ impl Target {
     }
 
     // ----- internals -----
+
+    /// Whether released messages are recorded with
+    /// [`StateChange::MessagesDelivered`] (always, unless the test switch
+    /// `no_delivered_record` is set).
+    fn records_deliveries(&self) -> bool {
+        #[cfg(feature = "test-switches")]
+        return !self.config.switches.no_delivered_record;
+        #[cfg(not(feature = "test-switches"))]
+        true
+    }
 
     fn handle_frame(&mut self, conn: ConnId, frame: Frame) -> Result<(), ProtocolError> {
         let phase = match self.conns.get(&conn) {

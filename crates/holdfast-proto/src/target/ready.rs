@@ -125,6 +125,18 @@ pub enum StateChange {
         /// The HOST record of its creating LOGIN, if any: the host and
         /// epoch a fence matches it by.
         host: Option<HostRecord>,
+        /// The `max_frame` of the creating LOGIN: the session's responses
+        /// are sized for it.
+        max_frame: u32,
+    },
+    /// A recovery or join LOGIN raised the session's `max_frame` (the
+    /// largest frame its initiator accepts): responses may be sized for
+    /// the new limit, and a later recovery must not offer less.
+    MaxFrameRaised {
+        /// The session.
+        session: SessionId,
+        /// The new limit.
+        max_frame: u32,
     },
     /// A command or message was received; it is now acknowledged.
     Received {
@@ -152,10 +164,13 @@ pub enum StateChange {
         status: Option<ResponseStatus>,
     },
     /// The service has taken every one-way message of the session up to and
-    /// including `through` (emitted at the `advance` of the Ready that
-    /// delivered them, so it is persisted before any byte whose
-    /// acknowledgement covers them). A restored target delivers again only
-    /// the messages above it (PROTOCOL.md §12).
+    /// including `through` (emitted at the [`crate::Target::advance`] of the
+    /// Ready that delivered them, or at [`crate::Target::release_messages`]
+    /// for a held session, so it is in the next Ready, persisted before any
+    /// byte whose acknowledgement covers them). A restored target delivers
+    /// again only the messages above it (PROTOCOL.md §12). `through` is the
+    /// session's acknowledgement at that moment: every one-way message up to
+    /// it is taken (commands below it are covered by their own changes).
     MessagesDelivered {
         /// The session.
         session: SessionId,

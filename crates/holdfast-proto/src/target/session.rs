@@ -21,6 +21,7 @@ use crate::Seq;
 
 use super::ready::{Delivery, StateChange};
 use super::reorder::{Early, Reorder};
+use crate::store::StoredSession;
 
 /// A response kept until the initiator acknowledges it.
 #[derive(Debug)]
@@ -100,6 +101,13 @@ pub(crate) struct Session {
     owed: u32,
     /// Host, last contact and fence (PROTOCOL.md §11.4–§11.5).
     pub(crate) path: super::quiesce::PathState,
+    /// Retain time already spent while the target was down (a session
+    /// restored from its store, §12): taken off its next retain time, and
+    /// zero again once a connection attaches.
+    pub(crate) retain_cut: std::time::Duration,
+    /// Rebuilt by `Target::restore` and not yet recovered: a recovery that
+    /// acknowledges responses the store never had is refused (§12).
+    pub(crate) restored: bool,
 }
 
 impl Session {
@@ -136,6 +144,8 @@ impl Session {
             untaken: false,
             owed: 0,
             path: super::quiesce::PathState::default(),
+            retain_cut: std::time::Duration::ZERO,
+            restored: false,
         }
     }
 
@@ -196,6 +206,7 @@ impl Session {
         }
         self.detached_since = None;
         self.expiry_deferred = false;
+        self.retain_cut = std::time::Duration::ZERO;
         self.advertised = (self.ack(), self.limit());
         self.ack_due = None;
         self.owed = 0;
@@ -443,11 +454,20 @@ impl Session {
 
     /// Called at advance: the messages of the last Ready have been delivered,
     /// so their credits return and the acknowledgement may cover them.
-    pub(crate) fn release_delivered(&mut self) {
+    /// Records that the service has taken them ([`StateChange::MessagesDelivered`]
+    /// up to the new acknowledgement: every message up to it is taken), in
+    /// the next Ready, before any byte that carries that acknowledgement.
+    /// (`record` false only under the test switch `no_delivered_record`.)
+    pub(crate) fn release_delivered(&mut self, changes: &mut Vec<StateChange>, record: bool) {
         self.handed_message = None;
-        self.held = self
-            .held
-            .saturating_sub(std::mem::take(&mut self.releasing));
+        let released = std::mem::take(&mut self.releasing);
+        self.held = self.held.saturating_sub(released);
+        if released > 0 && record {
+            changes.push(StateChange::MessagesDelivered {
+                session: self.id,
+                through: self.ack(),
+            });
+        }
     }
 
     /// True when a command with this sequence is running.
@@ -606,6 +626,116 @@ impl Session {
     /// Highest response acknowledged.
     pub(crate) fn responses_acked(&self) -> Seq {
         self.responses_acked
+    }
+
+    /// The next response sequence number (one above the highest issued).
+    pub(crate) fn next_response(&self) -> Seq {
+        self.next_response
+    }
+
+    /// Rebuilds a detached session from its stored state (PROTOCOL.md §12):
+    /// its response cache (every entry to be sent again), its running
+    /// commands (the stored commands not completed, `origin` unknown) and
+    /// the one-way messages the service had not taken, which wait to be
+    /// handed out again (the acknowledgement stays below the first of them
+    /// until the driver confirms it has them). Returns the session and the
+    /// commands and messages to deliver again, in sequence order. The
+    /// caller attaches nothing: the session is detached.
+    pub(crate) fn from_stored(
+        id: SessionId,
+        stored: &StoredSession,
+    ) -> Result<(Session, Vec<Delivery>), String> {
+        let secret = stored.secret.ok_or("no secret stored")?;
+        if stored.credits == 0 {
+            return Err("a credit window of 0".into());
+        }
+        let mut s = Session::new(id, secret, stored.credits, stored.max_frame);
+        s.restored = true;
+        s.received = stored.received;
+        s.responses_acked = stored.responses_acked;
+        if stored.last_response < stored.responses_acked {
+            return Err(format!(
+                "highest response {} below the acknowledged {}",
+                stored.last_response, stored.responses_acked
+            ));
+        }
+        s.next_response = stored
+            .last_response
+            .checked_add(1)
+            .ok_or("response sequence overflow")?;
+        s.send_cursor = stored.responses_acked + 1;
+        // The unacknowledged responses are exactly acked+1 ..= last.
+        let mut expect = stored.responses_acked;
+        for (&seq, (command, payload)) in &stored.responses {
+            expect += 1;
+            if seq != expect {
+                return Err(format!("response {seq} stored where {expect} was expected"));
+            }
+            if *command == 0 || *command > stored.received {
+                return Err(format!(
+                    "response {seq} answers command {command}, not received (received {})",
+                    stored.received
+                ));
+            }
+            if stored.pending.contains_key(command) {
+                return Err(format!("command {command} is both answered and pending"));
+            }
+            s.cache.push_back(Cached {
+                seq,
+                command: *command,
+                payload: payload.clone(),
+                status: stored.statuses.get(&seq).copied(),
+                origin: ConnId(u64::MAX),
+                sent_on: None,
+            });
+        }
+        if expect != stored.last_response {
+            return Err(format!(
+                "responses {}..={} are missing from the cache",
+                expect + 1,
+                stored.last_response
+            ));
+        }
+        if let Some(seq) = stored
+            .statuses
+            .keys()
+            .find(|r| !stored.responses.contains_key(r))
+        {
+            return Err(format!("status of response {seq} without the response"));
+        }
+        let mut deliveries = Vec::with_capacity(stored.pending.len());
+        for (&seq, (command, payload)) in &stored.pending {
+            if seq == 0 || seq > stored.received {
+                return Err(format!(
+                    "pending sequence {seq} outside 1..={}",
+                    stored.received
+                ));
+            }
+            if *command {
+                s.running.insert(seq, ConnId(u64::MAX));
+            } else {
+                if seq <= stored.messages_delivered {
+                    return Err(format!(
+                        "message {seq} pending though the service took every one up to {}",
+                        stored.messages_delivered
+                    ));
+                }
+                s.delivered_messages += 1;
+                s.queued_message.get_or_insert(seq);
+            }
+            deliveries.push(s.delivery(seq, *command, payload.clone()));
+        }
+        let held = s.cache.len() + stored.pending.len();
+        s.held = u32::try_from(held)
+            .ok()
+            .filter(|&h| h <= s.credits)
+            .ok_or_else(|| {
+                format!(
+                    "{held} unfinished commands and messages exceed the {} credits",
+                    s.credits
+                )
+            })?;
+        Ok((s, deliveries))
     }
 }
 

@@ -746,6 +746,7 @@ impl World {
                 | holdfast_proto::StateChange::Completed { session, .. }
                 | holdfast_proto::StateChange::ResponsesAcked { session, .. }
                 | holdfast_proto::StateChange::MessagesDelivered { session, .. }
+                | holdfast_proto::StateChange::MaxFrameRaised { session, .. }
                 | holdfast_proto::StateChange::SessionEnded { session } => *session,
                 // Not per session: checked against the store's fenced hosts.
                 holdfast_proto::StateChange::HostFenced { .. } => continue,

@@ -1,0 +1,480 @@
+//! The durable log engine (`store::log`) against a simulated disk with
+//! crash semantics: round trips, a crash after every file operation, torn
+//! and truncated logs, and bit flips anywhere.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use holdfast_proto::store::log::{DurableLog, LogLimits, StoreFile, StoreOp};
+use holdfast_proto::wire::ResponseStatus;
+use holdfast_proto::{HostId, HostRecord, MemoryStore, SessionId, SessionSecret, StateChange};
+use proptest::prelude::*;
+
+/// A directory on a disk that can crash. Files are inodes with synced and
+/// current content; the directory maps names to inodes, with a durable copy
+/// that `SyncDir` updates.
+#[derive(Default, Clone)]
+struct SimDisk {
+    inodes: Vec<(Vec<u8>, Vec<u8>)>,
+    dir: HashMap<StoreFile, usize>,
+    durable_dir: HashMap<StoreFile, usize>,
+    /// Test-only switch: `Sync` does nothing (the fault the tests must see).
+    skip_sync: bool,
+}
+
+impl SimDisk {
+    fn run(&mut self, op: &StoreOp) {
+        match op {
+            StoreOp::Append { file, bytes } => {
+                let ino = match self.dir.get(file) {
+                    Some(i) => *i,
+                    None => self.new_inode(*file),
+                };
+                self.inodes[ino].1.extend_from_slice(bytes);
+            }
+            StoreOp::Sync(file) => {
+                if !self.skip_sync {
+                    if let Some(i) = self.dir.get(file) {
+                        let data = self.inodes[*i].1.clone();
+                        self.inodes[*i].0 = data;
+                    }
+                }
+            }
+            StoreOp::Write { file, bytes } => {
+                let ino = self.new_inode(*file);
+                self.inodes[ino].1 = bytes.to_vec();
+            }
+            StoreOp::Rename { from, to } => {
+                if let Some(i) = self.dir.remove(from) {
+                    self.dir.insert(*to, i);
+                }
+            }
+            StoreOp::SyncDir => {
+                if !self.skip_sync {
+                    self.durable_dir = self.dir.clone();
+                }
+            }
+            StoreOp::Remove(file) => {
+                self.dir.remove(file);
+            }
+        }
+    }
+
+    fn new_inode(&mut self, file: StoreFile) -> usize {
+        self.inodes.push((Vec::new(), Vec::new()));
+        let i = self.inodes.len() - 1;
+        self.dir.insert(file, i);
+        i
+    }
+
+    /// What survives a crash: each name's entry is the durable or the
+    /// current one (an unsynced rename may or may not have reached the
+    /// disk); each file keeps its synced bytes plus a random part of what
+    /// was appended after them.
+    fn crash(&self, rng: &mut u64) -> SimDisk {
+        let mut next = || {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            *rng
+        };
+        let mut out = SimDisk::default();
+        let names = [
+            StoreFile::Log,
+            StoreFile::LogTmp,
+            StoreFile::Checkpoint,
+            StoreFile::CheckpointTmp,
+        ];
+        for name in names {
+            let entry = if next() % 2 == 0 {
+                self.durable_dir.get(&name)
+            } else {
+                self.dir.get(&name)
+            };
+            if let Some(i) = entry {
+                let (synced, data) = &self.inodes[*i];
+                let mut content = synced.clone();
+                if data.len() > synced.len() && data.starts_with(synced) {
+                    let extra = data.len() - synced.len();
+                    let keep = (next() % (extra as u64 + 1)) as usize;
+                    content.extend_from_slice(&data[synced.len()..synced.len() + keep]);
+                }
+                let ino = out.new_inode(name);
+                out.inodes[ino] = (content.clone(), content);
+            }
+        }
+        out.durable_dir = out.dir.clone();
+        out
+    }
+
+    fn read(&self, file: StoreFile) -> Option<Vec<u8>> {
+        self.dir.get(&file).map(|i| self.inodes[*i].1.clone())
+    }
+}
+
+fn small_limits() -> LogLimits {
+    LogLimits {
+        min_log: 600,
+        ..LogLimits::default()
+    }
+}
+
+fn change() -> impl Strategy<Value = StateChange> {
+    let session = (1u64..5).prop_map(|s| SessionId::new(7, s as u32));
+    let payload = proptest::collection::vec(any::<u8>(), 0..40).prop_map(Bytes::from);
+    prop_oneof![
+        (
+            session.clone(),
+            any::<[u8; 16]>(),
+            1u32..64,
+            any::<Option<(u8, u64)>>()
+        )
+            .prop_map(
+                |(session, secret, credits, host)| StateChange::SessionCreated {
+                    session,
+                    secret: SessionSecret(secret),
+                    credits,
+                    host: host.map(|(h, epoch)| HostRecord {
+                        host: HostId([h | 1; 16]),
+                        epoch
+                    }),
+                    max_frame: 1 << 16,
+                }
+            ),
+        (session.clone(), 1u64..50, any::<bool>(), payload.clone()).prop_map(
+            |(session, seq, command, payload)| StateChange::Received {
+                session,
+                seq,
+                command,
+                payload
+            }
+        ),
+        (
+            session.clone(),
+            1u64..50,
+            1u64..50,
+            payload,
+            any::<Option<u16>>()
+        )
+            .prop_map(|(session, command, response, payload, status)| {
+                StateChange::Completed {
+                    session,
+                    command,
+                    response,
+                    payload,
+                    status: status.map(ResponseStatus::from_wire),
+                }
+            }),
+        (session.clone(), 1u64..50)
+            .prop_map(|(session, through)| StateChange::MessagesDelivered { session, through }),
+        (session.clone(), 1u64..50)
+            .prop_map(|(session, through)| StateChange::ResponsesAcked { session, through }),
+        session.prop_map(|session| StateChange::SessionEnded { session }),
+        (any::<u8>(), any::<u64>()).prop_map(|(h, epoch)| StateChange::HostFenced {
+            host: HostId([h; 16]),
+            epoch
+        }),
+    ]
+}
+
+/// Groups of changes, each with the service state stored with it.
+fn groups() -> impl Strategy<Value = Vec<(Vec<StateChange>, Option<Bytes>)>> {
+    proptest::collection::vec(
+        (
+            proptest::collection::vec(change(), 1..6),
+            proptest::option::of(
+                proptest::collection::vec(any::<u8>(), 0..12).prop_map(Bytes::from),
+            ),
+        ),
+        1..24,
+    )
+}
+
+/// The ops of creating a store and committing every group, with the index
+/// of each group's `Sync(Log)` and the expected state after each group.
+struct Run {
+    ops: Vec<StoreOp>,
+    synced_at: Vec<usize>,
+    states: Vec<(MemoryStore, Option<Bytes>)>,
+}
+
+fn run_all(groups: &[(Vec<StateChange>, Option<Bytes>)], limits: LogLimits) -> Run {
+    let (mut log, mut ops) = DurableLog::create(7, limits);
+    let mut synced_at = Vec::new();
+    // recover() records the log's incarnation in the store it rebuilds.
+    let mut empty = MemoryStore::new();
+    empty.set_incarnation(7);
+    let mut states = vec![(empty, None)];
+    for (i, (changes, state)) in groups.iter().enumerate() {
+        let group_ops = log.commit(changes, state.as_ref(), 1000 + i as u64);
+        assert_eq!(group_ops[1], StoreOp::Sync(StoreFile::Log));
+        synced_at.push(ops.len() + 1);
+        ops.extend(group_ops);
+        let (mut store, mut svc) = states.last().cloned().unwrap_or_default();
+        store.apply_all(changes);
+        if state.is_some() {
+            svc = state.clone();
+        }
+        states.push((store, svc));
+    }
+    Run {
+        ops,
+        synced_at,
+        states,
+    }
+}
+
+fn recover(
+    disk: &SimDisk,
+    limits: LogLimits,
+) -> Result<holdfast_proto::store::log::Recovered, holdfast_proto::store::log::CorruptStore> {
+    let ckpt = disk.read(StoreFile::Checkpoint);
+    let log = disk.read(StoreFile::Log);
+    DurableLog::recover(ckpt.as_deref(), log.as_deref(), limits)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Everything committed is read back, through checkpoints.
+    #[test]
+    fn round_trip(groups in groups()) {
+        let limits = small_limits();
+        let run = run_all(&groups, limits);
+        let mut disk = SimDisk::default();
+        for op in &run.ops {
+            disk.run(op);
+        }
+        let rec = recover(&disk, limits).expect("a clean store recovers");
+        let (store, svc) = run.states.last().cloned().unwrap_or_default();
+        prop_assert_eq!(&rec.store, &store);
+        prop_assert_eq!(&rec.service_state, &svc);
+        prop_assert_eq!(rec.torn_tail, None);
+        prop_assert_eq!(rec.last_commit_wall_ms, 1000 + groups.len() as u64 - 1);
+        // The recovered engine goes on: run its ops, commit once more.
+        let mut engine = rec.log;
+        for op in &rec.ops {
+            disk.run(op);
+        }
+        let extra = vec![StateChange::SessionEnded { session: SessionId::new(7, 1) }];
+        for op in engine.commit(&extra, None, 5000) {
+            disk.run(&op);
+        }
+        let again = recover(&disk, limits).expect("recovers after more commits");
+        let mut expected = store;
+        expected.apply_all(&extra);
+        prop_assert_eq!(&again.store, &expected);
+    }
+
+    /// A crash after any op recovers the state of the last group whose sync
+    /// completed, or of the group in flight (its append may have landed).
+    #[test]
+    fn crash_after_every_op(groups in groups(), seed in 1u64..u64::MAX) {
+        check_crashes(&groups, seed, false).map_err(TestCaseError::fail)?;
+    }
+
+    /// One flipped bit anywhere in either file: a `CorruptStore`, or a torn
+    /// tail with an earlier complete state; never a wrong state.
+    #[test]
+    fn bit_flips_never_give_a_wrong_state(groups in groups(), pick in any::<u64>(), bit in 0u8..8) {
+        let limits = small_limits();
+        let run = run_all(&groups, limits);
+        let mut disk = SimDisk::default();
+        for op in &run.ops {
+            disk.run(op);
+        }
+        let ckpt = disk.read(StoreFile::Checkpoint);
+        let log = disk.read(StoreFile::Log).unwrap_or_default();
+        let ckpt_len = ckpt.as_ref().map_or(0, Vec::len);
+        let at = (pick % (ckpt_len + log.len()) as u64) as usize;
+        let (mut ckpt, mut log) = (ckpt, log);
+        if at < ckpt_len {
+            if let Some(c) = ckpt.as_mut() { c[at] ^= 1 << bit; }
+        } else {
+            log[at - ckpt_len] ^= 1 << bit;
+        }
+        match DurableLog::recover(ckpt.as_deref(), Some(&log), limits) {
+            Err(e) => prop_assert!(!e.to_string().is_empty()),
+            Ok(rec) => {
+                // Only the final group may be taken for torn, and then the
+                // state is the one before it.
+                prop_assert!(rec.torn_tail.is_some(), "a flipped bit at {at} went unnoticed");
+                let got = (rec.store, rec.service_state);
+                prop_assert!(got == run.states[groups.len() - 1], "flip at {at}: torn tail dropped more than the final group");
+            }
+        }
+    }
+}
+
+/// Runs every prefix of the ops, crashes after each (three ways), recovers,
+/// and checks the recovered state is that of the last synced group or the
+/// one in flight.
+fn check_crashes(
+    groups: &[(Vec<StateChange>, Option<Bytes>)],
+    seed: u64,
+    skip_sync: bool,
+) -> Result<(), String> {
+    let limits = small_limits();
+    let run = run_all(groups, limits);
+    let mut rng = seed;
+    let mut disk = SimDisk {
+        skip_sync,
+        ..SimDisk::default()
+    };
+    for (k, op) in run.ops.iter().enumerate() {
+        disk.run(op);
+        let durable = run.synced_at.iter().filter(|s| **s <= k).count();
+        for _ in 0..3 {
+            let crashed = disk.crash(&mut rng);
+            if crashed.read(StoreFile::Log).is_none()
+                && crashed.read(StoreFile::Checkpoint).is_none()
+            {
+                // Crashed before the store existed: the runtime creates one.
+                if durable > 0 {
+                    return Err(format!(
+                        "op {k}: the store vanished after {durable} synced groups"
+                    ));
+                }
+                continue;
+            }
+            let rec = recover(&crashed, limits).map_err(|e| format!("op {k}: {e}"))?;
+            let got = (rec.store.clone(), rec.service_state.clone());
+            let ok = got == run.states[durable]
+                || run.states.get(durable + 1).is_some_and(|s| *s == got);
+            if !ok {
+                return Err(format!(
+                    "op {k} ({op:?}): recovered neither group {durable} nor {}",
+                    durable + 1
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The log cut at every length: a torn tail and an earlier state, or (cut
+/// inside the header) a `CorruptStore`.
+#[test]
+fn truncation_at_every_byte() {
+    let limits = LogLimits {
+        min_log: 1 << 20,
+        ..LogLimits::default()
+    };
+    let s = SessionId::new(7, 1);
+    let groups: Vec<(Vec<StateChange>, Option<Bytes>)> = (1..6)
+        .map(|i| {
+            (
+                vec![StateChange::Received {
+                    session: s,
+                    seq: i,
+                    command: true,
+                    payload: Bytes::from(vec![i as u8; 9]),
+                }],
+                Some(Bytes::from(vec![i as u8])),
+            )
+        })
+        .collect();
+    let run = run_all(&groups, limits);
+    let mut disk = SimDisk::default();
+    for op in &run.ops {
+        disk.run(op);
+    }
+    let log = disk.read(StoreFile::Log).expect("log exists");
+    for cut in 0..log.len() {
+        match DurableLog::recover(None, Some(&log[..cut]), limits) {
+            Err(e) => assert!(cut < 24, "cut {cut}: {e}"),
+            Ok(rec) => {
+                let got = (rec.store, rec.service_state);
+                let i = run
+                    .states
+                    .iter()
+                    .position(|s| *s == got)
+                    .expect("an earlier state");
+                assert!(i < run.states.len() - 1 || rec.torn_tail.is_none());
+                if let Some(t) = rec.torn_tail {
+                    assert_eq!(t.offset + t.bytes, cut as u64);
+                }
+            }
+        }
+    }
+}
+
+/// The error names the file, the offset and the sessions affected.
+#[test]
+fn corrupt_middle_group_names_sessions() {
+    let limits = LogLimits {
+        min_log: 1 << 20,
+        ..LogLimits::default()
+    };
+    let s1 = SessionId::new(7, 1);
+    let created = StateChange::SessionCreated {
+        session: s1,
+        secret: SessionSecret([3; 16]),
+        credits: 8,
+        host: None,
+        max_frame: 1 << 16,
+    };
+    let groups = vec![
+        (vec![created], None),
+        (
+            vec![StateChange::Received {
+                session: s1,
+                seq: 1,
+                command: true,
+                payload: Bytes::from_static(b"x"),
+            }],
+            None,
+        ),
+        (
+            vec![StateChange::Received {
+                session: s1,
+                seq: 2,
+                command: true,
+                payload: Bytes::from_static(b"y"),
+            }],
+            None,
+        ),
+    ];
+    let run = run_all(&groups, limits);
+    let mut disk = SimDisk::default();
+    for op in &run.ops {
+        disk.run(op);
+    }
+    let mut log = disk.read(StoreFile::Log).expect("log exists");
+    let second = 24 + 12 + u32::from_le_bytes([log[24], log[25], log[26], log[27]]) as usize;
+    log[second + 20] ^= 0x10;
+    let err = DurableLog::recover(None, Some(&log), limits).expect_err("corrupt");
+    assert_eq!(err.file, StoreFile::Log);
+    assert_eq!(err.offset, second as u64);
+    assert_eq!(err.sessions, vec![s1]);
+    let text = err.to_string();
+    assert!(
+        text.contains("session.log") && text.contains(&s1.to_string()),
+        "{text}"
+    );
+}
+
+/// The test-only switch: the same crash check with `Sync` and `SyncDir`
+/// skipped loses acknowledged groups, and the check sees it.
+#[test]
+fn crash_check_fails_when_sync_is_skipped() {
+    let s = SessionId::new(7, 1);
+    let groups: Vec<(Vec<StateChange>, Option<Bytes>)> = (1..12)
+        .map(|i| {
+            (
+                vec![StateChange::Received {
+                    session: s,
+                    seq: i,
+                    command: false,
+                    payload: Bytes::from(vec![1; 60]),
+                }],
+                None,
+            )
+        })
+        .collect();
+    check_crashes(&groups, 99, false).expect("with syncs no crash loses a group");
+    let failures = (1..20u64)
+        .filter(|seed| check_crashes(&groups, *seed, true).is_err())
+        .count();
+    assert_eq!(failures, 19, "every seed must see the loss without syncs");
+}
