@@ -4,13 +4,16 @@
 //! On SIGINT or SIGTERM the target announces its shutdown (PROTOCOL.md
 //! §10.1): connections stay up for `--shutdown-up`, new logins meanwhile are
 //! refused with `ShuttingDown`, then every connection is closed and the
-//! process exits. Its sessions end with it (they do not survive a process
-//! restart), so the notice says "will not return" (`min_hold` 0xFFFFFFFF):
-//! initiators end their sessions at once instead of waiting to reconnect to
-//! state that is gone.
+//! process exits. Without `--state-dir` its sessions end with it, so the
+//! notice says "will not return" (`min_hold` 0xFFFFFFFF): initiators end
+//! their sessions at once instead of waiting to reconnect to state that is
+//! gone. With `--state-dir` the sessions are in the store and a target
+//! started again on the same directory takes them back, so the notice asks
+//! initiators to hold off a second and reconnect.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -22,6 +25,10 @@ use serde::Deserialize;
 use crate::config::pick;
 use crate::logsvc::LogService;
 use crate::units::{parse_duration, parse_endpoint, parse_size};
+
+/// With `--state-dir`: how long initiators hold off after a shutdown before
+/// they reconnect to the target that takes their sessions back.
+const DURABLE_HOLD: Duration = Duration::from_secs(1);
 
 /// Options of `holdfast target` (also the `[target]` table of a config file).
 #[derive(Debug, Default, Args, Deserialize)]
@@ -315,6 +322,16 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
         peers: s.peers.clone(),
         ..TargetOptions::default()
     };
+    let store = s
+        .state_dir
+        .as_deref()
+        .map(crate::state_dir::open)
+        .transpose()?;
+    let recovered = store.as_ref().map(|st| {
+        let text = crate::state_dir::recovered_text(st.dir(), st.report());
+        tracing::info!("{text}");
+        (crate::state_dir::recovered_json(st.report()), text)
+    });
     let (target, what, size) = match &s.volume {
         Some(volume) => {
             let device = FileDevice::open(
@@ -330,17 +347,40 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
             let volume_id = volume_identity(volume, s.volume_id)?;
             tracing::info!(%volume_id, volume = %volume.display(), "volume identity");
             let service = BlockService::with_options(
-                device,
+                device.clone(),
                 holdfast_block::ServiceOptions {
                     volume_id: Some(volume_id),
                     ..holdfast_block::ServiceOptions::default()
                 },
             );
-            let target = Target::serve(&s.listen, options, service).await?;
+            let target = match store {
+                // One fdatasync of the volume per group that completes a
+                // write, before the group's own fsync.
+                Some(store) => {
+                    Target::serve_durable(&s.listen, options, store, service, Arc::new(device))
+                        .await?
+                }
+                None => Target::serve(&s.listen, options, service).await?,
+            };
             (target, volume.display().to_string(), Some(size))
         }
         None => {
-            let target = Target::serve(&s.listen, options, LogService::default().service()).await?;
+            let target = match store {
+                Some(store) => {
+                    let log = match store.service_state() {
+                        Some(stored) => LogService::from_state(stored).map_err(|e| {
+                            anyhow::anyhow!(
+                                "the log service's state in the session store in {0} cannot                                  be read ({e}); nothing was changed. To start with no sessions:                                  mv {0} {0}.damaged, then start the target again",
+                                store.dir().display()
+                            )
+                        })?,
+                        None => LogService::default(),
+                    };
+                    let service = log.service();
+                    Target::serve_durable(&s.listen, options, store, service, Arc::new(log)).await?
+                }
+                None => Target::serve(&s.listen, options, LogService::default().service()).await?,
+            };
             (target, "the log service".to_owned(), None)
         }
     };
@@ -367,9 +407,18 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
     if s.json {
         println!(
             "{}",
-            serde_json::json!({ "event": "serving", "service": what, "size": size, "endpoints": endpoints })
+            serde_json::json!({
+                "event": "serving",
+                "service": what,
+                "size": size,
+                "endpoints": endpoints,
+                "recovered": recovered.as_ref().map(|(json, _)| json),
+            })
         );
     } else {
+        if let Some((_, text)) = &recovered {
+            eprintln!("{text}");
+        }
         eprintln!(
             "serving {what}{} on {}; Ctrl-C to stop",
             size.map(|b| format!(" ({b} bytes)")).unwrap_or_default(),
@@ -379,15 +428,27 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
     crate::notify::ready(&format!("serving {what} on {}", endpoints.join(", ")));
     signals.next().await;
     crate::notify::stopping("shutdown notice sent; connections close after the up time");
-    eprintln!(
-        "shutting down: connections stay up {:?} (new logins refused), then the process \
-         exits; its sessions end with it (announced as \"will not return\")",
-        s.shutdown_up
-    );
+    let durable = s.state_dir.is_some();
+    if durable {
+        eprintln!(
+            "shutting down: connections stay up {:?} (new logins refused), then the process \
+             exits; its sessions stay in the state dir and a target started again on it \
+             within --retain takes them back",
+            s.shutdown_up
+        );
+    } else {
+        eprintln!(
+            "shutting down: connections stay up {:?} (new logins refused), then the process \
+             exits; its sessions end with it (announced as \"will not return\")",
+            s.shutdown_up
+        );
+    }
     drop(control);
     let stats = target.stats().await;
-    // Sessions do not survive this process: say it will not return.
-    target.shutdown(s.shutdown_up, None).await;
+    // Without a store, sessions do not survive this process: say it will
+    // not return. With one, ask initiators to come back after a moment.
+    let hold = durable.then_some(DURABLE_HOLD);
+    target.shutdown(s.shutdown_up, hold).await;
     if let Some(stats) = stats {
         let counters = serde_json::to_value(&stats)?;
         if s.json {

@@ -49,7 +49,12 @@ fn session_id(stderr: &str) -> String {
 fn store_with_one_session(
     scratch: &Scratch,
     n: u64,
-) -> (CrashTarget, tokio::runtime::Runtime, holdfast::Initiator, String) {
+) -> (
+    CrashTarget,
+    tokio::runtime::Runtime,
+    holdfast::Initiator,
+    String,
+) {
     let state = scratch.path("state");
     let mut target = CrashTarget::start(&[
         "--service",
@@ -65,7 +70,10 @@ fn store_with_one_session(
     let init = rt.block_on(async { initiator(&target.addr) });
     rt.block_on(async {
         for i in 1..=n {
-            let v = init.call(Bytes::from_static(b"I")).await.expect("increment");
+            let v = init
+                .call(Bytes::from_static(b"I"))
+                .await
+                .expect("increment");
             assert_eq!(v.as_ref(), i.to_be_bytes());
         }
     });
@@ -89,9 +97,12 @@ fn refused(state: &Path) -> String {
         "none",
         "--json",
     ]);
-    let status = p
-        .wait_exit(STARTUP)
-        .unwrap_or_else(|| panic!("the target started on a corrupt store:\n{}", p.stderr_so_far()));
+    let status = p.wait_exit(STARTUP).unwrap_or_else(|| {
+        panic!(
+            "the target started on a corrupt store:\n{}",
+            p.stderr_so_far()
+        )
+    });
     assert!(!status.success(), "exit status {status}");
     std::thread::sleep(Duration::from_millis(100));
     p.stderr_so_far().to_owned()
@@ -111,8 +122,14 @@ fn durable_store_bit_flip_is_refused_naming_the_session() {
     std::fs::write(&log, &bytes).expect("write the flipped log");
     let stderr = refused(&flipped);
     assert!(stderr.contains("corrupt"), "{stderr}");
-    assert!(stderr.contains(&id), "the error does not name {id}:\n{stderr}");
-    assert!(stderr.contains("move"), "the error does not say what to do:\n{stderr}");
+    assert!(
+        stderr.contains(&id),
+        "the error does not name {id}:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("move"),
+        "the error does not say what to do:\n{stderr}"
+    );
     // Nothing was changed on disk by the refusal.
     assert_eq!(std::fs::read(&log).expect("the log"), bytes);
 }
@@ -171,6 +188,9 @@ fn durable_store_cut_back_by_whole_groups_fails_the_recovering_call() {
         ),
         Err(e) => eprintln!("the recovering initiator was told: {e}"),
     }
-    assert!(stderr.contains(&id), "the target's log does not name {id}:\n{stderr}");
+    assert!(
+        stderr.contains(&id),
+        "the target's log does not name {id}:\n{stderr}"
+    );
     target.kill9();
 }
