@@ -328,9 +328,12 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
         .map(crate::state_dir::open)
         .transpose()?;
     let recovered = store.as_ref().map(|st| {
-        let text = crate::state_dir::recovered_text(st.dir(), st.report());
-        tracing::info!("{text}");
-        (crate::state_dir::recovered_json(st.report()), text)
+        // On stderr with the other logs (and in the `serving` line).
+        tracing::info!(
+            "{}",
+            crate::state_dir::recovered_text(st.dir(), st.report())
+        );
+        crate::state_dir::recovered_json(st.report())
     });
     let (target, what, size) = match &s.volume {
         Some(volume) => {
@@ -412,13 +415,10 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
                 "service": what,
                 "size": size,
                 "endpoints": endpoints,
-                "recovered": recovered.as_ref().map(|(json, _)| json),
+                "recovered": recovered,
             })
         );
     } else {
-        if let Some((_, text)) = &recovered {
-            eprintln!("{text}");
-        }
         eprintln!(
             "serving {what}{} on {}; Ctrl-C to stop",
             size.map(|b| format!(" ({b} bytes)")).unwrap_or_default(),
