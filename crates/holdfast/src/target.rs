@@ -459,6 +459,14 @@ impl<S: SessionService> Engine<S> {
                 self.core
                     .set_queued_bytes(self.queued.load(Ordering::Relaxed));
                 self.core.handle_input(conn, &bytes, now);
+                for b in self.core.take_store_behind() {
+                    tracing::error!(
+                        session = %b.session, response_ack = b.response_ack, stored = b.stored,
+                        "a recovering initiator acknowledged responses the durable store never \
+                         held: the store lost acknowledged state (a disk that ignored fsync, or \
+                         a restored older copy); the session was ended and its login rejected"
+                    );
+                }
             }
             EngineMsg::Closed(conn) => {
                 if self.conns.remove(&conn).is_some() {

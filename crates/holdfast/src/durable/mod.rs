@@ -103,6 +103,12 @@ pub struct RecoveryReport {
     pub sessions: usize,
     /// Responses cached and not yet acknowledged, all sessions.
     pub responses: usize,
+    /// Commands received and not completed before the stop: executed once
+    /// after the restart, in order.
+    pub pending_commands: usize,
+    /// One-way messages received and not taken by the service before the
+    /// stop: delivered once after the restart.
+    pub pending_messages: usize,
     /// Log groups replayed after the checkpoint.
     pub groups_replayed: u64,
     /// Wall time from the last durable commit to the open (the target's
@@ -138,6 +144,14 @@ pub struct DurableStore {
     stats: StoreStats,
     /// A commit failed: the files' state is unknown, nothing more is written.
     failed: bool,
+}
+
+/// Received entries not finished, commands or messages.
+fn pending(store: &MemoryStore, commands: bool) -> usize {
+    store
+        .sessions()
+        .map(|(_, s)| s.pending.values().filter(|(c, _)| *c == commands).count())
+        .sum()
 }
 
 /// Milliseconds since the Unix epoch.
@@ -196,6 +210,8 @@ impl DurableStore {
                 incarnation,
                 sessions: 0,
                 responses: 0,
+                pending_commands: 0,
+                pending_messages: 0,
                 groups_replayed: 0,
                 downtime: Duration::ZERO,
                 torn_tail: None,
@@ -212,6 +228,8 @@ impl DurableStore {
                 incarnation: rec.incarnation,
                 sessions: rec.store.sessions().count(),
                 responses: rec.store.sessions().map(|(_, s)| s.responses.len()).sum(),
+                pending_commands: pending(&rec.store, true),
+                pending_messages: pending(&rec.store, false),
                 groups_replayed: rec.groups_replayed,
                 downtime: Duration::from_millis(now.saturating_sub(rec.last_commit_wall_ms)),
                 torn_tail: rec.torn_tail,
@@ -230,7 +248,8 @@ impl DurableStore {
         }
         info!(
             dir = %dir.display(), created = report.created, sessions = report.sessions,
-            responses = report.responses, downtime_ms = report.downtime.as_millis() as u64,
+            responses = report.responses, pending_commands = report.pending_commands,
+            pending_messages = report.pending_messages, downtime_ms = report.downtime.as_millis() as u64,
             "session store opened"
         );
         Ok(DurableStore {

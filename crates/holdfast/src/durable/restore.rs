@@ -1,25 +1,18 @@
-//! Builds the target's core from a durable store: a new store's core is a
-//! fresh target of the store's incarnation; a store with sessions is
-//! rebuilt with `holdfast_proto::Target::restore` (PROTOCOL.md §12).
+//! Builds the target's core from a durable store with
+//! [`holdfast_proto::Target::restore`] (PROTOCOL.md §12): the store's
+//! incarnation, its sessions detached with the retain time counted on from
+//! the last durable commit (the downtime the store measured), pending
+//! commands and untaken messages delivered again in the first `Ready`.
 
 use holdfast_proto::{RandomSource, TargetConfig, Timestamp};
 
 use super::{DurableStore, StoreError};
 
-/// Draws the store's incarnation first (so the core issues session ids of
-/// the store's incarnation), then the operating system's random bytes.
-struct Seeded {
-    first: Option<[u8; 4]>,
-}
+/// The operating system's random generator, for session secrets.
+struct OsRandom;
 
-impl RandomSource for Seeded {
+impl RandomSource for OsRandom {
     fn fill_bytes(&mut self, dest: &mut [u8]) {
-        if let Some(word) = self.first.take() {
-            if dest.len() == word.len() {
-                dest.copy_from_slice(&word);
-                return;
-            }
-        }
         if let Err(e) = getrandom::fill(dest) {
             // Without entropy we must not issue guessable secrets.
             panic!("the operating system's random generator failed: {e}");
@@ -33,15 +26,19 @@ pub(crate) fn core(
     store: &DurableStore,
     now: Timestamp,
 ) -> Result<holdfast_proto::Target, StoreError> {
-    let random = Box::new(Seeded {
-        first: Some(store.incarnation().to_be_bytes()),
-    });
-    let stored = store.store();
-    if stored.sessions().next().is_some() || stored.fenced_hosts().next().is_some() {
-        return Err(StoreError::Restore {
-            dir: store.dir().to_path_buf(),
-            what: "this build cannot rebuild a target from stored sessions yet".into(),
-        });
-    }
-    Ok(holdfast_proto::Target::new(config.clone(), random, now))
+    let mut stored = store.store().clone();
+    // A store just created has recorded its incarnation in the log only.
+    stored.set_incarnation(store.incarnation());
+    let detached_for = store.report().downtime;
+    holdfast_proto::Target::restore(
+        config.clone(),
+        Box::new(OsRandom),
+        &stored,
+        detached_for,
+        now,
+    )
+    .map_err(|e| StoreError::Restore {
+        dir: store.dir().to_path_buf(),
+        what: e.to_string(),
+    })
 }
