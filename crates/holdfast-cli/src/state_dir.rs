@@ -12,8 +12,7 @@ use holdfast::{DurableStore, RecoveryReport, StoreError, StoreOptions};
 pub(crate) fn open(dir: &Path) -> anyhow::Result<DurableStore> {
     DurableStore::open(dir, StoreOptions::default()).map_err(|e| match &e {
         StoreError::Corrupt { .. } | StoreError::Restore { .. } => anyhow!(
-            "{e}\nto start with no sessions: mv {0} {0}.damaged (keep it for a post-mortem), \
-             then start the target again",
+            "{e} (for example: mv {0} {0}.damaged, then start the target again)",
             dir.display()
         ),
         _ => anyhow!(e),
@@ -27,6 +26,8 @@ pub(crate) fn recovered_json(report: &RecoveryReport) -> serde_json::Value {
         "incarnation": report.incarnation,
         "sessions": report.sessions,
         "responses": report.responses,
+        "pending_commands": report.pending_commands,
+        "pending_messages": report.pending_messages,
         "groups_replayed": report.groups_replayed,
         "downtime_ms": u64::try_from(report.downtime.as_millis()).unwrap_or(u64::MAX),
         "torn_tail_bytes": report.torn_tail.map(|t| t.bytes),
@@ -50,12 +51,14 @@ pub(crate) fn recovered_text(dir: &Path, report: &RecoveryReport) -> String {
         )
     });
     format!(
-        "session store in {}: recovered {} sessions with {} cached responses from {} log \
-         groups after {:.1} s down{torn}; initiators that reconnect within their retain time \
-         resume where they were",
+        "session store in {}: recovered {} sessions with {} cached responses, {} commands \
+         and {} messages to run again, from {} log groups after {:.1} s down{torn}; \
+         initiators that reconnect within their retain time resume where they were",
         dir.display(),
         report.sessions,
         report.responses,
+        report.pending_commands,
+        report.pending_messages,
         report.groups_replayed,
         report.downtime.as_secs_f64(),
     )
