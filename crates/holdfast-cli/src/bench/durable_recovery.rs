@@ -15,7 +15,6 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::child::Server;
-use super::scale::open_sessions;
 use super::table::{num, rank_ms, Table};
 use super::Mode;
 use crate::logsvc::{counter_value, INCREMENT};
@@ -115,18 +114,44 @@ async fn increment(init: &Initiator) -> anyhow::Result<u64> {
     }
 }
 
+/// Sessions opened at once while filling the store.
+const OPEN_CONCURRENCY: usize = 100;
+
+/// Opens `n` sessions to `endpoint`, each with one completed increment,
+/// and abandons each at once (its connection dropped without a goodbye):
+/// the target retains them, and at most [`OPEN_CONCURRENCY`] connections
+/// are open at a time.
+async fn retain_sessions(endpoint: &Endpoint, n: usize) -> anyhow::Result<()> {
+    let mut set = tokio::task::JoinSet::new();
+    let mut started = 0;
+    let mut opened = 0;
+    while opened < n {
+        while started < n && set.len() < OPEN_CONCURRENCY {
+            let connector = EndpointConnector::new(endpoint.clone(), Duration::from_secs(2));
+            set.spawn(async move {
+                let init = Initiator::start(Arc::new(connector), InitiatorOptions::default());
+                let done = increment(&init).await;
+                init.abort().await;
+                done
+            });
+            started += 1;
+        }
+        if let Some(done) = set.join_next().await {
+            done.context("a session task panicked")?
+                .with_context(|| format!("opening session {} of {n}", opened + 1))?;
+            opened += 1;
+        }
+    }
+    Ok(())
+}
+
 /// `trials` kill -9 + restart cycles with `n` retained sessions.
 async fn row(n: usize, trials: usize, state: &Path) -> anyhow::Result<RecoveryRow> {
     let (mut server, endpoint, _) = start(state, "127.0.0.1:0", n).await?;
     let Endpoint::Tcp(addr) = endpoint else {
         bail!("the target listens on {endpoint}, not TCP");
     };
-    let mut others = Vec::new();
-    open_sessions(&endpoint, n.saturating_sub(1), &mut others).await?;
-    for init in others {
-        // Gone without a goodbye: the target retains the session.
-        init.abort().await;
-    }
+    retain_sessions(&endpoint, n.saturating_sub(1)).await?;
     let probe = Initiator::start(
         Arc::new(EndpointConnector::new(
             endpoint.clone(),

@@ -266,7 +266,7 @@ async fn spawn_target(max_sessions: usize) -> anyhow::Result<(Server, u32, Endpo
 
 /// Opens `n` more sessions to `endpoint`, each with one completed call, at
 /// most [`OPEN_CONCURRENCY`] at once, and adds them to `sessions`.
-pub(crate) async fn open_sessions(
+async fn open_sessions(
     endpoint: &Endpoint,
     n: usize,
     sessions: &mut Vec<Initiator>,
