@@ -52,7 +52,7 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -177,6 +177,10 @@ struct Inner {
     /// concurrent syncs, so a concurrent FLUSH could otherwise succeed
     /// after another one saw the data lost.
     sync_lock: std::sync::Mutex<()>,
+    /// Set after every write, trim or write-zeroes has done its I/O (or
+    /// failed part way); cleared under `sync_lock` by a durable target's
+    /// group sync, which skips the `fdatasync` when nothing changed.
+    dirty: AtomicBool,
     /// Tests: fail the next `fdatasync` calls with EIO.
     #[cfg(test)]
     fail_syncs: std::sync::atomic::AtomicU32,
@@ -276,6 +280,7 @@ impl FileDevice {
                 nowait: NoWait::new(!options.direct),
                 failed: OnceLock::new(),
                 sync_lock: std::sync::Mutex::new(()),
+                dirty: AtomicBool::new(false),
                 #[cfg(test)]
                 fail_syncs: std::sync::atomic::AtomicU32::new(0),
             }),
@@ -505,10 +510,19 @@ impl Inner {
     }
 
     fn sync(&self) -> Result<(), BlockError> {
-        let _one_at_a_time = self
-            .sync_lock
+        let _one_at_a_time = self.lock_sync();
+        self.sync_held()
+    }
+
+    /// Takes `sync_lock` (a panic while holding it left nothing half done).
+    fn lock_sync(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.sync_lock
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `fdatasync`, with `sync_lock` held by the caller.
+    fn sync_held(&self) -> Result<(), BlockError> {
         self.check_durable("flush")?;
         #[cfg(test)]
         let result = if self
@@ -573,6 +587,19 @@ impl FileDevice {
         if data.is_empty() {
             return if fua { self.sync(cancel).await } else { Ok(()) };
         }
+        let result = self.write_data(offset, data, fua, cancel).await;
+        self.inner.dirty.store(true, Ordering::Release);
+        result
+    }
+
+    /// [`FileDevice::write`] of a checked, non-empty write.
+    async fn write_data(
+        &self,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+        cancel: &Cancel,
+    ) -> Result<(), BlockError> {
         cancel.check("write")?;
         // Into the page cache at once if it can (a FUA write waits for the
         // device by definition); the rest on the pool.
@@ -613,17 +640,23 @@ impl FileDevice {
     ) -> Result<(), BlockError> {
         self.check(offset, u64::from(len), true)?;
         let c = cancel.clone();
-        self.blocking("write zeroes", cancel, move |f| {
-            f.zero_range(offset, u64::from(len), how, &c)
-        })
-        .await
+        let result = self
+            .blocking("write zeroes", cancel, move |f| {
+                f.zero_range(offset, u64::from(len), how, &c)
+            })
+            .await;
+        self.inner.dirty.store(true, Ordering::Release);
+        result
     }
 
     async fn discard(&self, offset: u64, len: u32, cancel: &Cancel) -> Result<(), BlockError> {
         self.check(offset, u64::from(len), true)?;
         let c = cancel.clone();
-        self.blocking("trim", cancel, move |f| f.trim(offset, u64::from(len), &c))
-            .await
+        let result = self
+            .blocking("trim", cancel, move |f| f.trim(offset, u64::from(len), &c))
+            .await;
+        self.inner.dirty.store(true, Ordering::Release);
+        result
     }
 }
 
@@ -765,6 +798,8 @@ impl BlockDevice for FileDevice {
     }
 }
 
+#[path = "file_durability.rs"]
+mod durability;
 #[path = "file_space.rs"]
 mod space;
 

@@ -80,3 +80,6 @@ impl BlockDevice for MemoryDevice {
         self.write_zeroes(offset, len, false).await
     }
 }
+
+/// Nothing to make durable: the contents are lost with the process anyway.
+impl holdfast::ServiceDurability for MemoryDevice {}

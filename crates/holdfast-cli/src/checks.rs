@@ -38,6 +38,33 @@ pub(crate) fn duration_within(
     Ok(())
 }
 
+/// Refuses a `--state-dir` that cannot hold a session store: a path that
+/// exists and is not a directory, or the volume itself.
+pub(crate) fn state_dir(
+    dir: &std::path::Path,
+    volume: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    if dir.as_os_str().is_empty() {
+        bail!("--state-dir is empty: give a directory for the session store, e.g. /var/lib/holdfast/vol0");
+    }
+    if let Ok(meta) = std::fs::metadata(dir) {
+        if !meta.is_dir() {
+            bail!(
+                "--state-dir {} is not a directory: give a directory (created if missing) \
+                 where the session store may keep its files",
+                dir.display()
+            );
+        }
+    }
+    if volume.is_some_and(|v| v == dir) {
+        bail!(
+            "--state-dir {} is the volume: give a directory of its own for the session store",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// A duration as a person writes it: `500ms`, `2s`, `1.5s`.
 fn shown(d: Duration) -> String {
     if d.subsec_millis() == 0 && d.as_secs() > 0 {

@@ -7,6 +7,11 @@
 //! At the end every block is read back and checked, and a table says what
 //! happened. The exit status is non-zero if anything was lost, duplicated
 //! or corrupted.
+//!
+//! With `--crash` (or `--state-dir DIR`) the target runs as a child process
+//! with a durable session store, and the restart is a `kill -9` of it: the
+//! new process takes the sessions back from the store, so the workload
+//! sees a pause and a stateful recovery, never a failed operation.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -33,6 +38,15 @@ pub(crate) struct DemoArgs {
     /// Do not restart the target.
     #[arg(long)]
     no_restart: bool,
+    /// Run the target as its own process with a durable session store
+    /// (`holdfast target --state-dir`) and make the restart a `kill -9` of
+    /// it: sessions survive the crash (stateful recovery, no failed
+    /// operation). The store goes in a temporary directory.
+    #[arg(long, conflicts_with = "no_restart")]
+    crash: bool,
+    /// Like --crash, with the session store in DIR (kept afterwards).
+    #[arg(long, value_name = "DIR", conflicts_with = "no_restart")]
+    state_dir: Option<std::path::PathBuf>,
     /// Size of the temporary volume.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     size: u64,
@@ -61,12 +75,20 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         progress: !args.json,
         second: None,
         nodes: 1,
+        crash: (args.crash || args.state_dir.is_some()).then_some(args.state_dir),
     })
     .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         println!("\nholdfast demo: a verified workload through a fault-injecting proxy\n");
+        if summary.faults.contains_key("kill -9") {
+            println!(
+                "  the target process was killed with -9 mid-workload and restarted from its \
+                 state dir: {} stateful recoveries, {} stateless\n",
+                summary.stateful_recoveries, summary.stateless_recoveries
+            );
+        }
         for p in &summary.problems {
             println!("  problem: {p}");
         }

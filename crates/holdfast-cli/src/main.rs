@@ -17,6 +17,7 @@ mod nbd_life;
 mod notify;
 mod peer_probe;
 mod signals;
+mod state_dir;
 mod status_cmd;
 mod target_cmd;
 mod torture;

@@ -4,13 +4,16 @@
 //! On SIGINT or SIGTERM the target announces its shutdown (PROTOCOL.md
 //! §10.1): connections stay up for `--shutdown-up`, new logins meanwhile are
 //! refused with `ShuttingDown`, then every connection is closed and the
-//! process exits. Its sessions end with it (they do not survive a process
-//! restart), so the notice says "will not return" (`min_hold` 0xFFFFFFFF):
-//! initiators end their sessions at once instead of waiting to reconnect to
-//! state that is gone.
+//! process exits. Without `--state-dir` its sessions end with it, so the
+//! notice says "will not return" (`min_hold` 0xFFFFFFFF): initiators end
+//! their sessions at once instead of waiting to reconnect to state that is
+//! gone. With `--state-dir` the sessions are in the store and a target
+//! started again on the same directory takes them back, so the notice asks
+//! initiators to hold off a second and reconnect.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -22,6 +25,10 @@ use serde::Deserialize;
 use crate::config::pick;
 use crate::logsvc::LogService;
 use crate::units::{parse_duration, parse_endpoint, parse_size};
+
+/// With `--state-dir`: how long initiators hold off after a shutdown before
+/// they reconnect to the target that takes their sessions back.
+const DURABLE_HOLD: Duration = Duration::from_secs(1);
 
 /// Options of `holdfast target` (also the `[target]` table of a config file).
 #[derive(Debug, Default, Args, Deserialize)]
@@ -108,6 +115,19 @@ pub(crate) struct TargetArgs {
     /// quiesce overruns (a slow disk), lower it for faster failover.
     #[arg(long, value_name = "DURATION")]
     pub(crate) command_budget: Option<String>,
+    /// Keep session state in DIR (created if missing; one target per DIR,
+    /// it is locked) so sessions survive a crash, `kill -9` or power loss
+    /// of this process: restarted with the same DIR within --retain, the
+    /// target takes every session back statefully. Completed commands are
+    /// answered from the stored cache, none runs twice, none is lost, and
+    /// commands received but not finished run once, in order. The log
+    /// service keeps its counter and streams there too. Cost: no answer
+    /// leaves before its changes are on disk, one fsync per group of
+    /// changes (changes arriving during an fsync share the next one), and
+    /// for --service block one fdatasync of the volume per group that
+    /// completes a write. Without it sessions end with the process.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
     /// Print the bound endpoints and final counters as JSON lines.
     #[arg(long)]
     #[serde(default)]
@@ -141,6 +161,8 @@ pub(crate) struct TargetSettings {
     json: bool,
     control: Option<PathBuf>,
     metrics: Option<std::net::SocketAddr>,
+    /// Where session state is kept (`--state-dir`); `None`: in memory.
+    state_dir: Option<PathBuf>,
 }
 
 impl TargetArgs {
@@ -212,7 +234,12 @@ impl TargetArgs {
             .map(|v| v.parse::<holdfast_block::VolumeId>())
             .transpose()
             .context("--volume-id")?;
+        let state_dir = pick(self.state_dir, file.state_dir);
+        if let Some(dir) = &state_dir {
+            crate::checks::state_dir(dir, volume.as_deref())?;
+        }
         Ok(TargetSettings {
+            state_dir,
             volume,
             size,
             volume_id,
@@ -295,6 +322,19 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
         peers: s.peers.clone(),
         ..TargetOptions::default()
     };
+    let store = s
+        .state_dir
+        .as_deref()
+        .map(crate::state_dir::open)
+        .transpose()?;
+    let recovered = store.as_ref().map(|st| {
+        // On stderr with the other logs (and in the `serving` line).
+        tracing::info!(
+            "{}",
+            crate::state_dir::recovered_text(st.dir(), st.report())
+        );
+        crate::state_dir::recovered_json(st.report())
+    });
     let (target, what, size) = match &s.volume {
         Some(volume) => {
             let device = FileDevice::open(
@@ -310,17 +350,40 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
             let volume_id = volume_identity(volume, s.volume_id)?;
             tracing::info!(%volume_id, volume = %volume.display(), "volume identity");
             let service = BlockService::with_options(
-                device,
+                device.clone(),
                 holdfast_block::ServiceOptions {
                     volume_id: Some(volume_id),
                     ..holdfast_block::ServiceOptions::default()
                 },
             );
-            let target = Target::serve(&s.listen, options, service).await?;
+            let target = match store {
+                // One fdatasync of the volume per group that completes a
+                // write, before the group's own fsync.
+                Some(store) => {
+                    Target::serve_durable(&s.listen, options, store, service, Arc::new(device))
+                        .await?
+                }
+                None => Target::serve(&s.listen, options, service).await?,
+            };
             (target, volume.display().to_string(), Some(size))
         }
         None => {
-            let target = Target::serve(&s.listen, options, LogService::default().service()).await?;
+            let target = match store {
+                Some(store) => {
+                    let log = match store.service_state() {
+                        Some(stored) => LogService::from_state(stored).map_err(|e| {
+                            anyhow::anyhow!(
+                                "the log service's state in the session store in {0} cannot                                  be read ({e}); nothing was changed. To start with no sessions:                                  mv {0} {0}.damaged, then start the target again",
+                                store.dir().display()
+                            )
+                        })?,
+                        None => LogService::default(),
+                    };
+                    let service = log.service();
+                    Target::serve_durable(&s.listen, options, store, service, Arc::new(log)).await?
+                }
+                None => Target::serve(&s.listen, options, LogService::default().service()).await?,
+            };
             (target, "the log service".to_owned(), None)
         }
     };
@@ -347,7 +410,13 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
     if s.json {
         println!(
             "{}",
-            serde_json::json!({ "event": "serving", "service": what, "size": size, "endpoints": endpoints })
+            serde_json::json!({
+                "event": "serving",
+                "service": what,
+                "size": size,
+                "endpoints": endpoints,
+                "recovered": recovered,
+            })
         );
     } else {
         eprintln!(
@@ -359,15 +428,27 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
     crate::notify::ready(&format!("serving {what} on {}", endpoints.join(", ")));
     signals.next().await;
     crate::notify::stopping("shutdown notice sent; connections close after the up time");
-    eprintln!(
-        "shutting down: connections stay up {:?} (new logins refused), then the process \
-         exits; its sessions end with it (announced as \"will not return\")",
-        s.shutdown_up
-    );
+    let durable = s.state_dir.is_some();
+    if durable {
+        eprintln!(
+            "shutting down: connections stay up {:?} (new logins refused), then the process \
+             exits; its sessions stay in the state dir and a target started again on it \
+             within --retain takes them back",
+            s.shutdown_up
+        );
+    } else {
+        eprintln!(
+            "shutting down: connections stay up {:?} (new logins refused), then the process \
+             exits; its sessions end with it (announced as \"will not return\")",
+            s.shutdown_up
+        );
+    }
     drop(control);
     let stats = target.stats().await;
-    // Sessions do not survive this process: say it will not return.
-    target.shutdown(s.shutdown_up, None).await;
+    // Without a store, sessions do not survive this process: say it will
+    // not return. With one, ask initiators to come back after a moment.
+    let hold = durable.then_some(DURABLE_HOLD);
+    target.shutdown(s.shutdown_up, hold).await;
     if let Some(stats) = stats {
         let counters = serde_json::to_value(&stats)?;
         if s.json {
@@ -467,6 +548,53 @@ mod tests {
         .to_string();
         assert!(err.starts_with("--size 0"), "{err}");
         assert!(log_target("credits = 1").is_ok());
+    }
+
+    /// `state-dir` in the file or `--state-dir` on the command line (which
+    /// wins) reaches the settings; a path that is a file is refused with
+    /// the flag named.
+    #[test]
+    fn a_state_dir_comes_from_the_file_or_the_flag_and_must_be_a_directory() {
+        let from_file = log_target("state-dir = \"/var/lib/holdfast/a\"").expect("valid");
+        assert_eq!(
+            from_file.state_dir.as_deref(),
+            Some(std::path::Path::new("/var/lib/holdfast/a"))
+        );
+        let file: TargetArgs =
+            toml::from_str("service = \"log\"\nlisten = \"127.0.0.1:0\"\nstate-dir = \"/x\"\n")
+                .expect("valid config");
+        let flag = TargetArgs {
+            state_dir: Some("/var/lib/holdfast/b".into()),
+            ..TargetArgs::default()
+        }
+        .merged(file)
+        .expect("valid");
+        assert_eq!(
+            flag.state_dir.as_deref(),
+            Some(std::path::Path::new("/var/lib/holdfast/b"))
+        );
+        assert!(log_target("").expect("valid").state_dir.is_none());
+        let not_a_dir = std::env::current_exe().expect("this test binary, a file");
+        let err = log_target(&format!(
+            "state-dir = {:?}",
+            not_a_dir.display().to_string()
+        ))
+        .expect_err("a file is no state dir")
+        .to_string();
+        assert!(
+            err.starts_with("--state-dir") && err.contains("not a directory"),
+            "{err}"
+        );
+        let err = TargetArgs {
+            volume: Some("/tmp/v.img".into()),
+            state_dir: Some("/tmp/v.img".into()),
+            listen: vec!["127.0.0.1:0".to_owned()],
+            ..TargetArgs::default()
+        }
+        .merged(TargetArgs::default())
+        .expect_err("the volume is no state dir")
+        .to_string();
+        assert!(err.contains("is the volume"), "{err}");
     }
 
     #[test]

@@ -151,6 +151,66 @@ fn bench_all_writes_every_report_plot_and_row() {
     check_block(&json, &dir, &index);
     check_scale(&json, &dir, &index);
     check_failover(&json, &dir, &index);
+    check_durable(&json, &dir, &index);
+}
+
+/// The durable scenario: every payload at both depths with both sides
+/// measured, the fsync baseline (when fio is installed), the recovery rows
+/// of the smoke run, and the report linked from the index.
+fn check_durable(json: &serde_json::Value, dir: &std::path::Path, index: &str) {
+    let durable = &json["durable"];
+    let rows = durable["rows"].as_array().expect("durable rows");
+    let cells: Vec<(u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["payload_bytes"].as_u64().expect("payload_bytes"),
+                r["depth"].as_u64().expect("depth"),
+            )
+        })
+        .collect();
+    assert_eq!(cells, [(64, 1), (64, 32), (4096, 1), (4096, 32)]);
+    for r in rows {
+        for side in ["memory", "durable"] {
+            assert!(
+                r[side]["ops"].as_u64().expect("ops") > 0,
+                "no {side} command completed in {r}"
+            );
+            assert!(r[side]["p99_us"].as_f64().expect("p99") > 0.0, "{r}");
+        }
+        assert!(r["ratio"].as_f64().expect("ratio") > 0.0, "{r}");
+    }
+    if durable["fsync"].is_object() {
+        assert!(
+            durable["fsync"]["fsyncs_per_s"]
+                .as_f64()
+                .expect("fsync rate")
+                > 0.0
+        );
+    }
+    let recovery = durable["recovery"]
+        .as_array()
+        .expect("durable recovery rows");
+    let sessions: Vec<u64> = recovery
+        .iter()
+        .map(|r| r["sessions"].as_u64().expect("sessions"))
+        .collect();
+    assert_eq!(sessions, [1, 10], "the smoke run's retained session counts");
+    for r in recovery {
+        assert!(
+            r["to_first_command_p50_ms"].as_f64().expect("p50") > 0.0,
+            "{r}"
+        );
+    }
+    let md = non_empty(dir, "durable.md");
+    assert!(
+        md.contains("| 4 KiB | 32 |") && md.contains("kill -9"),
+        "{md}"
+    );
+    assert!(
+        index.contains("durable.md"),
+        "README.md does not link durable.md"
+    );
 }
 
 /// The failover scenario: the fence-confirmed, quiesce-wait and single-path

@@ -151,9 +151,93 @@ pub(crate) fn parse(stdout: &str, rw: &str) -> anyhow::Result<FioResult> {
     })
 }
 
+/// What the disk under a directory does with one fsync per write.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub(crate) struct FsyncRate {
+    /// 4 KiB writes each followed by `fdatasync`, per second.
+    pub(crate) fsyncs_per_s: f64,
+    /// Median latency of one `fdatasync`, in microseconds.
+    pub(crate) p50_us: f64,
+    /// 99th-percentile latency of one `fdatasync`, in microseconds.
+    pub(crate) p99_us: f64,
+}
+
+/// Measures the raw fsync rate of the file system holding `dir` with fio
+/// (`--rw=write --bs=4k --fsync=1`, one job, psync), for `runtime`; fio's
+/// file is removed afterwards.
+pub(crate) async fn fsync_rate(dir: &Path, runtime: Duration) -> anyhow::Result<FsyncRate> {
+    let mut cmd = tokio::process::Command::new("fio");
+    cmd.args([
+        "--name=holdfast-fsync".to_owned(),
+        format!("--directory={}", dir.display()),
+        "--rw=write".to_owned(),
+        "--bs=4k".to_owned(),
+        "--size=16m".to_owned(),
+        "--ioengine=psync".to_owned(),
+        "--fdatasync=1".to_owned(),
+        "--time_based".to_owned(),
+        format!("--runtime={}ms", runtime.as_millis().max(1)),
+        "--unlink=1".to_owned(),
+        "--output-format=json".to_owned(),
+    ]);
+    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let limit = runtime + Duration::from_secs(60);
+    let out = tokio::time::timeout(limit, cmd.output())
+        .await
+        .map_err(|_| anyhow!("fio --fdatasync=1 did not finish within {limit:?}"))?
+        .context("could not run fio; is it installed?")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "fio --fdatasync=1 in {} failed ({}): {}{}",
+            dir.display(),
+            out.status,
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    parse_fsync(&stdout).with_context(|| format!("fio --fdatasync=1 in {}", dir.display()))
+}
+
+/// Reads the write rate and the sync latency from fio's JSON output.
+pub(crate) fn parse_fsync(stdout: &str) -> anyhow::Result<FsyncRate> {
+    let start = stdout
+        .find('{')
+        .ok_or_else(|| anyhow!("fio printed no JSON: {stdout}"))?;
+    let report: Value =
+        serde_json::from_str(&stdout[start..]).context("fio's JSON is malformed")?;
+    let job = &report["jobs"][0];
+    let number = |v: &Value, what: &str| {
+        v.as_f64()
+            .ok_or_else(|| anyhow!("fio's report has no {what}"))
+    };
+    let fsyncs_per_s = number(&job["write"]["iops"], "write iops")?;
+    if fsyncs_per_s <= 0.0 {
+        bail!("fio completed no synced writes");
+    }
+    let sync = &job["sync"]["lat_ns"]["percentile"];
+    Ok(FsyncRate {
+        fsyncs_per_s,
+        p50_us: number(&sync["50.000000"], "sync p50")? / 1e3,
+        p99_us: number(&sync["99.000000"], "sync p99")? / 1e3,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_fsync_rate_fio_reports() {
+        let out = r#"{ "jobs": [ { "error": 0, "write": { "iops": 222.5 },
+  "sync": { "total_ios": 445, "lat_ns": { "percentile": { "50.000000": 4000000, "99.000000": 9000000 } } } } ] }"#;
+        let r = parse_fsync(out).expect("parse");
+        assert_eq!(
+            (r.fsyncs_per_s, r.p50_us, r.p99_us),
+            (222.5, 4000.0, 9000.0)
+        );
+        assert!(parse_fsync(r#"{"jobs":[{"write":{"iops":0}}]}"#).is_err());
+    }
 
     #[test]
     fn reads_the_figures_fio_reports() {

@@ -16,6 +16,10 @@
 //! * `multiconn`: throughput of one session with 1, 2 and 4 connections
 //!   where each link is bandwidth-limited by the chaos proxy, and the
 //!   target's reorder-buffer occupancy;
+//! * `durable`: commands per second and latency with the durable session
+//!   store against in memory, beside the disk's raw fsync rate, and the
+//!   time from a `kill -9` and restart to the first completed command with
+//!   1, 100 and 10,000 retained sessions;
 //! * `all`: every scenario, and an index.
 //!
 //! Each scenario prints a table (JSON with `--json`) and writes a Markdown
@@ -25,7 +29,9 @@
 
 mod baseline;
 mod block;
-mod child;
+pub(crate) mod child;
+mod durable;
+mod durable_recovery;
 mod failover;
 mod fio;
 mod multiconn;
@@ -80,6 +86,12 @@ enum ScenarioCmd {
     /// confirmation and by waiting its quiesce time, beside a single-path
     /// session and the Linux defaults.
     Failover(Options),
+    /// The durable session store (`--state-dir`): commands/s and p50/p99
+    /// at QD 1 and 32 for 64 B and 4 KiB, durable against in memory,
+    /// beside fio --fdatasync=1 in the same directory; and the time from a
+    /// kill -9 and restart to the first completed command with 1, 100 and
+    /// 10,000 retained sessions.
+    Durable(Options),
     /// Every scenario, and an index of the reports (DIR/README.md).
     All(Options),
 }
@@ -277,6 +289,8 @@ struct JsonReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     multiconn: Option<multiconn::MulticonnReport>,
     failover: Option<failover::FailoverReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    durable: Option<durable::DurableReport>,
 }
 
 /// Runs the chosen scenarios, prints their tables (or JSON) and writes
@@ -290,6 +304,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ScenarioCmd::Scale(o) => (Some("scale"), o),
         ScenarioCmd::Multiconn(o) => (Some("multiconn"), o),
         ScenarioCmd::Failover(o) => (Some("failover"), o),
+        ScenarioCmd::Durable(o) => (Some("durable"), o),
         ScenarioCmd::All(o) => (None, o),
     };
     let runs = |scenario: &str| only.is_none_or(|o| o == scenario);
@@ -318,6 +333,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         scale: None,
         multiconn: None,
         failover: None,
+        durable: None,
     };
 
     if runs("overhead") {
@@ -377,6 +393,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             print!("{}", r.table());
         }
         report.failover = Some(r);
+    }
+    if runs("durable") {
+        let r = durable::run(mode, progress, dir).await?;
+        write_file(dir, "durable.md", &r.markdown(&machine))?;
+        if !opts.json {
+            println!("\nholdfast bench durable ({} mode)\n", mode.name());
+            print!("{}", r.table());
+        }
+        report.durable = Some(r);
     }
     if only.is_none() {
         write_file(dir, "README.md", &index(&report))?;
@@ -453,6 +478,12 @@ fn index(report: &JsonReport) -> String {
         md.push_str(
             "| failover | path loss to the first call re-issued on another node: fence confirmed, quiesce wait, single path | - | [failover.md](failover.md) | - |\n",
         );
+    }
+    if let Some(d) = &report.durable {
+        md.push_str(&format!(
+            "| durable | session store vs in memory at QD 1 and 32, fsync baseline, recovery after kill -9 | {} | [durable.md](durable.md) | - |\n",
+            count(d.rows.iter().flat_map(|r| &r.targets).collect()),
+        ));
     }
     md.push_str(
         "\nTargets come from the benchmark issue; they are reported, not asserted. \

@@ -50,7 +50,7 @@ pub(crate) struct Side {
 
 impl Side {
     /// Summarises a measurement of `payload`-byte requests.
-    fn of(m: &Measured, payload: usize) -> Side {
+    pub(crate) fn of(m: &Measured, payload: usize) -> Side {
         let seconds = m.window.as_secs_f64();
         let ops = m.latency.len();
         let ops_per_s = if seconds > 0.0 {
@@ -196,7 +196,7 @@ pub(crate) async fn run(mode: Mode, progress: bool) -> anyhow::Result<OverheadRe
 
 /// Runs the echo through holdfast: `depth` tasks share the session, each
 /// calling back to back.
-async fn measure_holdfast(
+pub(crate) async fn measure_holdfast(
     init: &Initiator,
     payload: Bytes,
     depth: usize,

@@ -144,6 +144,7 @@ pub(crate) async fn run(args: TortureArgs) -> anyhow::Result<ExitCode> {
                 })
                 .filter(|_| args.nodes == 1),
                 nodes: usize::from(args.nodes),
+                crash: None,
             })
             .await?;
             if args.json {

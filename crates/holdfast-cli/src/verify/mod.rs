@@ -6,6 +6,7 @@
 //! read back and checked, and a [`Summary`] says what happened.
 
 pub(crate) mod blocks;
+mod crash;
 pub(crate) mod faults;
 pub(crate) mod history;
 pub(crate) mod ledger;
@@ -64,6 +65,10 @@ pub(crate) struct Scenario {
     /// Nodes serving the volume: 1, or 2 for a path group over two
     /// in-process nodes with path faults ([`nodes`]).
     pub(crate) nodes: usize,
+    /// Run the target as a child process with a session store and make its
+    /// restart a `kill -9` ([`crash`]); the store goes in the directory
+    /// given, or in the scratch directory.
+    pub(crate) crash: Option<Option<std::path::PathBuf>>,
 }
 
 /// The hot blocks at the start of each worker's region, where the second
@@ -80,6 +85,9 @@ struct TargetSide {
     peers: Vec<Endpoint>,
     /// Responses answered from the cache by earlier incarnations.
     cache_answers_before: u64,
+    /// The target as a child process with a state dir, killed with -9 at
+    /// the restart (instead of `target`).
+    crash: Option<crash::CrashTarget>,
 }
 
 impl TargetSide {
@@ -92,7 +100,25 @@ impl TargetSide {
             duplicates: Arc::default(),
             peers: Vec::new(),
             cache_answers_before: 0,
+            crash: None,
         }
+    }
+
+    /// A child-process target with its session store in `state_dir`.
+    async fn crashing(
+        volume: &std::path::Path,
+        state_dir: &std::path::Path,
+    ) -> anyhow::Result<TargetSide> {
+        let child = crash::CrashTarget::start(volume, state_dir, Duration::from_secs(30)).await?;
+        Ok(TargetSide {
+            target: None,
+            addr: child.addr,
+            volume: volume.to_owned(),
+            duplicates: Arc::default(),
+            peers: Vec::new(),
+            cache_answers_before: 0,
+            crash: Some(child),
+        })
     }
 
     fn in_process(&self) -> bool {
@@ -121,6 +147,7 @@ impl TargetSide {
             duplicates,
             peers,
             cache_answers_before: 0,
+            crash: None,
         };
         side.spawn().await?;
         Ok(side)
@@ -156,6 +183,9 @@ impl TargetSide {
     /// port and volume: the session state is gone. Returns when the old
     /// target stopped.
     async fn restart(&mut self) -> anyhow::Result<Instant> {
+        if let Some(child) = &mut self.crash {
+            return child.crash_and_restart().await;
+        }
         if let Some(old) = self.target.take() {
             if let Some(stats) = old.stats().await {
                 self.cache_answers_before += stats.answered_from_cache;
@@ -260,6 +290,10 @@ async fn run_in(scenario: &Scenario, scratch: Option<&Scratch>) -> anyhow::Resul
     }
     let duplicates = Arc::new(Duplicates::default());
     let mut target = match (scratch, scenario.target) {
+        (Some(s), _) if scenario.crash.is_some() => {
+            let dir = crash::state_dir(scenario.crash.clone().flatten().as_deref(), &s.dir);
+            TargetSide::crashing(&s.volume, &dir).await?
+        }
         (Some(s), _) => {
             TargetSide::start(
                 "127.0.0.1:0".parse().context("address")?,
@@ -342,7 +376,11 @@ async fn run_in(scenario: &Scenario, scratch: Option<&Scratch>) -> anyhow::Resul
                 None => continue,
             },
         };
-        *injected.entry(fault.name().to_owned()).or_default() += 1;
+        let name = match (fault, &target.crash) {
+            (DemoFault::Restart, Some(_)) => "kill -9",
+            _ => fault.name(),
+        };
+        *injected.entry(name.to_owned()).or_default() += 1;
         if !fault.is_outage() {
             continue;
         }
@@ -351,7 +389,11 @@ async fn run_in(scenario: &Scenario, scratch: Option<&Scratch>) -> anyhow::Resul
             let _ = recovery.record(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         }
         if fault == DemoFault::Restart {
-            progress.println("  the target restarted: its session state is gone");
+            progress.println(if target.crash.is_some() {
+                "  the target process was killed with -9 and started again from its state dir"
+            } else {
+                "  the target restarted: its session state is gone"
+            });
         }
     }
     wait_until(start + args.duration, &tally, &progress, &injected).await;
@@ -380,6 +422,9 @@ async fn run_in(scenario: &Scenario, scratch: Option<&Scratch>) -> anyhow::Resul
     let _ = initiator.close().await;
     if let Some(t) = target.target.take() {
         t.shutdown(Duration::ZERO, None).await;
+    }
+    if let Some(child) = &mut target.crash {
+        child.stop().await;
     }
     let ms = |q: f64| (!recovery.is_empty()).then(|| recovery.value_at_quantile(q) as f64 / 1000.0);
     let problems = tally
@@ -412,8 +457,8 @@ async fn run_in(scenario: &Scenario, scratch: Option<&Scratch>) -> anyhow::Resul
         recovery_max_ms: ms(1.0),
         failed_operations: load(&tally.failed),
         lost: load(&tally.lost),
-        duplicated: target
-            .in_process()
+        // The ledger witnesses duplicates in this process only.
+        duplicated: (target.in_process() && target.crash.is_none())
             .then(|| duplicates.0.load(Ordering::Relaxed)),
         corrupt: load(&tally.corrupt),
         second_session_operations: second.as_ref().map(|s| load(&s.ops)),
