@@ -23,6 +23,7 @@ mod backend_log;
 pub mod device;
 pub mod file;
 pub mod identity;
+mod join;
 pub mod memory;
 pub mod nbd;
 mod nowait;

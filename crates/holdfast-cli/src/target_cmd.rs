@@ -619,15 +619,28 @@ mod tests {
             .render_long_help()
             .to_string();
         let d = TargetConfig::default();
-        for shown in [
-            format!("[default: {}]", d.credits),
-            format!("[default: {}s]", d.retain.as_secs()),
-            format!("[default: {}]", d.max_sessions),
-            format!("[default: {}]", d.max_sessions_per_source),
-            format!("[default: {}s]", d.max_inactivity.as_secs()),
-            "[default: 1s]".to_owned(),
+        for (flag, shown) in [
+            ("--credits", format!("[default: {}]", d.credits)),
+            ("--retain", format!("[default: {}s]", d.retain.as_secs())),
+            ("--max-sessions", format!("[default: {}]", d.max_sessions)),
+            (
+                "--max-sessions-per-source",
+                format!("[default: {}]", d.max_sessions_per_source),
+            ),
+            (
+                "--max-inactivity",
+                format!("[default: {}s]", d.max_inactivity.as_secs()),
+            ),
+            ("--shutdown-up", "[default: 1s]".to_owned()),
+            ("--command-budget", "[default: 1s]".to_owned()),
         ] {
-            assert!(help.contains(&shown), "--help lacks {shown}:\n{help}");
+            // The flag's own paragraph: from its name to the next flag.
+            let start = help
+                .find(&format!("      {flag} "))
+                .unwrap_or_else(|| panic!("--help lacks {flag}:\n{help}"));
+            let rest = &help[start + flag.len() + 6..];
+            let own = &rest[..rest.find("\n      -").unwrap_or(rest.len())];
+            assert!(own.contains(&shown), "{flag} does not show {shown}:\n{own}");
         }
     }
 

@@ -105,6 +105,16 @@ fn settings_that_cannot_work_are_refused_at_startup() {
 /// Starts the log target with `RUST_LOG` set, reads its first stdout line,
 /// stops it and returns what it wrote on stderr.
 fn stderr_of_a_running_target(rust_log: &str) -> String {
+    stderr_of_a_running_target_into(rust_log, None)
+}
+
+/// As [`stderr_of_a_running_target`]; with `file`, stderr goes to that
+/// file (as `2>log` or a service manager's log file would have it).
+fn stderr_of_a_running_target_into(rust_log: &str, file: Option<&std::path::Path>) -> String {
+    let stderr = match file {
+        Some(path) => Stdio::from(std::fs::File::create(path).expect("create the log file")),
+        None => Stdio::piped(),
+    };
     let mut child = Command::new(BIN)
         .args([
             "target",
@@ -117,7 +127,7 @@ fn stderr_of_a_running_target(rust_log: &str) -> String {
         .args(["--shutdown-up", "0s"])
         .env("RUST_LOG", rust_log)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .expect("spawn holdfast");
     let mut first = String::new();
@@ -131,13 +141,14 @@ fn stderr_of_a_running_target(rust_log: &str) -> String {
         .expect("run kill");
     assert!(status.success());
     let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("read stderr");
+    if let Some(mut piped) = child.stderr.take() {
+        piped.read_to_string(&mut err).expect("read stderr");
+    }
     let _ = child.wait();
+    if let Some(path) = file {
+        err = std::fs::read_to_string(path).expect("read the log file");
+        let _ = std::fs::remove_file(path);
+    }
     err
 }
 
@@ -148,6 +159,17 @@ fn logs_to_a_pipe_have_no_colour_codes() {
     assert!(
         !err.contains('\u{1b}'),
         "colour codes in piped logs: {err:?}"
+    );
+}
+
+#[test]
+fn logs_to_a_file_have_no_colour_codes() {
+    let path = std::env::temp_dir().join(format!("holdfast-colour-{}.log", std::process::id()));
+    let err = stderr_of_a_running_target_into("info", Some(&path));
+    assert!(err.contains("INFO"), "logs expected at info: {err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "colour codes in a log file: {err:?}"
     );
 }
 

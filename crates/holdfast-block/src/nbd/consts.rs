@@ -192,6 +192,10 @@ pub const MAX_IN_FLIGHT_BYTES: u32 = 2 * MAX_PAYLOAD;
 /// Default most TRIM and WRITE_ZEROES requests of one connection in flight
 /// at once.
 pub const DEFAULT_MAX_ZEROING_IN_FLIGHT: usize = 4;
+/// Default most bytes of one connection's reads handed to the device at
+/// once: four pieces of 2 MiB, as much as one large read needs to keep a
+/// remote volume busy.
+pub const DEFAULT_MAX_READ_BYTES_ISSUED: u32 = 8 * 1024 * 1024;
 /// Default most clients a listener serves at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 /// Default time a client has to finish the handshake.

@@ -17,7 +17,10 @@
 //! Per connection, at most [`NbdOptions::max_in_flight`] requests,
 //! [`NbdOptions::max_in_flight_bytes`] of payload and
 //! [`NbdOptions::max_zeroing_in_flight`] TRIMs and WRITE_ZEROES are in
-//! flight; beyond that the server stops reading until one finishes. A
+//! flight; beyond that the server stops reading until one finishes (but
+//! still notices the client closing the connection), and reads reach the
+//! device in pieces, at most [`NbdOptions::max_read_bytes_issued`] of them
+//! per connection at once. A
 //! listener serves at most [`NbdOptions::max_connections`] clients at once
 //! (more are accepted and closed at once, with a warning), and a client
 //! has [`NbdOptions::handshake_timeout`] to finish the handshake.
@@ -46,6 +49,8 @@ pub mod consts;
 mod handshake;
 mod meta;
 mod metrics;
+mod read_ahead;
+mod read_budget;
 mod reply;
 mod transmission;
 
@@ -105,6 +110,14 @@ pub struct NbdOptions {
     /// once (at least 1): each may cover up to 4 GiB. Default
     /// [`consts::DEFAULT_MAX_ZEROING_IN_FLIGHT`].
     pub max_zeroing_in_flight: usize,
+    /// Most bytes of one connection's reads handed to the device at once:
+    /// reads go to the device in pieces of at most 2 MiB (whole blocks),
+    /// and a piece waits for its share. It bounds the work a client that
+    /// goes away leaves running: its pieces not yet issued are withdrawn
+    /// (over a remote volume, a piece issued is a command the target runs
+    /// to the end). At least one piece. Default
+    /// [`consts::DEFAULT_MAX_READ_BYTES_ISSUED`].
+    pub max_read_bytes_issued: u32,
 }
 
 impl Default for NbdOptions {
@@ -118,6 +131,7 @@ impl Default for NbdOptions {
             max_in_flight: consts::MAX_IN_FLIGHT,
             max_in_flight_bytes: consts::MAX_IN_FLIGHT_BYTES,
             max_zeroing_in_flight: consts::DEFAULT_MAX_ZEROING_IN_FLIGHT,
+            max_read_bytes_issued: consts::DEFAULT_MAX_READ_BYTES_ISSUED,
         }
     }
 }

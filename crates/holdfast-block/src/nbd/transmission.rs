@@ -16,6 +16,13 @@
 //! client with as many requests outstanding as the limit allows is simply
 //! not read from: backpressure, not buffering.
 //!
+//! While the reader is held back it still watches the connection
+//! ([`super::read_ahead`]): a client that closes it without
+//! `NBD_CMD_DISC` is noticed at once, not when its requests finish.
+//! Reads reach the device in pieces within the connection's read budget
+//! ([`super::read_budget`]), so the work a vanished client leaves running
+//! is bounded by [`NbdOptions::max_read_bytes_issued`].
+//!
 //! A device operation's future is never dropped while it may still take
 //! effect: a request answered with an error must be known never to run
 //! later, and the server does not order requests against each other. At
@@ -40,6 +47,8 @@ use tracing::{debug, error, warn};
 
 use super::consts::*;
 use super::handshake::Export;
+use super::read_ahead::ReadAhead;
+use super::read_budget::ReadBudget;
 use super::reply::{write_replies, Body, Outgoing};
 use super::{read_exact_or_eof, NbdError, NbdOptions};
 use crate::device::{BlockDevice, BlockError, Cancel, Extent, Zeroing};
@@ -88,6 +97,10 @@ where
         cancel_all: cancel_all.clone(),
         bytes: Arc::new(Semaphore::new(max_bytes as usize)),
         zeroing: Arc::new(Semaphore::new(options.max_zeroing_in_flight.max(1))),
+        reads: Arc::new(ReadBudget::new(
+            options.max_read_bytes_issued,
+            export.min_block,
+        )),
         in_flight,
     };
     let mut reader = Box::pin(conn.read_requests(rd));
@@ -208,6 +221,8 @@ struct Conn<D> {
     bytes: Arc<Semaphore>,
     /// TRIM and WRITE_ZEROES in flight.
     zeroing: Arc<Semaphore>,
+    /// Read work handed to the device.
+    reads: Arc<ReadBudget>,
     /// The server's count of requests in flight (all connections).
     in_flight: Arc<AtomicUsize>,
 }
@@ -240,10 +255,12 @@ impl<D: BlockDevice> Conn<D> {
     /// Reads and dispatches requests until `NBD_CMD_DISC`, the end of the
     /// stream or a fatal protocol error. The request tasks go on; [`run`]
     /// waits for them.
-    async fn read_requests<R: AsyncRead + Unpin>(mut self, mut rd: R) -> Result<(), NbdError> {
+    async fn read_requests<R: AsyncRead + Unpin>(mut self, rd: R) -> Result<(), NbdError> {
+        let mut rd = ReadAhead::new(rd);
         let slots = Arc::new(Semaphore::new(self.max_in_flight));
         loop {
-            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            let slot = Arc::clone(&slots).acquire_owned();
+            let Ok(slot) = rd.watch(slot, 0, &self.cancel_all).await else {
                 break Ok(()); // never closed
             };
             let mut header = [0u8; REQUEST_LEN];
@@ -288,7 +305,7 @@ impl<D: BlockDevice> Conn<D> {
     /// it with an error at once or starts its device operation.
     async fn dispatch<R: AsyncRead + Unpin>(
         &mut self,
-        rd: &mut R,
+        rd: &mut ReadAhead<R>,
         req: Request,
         slot: Slot,
     ) -> Result<Flow, NbdError> {
@@ -310,7 +327,8 @@ impl<D: BlockDevice> Conn<D> {
                         max: MAX_PAYLOAD,
                     });
                 }
-                let permits = self.permits(slot, req.len).await;
+                let permits = self.permits(slot, req.len);
+                let permits = rd.watch(permits, req.len, &self.cancel_all).await;
                 let mut data = BytesMut::zeroed(req.len as usize);
                 rd.read_exact(&mut data).await?;
                 match self.check(&req, CMD_FLAG_FUA, true) {
@@ -336,7 +354,8 @@ impl<D: BlockDevice> Conn<D> {
                 match checked {
                     Err((errno, why)) => self.refuse(&req, bare(slot), errno, why),
                     Ok(()) => {
-                        let permits = self.permits(slot, req.len).await;
+                        let permits = self.permits(slot, req.len);
+                        let permits = rd.watch(permits, 0, &self.cancel_all).await;
                         let op = Op::Read {
                             offset: req.offset,
                             len: req.len,
@@ -381,7 +400,8 @@ impl<D: BlockDevice> Conn<D> {
                             Op::WriteZeroes { offset, len, how }
                         };
                         // The zeroing semaphore is never closed.
-                        let zeroing = Arc::clone(&self.zeroing).acquire_owned().await.ok();
+                        let zeroing = Arc::clone(&self.zeroing).acquire_owned();
+                        let zeroing = rd.watch(zeroing, 0, &self.cancel_all).await.ok();
                         let permits = Permits {
                             _slot: slot,
                             _budget: zeroing,
@@ -499,6 +519,7 @@ impl<D: BlockDevice> Conn<D> {
         let tx = self.tx.clone();
         let alive = self.alive.clone();
         let cancel_all = self.cancel_all.clone();
+        let reads = Arc::clone(&self.reads);
         let io_timeout = self.io_timeout;
         let (handle, offset, len) = (req.handle, req.offset, req.len);
         let with_message = matches!(req.kind, CMD_READ | CMD_BLOCK_STATUS);
@@ -507,7 +528,7 @@ impl<D: BlockDevice> Conn<D> {
             let name = op.name();
             let mut in_doubt = false;
             let started = std::time::Instant::now();
-            let outcome = execute(&*device, op, io_timeout, &cancel_all).await;
+            let outcome = execute(&*device, &reads, op, io_timeout, &cancel_all).await;
             super::metrics::answered(name, outcome.as_ref().map(drop), started.elapsed());
             let body = match outcome {
                 Ok(Done::Nothing) => Body::Status(0),
@@ -581,13 +602,19 @@ fn check_flags(req: &Request, allowed: u16) -> Result<(), (u32, &'static str)> {
 /// outcome is the device's (withdrawn, or finished).
 async fn execute<D: BlockDevice>(
     device: &D,
+    reads: &ReadBudget,
     op: Op,
     io_timeout: Option<Duration>,
     cancel_all: &Cancel,
 ) -> Result<Done, BlockError> {
     let cancel = Cancel::new();
     let name = op.name();
-    let run = run_op(device, op, &cancel);
+    // A request read after its client went away (read ahead) starts
+    // cancelled: nothing of it that can be withdrawn reaches the device.
+    if cancel_all.is_cancelled() {
+        cancel.cancel();
+    }
+    let run = run_op(device, reads, op, &cancel);
     tokio::pin!(run);
     let expired = async {
         match io_timeout {
@@ -611,10 +638,15 @@ async fn execute<D: BlockDevice>(
 }
 
 /// Runs one operation on the device with `cancel` as its signal.
-async fn run_op<D: BlockDevice>(device: &D, op: Op, cancel: &Cancel) -> Result<Done, BlockError> {
+async fn run_op<D: BlockDevice>(
+    device: &D,
+    reads: &ReadBudget,
+    op: Op,
+    cancel: &Cancel,
+) -> Result<Done, BlockError> {
     match op {
         Op::Read { offset, len } => {
-            let data = device.read_segments(offset, len, cancel).await?;
+            let data = reads.read(device, offset, len, cancel).await?;
             // A short or long buffer would desynchronise the stream.
             let total: usize = data.iter().map(Bytes::len).sum();
             if u32::try_from(total).ok() != Some(len) {

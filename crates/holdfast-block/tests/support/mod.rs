@@ -109,6 +109,13 @@ pub struct ProbeState {
     pub peak: AtomicUsize,
     /// Every finished operation.
     pub log: Mutex<Vec<OpRecord>>,
+    /// While set, every operation waits at a gate before it starts
+    /// ([`ProbeState::open_gate`]), having noted its arrival.
+    pub gated: AtomicBool,
+    gate: tokio::sync::Notify,
+    /// Every operation that reached the gate, in arrival order: (write,
+    /// offset, len).
+    pub arrivals: Mutex<Vec<(bool, u64, u64)>>,
 }
 
 impl ProbeState {
@@ -122,6 +129,37 @@ impl ProbeState {
     /// The operations recorded so far.
     pub fn log(&self) -> Vec<OpRecord> {
         self.log.lock().expect("log").clone()
+    }
+
+    /// The operations that reached the gate so far, in order.
+    pub fn arrivals(&self) -> Vec<(bool, u64, u64)> {
+        self.arrivals.lock().expect("arrivals").clone()
+    }
+
+    /// Lets every operation waiting at the gate, and every later one, go.
+    pub fn open_gate(&self) {
+        self.gated.store(false, Ordering::SeqCst);
+        self.gate.notify_waiters();
+    }
+
+    async fn pass_gate(&self, write: bool, offset: u64, len: u64) {
+        if !self.gated.load(Ordering::SeqCst) {
+            return;
+        }
+        self.arrivals
+            .lock()
+            .expect("arrivals")
+            .push((write, offset, len));
+        loop {
+            let opened = self.gate.notified();
+            tokio::pin!(opened);
+            // Registered before the check, so an opening is not missed.
+            opened.as_mut().enable();
+            if !self.gated.load(Ordering::SeqCst) {
+                return;
+            }
+            opened.await;
+        }
     }
 }
 
@@ -153,6 +191,7 @@ impl<D: BlockDevice> Probe<D> {
             s.stuck.fetch_add(1, Ordering::SeqCst);
             std::future::pending::<()>().await;
         }
+        s.pass_gate(write, offset, len).await;
         let now = s.running.fetch_add(1, Ordering::SeqCst) + 1;
         s.peak.fetch_max(now, Ordering::SeqCst);
         let start = Instant::now();

@@ -56,6 +56,20 @@ const METRICS_SYSTEM: &str = "holdfast nbd +metrics";
 /// dominate).
 const METRICS_WORKLOADS: [(&str, usize, usize); 2] = [WORKLOADS[1], WORKLOADS[3]];
 
+/// What `holdfast bench block` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Selection {
+    /// Every system that is installed, every job.
+    Everything,
+    /// Only `holdfast nbd` without and with `--metrics`, on
+    /// [`METRICS_WORKLOADS`], `rounds` times each (alternating which goes
+    /// first); each row is the job's median run.
+    MetricsCost {
+        /// Runs of each pair (at least 1).
+        rounds: u32,
+    },
+}
+
 /// The system every ratio is against.
 const REFERENCE: &str = "qemu-nbd";
 
@@ -278,8 +292,12 @@ fn cpu_of(servers: &[&Server]) -> anyhow::Result<Duration> {
     servers.iter().map(|s| s.cpu()).sum()
 }
 
-/// Runs every system that is installed here.
-pub(crate) async fn run(mode: Mode, progress: bool) -> anyhow::Result<BlockReport> {
+/// Runs every system that is installed here (or only the metrics pair).
+pub(crate) async fn run(
+    mode: Mode,
+    progress: bool,
+    selection: Selection,
+) -> anyhow::Result<BlockReport> {
     let (ramp, runtime, file_bytes) = timing(mode);
     let scratch =
         Scratch(std::env::temp_dir().join(format!("holdfast-bench-block-{}", std::process::id())));
@@ -300,6 +318,31 @@ pub(crate) async fn run(mode: Mode, progress: bool) -> anyhow::Result<BlockRepor
     let mut skipped = Vec::new();
 
     let have_fio = fio::available();
+    if let Selection::MetricsCost { rounds } = selection {
+        anyhow::ensure!(
+            have_fio,
+            "--metrics-only runs fio, which is not installed (apt-get install fio)"
+        );
+        for round in 0..rounds.max(1) {
+            // Alternating the order cancels a slow drift of the machine.
+            for metrics in [round % 2 == 1, round % 2 == 0] {
+                nbd_jobs(&mut runner, path, &socket("holdfast"), metrics).await?;
+            }
+        }
+        let mut rows = medians(runner.rows);
+        judge(&mut rows);
+        return Ok(BlockReport {
+            mode,
+            file_bytes,
+            ramp_seconds: ramp.as_secs_f64(),
+            runtime_seconds: runtime.as_secs_f64(),
+            rows,
+            skipped: vec![format!(
+                "every system but holdfast nbd with and without --metrics (--metrics-only; \
+                 each row is the median of {rounds} run(s))"
+            )],
+        });
+    }
     if have_fio {
         runner
             .fio_jobs(SYSTEMS[0], Device::File(&file, file_bytes), &[])
@@ -385,7 +428,7 @@ pub(crate) async fn run(mode: Mode, progress: bool) -> anyhow::Result<BlockRepor
     let _ = initiator.close().await;
     target.stop().await;
     if have_fio {
-        metrics_jobs(&mut runner, path, &socket("holdfast-metrics")).await?;
+        nbd_jobs(&mut runner, path, &socket("holdfast-metrics"), true).await?;
     }
 
     let mut rows = runner.rows;
@@ -400,53 +443,53 @@ pub(crate) async fn run(mode: Mode, progress: bool) -> anyhow::Result<BlockRepor
     })
 }
 
-/// The 4 KiB QD 32 jobs through `holdfast nbd` and a target that both serve
-/// `--metrics`, recording every request.
-async fn metrics_jobs(runner: &mut Runner, volume: &str, sock: &Path) -> anyhow::Result<()> {
+/// The 4 KiB QD 32 jobs through `holdfast nbd` and a target of its own,
+/// with `metrics` both serving `--metrics` (recording every request; rows
+/// [`METRICS_SYSTEM`]), without it rows "holdfast nbd".
+async fn nbd_jobs(
+    runner: &mut Runner,
+    volume: &str,
+    sock: &Path,
+    metrics: bool,
+) -> anyhow::Result<()> {
     let free = || -> anyhow::Result<String> {
         Ok(std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .to_string())
     };
     let (target_metrics, nbd_metrics) = (free()?, free()?);
-    let (target, ready) = Server::holdfast(
-        "holdfast target",
-        &[
-            "target",
-            "--volume",
-            volume,
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics",
-            &target_metrics,
-        ],
-    )
-    .await?;
+    let with = |args: &[&str], addr: &str| {
+        let mut v: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        if metrics {
+            v.extend(["--metrics".to_owned(), addr.to_owned()]);
+        }
+        v
+    };
+    let target_args = with(
+        &["target", "--volume", volume, "--listen", "127.0.0.1:0"],
+        &target_metrics,
+    );
+    let target_args: Vec<&str> = target_args.iter().map(String::as_str).collect();
+    let (target, ready) = Server::holdfast("holdfast target", &target_args).await?;
     let endpoint = ready["endpoints"][0]
         .as_str()
         .ok_or_else(|| anyhow!("holdfast target printed no endpoint: {ready}"))?
         .to_owned();
     let listen = format!("unix:{}", sock.display());
-    let (nbd, ready) = Server::holdfast(
-        "holdfast nbd",
-        &[
-            "nbd",
-            "--target",
-            &endpoint,
-            "--listen",
-            &listen,
-            "--metrics",
-            &nbd_metrics,
-        ],
-    )
-    .await?;
+    let nbd_args = with(
+        &["nbd", "--target", &endpoint, "--listen", &listen],
+        &nbd_metrics,
+    );
+    let nbd_args: Vec<&str> = nbd_args.iter().map(String::as_str).collect();
+    let (nbd, ready) = Server::holdfast("holdfast nbd", &nbd_args).await?;
     let uri = ready["uri"]
         .as_str()
         .ok_or_else(|| anyhow!("holdfast nbd printed no URI: {ready}"))?
         .to_owned();
+    let system = if metrics { METRICS_SYSTEM } else { SYSTEMS[3] };
     runner
         .fio_some(
-            METRICS_SYSTEM,
+            system,
             Device::Nbd(&uri),
             &[&target, &nbd],
             &METRICS_WORKLOADS,
@@ -455,6 +498,29 @@ async fn metrics_jobs(runner: &mut Runner, volume: &str, sock: &Path) -> anyhow:
     nbd.stop().await;
     target.stop().await;
     Ok(())
+}
+
+/// One row per job and system: the run with the median IOPS (the lower
+/// middle one of an even count), in first-seen order.
+fn medians(rows: Vec<BlockRow>) -> Vec<BlockRow> {
+    let mut groups: Vec<Vec<BlockRow>> = Vec::new();
+    for r in rows {
+        match groups
+            .iter_mut()
+            .find(|g| g[0].workload == r.workload && g[0].system == r.system)
+        {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    groups
+        .into_iter()
+        .filter_map(|mut g| {
+            g.sort_by(|a, b| a.iops.total_cmp(&b.iops));
+            let middle = (g.len() - 1) / 2;
+            g.into_iter().nth(middle)
+        })
+        .collect()
 }
 
 /// A socket path as a program argument.
@@ -657,6 +723,25 @@ mod tests {
             vs_local: None,
             targets: Vec::new(),
         }
+    }
+
+    #[test]
+    fn metrics_cost_rows_are_medians_judged_against_the_same_job_without() {
+        let rows = vec![
+            row("holdfast nbd", "randread", 4096, 32, 100.0),
+            row(METRICS_SYSTEM, "randread", 4096, 32, 90.0),
+            row(METRICS_SYSTEM, "randread", 4096, 32, 99.5),
+            row("holdfast nbd", "randread", 4096, 32, 300.0),
+            row("holdfast nbd", "randread", 4096, 32, 101.0),
+            row(METRICS_SYSTEM, "randread", 4096, 32, 120.0),
+        ];
+        let mut rows = medians(rows);
+        judge(&mut rows);
+        let got: Vec<(&str, f64)> = rows.iter().map(|r| (r.system.as_str(), r.iops)).collect();
+        assert_eq!(got, [("holdfast nbd", 101.0), (METRICS_SYSTEM, 99.5)]);
+        let check = &rows[1].targets[0];
+        assert!(check.target.contains("0.985x"), "{}", check.target);
+        assert!(!check.met, "0.985x misses 0.99x");
     }
 
     #[test]

@@ -72,7 +72,7 @@ enum ScenarioCmd {
     /// fio (4 KiB random read/write at QD 1 and 32, 1 MiB sequential at
     /// QD 8) against `holdfast nbd`, qemu-nbd and nbdkit serving one file,
     /// holdfast's native client, and fio on the file (the ceiling).
-    Block(Options),
+    Block(BlockOptions),
     /// Resident memory per idle session on a target (1,000 and 10,000
     /// sessions), throughput and Jain's fairness index with 1,000 active
     /// sessions, and resident memory over a 10-minute fault-injected run.
@@ -112,6 +112,23 @@ struct Options {
     /// The least that exercises every code path (for tests).
     #[arg(long, hide = true)]
     smoke: bool,
+}
+
+/// Options of `holdfast bench block`.
+#[derive(Clone, Debug, Args)]
+struct BlockOptions {
+    #[command(flatten)]
+    common: Options,
+    /// Only the cost of `--metrics`: the 4 KiB QD 32 jobs through
+    /// `holdfast nbd` and its target without and with `--metrics`, nothing
+    /// else (fio is required). The "+metrics" rows carry the ratio.
+    #[arg(long)]
+    metrics_only: bool,
+    /// With --metrics-only: measure each pair this many times, alternating
+    /// which of the two goes first, and report each job's median run.
+    #[arg(long, value_name = "N", requires = "metrics_only", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
 }
 
 /// How long the runs are.
@@ -297,10 +314,16 @@ struct JsonReport {
 /// their reports.
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // One scenario, or every one (`None`).
+    let mut block_selection = block::Selection::Everything;
     let (only, opts) = match args.scenario {
         ScenarioCmd::Overhead(o) => (Some("overhead"), o),
         ScenarioCmd::Recovery(o) => (Some("recovery"), o),
-        ScenarioCmd::Block(o) => (Some("block"), o),
+        ScenarioCmd::Block(o) => {
+            if o.metrics_only {
+                block_selection = block::Selection::MetricsCost { rounds: o.rounds };
+            }
+            (Some("block"), o.common)
+        }
         ScenarioCmd::Scale(o) => (Some("scale"), o),
         ScenarioCmd::Multiconn(o) => (Some("multiconn"), o),
         ScenarioCmd::Failover(o) => (Some("failover"), o),
@@ -357,7 +380,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         report.recovery = Some(r);
     }
     if runs("block") {
-        let r = block::run(mode, progress).await?;
+        let r = block::run(mode, progress, block_selection).await?;
         write_file(dir, "block.md", &r.markdown(&machine))?;
         plot::block(&dir.join("block.svg"), &r.rows)?;
         if !opts.json {
