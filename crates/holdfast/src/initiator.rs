@@ -16,7 +16,6 @@ use holdfast_proto::{
     CallId, CallOptions, ConnId, InitiatorConfig, InitiatorEvent, InitiatorStats, SessionLoss,
     SubmitError,
 };
-use thiserror::Error;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
@@ -26,6 +25,7 @@ mod multi;
 
 use crate::backoff::Backoff;
 use crate::clock::Clock;
+use crate::error::{CallError, LinkError};
 use crate::links::{LinkInput, Links};
 use crate::outbox::Outbox;
 use crate::target::sleep_until;
@@ -86,65 +86,6 @@ impl InitiatorOptions {
     }
 }
 
-/// Why a call or message failed.
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
-#[non_exhaustive]
-pub enum CallError {
-    /// The protocol failed the call: the session was lost (the inner error
-    /// says whether it may have executed), the target answered it with a
-    /// status response (`Failed`: it executed, its response could not be
-    /// delivered), or it could not be re-issued after a stateless recovery.
-    #[error(transparent)]
-    Session(#[from] holdfast_proto::CallError),
-    /// The initiator refused the request before sending it: it did not execute.
-    #[error("refused before sending (not executed): {0}")]
-    Refused(SubmitError),
-    /// No session could be established with the target for the whole
-    /// session-loss timeout; the request was never sent. The initiator keeps
-    /// trying: a later call may succeed.
-    #[error(
-        "not executed: no session with the target for {waited:?} (last error: {last_error}); \
-         check that the target is running and reachable, then retry"
-    )]
-    Unreachable {
-        /// How long the initiator had been without a session.
-        waited: Duration,
-        /// The last connection or login error.
-        last_error: String,
-    },
-    /// The driver task stopped (the initiator was dropped or panicked).
-    #[error("the initiator stopped before the call finished; it may have executed")]
-    Stopped,
-    /// The caller cancelled the call ([`Initiator::call_cancellable`])
-    /// before it was handed to the session: it was never sent and will
-    /// never execute.
-    #[error("withdrawn before it was sent: it will never execute")]
-    Withdrawn,
-}
-
-impl CallError {
-    /// True if the operation may have reached the service.
-    pub fn may_have_executed(&self) -> bool {
-        match self {
-            CallError::Session(e) => e.may_have_executed(),
-            CallError::Refused(_) | CallError::Unreachable { .. } | CallError::Withdrawn => false,
-            CallError::Stopped => true,
-        }
-    }
-
-    /// True if the operation can no longer execute (it never will, or it
-    /// did in a session the target has ended), so reporting it as failed
-    /// cannot be contradicted later by a late execution. See
-    /// [`holdfast_proto::CallError::is_settled`].
-    pub fn is_settled(&self) -> bool {
-        match self {
-            CallError::Session(e) => e.is_settled(),
-            CallError::Refused(_) | CallError::Unreachable { .. } | CallError::Withdrawn => true,
-            CallError::Stopped => false,
-        }
-    }
-}
-
 pub(crate) enum Reply {
     Call(oneshot::Sender<Result<Bytes, CallError>>),
     Send(oneshot::Sender<Result<(), CallError>>),
@@ -202,8 +143,22 @@ impl std::fmt::Debug for Initiator {
 
 impl Initiator {
     /// Starts a session to the target `connector` reaches. Returns at once;
-    /// the first call waits for the login.
+    /// the first call waits for the login. [`Initiator::connect`] and
+    /// [`Initiator::builder`] are the short ways for an [`crate::Endpoint`].
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime: the session runs on a task of its own.
+    /// Call it from within `#[tokio::main]`, a task, or
+    /// `Runtime::enter`.
     pub fn start(connector: Arc<dyn Connector>, options: InitiatorOptions) -> Initiator {
+        if tokio::runtime::Handle::try_current().is_err() {
+            panic!(
+                "holdfast::Initiator::start was called outside a tokio runtime: the session \
+                 runs on a tokio task, so call it from within #[tokio::main], a spawned task, \
+                 or Runtime::enter"
+            );
+        }
         let capacity = (options.protocol.credits as usize).max(1);
         let (tx, rx) = mpsc::channel(capacity);
         let (abandon_tx, abandon_rx) = mpsc::unbounded_channel();
@@ -232,8 +187,9 @@ impl Initiator {
             outcome: outcome_tx,
             reconnect_at: None,
             ended: None,
+            closed_here: false,
             no_session_since: None,
-            last_error: "no connection attempt yet".to_owned(),
+            last_error: LinkError::NotTried,
             recovery: crate::telemetry::RecoveryTimer::default(),
             connected_at: None,
             connecting: None,
@@ -388,10 +344,13 @@ pub(crate) struct Driver {
     outcome: tokio::sync::watch::Sender<Option<Result<(), SessionLoss>>>,
     pub(crate) reconnect_at: Option<tokio::time::Instant>,
     ended: Option<SessionLoss>,
+    /// True once this side closed the session cleanly (`close()`): later
+    /// requests fail [`CallError::Closed`].
+    closed_here: bool,
     /// Since when there has been no session (none yet, or replaced).
     no_session_since: Option<tokio::time::Instant>,
     /// The last connect or login failure, for error messages.
-    last_error: String,
+    last_error: LinkError,
     /// Times recoveries for the metrics.
     recovery: crate::telemetry::RecoveryTimer,
     /// When the current connection's login was accepted, and whether a
@@ -547,7 +506,11 @@ impl Driver {
         let loss = self.ended.clone().unwrap_or(SessionLoss::Aborted);
         match r {
             ApiRequest::Submit { reply, .. } => {
-                let e = CallError::Refused(SubmitError::Ended(loss));
+                let e = if self.closed_here {
+                    CallError::Closed
+                } else {
+                    CallError::Refused(SubmitError::Ended(loss))
+                };
                 reply.fail(e)
             }
             ApiRequest::Close(tx) => drop(tx.send(Err(loss))),
@@ -566,7 +529,9 @@ impl Driver {
                 reply,
             } => {
                 if self.early_abandons.remove(&ticket) {
-                    reply.fail(CallError::Withdrawn);
+                    reply.fail(CallError::Withdrawn {
+                        may_have_executed: false,
+                    });
                     return;
                 }
                 let result = if command {
@@ -589,6 +554,7 @@ impl Driver {
                             reply,
                         });
                     }
+                    Err(SubmitError::Closing) => reply.fail(CallError::Closed),
                     Err(e) => {
                         let e = CallError::Refused(e);
                         reply.fail(e)
@@ -652,15 +618,14 @@ impl Driver {
             Ok(Err(e)) => {
                 let delay = self.backoff.next_delay();
                 debug!(error = %e, ?delay, "connect failed");
-                self.last_error = format!("connect: {e}");
+                self.last_error = LinkError::Connect(Arc::new(e));
                 self.reconnect_at =
                     Some(tokio::time::Instant::now() + delay.max(Duration::from_millis(1)));
             }
             Err(_) => {
                 let delay = self.backoff.next_delay();
                 debug!(?delay, "connect timed out");
-                self.last_error =
-                    format!("connect timed out after {:?}", self.options.connect_timeout);
+                self.last_error = LinkError::ConnectTimeout(self.options.connect_timeout);
                 self.reconnect_at = Some(tokio::time::Instant::now() + delay);
             }
         }
@@ -768,7 +733,9 @@ impl Driver {
         };
         if waiting_ticket == Some(ticket) {
             if let Some(ApiRequest::Submit { reply, .. }) = self.waiting.take() {
-                reply.fail(CallError::Withdrawn);
+                reply.fail(CallError::Withdrawn {
+                    may_have_executed: false,
+                });
             }
             return;
         }
@@ -808,7 +775,7 @@ impl Driver {
             }
             InitiatorEvent::CallFailed { call, error } => {
                 if let Some(reply) = self.take_reply(call) {
-                    reply.fail(CallError::Session(error));
+                    reply.fail(CallError::from(error));
                 }
             }
             InitiatorEvent::CreditAvailable => {
@@ -850,7 +817,7 @@ impl Driver {
             } => {
                 warn!(%error, "connection lost");
                 self.recovery.lost(&error);
-                self.last_error = error.to_string();
+                self.last_error = LinkError::Connection(error.clone());
                 self.release_connection();
                 if self
                     .connected_at
@@ -868,7 +835,7 @@ impl Driver {
             }
             InitiatorEvent::ConnectionDropped { conn, error, moved } => {
                 warn!(?conn, %error, moved, "one of the session's connections was lost; its commands moved to the others");
-                self.last_error = error.to_string();
+                self.last_error = LinkError::Connection(error.clone());
                 self.links.remove(conn);
                 let delay = self.backoff.next_delay();
                 self.join_at = Some(tokio::time::Instant::now() + delay);
@@ -885,6 +852,7 @@ impl Driver {
                 info!(?up_until, ?reconnect_at, "target announced a shutdown");
             }
             InitiatorEvent::Closed => {
+                self.closed_here = true;
                 self.release_connection();
                 for w in self.close_waiters.drain(..) {
                     let _ = w.send(Ok(()));

@@ -72,6 +72,10 @@ impl Request {
 /// initiator with `CallError::ServiceFailed` (it executed). A response
 /// larger than [`Request::max_response`] is answered with a status response
 /// instead (the call fails at the initiator; the command ran).
+///
+/// `Clone` is required because each session calls its own clone (see
+/// "Readiness" above): `poll_ready` is per session. A service whose state
+/// must be shared between sessions keeps it behind an `Arc`.
 pub trait SessionService:
     tower_service::Service<Request, Response = Bytes, Future = Self::Fut, Error = Self::Err>
     + Clone
@@ -94,17 +98,20 @@ where
     type Err = S::Error;
 }
 
-/// A service made from a closure (like `tower::service_fn`, without the dependency).
+/// A service made from a closure (like `tower::service_fn`, without the
+/// dependency). The closure's future may fail with any error type that
+/// implements `Display`: the caller gets [`crate::CallError::ServiceFailed`]
+/// with its text.
 #[derive(Clone, Debug)]
 pub struct ServiceFn<F>(pub F);
 
-impl<F, Fut> tower_service::Service<Request> for ServiceFn<F>
+impl<F, Fut, E> tower_service::Service<Request> for ServiceFn<F>
 where
     F: FnMut(Request) -> Fut,
-    Fut: std::future::Future<Output = Result<Bytes, std::convert::Infallible>>,
+    Fut: std::future::Future<Output = Result<Bytes, E>>,
 {
     type Response = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = E;
     type Future = Fut;
 
     fn poll_ready(
@@ -119,7 +126,8 @@ where
     }
 }
 
-/// Wraps a closure as a service.
+/// Wraps a closure as a service: `service_fn(|req: Request| async move {
+/// Ok::<_, MyError>(reply) })`, where `MyError` is any `Display` type.
 pub fn service_fn<F>(f: F) -> ServiceFn<F> {
     ServiceFn(f)
 }

@@ -14,7 +14,8 @@ use bytes::Bytes;
 use holdfast_proto::CallOptions;
 use tokio::sync::oneshot;
 
-use crate::initiator::{CallError, Initiator, Reply};
+use crate::error::CallError;
+use crate::initiator::{Initiator, Reply};
 
 /// Tells the driver that the caller of a submission stopped waiting, unless
 /// disarmed first (the outcome arrived).
@@ -58,8 +59,7 @@ impl Initiator {
     /// When `cancel` completes before the response, the call is withdrawn:
     /// * if the target cannot have it yet (it was never sent, or only on
     ///   connections the target has fenced), it is dropped and this returns
-    ///   [`CallError::Withdrawn`] or the core's
-    ///   [`holdfast_proto::CallError::Withdrawn`]: it will never execute;
+    ///   [`CallError::Withdrawn`]: it will never execute;
     /// * otherwise this keeps waiting for the real outcome: the response if
     ///   the command completes, or a failure once the target's session is
     ///   known to be gone. It is never re-issued in a new session.
@@ -80,7 +80,9 @@ impl Initiator {
             biased;
             submitted = self.submit(true, payload, options, Reply::Call(tx)) => submitted?,
             // Still queued for the driver: dropping the send withdraws it.
-            () = &mut cancel => return Err(CallError::Withdrawn),
+            () = &mut cancel => return Err(CallError::Withdrawn {
+                may_have_executed: false,
+            }),
         };
         self.await_reply(ticket, rx, cancel).await
     }

@@ -82,9 +82,9 @@ async fn a_response_too_large_for_the_initiator_fails_its_call_and_the_session_g
         .await
         .expect("the call with an oversized response must return, not hang");
     match big {
-        Err(CallError::Session(e @ holdfast::proto::CallError::Failed { .. })) => {
+        Err(e @ CallError::Failed { .. }) => {
             assert!(e.may_have_executed(), "the command did execute");
-            let holdfast::proto::CallError::Failed { status, text } = e else {
+            let CallError::Failed { status, text } = e else {
                 unreachable!()
             };
             assert_eq!(status, ResponseStatus::ResponseTooLarge);
@@ -199,7 +199,7 @@ async fn a_command_whose_service_future_panics_still_completes() {
         .await
         .expect("the call must return, not hang");
     match r {
-        Err(CallError::Session(e @ holdfast::proto::CallError::ServiceFailed { .. })) => {
+        Err(e @ CallError::ServiceFailed { .. }) => {
             assert!(e.may_have_executed(), "the service ran it: {e}");
         }
         other => panic!("expected ServiceFailed, got {other:?}"),
