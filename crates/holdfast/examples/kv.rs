@@ -327,8 +327,7 @@ async fn client(
             (format!("PUT {id} {key} v{id}"), CallOptions::default())
         } else if roll < 80 {
             // A read may run twice harmlessly: let a restart re-issue it.
-            let mut safe = CallOptions::default();
-            safe.retry_safe = true;
+            let safe = CallOptions { retry_safe: true };
             (format!("GET {id} {key}"), safe)
         } else {
             (format!("DEL {id} {key}"), CallOptions::default())
