@@ -2,6 +2,42 @@
 //! driver task that owns the sans-IO core, the current connection, timers and
 //! reconnection.
 //!
+//! # Guide for callers
+//!
+//! * **Start** with [`Initiator::connect`] (an [`crate::Endpoint`], default
+//!   options) or [`Initiator::builder`]; both return at once, inside a tokio
+//!   runtime, and the first call waits for the login. Clone the handle
+//!   into every task that issues calls: all clones share one session.
+//! * **Exactly once, in order.** Each [`Initiator::call`] reaches the
+//!   target's service exactly once however often the connection breaks,
+//!   and commands reach it in the order they were issued (calls from one
+//!   task awaited one after the other are in that task's order).
+//!   **Responses arrive in completion order**, not issue order: the
+//!   service's futures complete concurrently, so with several calls in
+//!   flight a later call may finish first.
+//! * **Outcomes.** A failed call says whether it may have executed:
+//!   [`crate::CallError::may_have_executed`],
+//!   [`crate::CallError::not_executed`] and [`crate::CallError::is_settled`].
+//!   A command the service ran and failed comes back as
+//!   [`crate::CallError::ServiceFailed`], never as an empty success.
+//! * **`retry_safe` and its cost.** When the target loses the session (it
+//!   restarted), calls not yet sent cannot be known to be new to the new
+//!   session's service, so by default they fail
+//!   [`crate::CallError::NotExecuted`] and the caller decides; calls sent
+//!   and unanswered fail [`crate::CallError::MayHaveExecuted`]. Set
+//!   [`crate::CallOptions::retry_safe`] on idempotent commands (reads,
+//!   absolute writes) and the initiator re-issues them in the new session
+//!   instead, in order: they may then run twice. Not setting it costs
+//!   those failures after a restart, never a duplicate.
+//! * **Cancellation.** Dropping a call's future withdraws it if it was not
+//!   yet sent (it then never executes); once sent, it may still execute,
+//!   and dropping loses its outcome. To cancel and still learn the fate,
+//!   use [`Initiator::call_cancellable`].
+//! * **Closing.** [`Initiator::close`] waits for everything outstanding and
+//!   ends the session with the target (FIN); calls after it fail
+//!   [`crate::CallError::Closed`]. Dropping the last handle aborts the
+//!   session instead.
+//!
 //! Backpressure: requests travel over a bounded channel, and the driver only
 //! takes the next one when the core has credit for it, so callers wait
 //! instead of filling an unbounded queue.

@@ -6,6 +6,15 @@
 //! closure becomes one with `tower::service_fn`. The trait crate itself has no
 //! dependencies.
 //!
+//! # Guide for service authors
+//!
+//! A target calls [`SessionService`] (any `tower_service::Service<Request,
+//! Response = Bytes>` that is `Clone + Send`, its error `Display`): build
+//! one with [`service_fn`] or implement the trait; tower layers
+//! (`Timeout`, `ConcurrencyLimit`, `RateLimit`) wrap it unchanged. The rule
+//! that matters most follows: **ordered effects happen in `call`; futures
+//! complete concurrently.**
+//!
 //! # Order
 //!
 //! The target invokes [`tower_service::Service::call`] once per command or
@@ -15,6 +24,9 @@
 //! log would), or sequences its futures itself (as the block service does
 //! for overlapping ranges); work done only inside the future may run out of
 //! order with later requests.
+//! The initiator receives responses in the order the futures complete,
+//! not in command order; a one-way message counts as delivered once `call`
+//! has taken it.
 //!
 //! # Readiness
 //!

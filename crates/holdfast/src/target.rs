@@ -2,6 +2,25 @@
 //! [`holdfast_proto::Target`], a reader task and a writer per connection, and
 //! the application's service.
 //!
+//! # Guide for running a target
+//!
+//! * **Serve** with [`Target::serve`] (TCP or Unix endpoints) or
+//!   [`Target::serve_on`] (any [`crate::Acceptor`]); the service is cloned
+//!   once per session (see [`crate::service`]).
+//! * **Stop** with [`Target::stop`] (at once, like a crash: initiators
+//!   recover into a new session) or [`Target::shutdown`] (a notice first,
+//!   with [`Reconnect`] saying when initiators may come back). Both take
+//!   `&self`; when they return, the listening sockets are closed and a
+//!   successor can bind the same address. Dropping a [`Target`] also
+//!   closes its sockets at once and stops its tasks.
+//! * **Sessions live in the target process.** A new target (after a
+//!   restart or a crash) holds none of the old sessions: initiators see
+//!   "the target restarted", calls in flight fail "may have executed" and
+//!   calls not yet sent fail "not executed" unless retry-safe (see
+//!   [`crate::initiator`]).
+//!
+//! # Inside
+//!
 //! Readers send bytes to the engine over a bounded channel (so a flooding
 //! peer meets TCP backpressure, not our memory); the engine feeds the core,
 //! drains its `Ready`, hands deliveries to the service in session order,

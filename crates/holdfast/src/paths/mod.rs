@@ -25,7 +25,7 @@
 //!    past that, the node has promised that it starts none of the session's
 //!    commands and that the ones it started have finished;
 //! 3. calls are re-issued on a survivor in the order they were first
-//!    issued ([`order`]): a call that was not executed goes as soon as every
+//!    issued (the `order` module): a call that was not executed goes as soon as every
 //!    earlier call of the lost path has gone; a call in doubt goes once the
 //!    fence (or the wait) is over, if it is retry-safe. A call in doubt that
 //!    is not retry-safe fails with [`CallError::Withdrawn`]
