@@ -49,7 +49,9 @@
 mod backoff;
 pub mod chaos;
 mod clock;
+mod deadline;
 mod durability;
+mod events;
 mod fence;
 mod initiator;
 mod lanes;
@@ -57,6 +59,7 @@ mod links;
 mod outbox;
 pub mod paths;
 mod peer;
+mod pipelined;
 mod service;
 mod service_call;
 mod start_gate;
@@ -72,6 +75,7 @@ pub use holdfast_proto as proto;
 
 pub use backoff::Backoff;
 pub use durability::{NoDurability, ServiceDurability};
+pub use events::{SessionEvent, SessionEvents};
 pub use fence::{FenceError, FenceOutcome, PathState};
 pub use holdfast_proto::NotStarted;
 pub use holdfast_proto::{
@@ -80,6 +84,7 @@ pub use holdfast_proto::{
 };
 pub use initiator::{CallError, Initiator, InitiatorOptions};
 pub use links::RoundRobinConnector;
+pub use pipelined::SendHandle;
 pub use paths::{PathGroup, PathGroupOptions, PathGroupStats, Policy};
 pub use service::{service_fn, Request, ServiceFn, SessionService};
 pub use start_gate::StartGate;
