@@ -176,9 +176,17 @@ async fn deadline_behind_exhausted_credits_is_not_executed_and_never_executes() 
         }
     })
     .await;
-    // Behind them: one waits in the driver for credit, the others in the
-    // request queue (whichever order the tasks run in).
-    let late: Vec<_> = (0..3)
+    // Behind them a call without a deadline waits in the driver for credit
+    // (with the window full the driver takes no more requests), and the
+    // late ones wait in the request queue, or for room in it. Should a late
+    // one reach the driver first, it waits for credit instead: either way
+    // none of them may run.
+    let hold3 = {
+        let init = init.clone();
+        tokio::spawn(async move { init.call(Bytes::from_static(b"hold3")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let late: Vec<_> = (0..5)
         .map(|i| {
             let init = init.clone();
             tokio::spawn(async move {
@@ -190,8 +198,8 @@ async fn deadline_behind_exhausted_credits_is_not_executed_and_never_executes() 
     for l in late {
         expect_deadline(within(l).await.expect("task"), false, true);
     }
-    gate.add_permits(2);
-    for h in held {
+    gate.add_permits(3);
+    for h in held.into_iter().chain([hold3]) {
         within(h).await.expect("task").expect("held call");
     }
     let after = within(init.call(Bytes::from_static(b"after")))
@@ -201,7 +209,11 @@ async fn deadline_behind_exhausted_credits_is_not_executed_and_never_executes() 
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut got = executed(&log);
     got.sort();
-    assert_eq!(got, vec!["after", "hold1", "hold2"], "no late call may run");
+    assert_eq!(
+        got,
+        vec!["after", "hold1", "hold2", "hold3"],
+        "no late call may run"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
