@@ -288,3 +288,67 @@ async fn deadline_without_a_connection_is_not_executed_and_never_executes() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(executed(&log), vec!["after"]);
 }
+
+/// Connects to whichever address it is set to.
+struct Switch(Mutex<SocketAddr>);
+
+impl holdfast::Connector for Switch {
+    fn connect(&self) -> holdfast::transport::ConnectFuture<'_> {
+        let addr = *self.0.lock().expect("addr");
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            Ok(Box::new(stream) as holdfast::transport::BoxStream)
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_while_the_connection_is_lost_is_not_executed_and_never_executes() {
+    support::init_logs();
+    let log = Log::default();
+    let target = target_on(
+        "127.0.0.1:0".parse().expect("addr"),
+        log.clone(),
+        Arc::new(Semaphore::new(0)),
+    )
+    .await;
+    let proxy = Proxy::start(tcp_addr(&target)).await.expect("proxy");
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let switch = Arc::new(Switch(Mutex::new(proxy.addr())));
+    let bound = Duration::from_millis(200);
+    let init = Initiator::start(
+        switch.clone(),
+        InitiatorOptions {
+            protocol: InitiatorConfig::default().with_detection_bound(bound),
+            backoff_max: Duration::from_millis(100),
+            ..InitiatorOptions::default()
+        },
+    );
+    let mut events = init.events();
+    within(init.call(Bytes::from_static(b"A"))).await.expect("A");
+    // The connection breaks and the target is out of reach for a while:
+    // the session lives on, so calls are taken but cannot be sent.
+    *switch.0.lock().expect("addr") = nowhere;
+    proxy.inject(Fault::Reset);
+    within(async {
+        loop {
+            match events.recv().await {
+                Some(holdfast::SessionEvent::ConnectionLost { .. }) => break,
+                Some(_) => {}
+                None => panic!("the session's events ended"),
+            }
+        }
+    })
+    .await;
+    let b = within(init.call_with(Bytes::from_static(b"B"), deadline(100))).await;
+    expect_deadline(b, false, true);
+    // The target is reachable again: the session recovers; B never runs.
+    *switch.0.lock().expect("addr") = proxy.addr();
+    let c = within(init.call(Bytes::from_static(b"C"))).await.expect("C");
+    assert_eq!(c, "C");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(executed(&log), vec!["A", "C"], "B must never land");
+}
