@@ -107,25 +107,24 @@ impl Initiator {
     }
 
     /// Waits until the session's first login has succeeded (at once if it
-    /// has). Fails with the loss if the session ended before any login
-    /// (for example [`SessionLoss::GaveUp`] after the session-loss timeout
-    /// with the target unreachable); wrap it in a timeout to wait less.
+    /// has). Fails with the loss if the session ended before any login (it
+    /// was aborted or closed). While the target is unreachable this keeps
+    /// waiting, as the initiator keeps trying (calls meanwhile fail
+    /// [`crate::CallError::Unreachable`] after the session-loss timeout):
+    /// wrap it in a timeout to wait less.
     pub async fn wait_connected(&self) -> Result<(), SessionLoss> {
         let mut logins = self.logins.clone();
         let mut outcome = self.outcome.clone();
-        tokio::select! {
+        // The watch guards are dropped at once: this future stays `Send`.
+        let connected = tokio::select! {
             biased;
-            r = logins.wait_for(|n| *n > 0) => match r {
-                Ok(_) => Ok(()),
-                Err(_) => Err(SessionLoss::Aborted),
-            },
-            _ = outcome.wait_for(Option::is_some) => {
-                if *self.logins.borrow() > 0 {
-                    return Ok(());
-                }
-                Err(self.ended().await.err().unwrap_or(SessionLoss::Aborted))
-            }
+            r = logins.wait_for(|n| *n > 0) => r.is_ok(),
+            _ = outcome.wait_for(Option::is_some) => false,
+        };
+        if connected || *self.logins.borrow() > 0 {
+            return Ok(());
         }
+        Err(self.ended().await.err().unwrap_or(SessionLoss::Aborted))
     }
 }
 
