@@ -84,8 +84,8 @@ pub use holdfast_proto::{
 };
 pub use initiator::{CallError, Initiator, InitiatorOptions};
 pub use links::RoundRobinConnector;
-pub use pipelined::SendHandle;
 pub use paths::{PathGroup, PathGroupOptions, PathGroupStats, Policy};
+pub use pipelined::SendHandle;
 pub use service::{service_fn, Request, ServiceFn, SessionService};
 pub use start_gate::StartGate;
 pub use status::{SessionState, SessionStatus, TargetObserver};

@@ -153,7 +153,12 @@ async fn deadline_behind_exhausted_credits_is_not_executed_and_never_executes() 
     support::init_logs();
     let log = Log::default();
     let gate = Arc::new(Semaphore::new(0));
-    let target = target_on("127.0.0.1:0".parse().expect("addr"), log.clone(), gate.clone()).await;
+    let target = target_on(
+        "127.0.0.1:0".parse().expect("addr"),
+        log.clone(),
+        gate.clone(),
+    )
+    .await;
     // Two credits: the two held commands take them both.
     let init = initiator(
         tcp_addr(&target),
@@ -228,13 +233,17 @@ async fn deadline_in_a_blackhole_may_have_executed_and_recovery_settles_it() {
     .await;
     let proxy = Proxy::start(tcp_addr(&target)).await.expect("proxy");
     let init = initiator(proxy.addr(), InitiatorConfig::default());
-    within(init.call(Bytes::from_static(b"A"))).await.expect("A");
+    within(init.call(Bytes::from_static(b"A")))
+        .await
+        .expect("A");
     proxy.inject(Fault::Blackhole);
     // Sent into the blackhole: the initiator cannot know it did not land.
     let b = within(init.call_with(Bytes::from_static(b"B"), deadline(100))).await;
     expect_deadline(b, true, false);
     // The path returns on a new connection; B is never re-issued.
-    let c = within(init.call(Bytes::from_static(b"C"))).await.expect("C");
+    let c = within(init.call(Bytes::from_static(b"C")))
+        .await
+        .expect("C");
     assert_eq!(c, "C");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(executed(&log), vec!["A", "C"], "B must never land");
@@ -328,7 +337,9 @@ async fn deadline_while_the_connection_is_lost_is_not_executed_and_never_execute
         },
     );
     let mut events = init.events();
-    within(init.call(Bytes::from_static(b"A"))).await.expect("A");
+    within(init.call(Bytes::from_static(b"A")))
+        .await
+        .expect("A");
     // The connection breaks and the target is out of reach for a while:
     // the session lives on, so calls are taken but cannot be sent.
     *switch.0.lock().expect("addr") = nowhere;
@@ -347,7 +358,9 @@ async fn deadline_while_the_connection_is_lost_is_not_executed_and_never_execute
     expect_deadline(b, false, true);
     // The target is reachable again: the session recovers; B never runs.
     *switch.0.lock().expect("addr") = proxy.addr();
-    let c = within(init.call(Bytes::from_static(b"C"))).await.expect("C");
+    let c = within(init.call(Bytes::from_static(b"C")))
+        .await
+        .expect("C");
     assert_eq!(c, "C");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(executed(&log), vec!["A", "C"], "B must never land");

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use holdfast::chaos::{Fault, Proxy};
 use holdfast::proto::Seq;
 use holdfast::{
-    service_fn, Endpoint, EndpointConnector, Initiator, InitiatorConfig, InitiatorOptions,
-    Request, Target, TargetOptions,
+    service_fn, Endpoint, EndpointConnector, Initiator, InitiatorConfig, InitiatorOptions, Request,
+    Target, TargetOptions,
 };
 
 /// Fails the test if `f` takes longer than `secs`.

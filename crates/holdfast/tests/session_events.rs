@@ -14,8 +14,8 @@ use bytes::Bytes;
 use holdfast::chaos::{Fault, Proxy};
 use holdfast::proto::SessionLoss;
 use holdfast::{
-    service_fn, Endpoint, EndpointConnector, Initiator, InitiatorConfig, InitiatorOptions,
-    Request, SessionEvent, SessionEvents, Target, TargetOptions,
+    service_fn, Endpoint, EndpointConnector, Initiator, InitiatorConfig, InitiatorOptions, Request,
+    SessionEvent, SessionEvents, Target, TargetOptions,
 };
 
 /// Fails the test if `f` takes longer than 10 s.
@@ -96,7 +96,9 @@ async fn session_events_cut_is_lost_then_recovered_statefully_then_ended() {
         [SessionEvent::Connected { session }] => *session,
         other => panic!("expected Connected first, got {other:?}"),
     };
-    within(init.call(Bytes::from_static(b"A"))).await.expect("A");
+    within(init.call(Bytes::from_static(b"A")))
+        .await
+        .expect("A");
 
     proxy.inject(Fault::Reset);
     let seen = until(&mut events, |e| matches!(e, SessionEvent::Recovered { .. })).await;
@@ -112,7 +114,9 @@ async fn session_events_cut_is_lost_then_recovered_statefully_then_ended() {
         }),
         "the same session, recovered: {seen:?}"
     );
-    within(init.call(Bytes::from_static(b"B"))).await.expect("B");
+    within(init.call(Bytes::from_static(b"B")))
+        .await
+        .expect("B");
 
     within(init.close()).await.expect("closed");
     let seen = until(&mut events, |e| matches!(e, SessionEvent::Ended { .. })).await;
