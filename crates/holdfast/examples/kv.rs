@@ -15,7 +15,9 @@
 //!   and the client.
 //! * The **client** is one [`Initiator`] shared by 16 tasks, each issuing
 //!   its share of COMMANDS (default 10,000): 45 % PUT, 35 % GET (retry-safe),
-//!   20 % DEL, and an audit message after every tenth command.
+//!   20 % DEL, and a one-way audit message after every tenth command
+//!   (pipelined: [`Initiator::send_queued`] queues it at once, in order;
+//!   the task awaits its delivery at the end).
 //! * **Faults**, at fixed points of progress: connection resets, a
 //!   blackhole longer than the detection bound, added delay, a **graceful
 //!   restart** of the target (shutdown notice, then a new target on the
@@ -319,6 +321,7 @@ async fn client(
 ) -> Vec<Issued> {
     let mut mix = Mix(seed ^ (task << 32));
     let mut issued = Vec::new();
+    let mut audits = Vec::new();
     for n in 0..count {
         let id = task * 1_000_000 + n * 2;
         let key = format!("k{}", mix.next() % 64);
@@ -327,7 +330,7 @@ async fn client(
             (format!("PUT {id} {key} v{id}"), CallOptions::default())
         } else if roll < 80 {
             // A read may run twice harmlessly: let a restart re-issue it.
-            let safe = CallOptions { retry_safe: true };
+            let safe = CallOptions::RETRY_SAFE;
             (format!("GET {id} {key}"), safe)
         } else {
             (format!("DEL {id} {key}"), CallOptions::default())
@@ -338,17 +341,26 @@ async fn client(
             .map(|b| String::from_utf8_lossy(&b).into_owned());
         issued.push(Issued::of(task, id, false, options.retry_safe, &r));
         if n % AUDIT_EVERY == AUDIT_EVERY - 1 {
+            // One-way and pipelined: queued at once, in order; its delivery
+            // is awaited only at the end (dropping the handle would not
+            // withdraw it).
             let audit = id + 1;
-            let r = init
-                .send(Bytes::from(format!("AUDIT {audit}")))
+            match init
+                .send_queued(Bytes::from(format!("AUDIT {audit}")))
                 .await
-                .map(|()| String::new());
-            issued.push(Issued::of(task, audit, true, false, &r));
+            {
+                Ok(handle) => audits.push((audit, handle)),
+                Err(e) => issued.push(Issued::of(task, audit, true, false, &Err(e))),
+            }
         }
         progress.fetch_add(1, Ordering::Relaxed);
         // Think time: a client does something between commands (and the
         // faults below land while commands are in flight, not after).
         tokio::time::sleep(THINK).await;
+    }
+    for (audit, handle) in audits {
+        let r = handle.await.map(|()| String::new());
+        issued.push(Issued::of(task, audit, true, false, &r));
     }
     issued
 }
@@ -437,6 +449,12 @@ pub async fn run(config: Config) -> std::io::Result<Verdict> {
         .detection_bound(DETECTION)
         .session_loss_timeout(Some(Duration::from_secs(30)))
         .connect(Endpoint::Tcp(proxy.addr()));
+    // The first login, before the clients start.
+    match tokio::time::timeout(Duration::from_secs(10), init.wait_connected()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(loss)) => return Err(std::io::Error::other(format!("no session: {loss}"))),
+        Err(_) => return Err(std::io::Error::other("no session within 10 s")),
+    }
 
     let progress = Arc::new(AtomicU64::new(0));
     let finished = Arc::new(AtomicU64::new(0));

@@ -123,6 +123,21 @@ pub enum CallError {
         #[source]
         last_error: LinkError,
     },
+    /// The call's deadline ([`crate::CallOptions::deadline`], or
+    /// [`crate::InitiatorOptions::call_deadline`]) passed before its outcome
+    /// arrived, and the call was withdrawn. If it was not yet sent
+    /// (`may_have_executed` false) it never executes and is never
+    /// re-issued: settled, safe to retry. If the target may have it, it
+    /// may have executed or may still (it is never re-issued in a new
+    /// session, but a recovered session runs what the target received):
+    /// in doubt, not settled.
+    #[error("{}", crate::deadline::describe(*may_have_executed, *settled))]
+    DeadlineExceeded {
+        /// True if the target may have received it (it may have run).
+        may_have_executed: bool,
+        /// True if it can no longer execute after this error.
+        settled: bool,
+    },
     /// The initiator's driver task stopped (the runtime shut down, or it
     /// panicked) before the call finished: it may have executed.
     #[error("the initiator stopped before the call finished; it may have executed")]
@@ -150,6 +165,9 @@ impl CallError {
             | CallError::Stopped => true,
             CallError::Withdrawn { may_have_executed }
             | CallError::TooLargeForTarget {
+                may_have_executed, ..
+            }
+            | CallError::DeadlineExceeded {
                 may_have_executed, ..
             } => *may_have_executed,
             CallError::Other(e) => e.may_have_executed(),
@@ -181,6 +199,7 @@ impl CallError {
             | CallError::Unreachable { .. } => true,
             CallError::MayHaveExecuted(loss) => loss.fences(),
             CallError::Stopped => false,
+            CallError::DeadlineExceeded { settled, .. } => *settled,
             CallError::Other(e) => e.is_settled(),
         }
     }

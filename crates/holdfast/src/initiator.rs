@@ -93,6 +93,17 @@ pub struct InitiatorOptions {
     /// Seed for the backoff jitter; `None` draws one from the operating
     /// system. Set it for runs that must repeat exactly (simulations).
     pub jitter_seed: Option<u64>,
+    /// The deadline of every call and awaited `send` whose
+    /// [`CallOptions::deadline`] is `None` (`None` here too: no deadline;
+    /// the only limit is the session-loss timeout). See
+    /// [`Initiator::call_with`].
+    pub call_deadline: Option<Duration>,
+    /// Requests that may wait for credit beyond the credit window: the
+    /// queue between the handles and the session holds
+    /// `protocol.credits + request_queue` calls and messages; a call or
+    /// [`Initiator::send_queued`] that finds it full waits (asynchronously)
+    /// for room.
+    pub request_queue: usize,
 }
 
 impl Default for InitiatorOptions {
@@ -104,6 +115,8 @@ impl Default for InitiatorOptions {
             connect_timeout: Duration::from_secs(2),
             read_buffer: 64 * 1024,
             jitter_seed: None,
+            call_deadline: None,
+            request_queue: 0,
         }
     }
 }
@@ -163,7 +176,17 @@ pub(crate) enum ApiRequest {
 pub struct Initiator {
     pub(crate) requests: mpsc::Sender<ApiRequest>,
     /// Tickets of submissions whose caller stopped waiting.
-    pub(crate) abandons: mpsc::UnboundedSender<u64>,
+    /// Tickets of submissions whose caller stopped waiting, and, if it was
+    /// their deadline, where to say that the driver has acted (a call the
+    /// target may have then fails at once instead of waiting).
+    pub(crate) abandons: mpsc::UnboundedSender<(u64, Option<oneshot::Sender<()>>)>,
+    /// The deadline of calls whose options set none
+    /// ([`InitiatorOptions::call_deadline`]).
+    pub(crate) default_deadline: Option<Duration>,
+    /// Where the driver publishes [`crate::SessionEvent`]s.
+    pub(crate) events: tokio::sync::broadcast::Sender<crate::SessionEvent>,
+    /// Logins accepted so far (see [`Initiator::wait_connected`]).
+    pub(crate) logins: tokio::sync::watch::Receiver<u64>,
     pub(crate) next_ticket: Arc<AtomicU64>,
     /// How the session ended, once it has (see [`Initiator::ended`]).
     pub(crate) outcome: tokio::sync::watch::Receiver<Option<Result<(), SessionLoss>>>,
@@ -195,7 +218,9 @@ impl Initiator {
                  or Runtime::enter"
             );
         }
-        let capacity = (options.protocol.credits as usize).max(1);
+        let capacity = (options.protocol.credits as usize)
+            .max(1)
+            .saturating_add(options.request_queue);
         let (tx, rx) = mpsc::channel(capacity);
         let (abandon_tx, abandon_rx) = mpsc::unbounded_channel();
         let clock = Clock::new();
@@ -204,6 +229,9 @@ impl Initiator {
             .unwrap_or_else(|| getrandom::u64().unwrap_or(0x9e37_79b9_7f4a_7c15));
         let (outcome_tx, outcome) = tokio::sync::watch::channel(None);
         let (path, path_rx) = crate::fence::PathShared::new(clock, options.protocol.epoch);
+        let (events, _) = tokio::sync::broadcast::channel(crate::events::EVENTS_BUFFER);
+        let (logins_tx, logins) = tokio::sync::watch::channel(0);
+        let default_deadline = options.call_deadline;
         let driver = Driver {
             path: crate::fence::DriverPath::default(),
             shared_path: path.clone(),
@@ -231,12 +259,17 @@ impl Initiator {
             connecting: None,
             links: Links::new(),
             join_at: None,
+            events: events.clone(),
+            logins: logins_tx,
         };
         let span = tracing::info_span!("initiator", session = tracing::field::Empty);
         tokio::spawn(driver.run(rx, abandon_rx, path_rx).instrument(span));
         Initiator {
             requests: tx,
             abandons: abandon_tx,
+            default_deadline,
+            events,
+            logins,
             next_ticket: Arc::new(AtomicU64::new(1)),
             outcome,
             path,
@@ -244,22 +277,44 @@ impl Initiator {
     }
 
     /// Issues a command and waits for its response (exactly once).
+    ///
+    /// Cancellation: dropping this future before it finishes withdraws the
+    /// call, but once it has been polled the call may already be on its way:
+    /// **a dropped call may still execute** (see [`Initiator::call_with`]).
+    /// To bound the wait and learn the call's fate, set a deadline
+    /// ([`CallOptions::deadline`], [`InitiatorOptions::call_deadline`]) or
+    /// use [`Initiator::call_cancellable`].
     pub async fn call(&self, payload: Bytes) -> Result<Bytes, CallError> {
         self.call_with(payload, CallOptions::default()).await
     }
 
-    /// Issues a command with options (e.g. retry-safe).
+    /// Issues a command with options (retry-safe, a deadline).
     ///
-    /// Dropping the future before it finishes withdraws the call
-    /// ([`holdfast_proto::Initiator::abandon`]): if the target cannot have
-    /// it yet it is never sent, and it is never re-issued in a new session.
-    /// It may still execute if it was already sent; to learn its fate, use
-    /// [`Initiator::call_cancellable`] instead of dropping the future.
+    /// **Deadline**: when [`CallOptions::deadline`] (or else
+    /// [`InitiatorOptions::call_deadline`]) passes before the outcome, the
+    /// call is withdrawn and fails with [`CallError::DeadlineExceeded`]:
+    /// not yet sent (still queued, or waiting for credit or a connection),
+    /// it never executes and is never re-issued (settled); already sent, it
+    /// **may have executed**, and it may still (the target runs what it
+    /// received; the call is never re-issued in a new session).
+    ///
+    /// **Cancellation**: dropping the future before it finishes withdraws
+    /// the call the same way ([`holdfast_proto::Initiator::abandon`]), but
+    /// nobody is told the outcome: a call dropped after its first poll may
+    /// have been sent, and then **it may still execute**. To learn its
+    /// fate, use a deadline (the error says whether it may have executed)
+    /// or [`Initiator::call_cancellable`] (waits for the settled outcome)
+    /// instead of dropping the future.
     pub async fn call_with(
         &self,
         payload: Bytes,
         options: CallOptions,
     ) -> Result<Bytes, CallError> {
+        if let Some(deadline) = options.deadline.or(self.default_deadline) {
+            return self
+                .until_deadline(true, payload, options, deadline, Reply::Call)
+                .await;
+        }
         let (tx, rx) = oneshot::channel();
         let ticket = self.submit(true, payload, options, Reply::Call(tx)).await?;
         self.await_reply(ticket, rx, std::future::pending()).await
@@ -271,8 +326,17 @@ impl Initiator {
         self.send_with(payload, CallOptions::default()).await
     }
 
-    /// Sends a one-way message with options.
+    /// Sends a one-way message with options, and waits until it is
+    /// delivered. A deadline and cancellation work as for
+    /// [`Initiator::call_with`]. Each message waits for its acknowledgement
+    /// here: to send many in order without waiting, use
+    /// [`Initiator::send_queued`].
     pub async fn send_with(&self, payload: Bytes, options: CallOptions) -> Result<(), CallError> {
+        if let Some(deadline) = options.deadline.or(self.default_deadline) {
+            return self
+                .until_deadline(false, payload, options, deadline, Reply::Send)
+                .await;
+        }
         let (tx, rx) = oneshot::channel();
         let ticket = self
             .submit(false, payload, options, Reply::Send(tx))
@@ -336,7 +400,7 @@ impl Initiator {
     pub async fn abort(&self) {
         // On the abandon channel: the driver reads it even while a request
         // waits for credit (and so takes no requests).
-        if self.abandons.send(ABORT_TICKET).is_ok() {
+        if self.abandons.send((ABORT_TICKET, None)).is_ok() {
             let _ = self.ended().await;
         }
     }
@@ -404,13 +468,17 @@ pub(crate) struct Driver {
     pub(crate) path: crate::fence::DriverPath,
     /// What the handles read about the path.
     pub(crate) shared_path: Arc<crate::fence::PathShared>,
+    /// Where [`crate::SessionEvent`]s go.
+    pub(crate) events: tokio::sync::broadcast::Sender<crate::SessionEvent>,
+    /// Counts accepted logins for [`Initiator::wait_connected`].
+    pub(crate) logins: tokio::sync::watch::Sender<u64>,
 }
 
 impl Driver {
     async fn run(
         mut self,
         mut requests: mpsc::Receiver<ApiRequest>,
-        mut abandons: mpsc::UnboundedReceiver<u64>,
+        mut abandons: mpsc::UnboundedReceiver<(u64, Option<oneshot::Sender<()>>)>,
         mut paths: mpsc::UnboundedReceiver<crate::fence::PathRequest>,
     ) {
         let mut buf = BytesMut::with_capacity(self.options.read_buffer);
@@ -477,7 +545,7 @@ impl Driver {
                         LinkInput::Closed(id) => self.core.connection_lost(id, now),
                     }
                 },
-                Some(ticket) = abandons.recv() => self.abandon(ticket),
+                Some((ticket, deadline)) = abandons.recv() => self.abandon(ticket, deadline.is_some()),
                 // Fences and epochs bypass the credit gate on `requests`.
                 Some(p) = paths.recv() => self.path_request(p),
                 r = requests.recv(), if accept_requests => match r {
@@ -742,11 +810,16 @@ impl Driver {
         }
         if self.outcome.borrow().is_none() {
             self.outcome.send_replace(Some(Err(SessionLoss::Aborted)));
+            let _ = self.events.send(crate::SessionEvent::Ended {
+                result: Err(SessionLoss::Aborted),
+            });
         }
     }
 
-    /// The caller of submission `ticket` stopped waiting: withdraw it.
-    fn abandon(&mut self, ticket: u64) {
+    /// The caller of submission `ticket` stopped waiting: withdraw it. If
+    /// `deadline` (its deadline passed) and the target may have it, its
+    /// caller learns so at once: "may have executed".
+    fn abandon(&mut self, ticket: u64, deadline: bool) {
         if ticket == ABORT_TICKET {
             self.abort_now();
             return;
@@ -758,9 +831,19 @@ impl Driver {
             .iter()
             .find_map(|(call, (_, t))| (*t == ticket).then_some(*call));
         if let Some(call) = call {
-            debug!(?call, "withdrawing");
+            debug!(?call, deadline, "withdrawing");
             self.core.abandon(call, self.clock.now());
             self.flush();
+            if deadline {
+                // Still outstanding: the target may have it. It stays in
+                // the session (never re-issued) without a caller.
+                if let Some(reply) = self.take_reply(call) {
+                    reply.fail(CallError::DeadlineExceeded {
+                        may_have_executed: true,
+                        settled: false,
+                    });
+                }
+            }
             return;
         }
         let waiting_ticket = match &self.waiting {
@@ -796,6 +879,7 @@ impl Driver {
 
     fn event(&mut self, event: InitiatorEvent) {
         self.path_event(&event);
+        self.session_event(&event);
         match event {
             InitiatorEvent::Response { call, payload } => {
                 self.made_progress();

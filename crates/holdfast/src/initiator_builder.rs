@@ -106,6 +106,20 @@ impl InitiatorBuilder {
         self
     }
 
+    /// The deadline of every call whose [`crate::CallOptions::deadline`] is
+    /// `None` (see [`InitiatorOptions::call_deadline`]).
+    pub fn call_deadline(mut self, deadline: Option<Duration>) -> Self {
+        self.options.call_deadline = deadline;
+        self
+    }
+
+    /// Requests that may wait for credit beyond the credit window (see
+    /// [`InitiatorOptions::request_queue`]).
+    pub fn request_queue(mut self, requests: usize) -> Self {
+        self.options.request_queue = requests;
+        self
+    }
+
     /// How long a transport connect may take.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.options.connect_timeout = timeout;

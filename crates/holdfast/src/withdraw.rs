@@ -41,8 +41,22 @@ impl<'a> AbandonOnDrop<'a> {
     fn fire(&mut self) {
         if let Some(ticket) = self.ticket.take() {
             // Fails only if the driver is gone, and then nothing runs.
-            let _ = self.initiator.abandons.send(ticket);
+            let _ = self.initiator.abandons.send((ticket, None));
         }
+    }
+
+    /// Withdraws now because the call's deadline passed: a call the target
+    /// may have is failed at once ("may have executed") instead of waiting
+    /// for its outcome. The returned receiver completes once the driver has
+    /// acted: by then the outcome was sent to the call's reply channel, or
+    /// the submission is still in the request queue and will be dropped
+    /// unsent when the driver reaches it.
+    pub(crate) fn fire_deadline(&mut self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        if let Some(ticket) = self.ticket.take() {
+            let _ = self.initiator.abandons.send((ticket, Some(tx)));
+        }
+        rx
     }
 }
 

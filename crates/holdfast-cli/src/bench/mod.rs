@@ -16,6 +16,8 @@
 //! * `multiconn`: throughput of one session with 1, 2 and 4 connections
 //!   where each link is bandwidth-limited by the chaos proxy, and the
 //!   target's reorder-buffer occupancy;
+//! * `messages`: one-way messages per second from one task with the
+//!   pipelined send, against calls per second from one task and from 8;
 //! * `all`: every scenario, and an index.
 //!
 //! Each scenario prints a table (JSON with `--json`) and writes a Markdown
@@ -28,6 +30,7 @@ mod block;
 mod child;
 mod failover;
 mod fio;
+mod messages;
 mod multiconn;
 mod native;
 mod overhead;
@@ -80,6 +83,10 @@ enum ScenarioCmd {
     /// confirmation and by waiting its quiesce time, beside a single-path
     /// session and the Linux defaults.
     Failover(Options),
+    /// One-way messages per second from one task with the pipelined send
+    /// (`send_queued`) against calls per second from one task and from 8,
+    /// on one session, with their ratio.
+    Messages(Options),
     /// Every scenario, and an index of the reports (DIR/README.md).
     All(Options),
 }
@@ -277,6 +284,8 @@ struct JsonReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     multiconn: Option<multiconn::MulticonnReport>,
     failover: Option<failover::FailoverReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<messages::MessagesReport>,
 }
 
 /// Runs the chosen scenarios, prints their tables (or JSON) and writes
@@ -290,6 +299,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ScenarioCmd::Scale(o) => (Some("scale"), o),
         ScenarioCmd::Multiconn(o) => (Some("multiconn"), o),
         ScenarioCmd::Failover(o) => (Some("failover"), o),
+        ScenarioCmd::Messages(o) => (Some("messages"), o),
         ScenarioCmd::All(o) => (None, o),
     };
     let runs = |scenario: &str| only.is_none_or(|o| o == scenario);
@@ -318,6 +328,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         scale: None,
         multiconn: None,
         failover: None,
+        messages: None,
     };
 
     if runs("overhead") {
@@ -377,6 +388,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             print!("{}", r.table());
         }
         report.failover = Some(r);
+    }
+    if runs("messages") {
+        let r = messages::run(mode, progress).await?;
+        write_file(dir, "messages.md", &r.markdown(&machine))?;
+        if !opts.json {
+            println!("\nholdfast bench messages ({} mode)\n", mode.name());
+            print!("{}", r.table());
+        }
+        report.messages = Some(r);
     }
     if only.is_none() {
         write_file(dir, "README.md", &index(&report))?;
@@ -453,6 +473,12 @@ fn index(report: &JsonReport) -> String {
         md.push_str(
             "| failover | path loss to the first call re-issued on another node: fence confirmed, quiesce wait, single path | - | [failover.md](failover.md) | - |\n",
         );
+    }
+    if let Some(m) = &report.messages {
+        md.push_str(&format!(
+            "| messages | one-way messages/s from one task (pipelined send) vs calls/s from 1 and 8 tasks | {} | [messages.md](messages.md) | - |\n",
+            count(m.targets.iter().collect()),
+        ));
     }
     md.push_str(
         "\nTargets come from the benchmark issue; they are reported, not asserted. \

@@ -283,7 +283,13 @@ pub(crate) async fn call(
     retry_safe: bool,
 ) -> CallRecord {
     let result = init
-        .call_with(Bytes::from(payload.clone()), CallOptions { retry_safe })
+        .call_with(
+            Bytes::from(payload.clone()),
+            CallOptions {
+                retry_safe,
+                ..CallOptions::default()
+            },
+        )
         .await;
     match &result {
         Ok(v) => trace.record(format!("{payload} ok {}", String::from_utf8_lossy(v))),
