@@ -75,7 +75,12 @@ use crate::transport::{BoxStream, Connector};
 const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 
 /// Initiator settings: the protocol's plus the runtime's.
+///
+/// `#[non_exhaustive]`, so fields can be added without breaking callers:
+/// start from `InitiatorOptions::default()` (or [`Initiator::builder`]) and
+/// set the fields or use the `with_*` methods.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct InitiatorOptions {
     /// Protocol settings (credits, detection bound, session-loss timeout,
     /// and the connections per session with their spread policy,

@@ -44,6 +44,12 @@ impl InitiatorOptions {
         self
     }
 
+    /// These options with protocol settings `protocol`.
+    pub fn with_protocol(mut self, protocol: holdfast_proto::InitiatorConfig) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
     /// The detection bound these options use (the protocol's `dead_after`).
     pub fn detection_bound(&self) -> Duration {
         self.protocol.dead_after

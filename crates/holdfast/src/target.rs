@@ -50,7 +50,12 @@ use crate::target_writer::{killed, ConnWriter};
 use crate::transport::{Acceptor, Endpoint, Listener};
 
 /// Target settings: the protocol's plus the runtime's.
+///
+/// `#[non_exhaustive]`, so fields can be added without breaking callers:
+/// start from `TargetOptions::default()` and set the fields or use the
+/// `with_*` methods.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct TargetOptions {
     /// Protocol settings (credits, frame limit, retain time, limits).
     pub protocol: TargetConfig,
@@ -87,6 +92,18 @@ impl Default for TargetOptions {
 }
 
 impl TargetOptions {
+    /// These options with protocol settings `protocol`.
+    pub fn with_protocol(mut self, protocol: TargetConfig) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// These options with peer nodes `peers` (see [`TargetOptions::peers`]).
+    pub fn with_peers(mut self, peers: Vec<Endpoint>) -> Self {
+        self.peers = peers;
+        self
+    }
+
     /// Sets the detection bound of accepted TCP sockets (keep-alive and
     /// `TCP_USER_TIMEOUT`, the second line behind the protocol's inactivity
     /// deadline, which follows each initiator's keep-alive). Use the same

@@ -88,9 +88,10 @@ fn initiator(addr: SocketAddr, protocol: InitiatorConfig) -> Initiator {
     let bound = Duration::from_millis(200);
     Initiator::start(
         Arc::new(EndpointConnector::new(Endpoint::Tcp(addr), bound)),
-        InitiatorOptions {
-            protocol: protocol.with_detection_bound(bound),
-            ..InitiatorOptions::default()
+        {
+            let mut o = InitiatorOptions::default();
+            o.protocol = protocol.with_detection_bound(bound);
+            o
         },
     )
 }
@@ -263,12 +264,14 @@ async fn deadline_without_a_connection_is_not_executed_and_never_executes() {
             Endpoint::Tcp(addr),
             Duration::from_millis(200),
         )),
-        InitiatorOptions {
-            protocol: InitiatorConfig::default().with_detection_bound(Duration::from_millis(200)),
-            backoff_max: Duration::from_millis(100),
+        {
+            let mut o = InitiatorOptions::default();
+            o.protocol =
+                InitiatorConfig::default().with_detection_bound(Duration::from_millis(200));
+            o.backoff_max = Duration::from_millis(100);
             // The session default applies to calls without a deadline.
-            call_deadline: Some(Duration::from_millis(150)),
-            ..InitiatorOptions::default()
+            o.call_deadline = Some(Duration::from_millis(150));
+            o
         },
     );
     let lost = within(init.call(Bytes::from_static(b"lost"))).await;
@@ -328,14 +331,12 @@ async fn deadline_while_the_connection_is_lost_is_not_executed_and_never_execute
         .expect("addr");
     let switch = Arc::new(Switch(Mutex::new(proxy.addr())));
     let bound = Duration::from_millis(200);
-    let init = Initiator::start(
-        switch.clone(),
-        InitiatorOptions {
-            protocol: InitiatorConfig::default().with_detection_bound(bound),
-            backoff_max: Duration::from_millis(100),
-            ..InitiatorOptions::default()
-        },
-    );
+    let init = Initiator::start(switch.clone(), {
+        let mut o = InitiatorOptions::default();
+        o.protocol = InitiatorConfig::default().with_detection_bound(bound);
+        o.backoff_max = Duration::from_millis(100);
+        o
+    });
     let mut events = init.events();
     within(init.call(Bytes::from_static(b"A")))
         .await

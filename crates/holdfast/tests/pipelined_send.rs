@@ -51,10 +51,11 @@ fn initiator(addr: SocketAddr) -> Initiator {
     let bound = Duration::from_millis(300);
     Initiator::start(
         Arc::new(EndpointConnector::new(Endpoint::Tcp(addr), bound)),
-        InitiatorOptions {
-            protocol: InitiatorConfig::default().with_detection_bound(bound),
-            backoff_max: Duration::from_millis(100),
-            ..InitiatorOptions::default()
+        {
+            let mut o = InitiatorOptions::default();
+            o.protocol = InitiatorConfig::default().with_detection_bound(bound);
+            o.backoff_max = Duration::from_millis(100);
+            o
         },
     )
 }

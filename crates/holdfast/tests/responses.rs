@@ -23,12 +23,13 @@ const BOUND: Duration = Duration::from_secs(10);
 async fn serve<S: SessionService>(service: S) -> (Target, SocketAddr) {
     // Acknowledgements go out at once (no ack delay), so a TACK is in the
     // same batch as the delivery it acknowledges.
-    let options = TargetOptions {
-        protocol: TargetConfig {
+    let options = {
+        let mut o = TargetOptions::default();
+        o.protocol = TargetConfig {
             ack_delay: Duration::ZERO,
             ..TargetConfig::default()
-        },
-        ..TargetOptions::default()
+        };
+        o
     };
     let target = Target::serve(
         &[Endpoint::Tcp("127.0.0.1:0".parse().expect("addr"))],
@@ -44,12 +45,13 @@ async fn serve<S: SessionService>(service: S) -> (Target, SocketAddr) {
 }
 
 fn initiator(addr: SocketAddr, max_frame: u32) -> Initiator {
-    let options = InitiatorOptions {
-        protocol: InitiatorConfig {
+    let options = {
+        let mut o = InitiatorOptions::default();
+        o.protocol = InitiatorConfig {
             max_frame,
             ..InitiatorConfig::default()
-        },
-        ..InitiatorOptions::default()
+        };
+        o
     };
     Initiator::start(
         Arc::new(EndpointConnector::new(

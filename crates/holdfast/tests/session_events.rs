@@ -14,8 +14,8 @@ use bytes::Bytes;
 use holdfast::chaos::{Fault, Proxy};
 use holdfast::proto::SessionLoss;
 use holdfast::{
-    service_fn, Endpoint, EndpointConnector, Initiator, InitiatorConfig, InitiatorOptions, Request,
-    SessionEvent, SessionEvents, Target, TargetOptions,
+    service_fn, Endpoint, EndpointConnector, Initiator, InitiatorOptions, Request, SessionEvent,
+    SessionEvents, Target, TargetOptions,
 };
 
 /// Fails the test if `f` takes longer than 10 s.
@@ -52,12 +52,10 @@ fn initiator(addr: SocketAddr, options: InitiatorOptions) -> Initiator {
     let bound = Duration::from_millis(300);
     Initiator::start(
         Arc::new(EndpointConnector::new(Endpoint::Tcp(addr), bound)),
-        InitiatorOptions {
-            protocol: InitiatorConfig {
-                ..options.protocol.with_detection_bound(bound)
-            },
-            backoff_max: Duration::from_millis(100),
-            ..options
+        {
+            let mut o = options.with_detection_bound(bound);
+            o.backoff_max = Duration::from_millis(100);
+            o
         },
     )
 }

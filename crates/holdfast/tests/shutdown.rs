@@ -80,18 +80,16 @@ async fn shutdown_notice_is_honoured_and_the_restart_is_reported_statelessly() {
         inner: EndpointConnector::new(endpoint.clone(), Duration::from_millis(500)),
         attempts: attempts.clone(),
     };
-    let init = Initiator::start(
-        Arc::new(connector),
-        InitiatorOptions {
-            protocol: InitiatorConfig {
-                // This application's commands may take up to 1.5 s: after a
-                // notice that leaves less, none may start.
-                shutdown_margin: Duration::from_millis(1500),
-                ..InitiatorConfig::default().with_detection_bound(Duration::from_millis(500))
-            },
-            ..InitiatorOptions::default()
-        },
-    );
+    let init = Initiator::start(Arc::new(connector), {
+        let mut o = InitiatorOptions::default();
+        // This application's commands may take up to 1.5 s: after a
+        // notice that leaves less, none may start.
+        o.protocol = InitiatorConfig {
+            shutdown_margin: Duration::from_millis(1500),
+            ..InitiatorConfig::default().with_detection_bound(Duration::from_millis(500))
+        };
+        o
+    });
     init.call(Bytes::from_static(b"warm"))
         .await
         .expect("warm-up call");
@@ -200,12 +198,13 @@ async fn shutdown_notice_is_honoured_and_the_restart_is_reported_statelessly() {
 fn initiator_with_loss_timeout(endpoint: Endpoint, session_loss: Duration) -> Initiator {
     Initiator::start(
         Arc::new(EndpointConnector::new(endpoint, Duration::from_millis(500))),
-        InitiatorOptions {
-            protocol: InitiatorConfig {
+        {
+            let mut o = InitiatorOptions::default();
+            o.protocol = InitiatorConfig {
                 session_loss_timeout: Some(session_loss),
                 ..InitiatorConfig::default().with_detection_bound(Duration::from_millis(500))
-            },
-            ..InitiatorOptions::default()
+            };
+            o
         },
     )
 }

@@ -100,8 +100,10 @@ impl std::str::FromStr for Policy {
     }
 }
 
-/// Path group settings.
+/// Path group settings. `#[non_exhaustive]`: start from
+/// `PathGroupOptions::default()` and set the fields.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct PathGroupOptions {
     /// How calls are spread.
     pub policy: Policy,
