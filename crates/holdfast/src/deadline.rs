@@ -69,11 +69,17 @@ impl Initiator {
                 // The driver answers at once: withdrawn, or in doubt, in
                 // the reply; nothing there yet means the submission still
                 // waits in the request queue and will be dropped unsent.
-                let _ = guard.fire_deadline().await;
-                match rx.try_recv() {
-                    Ok(r) => Ok(r.map_err(expired_error)),
-                    Err(oneshot::error::TryRecvError::Empty) => Ok(Err(not_sent())),
-                    Err(oneshot::error::TryRecvError::Closed) => Err(()),
+                let acted = guard.fire_deadline();
+                tokio::select! {
+                    biased;
+                    // An outcome may arrive without the driver reading
+                    // the withdrawal (it refuses requests after the end).
+                    r = &mut rx => r.map(|r| r.map_err(expired_error)).map_err(drop),
+                    _ = acted => match rx.try_recv() {
+                        Ok(r) => Ok(r.map_err(expired_error)),
+                        Err(oneshot::error::TryRecvError::Empty) => Ok(Err(not_sent())),
+                        Err(oneshot::error::TryRecvError::Closed) => Err(()),
+                    },
                 }
             }
         };
