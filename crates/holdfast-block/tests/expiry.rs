@@ -59,12 +59,13 @@ async fn a_reissued_read_never_sees_a_write_issued_after_it() {
     support::init_logs();
     let target = Target::serve(
         &[Endpoint::Tcp("127.0.0.1:0".parse().expect("addr"))],
-        TargetOptions {
-            protocol: TargetConfig {
+        {
+            let mut o = TargetOptions::default();
+            o.protocol = TargetConfig {
                 retain: RETAIN,
                 ..TargetConfig::default()
-            },
-            ..TargetOptions::default()
+            };
+            o
         },
         BlockService::new(MemoryDevice::new(16 * BLOCK)),
     )
@@ -82,12 +83,13 @@ async fn a_reissued_read_never_sees_a_write_issued_after_it() {
             inner: EndpointConnector::new(Endpoint::Tcp(proxied), bound),
             down: down.clone(),
         }),
-        InitiatorOptions {
-            protocol: InitiatorConfig {
+        {
+            let mut o = InitiatorOptions::default();
+            o.protocol = InitiatorConfig {
                 session_loss_timeout: None,
                 ..InitiatorConfig::default().with_detection_bound(bound)
-            },
-            ..InitiatorOptions::default()
+            };
+            o
         },
     );
     let volume = Arc::new(within(Volume::connect(initiator)).await.expect("volume"));

@@ -105,7 +105,10 @@ pub(crate) fn export_target(target: TargetObserver) -> JoinHandle<()> {
             // With --state-dir (PROTOCOL.md §12): sessions taken back from
             // the store at start, and recoveries refused because the store
             // was behind what the initiator had received.
-            c("holdfast_target_sessions_restored_total", stats.sessions_restored);
+            c(
+                "holdfast_target_sessions_restored_total",
+                stats.sessions_restored,
+            );
             c(
                 "holdfast_target_recoveries_store_behind_total",
                 stats.recoveries_store_behind,

@@ -318,12 +318,13 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
 /// Opens the volume: over one session for one target, over a path group
 /// for several.
 async fn open_volume(s: &NbdSettings) -> anyhow::Result<Volume> {
-    let options = InitiatorOptions {
-        protocol: InitiatorConfig {
+    let options = {
+        let mut o = InitiatorOptions::default();
+        o.protocol = InitiatorConfig {
             session_loss_timeout: Some(s.session_loss),
             ..InitiatorConfig::default().with_detection_bound(s.detection)
-        },
-        ..InitiatorOptions::default()
+        };
+        o
     }
     .with_connections(s.connections, s.spread);
     let names = targets_text(&s.targets);
@@ -371,11 +372,12 @@ async fn open_volume(s: &NbdSettings) -> anyhow::Result<Volume> {
                 .with_context(|| format!("could not open the volume of the target at {target}"))?;
             return Ok(volume.with_target_name(target));
         }
-        let mut builder = PathGroup::builder().options(PathGroupOptions {
-            policy: s.policy,
-            failover_delay: s.failover_delay,
-            initiator: options,
-            ..PathGroupOptions::default()
+        let mut builder = PathGroup::builder().options({
+            let mut o = PathGroupOptions::default();
+            o.policy = s.policy;
+            o.failover_delay = s.failover_delay;
+            o.initiator = options;
+            o
         });
         for (t, c) in &probed {
             builder = builder.connector(t.to_string(), c.clone());

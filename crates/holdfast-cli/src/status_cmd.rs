@@ -310,12 +310,13 @@ mod tests {
                 Ok::<_, std::convert::Infallible>(Bytes::new())
             }
         });
-        let options = TargetOptions {
-            protocol: TargetConfig {
+        let options = {
+            let mut o = TargetOptions::default();
+            o.protocol = TargetConfig {
                 retain: Duration::from_secs(1),
                 ..TargetConfig::default()
-            },
-            ..TargetOptions::default()
+            };
+            o
         };
         let target = Target::serve(
             &[Endpoint::Tcp("127.0.0.1:0".parse().expect("addr"))],

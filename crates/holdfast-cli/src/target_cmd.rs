@@ -317,10 +317,11 @@ fn check_target(protocol: &TargetConfig, size: Option<u64>) -> anyhow::Result<()
 pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
     // Registered before serving, so an early signal is not lost.
     let mut signals = crate::signals::Signals::new()?;
-    let options = TargetOptions {
-        protocol: s.protocol.clone(),
-        peers: s.peers.clone(),
-        ..TargetOptions::default()
+    let options = {
+        let mut o = TargetOptions::default();
+        o.protocol = s.protocol.clone();
+        o.peers = s.peers.clone();
+        o
     };
     let store = s
         .state_dir

@@ -2,7 +2,6 @@
 //! `1G`), durations (`500ms`, `2s`, `1m`) and endpoints (`127.0.0.1:7400`,
 //! `unix:/run/holdfast.sock`).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use holdfast::Endpoint;
@@ -56,23 +55,9 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses an endpoint: `HOST:PORT` or `tcp://HOST:PORT` for TCP, and
 /// `unix:PATH` or `unix://PATH` for a Unix socket.
 pub(crate) fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
-    let t = text.trim();
-    if let Some(path) = t
-        .strip_prefix("unix://")
-        .or_else(|| t.strip_prefix("unix:"))
-    {
-        if path.is_empty() {
-            return Err(format!("{text:?} names no socket path"));
-        }
-        return Ok(Endpoint::Unix(PathBuf::from(path)));
-    }
-    let addr = t.strip_prefix("tcp://").unwrap_or(t);
-    use std::net::ToSocketAddrs;
-    addr.to_socket_addrs()
-        .map_err(|e| format!("{text:?} is not HOST:PORT or unix:PATH ({e})"))?
-        .next()
-        .map(Endpoint::Tcp)
-        .ok_or_else(|| format!("{text:?} resolves to no address"))
+    // The library's parser (holdfast::Endpoint: FromStr), so the CLI and
+    // programs built on the crate read endpoints alike.
+    text.parse::<Endpoint>().map_err(|e| e.to_string())
 }
 
 /// Parses a TCP address `HOST:PORT` (no Unix socket), for listeners that

@@ -152,6 +152,11 @@ fn bench_all_writes_every_report_plot_and_row() {
     check_scale(&json, &dir, &index);
     check_failover(&json, &dir, &index);
     check_durable(&json, &dir, &index);
+    check_messages(&json, &dir);
+    assert!(
+        index.contains("messages.md"),
+        "README.md does not link messages.md"
+    );
 }
 
 /// The durable scenario: every payload at both depths with both sides
@@ -211,6 +216,66 @@ fn check_durable(json: &serde_json::Value, dir: &std::path::Path, index: &str) {
         index.contains("durable.md"),
         "README.md does not link durable.md"
     );
+}
+
+/// `holdfast bench messages` alone (no external tools): its rows and
+/// report.
+#[test]
+fn bench_messages_reports_pipelined_sends_against_calls() {
+    let scratch = Scratch::new("bench-messages");
+    let dir = scratch.0.join("results");
+    let out = Command::new(BIN)
+        .args(["bench", "messages", "--smoke", "--json", "--results"])
+        .arg(&dir)
+        .output()
+        .expect("run holdfast bench messages");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "holdfast bench messages failed ({:?}):\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("--json printed no JSON ({e}):\n{stdout}"));
+    check_messages(&json, &dir);
+}
+
+/// The messages scenario: pipelined sends from one task, calls and awaited
+/// sends from 1 and 8 tasks, each measured, the ratio and its target, and
+/// the report.
+fn check_messages(json: &serde_json::Value, dir: &std::path::Path) {
+    let m = &json["messages"];
+    let rows = m["rows"].as_array().expect("messages rows");
+    let ways: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| {
+            assert!(
+                r["ops"].as_u64().expect("ops") > 0,
+                "nothing completed: {r}"
+            );
+            assert!(r["ops_per_s"].as_f64().expect("rate") > 0.0, "{r}");
+            (
+                r["way"].as_str().expect("way").to_owned(),
+                r["tasks"].as_u64().expect("tasks"),
+            )
+        })
+        .collect();
+    let want = [
+        ("pipelined_send", 1),
+        ("call", 1),
+        ("call", 8),
+        ("awaited_send", 1),
+        ("awaited_send", 8),
+    ];
+    let want: Vec<(String, u64)> = want.iter().map(|(w, t)| ((*w).to_owned(), *t)).collect();
+    assert_eq!(ways, want);
+    assert!(m["ratio"].as_f64().expect("ratio") > 0.0);
+    assert!(m["ratio_8_tasks"].as_f64().expect("ratio") > 0.0);
+    assert_eq!(m["targets"].as_array().map(Vec::len), Some(1));
+    let md = non_empty(dir, "messages.md");
+    assert!(md.contains("send_queued (pipelined)"), "{md}");
+    assert!(md.contains("x the calls per second"), "{md}");
 }
 
 /// The failover scenario: the fence-confirmed, quiesce-wait and single-path

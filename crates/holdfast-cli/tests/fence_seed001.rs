@@ -129,12 +129,14 @@ fn seed_001_across_two_nodes(fencing: Fencing) -> &'static str {
             ..InitiatorConfig::default()
         };
         #[allow(unused_mut)]
-        let mut options = PathGroupOptions {
-            initiator: InitiatorOptions {
-                protocol,
-                ..InitiatorOptions::default()
-            },
-            ..PathGroupOptions::default()
+        let mut options = {
+            let mut o = PathGroupOptions::default();
+            o.initiator = {
+                let mut o = InitiatorOptions::default();
+                o.protocol = protocol;
+                o
+            };
+            o
         };
         options.unfenced_failover = fencing == Fencing::Off;
         let group = PathGroup::builder()

@@ -46,8 +46,10 @@ pub struct InitiatorConfig {
     /// The fencing epoch sent with `host` (starts at 1, only grows; see
     /// [`crate::Initiator::set_epoch`]).
     pub epoch: u64,
-    /// Test-only switches that disable protections.
-    #[cfg(feature = "test-switches")]
+    /// Test-only switches that disable protections. The field exists in
+    /// every build, so the struct's shape does not depend on a feature; the
+    /// switches act only with the `test-switches` feature.
+    #[doc(hidden)]
     pub switches: crate::TestSwitches,
 }
 
@@ -79,7 +81,6 @@ impl Default for InitiatorConfig {
             spread: Spread::LeastOutstanding,
             host: None,
             epoch: 1,
-            #[cfg(feature = "test-switches")]
             switches: crate::TestSwitches::default(),
         }
     }
@@ -154,8 +155,10 @@ pub struct TargetConfig {
     /// How many fenced hosts are remembered (with the epoch they were
     /// fenced at), to reject their older logins.
     pub fenced_hosts: usize,
-    /// Test-only switches that disable protections.
-    #[cfg(feature = "test-switches")]
+    /// Test-only switches that disable protections. The field exists in
+    /// every build, so the struct's shape does not depend on a feature; the
+    /// switches act only with the `test-switches` feature.
+    #[doc(hidden)]
     pub switches: crate::TestSwitches,
 }
 
@@ -184,7 +187,6 @@ impl Default for TargetConfig {
             max_session_connections: 16,
             command_budget: Duration::from_secs(1),
             fenced_hosts: 4096,
-            #[cfg(feature = "test-switches")]
             switches: crate::TestSwitches::default(),
         }
     }

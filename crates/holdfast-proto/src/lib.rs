@@ -59,8 +59,10 @@ pub use time::Timestamp;
 pub use wire::{FenceResult, HostId, HostRecord};
 
 /// Switches that disable a protection, so tests can show that the checks
-/// catch the corruption that follows. Only with the `test-switches` feature.
-#[cfg(feature = "test-switches")]
+/// catch the corruption that follows. They act only with the
+/// `test-switches` feature; without it they are ignored (the type exists in
+/// every build so that the configs' shape does not depend on a feature).
+#[doc(hidden)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TestSwitches {
     /// Naive reconnect: the initiator resends every command that has no

@@ -44,9 +44,10 @@ async fn main() {
     });
     let target = Target::serve(
         &[Endpoint::Tcp("127.0.0.1:0".parse().expect("address"))],
-        TargetOptions {
-            socket_detection_bound: bound,
-            ..TargetOptions::default()
+        {
+            let mut o = TargetOptions::default();
+            o.socket_detection_bound = bound;
+            o
         },
         service,
     )
@@ -59,9 +60,10 @@ async fn main() {
         let proxy = Proxy::start(addr).await.expect("proxy on 127.0.0.1");
         let init = Initiator::start(
             Arc::new(EndpointConnector::new(Endpoint::Tcp(proxy.addr()), bound)),
-            InitiatorOptions {
-                protocol: InitiatorConfig::default().with_detection_bound(bound),
-                ..InitiatorOptions::default()
+            {
+                let mut o = InitiatorOptions::default();
+                o.protocol = InitiatorConfig::default().with_detection_bound(bound);
+                o
             },
         );
         let mut samples = Vec::with_capacity(runs);

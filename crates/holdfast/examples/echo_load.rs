@@ -47,9 +47,10 @@ async fn main() {
     });
     let target = Target::serve(
         &[Endpoint::Tcp(([127, 0, 0, 1], 0).into())],
-        TargetOptions {
-            read_buffer,
-            ..TargetOptions::default()
+        {
+            let mut o = TargetOptions::default();
+            o.read_buffer = read_buffer;
+            o
         },
         echo,
     )
@@ -58,9 +59,10 @@ async fn main() {
     let endpoint = target.endpoints()[0].clone();
     let init = Initiator::start(
         Arc::new(EndpointConnector::new(endpoint, Duration::from_secs(2))),
-        InitiatorOptions {
-            read_buffer,
-            ..InitiatorOptions::default()
+        {
+            let mut o = InitiatorOptions::default();
+            o.read_buffer = read_buffer;
+            o
         },
     );
     let data = Bytes::from(vec![0x5a; payload]);

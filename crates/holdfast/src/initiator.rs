@@ -2,6 +2,42 @@
 //! driver task that owns the sans-IO core, the current connection, timers and
 //! reconnection.
 //!
+//! # Guide for callers
+//!
+//! * **Start** with [`Initiator::connect`] (an [`crate::Endpoint`], default
+//!   options) or [`Initiator::builder`]; both return at once, inside a tokio
+//!   runtime, and the first call waits for the login. Clone the handle
+//!   into every task that issues calls: all clones share one session.
+//! * **Exactly once, in order.** Each [`Initiator::call`] reaches the
+//!   target's service exactly once however often the connection breaks,
+//!   and commands reach it in the order they were issued (calls from one
+//!   task awaited one after the other are in that task's order).
+//!   **Responses arrive in completion order**, not issue order: the
+//!   service's futures complete concurrently, so with several calls in
+//!   flight a later call may finish first.
+//! * **Outcomes.** A failed call says whether it may have executed:
+//!   [`crate::CallError::may_have_executed`],
+//!   [`crate::CallError::not_executed`] and [`crate::CallError::is_settled`].
+//!   A command the service ran and failed comes back as
+//!   [`crate::CallError::ServiceFailed`], never as an empty success.
+//! * **`retry_safe` and its cost.** When the target loses the session (it
+//!   restarted), calls not yet sent cannot be known to be new to the new
+//!   session's service, so by default they fail
+//!   [`crate::CallError::NotExecuted`] and the caller decides; calls sent
+//!   and unanswered fail [`crate::CallError::MayHaveExecuted`]. Set
+//!   [`crate::CallOptions::retry_safe`] on idempotent commands (reads,
+//!   absolute writes) and the initiator re-issues them in the new session
+//!   instead, in order: they may then run twice. Not setting it costs
+//!   those failures after a restart, never a duplicate.
+//! * **Cancellation.** Dropping a call's future withdraws it if it was not
+//!   yet sent (it then never executes); once sent, it may still execute,
+//!   and dropping loses its outcome. To cancel and still learn the fate,
+//!   use [`Initiator::call_cancellable`].
+//! * **Closing.** [`Initiator::close`] waits for everything outstanding and
+//!   ends the session with the target (FIN); calls after it fail
+//!   [`crate::CallError::Closed`]. Dropping the last handle aborts the
+//!   session instead.
+//!
 //! Backpressure: requests travel over a bounded channel, and the driver only
 //! takes the next one when the core has credit for it, so callers wait
 //! instead of filling an unbounded queue.
@@ -16,7 +52,6 @@ use holdfast_proto::{
     CallId, CallOptions, ConnId, InitiatorConfig, InitiatorEvent, InitiatorStats, SessionLoss,
     SubmitError,
 };
-use thiserror::Error;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
@@ -26,6 +61,7 @@ mod multi;
 
 use crate::backoff::Backoff;
 use crate::clock::Clock;
+use crate::error::{CallError, LinkError};
 use crate::links::{LinkInput, Links};
 use crate::outbox::Outbox;
 use crate::target::sleep_until;
@@ -39,7 +75,12 @@ use crate::transport::{BoxStream, Connector};
 const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 
 /// Initiator settings: the protocol's plus the runtime's.
+///
+/// `#[non_exhaustive]`, so fields can be added without breaking callers:
+/// start from `InitiatorOptions::default()` (or [`Initiator::builder`]) and
+/// set the fields or use the `with_*` methods.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct InitiatorOptions {
     /// Protocol settings (credits, detection bound, session-loss timeout,
     /// and the connections per session with their spread policy,
@@ -57,6 +98,17 @@ pub struct InitiatorOptions {
     /// Seed for the backoff jitter; `None` draws one from the operating
     /// system. Set it for runs that must repeat exactly (simulations).
     pub jitter_seed: Option<u64>,
+    /// The deadline of every call and awaited `send` whose
+    /// [`CallOptions::deadline`] is `None` (`None` here too: no deadline;
+    /// the only limit is the session-loss timeout). See
+    /// [`Initiator::call_with`].
+    pub call_deadline: Option<Duration>,
+    /// Requests that may wait for credit beyond the credit window: the
+    /// queue between the handles and the session holds
+    /// `protocol.credits + request_queue` calls and messages; a call or
+    /// [`Initiator::send_queued`] that finds it full waits (asynchronously)
+    /// for room.
+    pub request_queue: usize,
 }
 
 impl Default for InitiatorOptions {
@@ -68,6 +120,8 @@ impl Default for InitiatorOptions {
             connect_timeout: Duration::from_secs(2),
             read_buffer: 64 * 1024,
             jitter_seed: None,
+            call_deadline: None,
+            request_queue: 0,
         }
     }
 }
@@ -83,65 +137,6 @@ impl InitiatorOptions {
         self.protocol.connections = connections.max(1);
         self.protocol.spread = spread;
         self
-    }
-}
-
-/// Why a call or message failed.
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
-#[non_exhaustive]
-pub enum CallError {
-    /// The protocol failed the call: the session was lost (the inner error
-    /// says whether it may have executed), the target answered it with a
-    /// status response (`Failed`: it executed, its response could not be
-    /// delivered), or it could not be re-issued after a stateless recovery.
-    #[error(transparent)]
-    Session(#[from] holdfast_proto::CallError),
-    /// The initiator refused the request before sending it: it did not execute.
-    #[error("refused before sending (not executed): {0}")]
-    Refused(SubmitError),
-    /// No session could be established with the target for the whole
-    /// session-loss timeout; the request was never sent. The initiator keeps
-    /// trying: a later call may succeed.
-    #[error(
-        "not executed: no session with the target for {waited:?} (last error: {last_error}); \
-         check that the target is running and reachable, then retry"
-    )]
-    Unreachable {
-        /// How long the initiator had been without a session.
-        waited: Duration,
-        /// The last connection or login error.
-        last_error: String,
-    },
-    /// The driver task stopped (the initiator was dropped or panicked).
-    #[error("the initiator stopped before the call finished; it may have executed")]
-    Stopped,
-    /// The caller cancelled the call ([`Initiator::call_cancellable`])
-    /// before it was handed to the session: it was never sent and will
-    /// never execute.
-    #[error("withdrawn before it was sent: it will never execute")]
-    Withdrawn,
-}
-
-impl CallError {
-    /// True if the operation may have reached the service.
-    pub fn may_have_executed(&self) -> bool {
-        match self {
-            CallError::Session(e) => e.may_have_executed(),
-            CallError::Refused(_) | CallError::Unreachable { .. } | CallError::Withdrawn => false,
-            CallError::Stopped => true,
-        }
-    }
-
-    /// True if the operation can no longer execute (it never will, or it
-    /// did in a session the target has ended), so reporting it as failed
-    /// cannot be contradicted later by a late execution. See
-    /// [`holdfast_proto::CallError::is_settled`].
-    pub fn is_settled(&self) -> bool {
-        match self {
-            CallError::Session(e) => e.is_settled(),
-            CallError::Refused(_) | CallError::Unreachable { .. } | CallError::Withdrawn => true,
-            CallError::Stopped => false,
-        }
     }
 }
 
@@ -186,7 +181,17 @@ pub(crate) enum ApiRequest {
 pub struct Initiator {
     pub(crate) requests: mpsc::Sender<ApiRequest>,
     /// Tickets of submissions whose caller stopped waiting.
-    pub(crate) abandons: mpsc::UnboundedSender<u64>,
+    /// Tickets of submissions whose caller stopped waiting, and, if it was
+    /// their deadline, where to say that the driver has acted (a call the
+    /// target may have then fails at once instead of waiting).
+    pub(crate) abandons: mpsc::UnboundedSender<(u64, Option<oneshot::Sender<()>>)>,
+    /// The deadline of calls whose options set none
+    /// ([`InitiatorOptions::call_deadline`]).
+    pub(crate) default_deadline: Option<Duration>,
+    /// Where the driver publishes [`crate::SessionEvent`]s.
+    pub(crate) events: tokio::sync::broadcast::Sender<crate::SessionEvent>,
+    /// Logins accepted so far (see [`Initiator::wait_connected`]).
+    pub(crate) logins: tokio::sync::watch::Receiver<u64>,
     pub(crate) next_ticket: Arc<AtomicU64>,
     /// How the session ended, once it has (see [`Initiator::ended`]).
     pub(crate) outcome: tokio::sync::watch::Receiver<Option<Result<(), SessionLoss>>>,
@@ -202,9 +207,25 @@ impl std::fmt::Debug for Initiator {
 
 impl Initiator {
     /// Starts a session to the target `connector` reaches. Returns at once;
-    /// the first call waits for the login.
+    /// the first call waits for the login. [`Initiator::connect`] and
+    /// [`Initiator::builder`] are the short ways for an [`crate::Endpoint`].
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime: the session runs on a task of its own.
+    /// Call it from within `#[tokio::main]`, a task, or
+    /// `Runtime::enter`.
     pub fn start(connector: Arc<dyn Connector>, options: InitiatorOptions) -> Initiator {
-        let capacity = (options.protocol.credits as usize).max(1);
+        if tokio::runtime::Handle::try_current().is_err() {
+            panic!(
+                "holdfast::Initiator::start was called outside a tokio runtime: the session \
+                 runs on a tokio task, so call it from within #[tokio::main], a spawned task, \
+                 or Runtime::enter"
+            );
+        }
+        let capacity = (options.protocol.credits as usize)
+            .max(1)
+            .saturating_add(options.request_queue);
         let (tx, rx) = mpsc::channel(capacity);
         let (abandon_tx, abandon_rx) = mpsc::unbounded_channel();
         let clock = Clock::new();
@@ -213,6 +234,9 @@ impl Initiator {
             .unwrap_or_else(|| getrandom::u64().unwrap_or(0x9e37_79b9_7f4a_7c15));
         let (outcome_tx, outcome) = tokio::sync::watch::channel(None);
         let (path, path_rx) = crate::fence::PathShared::new(clock, options.protocol.epoch);
+        let (events, _) = tokio::sync::broadcast::channel(crate::events::EVENTS_BUFFER);
+        let (logins_tx, logins) = tokio::sync::watch::channel(0);
+        let default_deadline = options.call_deadline;
         let driver = Driver {
             path: crate::fence::DriverPath::default(),
             shared_path: path.clone(),
@@ -232,19 +256,25 @@ impl Initiator {
             outcome: outcome_tx,
             reconnect_at: None,
             ended: None,
+            closed_here: false,
             no_session_since: None,
-            last_error: "no connection attempt yet".to_owned(),
+            last_error: LinkError::NotTried,
             recovery: crate::telemetry::RecoveryTimer::default(),
             connected_at: None,
             connecting: None,
             links: Links::new(),
             join_at: None,
+            events: events.clone(),
+            logins: logins_tx,
         };
         let span = tracing::info_span!("initiator", session = tracing::field::Empty);
         tokio::spawn(driver.run(rx, abandon_rx, path_rx).instrument(span));
         Initiator {
             requests: tx,
             abandons: abandon_tx,
+            default_deadline,
+            events,
+            logins,
             next_ticket: Arc::new(AtomicU64::new(1)),
             outcome,
             path,
@@ -252,22 +282,44 @@ impl Initiator {
     }
 
     /// Issues a command and waits for its response (exactly once).
+    ///
+    /// Cancellation: dropping this future before it finishes withdraws the
+    /// call, but once it has been polled the call may already be on its way:
+    /// **a dropped call may still execute** (see [`Initiator::call_with`]).
+    /// To bound the wait and learn the call's fate, set a deadline
+    /// ([`CallOptions::deadline`], [`InitiatorOptions::call_deadline`]) or
+    /// use [`Initiator::call_cancellable`].
     pub async fn call(&self, payload: Bytes) -> Result<Bytes, CallError> {
         self.call_with(payload, CallOptions::default()).await
     }
 
-    /// Issues a command with options (e.g. retry-safe).
+    /// Issues a command with options (retry-safe, a deadline).
     ///
-    /// Dropping the future before it finishes withdraws the call
-    /// ([`holdfast_proto::Initiator::abandon`]): if the target cannot have
-    /// it yet it is never sent, and it is never re-issued in a new session.
-    /// It may still execute if it was already sent; to learn its fate, use
-    /// [`Initiator::call_cancellable`] instead of dropping the future.
+    /// **Deadline**: when [`CallOptions::deadline`] (or else
+    /// [`InitiatorOptions::call_deadline`]) passes before the outcome, the
+    /// call is withdrawn and fails with [`CallError::DeadlineExceeded`]:
+    /// not yet sent (still queued, or waiting for credit or a connection),
+    /// it never executes and is never re-issued (settled); already sent, it
+    /// **may have executed**, and it may still (the target runs what it
+    /// received; the call is never re-issued in a new session).
+    ///
+    /// **Cancellation**: dropping the future before it finishes withdraws
+    /// the call the same way ([`holdfast_proto::Initiator::abandon`]), but
+    /// nobody is told the outcome: a call dropped after its first poll may
+    /// have been sent, and then **it may still execute**. To learn its
+    /// fate, use a deadline (the error says whether it may have executed)
+    /// or [`Initiator::call_cancellable`] (waits for the settled outcome)
+    /// instead of dropping the future.
     pub async fn call_with(
         &self,
         payload: Bytes,
         options: CallOptions,
     ) -> Result<Bytes, CallError> {
+        if let Some(deadline) = options.deadline.or(self.default_deadline) {
+            return self
+                .until_deadline(true, payload, options, deadline, Reply::Call)
+                .await;
+        }
         let (tx, rx) = oneshot::channel();
         let ticket = self.submit(true, payload, options, Reply::Call(tx)).await?;
         self.await_reply(ticket, rx, std::future::pending()).await
@@ -279,8 +331,17 @@ impl Initiator {
         self.send_with(payload, CallOptions::default()).await
     }
 
-    /// Sends a one-way message with options.
+    /// Sends a one-way message with options, and waits until it is
+    /// delivered. A deadline and cancellation work as for
+    /// [`Initiator::call_with`]. Each message waits for its acknowledgement
+    /// here: to send many in order without waiting, use
+    /// [`Initiator::send_queued`].
     pub async fn send_with(&self, payload: Bytes, options: CallOptions) -> Result<(), CallError> {
+        if let Some(deadline) = options.deadline.or(self.default_deadline) {
+            return self
+                .until_deadline(false, payload, options, deadline, Reply::Send)
+                .await;
+        }
         let (tx, rx) = oneshot::channel();
         let ticket = self
             .submit(false, payload, options, Reply::Send(tx))
@@ -344,7 +405,7 @@ impl Initiator {
     pub async fn abort(&self) {
         // On the abandon channel: the driver reads it even while a request
         // waits for credit (and so takes no requests).
-        if self.abandons.send(ABORT_TICKET).is_ok() {
+        if self.abandons.send((ABORT_TICKET, None)).is_ok() {
             let _ = self.ended().await;
         }
     }
@@ -388,10 +449,13 @@ pub(crate) struct Driver {
     outcome: tokio::sync::watch::Sender<Option<Result<(), SessionLoss>>>,
     pub(crate) reconnect_at: Option<tokio::time::Instant>,
     ended: Option<SessionLoss>,
+    /// True once this side closed the session cleanly (`close()`): later
+    /// requests fail [`CallError::Closed`].
+    closed_here: bool,
     /// Since when there has been no session (none yet, or replaced).
     no_session_since: Option<tokio::time::Instant>,
     /// The last connect or login failure, for error messages.
-    last_error: String,
+    last_error: LinkError,
     /// Times recoveries for the metrics.
     recovery: crate::telemetry::RecoveryTimer,
     /// When the current connection's login was accepted, and whether a
@@ -409,13 +473,17 @@ pub(crate) struct Driver {
     pub(crate) path: crate::fence::DriverPath,
     /// What the handles read about the path.
     pub(crate) shared_path: Arc<crate::fence::PathShared>,
+    /// Where [`crate::SessionEvent`]s go.
+    pub(crate) events: tokio::sync::broadcast::Sender<crate::SessionEvent>,
+    /// Counts accepted logins for [`Initiator::wait_connected`].
+    pub(crate) logins: tokio::sync::watch::Sender<u64>,
 }
 
 impl Driver {
     async fn run(
         mut self,
         mut requests: mpsc::Receiver<ApiRequest>,
-        mut abandons: mpsc::UnboundedReceiver<u64>,
+        mut abandons: mpsc::UnboundedReceiver<(u64, Option<oneshot::Sender<()>>)>,
         mut paths: mpsc::UnboundedReceiver<crate::fence::PathRequest>,
     ) {
         let mut buf = BytesMut::with_capacity(self.options.read_buffer);
@@ -482,7 +550,7 @@ impl Driver {
                         LinkInput::Closed(id) => self.core.connection_lost(id, now),
                     }
                 },
-                Some(ticket) = abandons.recv() => self.abandon(ticket),
+                Some((ticket, deadline)) = abandons.recv() => self.abandon(ticket, deadline.is_some()),
                 // Fences and epochs bypass the credit gate on `requests`.
                 Some(p) = paths.recv() => self.path_request(p),
                 r = requests.recv(), if accept_requests => match r {
@@ -547,7 +615,11 @@ impl Driver {
         let loss = self.ended.clone().unwrap_or(SessionLoss::Aborted);
         match r {
             ApiRequest::Submit { reply, .. } => {
-                let e = CallError::Refused(SubmitError::Ended(loss));
+                let e = if self.closed_here {
+                    CallError::Closed
+                } else {
+                    CallError::Refused(SubmitError::Ended(loss))
+                };
                 reply.fail(e)
             }
             ApiRequest::Close(tx) => drop(tx.send(Err(loss))),
@@ -566,7 +638,9 @@ impl Driver {
                 reply,
             } => {
                 if self.early_abandons.remove(&ticket) {
-                    reply.fail(CallError::Withdrawn);
+                    reply.fail(CallError::Withdrawn {
+                        may_have_executed: false,
+                    });
                     return;
                 }
                 let result = if command {
@@ -589,6 +663,7 @@ impl Driver {
                             reply,
                         });
                     }
+                    Err(SubmitError::Closing) => reply.fail(CallError::Closed),
                     Err(e) => {
                         let e = CallError::Refused(e);
                         reply.fail(e)
@@ -652,15 +727,14 @@ impl Driver {
             Ok(Err(e)) => {
                 let delay = self.backoff.next_delay();
                 debug!(error = %e, ?delay, "connect failed");
-                self.last_error = format!("connect: {e}");
+                self.last_error = LinkError::Connect(Arc::new(e));
                 self.reconnect_at =
                     Some(tokio::time::Instant::now() + delay.max(Duration::from_millis(1)));
             }
             Err(_) => {
                 let delay = self.backoff.next_delay();
                 debug!(?delay, "connect timed out");
-                self.last_error =
-                    format!("connect timed out after {:?}", self.options.connect_timeout);
+                self.last_error = LinkError::ConnectTimeout(self.options.connect_timeout);
                 self.reconnect_at = Some(tokio::time::Instant::now() + delay);
             }
         }
@@ -741,11 +815,16 @@ impl Driver {
         }
         if self.outcome.borrow().is_none() {
             self.outcome.send_replace(Some(Err(SessionLoss::Aborted)));
+            let _ = self.events.send(crate::SessionEvent::Ended {
+                result: Err(SessionLoss::Aborted),
+            });
         }
     }
 
-    /// The caller of submission `ticket` stopped waiting: withdraw it.
-    fn abandon(&mut self, ticket: u64) {
+    /// The caller of submission `ticket` stopped waiting: withdraw it. If
+    /// `deadline` (its deadline passed) and the target may have it, its
+    /// caller learns so at once: "may have executed".
+    fn abandon(&mut self, ticket: u64, deadline: bool) {
         if ticket == ABORT_TICKET {
             self.abort_now();
             return;
@@ -757,9 +836,19 @@ impl Driver {
             .iter()
             .find_map(|(call, (_, t))| (*t == ticket).then_some(*call));
         if let Some(call) = call {
-            debug!(?call, "withdrawing");
+            debug!(?call, deadline, "withdrawing");
             self.core.abandon(call, self.clock.now());
             self.flush();
+            if deadline {
+                // Still outstanding: the target may have it. It stays in
+                // the session (never re-issued) without a caller.
+                if let Some(reply) = self.take_reply(call) {
+                    reply.fail(CallError::DeadlineExceeded {
+                        may_have_executed: true,
+                        settled: false,
+                    });
+                }
+            }
             return;
         }
         let waiting_ticket = match &self.waiting {
@@ -768,7 +857,9 @@ impl Driver {
         };
         if waiting_ticket == Some(ticket) {
             if let Some(ApiRequest::Submit { reply, .. }) = self.waiting.take() {
-                reply.fail(CallError::Withdrawn);
+                reply.fail(CallError::Withdrawn {
+                    may_have_executed: false,
+                });
             }
             return;
         }
@@ -793,6 +884,7 @@ impl Driver {
 
     fn event(&mut self, event: InitiatorEvent) {
         self.path_event(&event);
+        self.session_event(&event);
         match event {
             InitiatorEvent::Response { call, payload } => {
                 self.made_progress();
@@ -808,7 +900,7 @@ impl Driver {
             }
             InitiatorEvent::CallFailed { call, error } => {
                 if let Some(reply) = self.take_reply(call) {
-                    reply.fail(CallError::Session(error));
+                    reply.fail(CallError::from(error));
                 }
             }
             InitiatorEvent::CreditAvailable => {
@@ -850,7 +942,7 @@ impl Driver {
             } => {
                 warn!(%error, "connection lost");
                 self.recovery.lost(&error);
-                self.last_error = error.to_string();
+                self.last_error = LinkError::Connection(error.clone());
                 self.release_connection();
                 if self
                     .connected_at
@@ -868,7 +960,7 @@ impl Driver {
             }
             InitiatorEvent::ConnectionDropped { conn, error, moved } => {
                 warn!(?conn, %error, moved, "one of the session's connections was lost; its commands moved to the others");
-                self.last_error = error.to_string();
+                self.last_error = LinkError::Connection(error.clone());
                 self.links.remove(conn);
                 let delay = self.backoff.next_delay();
                 self.join_at = Some(tokio::time::Instant::now() + delay);
@@ -885,6 +977,7 @@ impl Driver {
                 info!(?up_until, ?reconnect_at, "target announced a shutdown");
             }
             InitiatorEvent::Closed => {
+                self.closed_here = true;
                 self.release_connection();
                 for w in self.close_waiters.drain(..) {
                     let _ = w.send(Ok(()));

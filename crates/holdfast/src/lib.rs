@@ -47,22 +47,30 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod backoff;
+#[cfg(feature = "chaos")]
 pub mod chaos;
 mod clock;
+mod deadline;
 mod durability;
 pub mod durable;
+mod endpoint;
+mod error;
+mod events;
 mod fence;
-mod initiator;
+pub mod initiator;
+mod initiator_builder;
 mod lanes;
 mod links;
 mod outbox;
 pub mod paths;
 mod peer;
-mod service;
+mod pipelined;
+pub mod service;
 mod service_call;
 mod start_gate;
 mod status;
-mod target;
+pub mod target;
+mod target_stop;
 mod target_writer;
 mod telemetry;
 pub mod transport;
@@ -71,20 +79,32 @@ mod withdraw;
 /// The sans-IO protocol core this runtime drives.
 pub use holdfast_proto as proto;
 
+/// The `tower::Service` trait crate a target's service implements (so a
+/// service can be written without naming a version of `tower`).
+pub use tower_service;
+/// The trait a target's service implements (see [`SessionService`]).
+pub use tower_service::Service;
+
 pub use backoff::Backoff;
 pub use durability::{NoDurability, ServiceDurability};
 pub use durable::{DurableStore, RecoveryReport, StoreError, StoreOptions, StoreStats};
+pub use endpoint::EndpointParseError;
+pub use error::{CallError, LinkError};
+pub use events::{SessionEvent, SessionEvents};
 pub use fence::{FenceError, FenceOutcome, PathState};
+pub use holdfast_proto::wire::{RejectReason, ResponseStatus};
 pub use holdfast_proto::NotStarted;
 pub use holdfast_proto::{
-    CallOptions, FenceResult, HostId, InitiatorConfig, InitiatorStats, SessionLoss, TargetConfig,
-    TargetStats,
+    CallOptions, ConnectionError, FenceResult, HostId, InitiatorConfig, InitiatorStats, Seq,
+    SessionId, SessionLoss, Spread, SubmitError, TargetConfig, TargetStats,
 };
-pub use initiator::{CallError, Initiator, InitiatorOptions};
+pub use initiator::{Initiator, InitiatorOptions};
+pub use initiator_builder::InitiatorBuilder;
 pub use links::RoundRobinConnector;
 pub use paths::{PathGroup, PathGroupOptions, PathGroupStats, Policy};
+pub use pipelined::SendHandle;
 pub use service::{service_fn, Request, ServiceFn, SessionService};
 pub use start_gate::StartGate;
 pub use status::{SessionState, SessionStatus, TargetObserver};
-pub use target::{Target, TargetOptions};
-pub use transport::{Acceptor, Connector, Endpoint, EndpointConnector, Listener};
+pub use target::{Reconnect, Target, TargetOptions};
+pub use transport::{Acceptor, Closer, Connector, Endpoint, EndpointConnector, Listener};

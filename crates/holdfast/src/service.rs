@@ -6,6 +6,15 @@
 //! closure becomes one with `tower::service_fn`. The trait crate itself has no
 //! dependencies.
 //!
+//! # Guide for service authors
+//!
+//! A target calls [`SessionService`] (any `tower_service::Service<Request,
+//! Response = Bytes>` that is `Clone + Send`, its error `Display`): build
+//! one with [`service_fn`] or implement the trait; tower layers
+//! (`Timeout`, `ConcurrencyLimit`, `RateLimit`) wrap it unchanged. The rule
+//! that matters most follows: **ordered effects happen in `call`; futures
+//! complete concurrently.**
+//!
 //! # Order
 //!
 //! The target invokes [`tower_service::Service::call`] once per command or
@@ -15,6 +24,9 @@
 //! log would), or sequences its futures itself (as the block service does
 //! for overlapping ranges); work done only inside the future may run out of
 //! order with later requests.
+//! The initiator receives responses in the order the futures complete,
+//! not in command order; a one-way message counts as delivered once `call`
+//! has taken it.
 //!
 //! # Readiness
 //!
@@ -72,6 +84,10 @@ impl Request {
 /// initiator with `CallError::ServiceFailed` (it executed). A response
 /// larger than [`Request::max_response`] is answered with a status response
 /// instead (the call fails at the initiator; the command ran).
+///
+/// `Clone` is required because each session calls its own clone (see
+/// "Readiness" above): `poll_ready` is per session. A service whose state
+/// must be shared between sessions keeps it behind an `Arc`.
 pub trait SessionService:
     tower_service::Service<Request, Response = Bytes, Future = Self::Fut, Error = Self::Err>
     + Clone
@@ -94,17 +110,20 @@ where
     type Err = S::Error;
 }
 
-/// A service made from a closure (like `tower::service_fn`, without the dependency).
+/// A service made from a closure (like `tower::service_fn`, without the
+/// dependency). The closure's future may fail with any error type that
+/// implements `Display`: the caller gets [`crate::CallError::ServiceFailed`]
+/// with its text.
 #[derive(Clone, Debug)]
 pub struct ServiceFn<F>(pub F);
 
-impl<F, Fut> tower_service::Service<Request> for ServiceFn<F>
+impl<F, Fut, E> tower_service::Service<Request> for ServiceFn<F>
 where
     F: FnMut(Request) -> Fut,
-    Fut: std::future::Future<Output = Result<Bytes, std::convert::Infallible>>,
+    Fut: std::future::Future<Output = Result<Bytes, E>>,
 {
     type Response = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = E;
     type Future = Fut;
 
     fn poll_ready(
@@ -119,7 +138,8 @@ where
     }
 }
 
-/// Wraps a closure as a service.
+/// Wraps a closure as a service: `service_fn(|req: Request| async move {
+/// Ok::<_, MyError>(reply) })`, where `MyError` is any `Display` type.
 pub fn service_fn<F>(f: F) -> ServiceFn<F> {
     ServiceFn(f)
 }

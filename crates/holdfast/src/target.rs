@@ -2,6 +2,25 @@
 //! [`holdfast_proto::Target`], a reader task and a writer per connection, and
 //! the application's service.
 //!
+//! # Guide for running a target
+//!
+//! * **Serve** with [`Target::serve`] (TCP or Unix endpoints) or
+//!   [`Target::serve_on`] (any [`crate::Acceptor`]); the service is cloned
+//!   once per session (see [`crate::service`]).
+//! * **Stop** with [`Target::stop`] (at once, like a crash: initiators
+//!   recover into a new session) or [`Target::shutdown`] (a notice first,
+//!   with [`Reconnect`] saying when initiators may come back). Both take
+//!   `&self`; when they return, the listening sockets are closed and a
+//!   successor can bind the same address. Dropping a [`Target`] also
+//!   closes its sockets at once and stops its tasks.
+//! * **Sessions live in the target process.** A new target (after a
+//!   restart or a crash) holds none of the old sessions: initiators see
+//!   "the target restarted", calls in flight fail "may have executed" and
+//!   calls not yet sent fail "not executed" unless retry-safe (see
+//!   [`crate::initiator`]).
+//!
+//! # Inside
+//!
 //! Readers send bytes to the engine over a bounded channel (so a flooding
 //! peer meets TCP backpressure, not our memory); the engine feeds the core,
 //! drains its `Ready`, hands deliveries to the service in session order,
@@ -27,11 +46,17 @@ use crate::durable::commit::{wait_commit, Committed};
 use crate::service::{Request, SessionService};
 use crate::service_call::{Finished, Outcome};
 use crate::status::{SessionStatus, TargetObserver};
+pub use crate::target_stop::Reconnect;
 use crate::target_writer::{killed, ConnWriter};
 use crate::transport::{Acceptor, Endpoint, Listener};
 
 /// Target settings: the protocol's plus the runtime's.
+///
+/// `#[non_exhaustive]`, so fields can be added without breaking callers:
+/// start from `TargetOptions::default()` and set the fields or use the
+/// `with_*` methods.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct TargetOptions {
     /// Protocol settings (credits, frame limit, retain time, limits).
     pub protocol: TargetConfig,
@@ -67,6 +92,29 @@ impl Default for TargetOptions {
     }
 }
 
+impl TargetOptions {
+    /// These options with protocol settings `protocol`.
+    pub fn with_protocol(mut self, protocol: TargetConfig) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// These options with peer nodes `peers` (see [`TargetOptions::peers`]).
+    pub fn with_peers(mut self, peers: Vec<Endpoint>) -> Self {
+        self.peers = peers;
+        self
+    }
+
+    /// Sets the detection bound of accepted TCP sockets (keep-alive and
+    /// `TCP_USER_TIMEOUT`, the second line behind the protocol's inactivity
+    /// deadline, which follows each initiator's keep-alive). Use the same
+    /// bound as the initiators' ([`crate::InitiatorOptions::with_detection_bound`]).
+    pub fn with_detection_bound(mut self, bound: Duration) -> Self {
+        self.socket_detection_bound = bound;
+        self
+    }
+}
+
 /// Messages to the engine.
 pub(crate) enum EngineMsg {
     Accepted(ConnId, Option<SourceKey>, ConnWriter),
@@ -94,11 +142,15 @@ pub(crate) enum EngineMsg {
 }
 
 /// A running target.
+///
+/// It serves until [`Target::stop`] or [`Target::shutdown`], or until it is
+/// dropped: dropping it closes its listening sockets at once (the address
+/// can be bound again right away) and stops its tasks, which drops every
+/// connection; the sessions it held are lost, as in a crash.
 pub struct Target {
     engine: mpsc::Sender<EngineMsg>,
     endpoints: Vec<Endpoint>,
-    acceptors: Vec<JoinHandle<()>>,
-    engine_task: Option<JoinHandle<()>>,
+    tasks: crate::target_stop::Tasks,
 }
 
 impl std::fmt::Debug for Target {
@@ -162,7 +214,8 @@ impl Target {
         let next_conn = Arc::new(AtomicU64::new(1));
         let queued = Arc::new(AtomicUsize::new(0));
         let bound: Vec<Endpoint> = acceptors.iter().map(|a| a.endpoint()).collect();
-        let acceptors = acceptors
+        let closers = acceptors.iter().filter_map(|a| a.closer()).collect();
+        let mut tasks: Vec<JoinHandle<()>> = acceptors
             .into_iter()
             .map(|a| {
                 tokio::spawn(accept_loop(
@@ -191,13 +244,12 @@ impl Target {
             pending: None,
         };
         let span = tracing::info_span!("target", endpoints = ?bound);
-        let engine_task = tokio::spawn(engine.run(rx).instrument(span));
+        tasks.push(tokio::spawn(engine.run(rx).instrument(span)));
         info!(endpoints = ?bound, "target serving");
         Target {
             engine: tx,
             endpoints: bound,
-            acceptors,
-            engine_task: Some(engine_task),
+            tasks: crate::target_stop::Tasks::new(closers, tasks),
         }
     }
 
@@ -237,22 +289,28 @@ impl Target {
         rx.await.ok()
     }
 
-    /// Announces a shutdown on every connection (the connection stays up for
-    /// `max_up`; initiators wait `min_hold` after that, `None` = never come
-    /// back), waits out `max_up`, closes every connection and stops.
+    /// Announces a shutdown on every connection, waits out `max_up`, closes
+    /// every connection and stops; `reconnect` tells the initiators when
+    /// they may come back ([`Reconnect::After`]) or that they should not
+    /// ([`Reconnect::Never`]; an `Option<Duration>` still converts: `None`
+    /// is never).
     ///
     /// During `max_up` the listeners stay open: a new connection is accepted
     /// and its LOGIN answered with LOGIN_REJECT `ShuttingDown` (PROTOCOL.md
-    /// §10.1). They close when the target stops. Session state is lost when
-    /// the target stops, so a target that will not be replaced by one that
-    /// holds its sessions (none can be, yet) should pass `min_hold = None`.
-    pub async fn shutdown(mut self, max_up: Duration, min_hold: Option<Duration>) {
+    /// §10.1). When this returns, the listening sockets are closed (a
+    /// successor can bind the same addresses) and every task has ended.
+    /// Session state is lost when the target stops, so a target that will
+    /// not be replaced by one that holds its sessions (none can be, yet)
+    /// should pass [`Reconnect::Never`]. Takes `&self`, so a target shared
+    /// with a signal handler can be shut down; calls after the first stop
+    /// at once.
+    pub async fn shutdown(&self, max_up: Duration, reconnect: impl Into<Reconnect>) {
         let (done, wait) = oneshot::channel();
         if self
             .engine
             .send(EngineMsg::Shutdown {
                 max_up,
-                min_hold,
+                min_hold: reconnect.into().hold(),
                 done,
             })
             .await
@@ -260,27 +318,24 @@ impl Target {
         {
             let _ = wait.await;
         }
-        // The listeners go now, and are gone (their sockets closed) when
-        // this returns, so a successor can bind the same addresses.
-        for a in std::mem::take(&mut self.acceptors) {
-            a.abort();
-            let _ = a.await;
-        }
-        if let Some(t) = self.engine_task.take() {
-            t.abort();
-            let _ = t.await;
-        }
+        self.tasks.stop().await;
+    }
+
+    /// Stops at once, without a shutdown notice (to the initiators it looks
+    /// like a crash: they recover into a new session with whoever answers
+    /// next): closes the listening sockets now, so the addresses are free
+    /// when this returns, then stops the engine and waits for it. Every
+    /// connection is dropped and the sessions held are lost.
+    pub async fn stop(&self) {
+        self.tasks.stop().await;
     }
 }
 
 impl Drop for Target {
+    /// Closes the listening sockets at once and stops every task (see
+    /// [`Target::stop`], which also waits for them).
     fn drop(&mut self) {
-        for a in &self.acceptors {
-            a.abort();
-        }
-        if let Some(t) = &self.engine_task {
-            t.abort();
-        }
+        self.tasks.abort();
     }
 }
 

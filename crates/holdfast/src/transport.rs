@@ -11,6 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -55,6 +56,36 @@ pub trait Acceptor: Send + 'static {
     fn accept(&mut self) -> AcceptFuture<'_>;
     /// What this acceptor is bound to, for logs and for clients to find it.
     fn endpoint(&self) -> Endpoint;
+    /// A handle that closes the acceptor's socket at once, from any thread,
+    /// so its address is free again as soon as [`crate::Target::stop`]
+    /// returns or the target is dropped. `None` (the default): the socket
+    /// closes when the task that accepts on it is dropped, a moment later.
+    fn closer(&self) -> Option<Closer> {
+        None
+    }
+}
+
+/// Closes a listening socket from outside its accept loop (see
+/// [`Acceptor::closer`]).
+#[derive(Clone)]
+pub struct Closer(std::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl Closer {
+    /// A closer that runs `close` (which must be idempotent).
+    pub fn new(close: impl Fn() + Send + Sync + 'static) -> Closer {
+        Closer(std::sync::Arc::new(close))
+    }
+
+    /// Closes the socket now; later accepts fail.
+    pub fn close(&self) {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Closer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Closer").finish_non_exhaustive()
+    }
 }
 
 /// Where a target listens or an initiator connects.
@@ -142,7 +173,11 @@ pub fn tune_tcp(stream: &TcpStream, detection_bound: Duration) -> io::Result<()>
 /// A bound TCP or Unix listener.
 #[derive(Debug)]
 pub struct Listener {
-    socket: ListenSocket,
+    /// The socket; `None` once closed by its [`Closer`]. Locked only while
+    /// polled, never across an await.
+    socket: Arc<Mutex<Option<ListenSocket>>>,
+    /// What it was bound to (kept for logs once it is closed).
+    bound: Endpoint,
     detection_bound: Duration,
 }
 
@@ -187,47 +222,78 @@ impl Listener {
                 ))
             }
         };
+        let bound = local_endpoint(&socket)?;
         Ok(Listener {
-            socket,
+            socket: Arc::new(Mutex::new(Some(socket))),
+            bound,
             detection_bound,
         })
     }
 
     /// The endpoint actually bound (with the real port for port 0).
     pub fn local_endpoint(&self) -> io::Result<Endpoint> {
-        Ok(match &self.socket {
-            ListenSocket::Tcp(l) => Endpoint::Tcp(l.local_addr()?),
-            ListenSocket::Unix(l) => Endpoint::Unix(
-                l.local_addr()?
-                    .as_pathname()
-                    .map(PathBuf::from)
-                    .unwrap_or_default(),
-            ),
-        })
+        Ok(self.bound.clone())
     }
+}
+
+/// The endpoint a socket is bound to.
+fn local_endpoint(socket: &ListenSocket) -> io::Result<Endpoint> {
+    Ok(match socket {
+        ListenSocket::Tcp(l) => Endpoint::Tcp(l.local_addr()?),
+        ListenSocket::Unix(l) => Endpoint::Unix(
+            l.local_addr()?
+                .as_pathname()
+                .map(PathBuf::from)
+                .unwrap_or_default(),
+        ),
+    })
+}
+
+/// Locks a listener's slot; a poisoned lock (a panic while polling) still
+/// holds a usable socket.
+fn lock(slot: &Mutex<Option<ListenSocket>>) -> std::sync::MutexGuard<'_, Option<ListenSocket>> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Acceptor for Listener {
     fn accept(&mut self) -> AcceptFuture<'_> {
         Box::pin(async move {
-            match &self.socket {
-                ListenSocket::Tcp(l) => {
-                    let (s, peer) = l.accept().await?;
+            let accepted = std::future::poll_fn(|cx| match &*lock(&self.socket) {
+                Some(ListenSocket::Tcp(l)) => l
+                    .poll_accept(cx)
+                    .map_ok(|(s, peer)| Accepted::Tcp(s, peer.to_string())),
+                Some(ListenSocket::Unix(l)) => l.poll_accept(cx).map_ok(|(s, _)| Accepted::Unix(s)),
+                None => std::task::Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    format!("the listener on {} was closed", self.bound),
+                ))),
+            })
+            .await?;
+            match accepted {
+                Accepted::Tcp(s, peer) => {
                     tune_tcp(&s, self.detection_bound)?;
-                    Ok((Box::new(s) as BoxStream, peer.to_string()))
+                    Ok((Box::new(s) as BoxStream, peer))
                 }
-                ListenSocket::Unix(l) => {
-                    let (s, _) = l.accept().await?;
-                    Ok((Box::new(s) as BoxStream, "unix".to_owned()))
-                }
+                Accepted::Unix(s) => Ok((Box::new(s) as BoxStream, "unix".to_owned())),
             }
         })
     }
 
     fn endpoint(&self) -> Endpoint {
-        self.local_endpoint()
-            .unwrap_or_else(|e| Endpoint::Named(format!("unknown ({e})")))
+        self.bound.clone()
     }
+
+    fn closer(&self) -> Option<Closer> {
+        let slot = self.socket.clone();
+        Some(Closer::new(move || drop(lock(&slot).take())))
+    }
+}
+
+/// A connection a [`Listener`] accepted.
+enum Accepted {
+    Tcp(TcpStream, String),
+    Unix(UnixStream),
 }
 
 /// The reading half of a connection.

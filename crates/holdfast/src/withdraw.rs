@@ -14,7 +14,8 @@ use bytes::Bytes;
 use holdfast_proto::CallOptions;
 use tokio::sync::oneshot;
 
-use crate::initiator::{CallError, Initiator, Reply};
+use crate::error::CallError;
+use crate::initiator::{Initiator, Reply};
 
 /// Tells the driver that the caller of a submission stopped waiting, unless
 /// disarmed first (the outcome arrived).
@@ -40,8 +41,22 @@ impl<'a> AbandonOnDrop<'a> {
     fn fire(&mut self) {
         if let Some(ticket) = self.ticket.take() {
             // Fails only if the driver is gone, and then nothing runs.
-            let _ = self.initiator.abandons.send(ticket);
+            let _ = self.initiator.abandons.send((ticket, None));
         }
+    }
+
+    /// Withdraws now because the call's deadline passed: a call the target
+    /// may have is failed at once ("may have executed") instead of waiting
+    /// for its outcome. The returned receiver completes once the driver has
+    /// acted: by then the outcome was sent to the call's reply channel, or
+    /// the submission is still in the request queue and will be dropped
+    /// unsent when the driver reaches it.
+    pub(crate) fn fire_deadline(&mut self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        if let Some(ticket) = self.ticket.take() {
+            let _ = self.initiator.abandons.send((ticket, Some(tx)));
+        }
+        rx
     }
 }
 
@@ -58,8 +73,7 @@ impl Initiator {
     /// When `cancel` completes before the response, the call is withdrawn:
     /// * if the target cannot have it yet (it was never sent, or only on
     ///   connections the target has fenced), it is dropped and this returns
-    ///   [`CallError::Withdrawn`] or the core's
-    ///   [`holdfast_proto::CallError::Withdrawn`]: it will never execute;
+    ///   [`CallError::Withdrawn`]: it will never execute;
     /// * otherwise this keeps waiting for the real outcome: the response if
     ///   the command completes, or a failure once the target's session is
     ///   known to be gone. It is never re-issued in a new session.
@@ -80,7 +94,9 @@ impl Initiator {
             biased;
             submitted = self.submit(true, payload, options, Reply::Call(tx)) => submitted?,
             // Still queued for the driver: dropping the send withdraws it.
-            () = &mut cancel => return Err(CallError::Withdrawn),
+            () = &mut cancel => return Err(CallError::Withdrawn {
+                may_have_executed: false,
+            }),
         };
         self.await_reply(ticket, rx, cancel).await
     }

@@ -328,7 +328,7 @@ async fn service_not_ready_error_fails_the_command_unexecuted() {
     call(&init, "before").await.expect("a working service");
     gated.broken.store(true, Ordering::SeqCst);
     match call(&init, "during").await {
-        Err(CallError::Session(e @ holdfast::proto::CallError::NotStarted { .. })) => {
+        Err(e @ CallError::NotStarted { .. }) => {
             assert!(!e.may_have_executed(), "{e}");
             assert!(e.to_string().contains("the backend is gone"), "{e}");
         }

@@ -30,12 +30,13 @@ async fn echo_target() -> Target {
 fn initiator(endpoint: Endpoint, session_loss: Duration) -> Initiator {
     Initiator::start(
         Arc::new(EndpointConnector::new(endpoint, Duration::from_millis(500))),
-        InitiatorOptions {
-            protocol: InitiatorConfig {
+        {
+            let mut o = InitiatorOptions::default();
+            o.protocol = InitiatorConfig {
                 session_loss_timeout: Some(session_loss),
                 ..InitiatorConfig::default().with_detection_bound(Duration::from_millis(500))
-            },
-            ..InitiatorOptions::default()
+            };
+            o
         },
     )
 }

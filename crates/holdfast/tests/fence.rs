@@ -86,10 +86,11 @@ impl Backend {
                 Ok::<_, std::convert::Infallible>(outcome)
             }
         });
-        let mut options = TargetOptions {
-            peers,
-            peer_fence_timeout: Duration::from_secs(10),
-            ..TargetOptions::default()
+        let mut options = {
+            let mut o = TargetOptions::default();
+            o.peers = peers;
+            o.peer_fence_timeout = Duration::from_secs(10);
+            o
         };
         options.protocol.switches = switches;
         Target::serve(

@@ -21,9 +21,10 @@ async fn target(protocol: TargetConfig) -> (Target, Endpoint, Arc<AtomicU64>) {
     let value = Arc::new(AtomicU64::new(0));
     let target = Target::serve(
         &[Endpoint::Tcp("127.0.0.1:0".parse().expect("addr"))],
-        TargetOptions {
-            protocol,
-            ..TargetOptions::default()
+        {
+            let mut o = TargetOptions::default();
+            o.protocol = protocol;
+            o
         },
         support::counter(value.clone()),
     )
@@ -36,9 +37,10 @@ async fn target(protocol: TargetConfig) -> (Target, Endpoint, Arc<AtomicU64>) {
 fn initiator(endpoint: Endpoint, protocol: InitiatorConfig) -> Initiator {
     Initiator::start(
         Arc::new(EndpointConnector::new(endpoint, Duration::from_secs(2))),
-        InitiatorOptions {
-            protocol,
-            ..InitiatorOptions::default()
+        {
+            let mut o = InitiatorOptions::default();
+            o.protocol = protocol;
+            o
         },
     )
 }
@@ -257,9 +259,10 @@ async fn a_peer_that_never_reads_is_dropped_at_the_write_queue_bound() {
     });
     let target = Target::serve(
         &[Endpoint::Tcp("127.0.0.1:0".parse().expect("addr"))],
-        TargetOptions {
-            max_write_queue: Some(limit),
-            ..TargetOptions::default()
+        {
+            let mut o = TargetOptions::default();
+            o.max_write_queue = Some(limit);
+            o
         },
         service,
     )

@@ -58,9 +58,10 @@ async fn cutting_one_of_three_connections_mid_load_loses_duplicates_and_reorders
     let (_target, addr, log) = logging_target().await;
     let proxy = Proxy::start(addr).await.expect("proxy");
     let bound = Duration::from_millis(400);
-    let options = InitiatorOptions {
-        protocol: InitiatorConfig::default().with_detection_bound(bound),
-        ..InitiatorOptions::default()
+    let options = {
+        let mut o = InitiatorOptions::default();
+        o.protocol = InitiatorConfig::default().with_detection_bound(bound);
+        o
     }
     .with_connections(3, Spread::LeastOutstanding);
     let init = Initiator::start(

@@ -53,13 +53,15 @@ impl Connector for Refused {
 
 fn options(policy: Policy) -> PathGroupOptions {
     let bound = Duration::from_millis(200);
-    PathGroupOptions {
-        policy,
-        initiator: InitiatorOptions {
-            protocol: InitiatorConfig::default().with_detection_bound(bound),
-            ..InitiatorOptions::default()
-        },
-        ..PathGroupOptions::default()
+    {
+        let mut o = PathGroupOptions::default();
+        o.policy = policy;
+        o.initiator = {
+            let mut o = InitiatorOptions::default();
+            o.protocol = InitiatorConfig::default().with_detection_bound(bound);
+            o
+        };
+        o
     }
 }
 

@@ -23,12 +23,13 @@ const BOUND: Duration = Duration::from_secs(10);
 async fn serve<S: SessionService>(service: S) -> (Target, SocketAddr) {
     // Acknowledgements go out at once (no ack delay), so a TACK is in the
     // same batch as the delivery it acknowledges.
-    let options = TargetOptions {
-        protocol: TargetConfig {
+    let options = {
+        let mut o = TargetOptions::default();
+        o.protocol = TargetConfig {
             ack_delay: Duration::ZERO,
             ..TargetConfig::default()
-        },
-        ..TargetOptions::default()
+        };
+        o
     };
     let target = Target::serve(
         &[Endpoint::Tcp("127.0.0.1:0".parse().expect("addr"))],
@@ -44,12 +45,13 @@ async fn serve<S: SessionService>(service: S) -> (Target, SocketAddr) {
 }
 
 fn initiator(addr: SocketAddr, max_frame: u32) -> Initiator {
-    let options = InitiatorOptions {
-        protocol: InitiatorConfig {
+    let options = {
+        let mut o = InitiatorOptions::default();
+        o.protocol = InitiatorConfig {
             max_frame,
             ..InitiatorConfig::default()
-        },
-        ..InitiatorOptions::default()
+        };
+        o
     };
     Initiator::start(
         Arc::new(EndpointConnector::new(
@@ -82,9 +84,9 @@ async fn a_response_too_large_for_the_initiator_fails_its_call_and_the_session_g
         .await
         .expect("the call with an oversized response must return, not hang");
     match big {
-        Err(CallError::Session(e @ holdfast::proto::CallError::Failed { .. })) => {
+        Err(e @ CallError::Failed { .. }) => {
             assert!(e.may_have_executed(), "the command did execute");
-            let holdfast::proto::CallError::Failed { status, text } = e else {
+            let CallError::Failed { status, text } = e else {
                 unreachable!()
             };
             assert_eq!(status, ResponseStatus::ResponseTooLarge);
@@ -199,7 +201,7 @@ async fn a_command_whose_service_future_panics_still_completes() {
         .await
         .expect("the call must return, not hang");
     match r {
-        Err(CallError::Session(e @ holdfast::proto::CallError::ServiceFailed { .. })) => {
+        Err(e @ CallError::ServiceFailed { .. }) => {
             assert!(e.may_have_executed(), "the service ran it: {e}");
         }
         other => panic!("expected ServiceFailed, got {other:?}"),

@@ -25,12 +25,13 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 async fn counter_target(retain: Duration) -> (Target, SocketAddr, Arc<AtomicU64>) {
     let value = Arc::new(AtomicU64::new(0));
-    let options = TargetOptions {
-        protocol: TargetConfig {
+    let options = {
+        let mut o = TargetOptions::default();
+        o.protocol = TargetConfig {
             retain,
             ..TargetConfig::default()
-        },
-        ..TargetOptions::default()
+        };
+        o
     };
     let target = Target::serve(
         &[Endpoint::Tcp("127.0.0.1:0".parse().expect("addr"))],
@@ -46,9 +47,10 @@ async fn counter_target(retain: Duration) -> (Target, SocketAddr, Arc<AtomicU64>
 }
 
 fn initiator(addr: SocketAddr, bound: Duration) -> Initiator {
-    let options = InitiatorOptions {
-        protocol: InitiatorConfig::default().with_detection_bound(bound),
-        ..InitiatorOptions::default()
+    let options = {
+        let mut o = InitiatorOptions::default();
+        o.protocol = InitiatorConfig::default().with_detection_bound(bound);
+        o
     };
     Initiator::start(
         Arc::new(EndpointConnector::new(Endpoint::Tcp(addr), bound)),
@@ -174,12 +176,13 @@ async fn callers_beyond_the_credit_window_wait_instead_of_queueing() {
     };
     let target = Target::serve(
         &[Endpoint::Tcp("127.0.0.1:0".parse().expect("addr"))],
-        TargetOptions {
-            protocol: TargetConfig {
+        {
+            let mut o = TargetOptions::default();
+            o.protocol = TargetConfig {
                 credits,
                 ..TargetConfig::default()
-            },
-            ..TargetOptions::default()
+            };
+            o
         },
         service,
     )
@@ -223,17 +226,15 @@ impl holdfast::Connector for Unanswered {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_connect_does_not_block_the_handle() {
     support::init_logs();
-    let init = Initiator::start(
-        Arc::new(Unanswered),
-        InitiatorOptions {
-            connect_timeout: Duration::from_secs(30),
-            protocol: InitiatorConfig {
-                session_loss_timeout: Some(Duration::from_millis(300)),
-                ..InitiatorConfig::default()
-            },
-            ..InitiatorOptions::default()
-        },
-    );
+    let init = Initiator::start(Arc::new(Unanswered), {
+        let mut o = InitiatorOptions::default();
+        o.connect_timeout = Duration::from_secs(30);
+        o.protocol = InitiatorConfig {
+            session_loss_timeout: Some(Duration::from_millis(300)),
+            ..InitiatorConfig::default()
+        };
+        o
+    });
     let stats = tokio::time::timeout(Duration::from_secs(2), init.stats())
         .await
         .expect("stats() must answer while a connect is pending");

@@ -89,10 +89,10 @@ async fn call(init: &Initiator, payload: &str) -> Result<Bytes, CallError> {
 /// about execution.
 fn service_failed(result: Result<Bytes, CallError>) -> String {
     match result {
-        Err(CallError::Session(e @ holdfast::proto::CallError::ServiceFailed { .. })) => {
+        Err(e @ CallError::ServiceFailed { .. }) => {
             assert!(e.may_have_executed(), "it executed: {e}");
             assert!(e.is_settled(), "it will not run again: {e}");
-            let holdfast::proto::CallError::ServiceFailed { text } = e else {
+            let CallError::ServiceFailed { text } = e else {
                 unreachable!()
             };
             text

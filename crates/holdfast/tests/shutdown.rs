@@ -15,7 +15,7 @@ use holdfast::proto::wire::{
     encode_to_vec, Decoder, Digests, Direction, ErrorCode, Frame, Login, LoginKind, RejectReason,
     NEVER_MS, VERSION_MAX, VERSION_MIN,
 };
-use holdfast::proto::{CallError as SessionCallError, SessionId, SessionLoss, SessionSecret};
+use holdfast::proto::{SessionId, SessionLoss, SessionSecret};
 use holdfast::transport::ConnectFuture;
 use holdfast::{
     service_fn, CallError, CallOptions, Connector, Endpoint, EndpointConnector, Initiator,
@@ -80,18 +80,16 @@ async fn shutdown_notice_is_honoured_and_the_restart_is_reported_statelessly() {
         inner: EndpointConnector::new(endpoint.clone(), Duration::from_millis(500)),
         attempts: attempts.clone(),
     };
-    let init = Initiator::start(
-        Arc::new(connector),
-        InitiatorOptions {
-            protocol: InitiatorConfig {
-                // This application's commands may take up to 1.5 s: after a
-                // notice that leaves less, none may start.
-                shutdown_margin: Duration::from_millis(1500),
-                ..InitiatorConfig::default().with_detection_bound(Duration::from_millis(500))
-            },
-            ..InitiatorOptions::default()
-        },
-    );
+    let init = Initiator::start(Arc::new(connector), {
+        let mut o = InitiatorOptions::default();
+        // This application's commands may take up to 1.5 s: after a
+        // notice that leaves less, none may start.
+        o.protocol = InitiatorConfig {
+            shutdown_margin: Duration::from_millis(1500),
+            ..InitiatorConfig::default().with_detection_bound(Duration::from_millis(500))
+        };
+        o
+    });
     init.call(Bytes::from_static(b"warm"))
         .await
         .expect("warm-up call");
@@ -113,7 +111,7 @@ async fn shutdown_notice_is_honoured_and_the_restart_is_reported_statelessly() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let notice = Instant::now();
-    let shutdown = tokio::spawn(old.shutdown(max_up, Some(min_hold)));
+    let shutdown = tokio::spawn(async move { old.shutdown(max_up, Some(min_hold)).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     // A command issued after the notice cannot finish in time (the notice
     // leaves under a second, the application's margin is 1.5 s): it is held
@@ -166,13 +164,11 @@ async fn shutdown_notice_is_honoured_and_the_restart_is_reported_statelessly() {
 
     // The honest per-call outcome of a restart.
     match plain {
-        Err(CallError::Session(SessionCallError::MayHaveExecuted(SessionLoss::Rejected {
-            ..
-        }))) => {}
+        Err(CallError::MayHaveExecuted(SessionLoss::Rejected { .. })) => {}
         other => panic!("the in-flight plain command must fail as may-have-executed: {other:?}"),
     }
     match late {
-        Err(e @ CallError::Session(SessionCallError::NotExecuted(_))) => {
+        Err(e @ CallError::NotExecuted(_)) => {
             assert!(!e.may_have_executed());
         }
         other => panic!("the held-back command must fail as not executed: {other:?}"),
@@ -202,12 +198,13 @@ async fn shutdown_notice_is_honoured_and_the_restart_is_reported_statelessly() {
 fn initiator_with_loss_timeout(endpoint: Endpoint, session_loss: Duration) -> Initiator {
     Initiator::start(
         Arc::new(EndpointConnector::new(endpoint, Duration::from_millis(500))),
-        InitiatorOptions {
-            protocol: InitiatorConfig {
+        {
+            let mut o = InitiatorOptions::default();
+            o.protocol = InitiatorConfig {
                 session_loss_timeout: Some(session_loss),
                 ..InitiatorConfig::default().with_detection_bound(Duration::from_millis(500))
-            },
-            ..InitiatorOptions::default()
+            };
+            o
         },
     )
 }
@@ -242,10 +239,7 @@ async fn a_target_that_announces_no_return_ends_the_session_at_once() {
     eprintln!("after {:?}: {err}", start.elapsed());
     assert!(err.may_have_executed(), "it was sent: {err}");
     assert!(
-        matches!(
-            err,
-            CallError::Session(SessionCallError::MayHaveExecuted(SessionLoss::TargetGone))
-        ),
+        matches!(err, CallError::MayHaveExecuted(SessionLoss::TargetGone)),
         "{err:?}"
     );
     let later = init.call(Bytes::from_static(b"later")).await;
@@ -287,10 +281,7 @@ async fn a_vanished_target_fails_calls_after_the_session_loss_timeout() {
     let took = start.elapsed();
     eprintln!("after {took:?}: {err}");
     assert!(
-        matches!(
-            err,
-            CallError::Session(SessionCallError::MayHaveExecuted(SessionLoss::GaveUp(_)))
-        ),
+        matches!(err, CallError::MayHaveExecuted(SessionLoss::GaveUp(_))),
         "{err:?}"
     );
     assert!(
@@ -385,7 +376,7 @@ async fn during_the_up_time_new_logins_are_rejected_with_shutting_down() {
 
     let up = Duration::from_secs(1);
     let started = Instant::now();
-    let shutdown = tokio::spawn(target.shutdown(up, None));
+    let shutdown = tokio::spawn(async move { target.shutdown(up, None).await });
     // The notice reaches the attached connection: "will not return".
     match attached.next().await {
         Some(Frame::Shutdown { min_hold_ms, .. }) => assert_eq!(min_hold_ms, NEVER_MS),

@@ -32,9 +32,10 @@ fn sized(
 async fn serve<S: holdfast::SessionService>(protocol: TargetConfig, service: S) -> Target {
     Target::serve(
         &[Endpoint::Tcp("127.0.0.1:0".parse().expect("addr"))],
-        TargetOptions {
-            protocol,
-            ..TargetOptions::default()
+        {
+            let mut o = TargetOptions::default();
+            o.protocol = protocol;
+            o
         },
         service,
     )

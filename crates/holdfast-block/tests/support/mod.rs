@@ -361,9 +361,10 @@ pub fn initiator(addr: SocketAddr) -> Initiator {
     let bound = Duration::from_millis(500);
     Initiator::start(
         Arc::new(EndpointConnector::new(Endpoint::Tcp(addr), bound)),
-        InitiatorOptions {
-            protocol: InitiatorConfig::default().with_detection_bound(bound),
-            ..InitiatorOptions::default()
+        {
+            let mut o = InitiatorOptions::default();
+            o.protocol = InitiatorConfig::default().with_detection_bound(bound);
+            o
         },
     )
 }

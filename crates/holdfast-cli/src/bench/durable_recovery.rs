@@ -152,18 +152,17 @@ async fn row(n: usize, trials: usize, state: &Path) -> anyhow::Result<RecoveryRo
         bail!("the target listens on {endpoint}, not TCP");
     };
     retain_sessions(&endpoint, n.saturating_sub(1)).await?;
+    // Retry every few ms while the target is down, so the reconnect adds
+    // little to what is measured.
+    let mut options = InitiatorOptions::default();
+    options.backoff_initial = Duration::from_millis(1);
+    options.backoff_max = Duration::from_millis(5);
     let probe = Initiator::start(
         Arc::new(EndpointConnector::new(
             endpoint.clone(),
             Duration::from_secs(2),
         )),
-        InitiatorOptions {
-            // Retry every few ms while the target is down, so the reconnect
-            // adds little to what is measured.
-            backoff_initial: Duration::from_millis(1),
-            backoff_max: Duration::from_millis(5),
-            ..InitiatorOptions::default()
-        },
+        options,
     );
     let mut last = increment(&probe).await?;
     let mut serving = Vec::new();

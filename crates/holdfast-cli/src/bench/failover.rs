@@ -192,14 +192,15 @@ async fn node(addr: SocketAddr, peers: Vec<Endpoint>) -> anyhow::Result<Target> 
     });
     Target::serve(
         &[Endpoint::Tcp(addr)],
-        TargetOptions {
-            protocol: TargetConfig {
+        {
+            let mut o = TargetOptions::default();
+            o.protocol = TargetConfig {
                 command_budget: COMMAND_BUDGET,
                 ..TargetConfig::default()
-            },
-            socket_detection_bound: BOUND,
-            peers,
-            ..TargetOptions::default()
+            };
+            o.socket_detection_bound = BOUND;
+            o.peers = peers;
+            o
         },
         service,
     )
@@ -235,9 +236,10 @@ impl Connector for Gate {
 }
 
 fn session_options() -> InitiatorOptions {
-    InitiatorOptions {
-        protocol: InitiatorConfig::default().with_detection_bound(BOUND),
-        ..InitiatorOptions::default()
+    {
+        let mut o = InitiatorOptions::default();
+        o.protocol = InitiatorConfig::default().with_detection_bound(BOUND);
+        o
     }
 }
 
@@ -277,9 +279,10 @@ async fn group_trials(
         Arc::new(AtomicBool::new(true)),
         Arc::new(AtomicBool::new(true)),
     ];
-    let mut builder = PathGroup::builder().options(PathGroupOptions {
-        initiator: session_options(),
-        ..PathGroupOptions::default()
+    let mut builder = PathGroup::builder().options({
+        let mut o = PathGroupOptions::default();
+        o.initiator = session_options();
+        o
     });
     for i in 0..2 {
         builder = builder.connector(

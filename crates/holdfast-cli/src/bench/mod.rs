@@ -20,6 +20,8 @@
 //!   store against in memory, beside the disk's raw fsync rate, and the
 //!   time from a `kill -9` and restart to the first completed command with
 //!   1, 100 and 10,000 retained sessions;
+//! * `messages`: one-way messages per second from one task with the
+//!   pipelined send, against calls per second from one task and from 8;
 //! * `all`: every scenario, and an index.
 //!
 //! Each scenario prints a table (JSON with `--json`) and writes a Markdown
@@ -34,6 +36,7 @@ mod durable;
 mod durable_recovery;
 mod failover;
 mod fio;
+mod messages;
 mod multiconn;
 mod native;
 mod overhead;
@@ -92,6 +95,10 @@ enum ScenarioCmd {
     /// kill -9 and restart to the first completed command with 1, 100 and
     /// 10,000 retained sessions.
     Durable(Options),
+    /// One-way messages per second from one task with the pipelined send
+    /// (`send_queued`) against calls per second from one task and from 8,
+    /// on one session, with their ratio.
+    Messages(Options),
     /// Every scenario, and an index of the reports (DIR/README.md).
     All(Options),
 }
@@ -308,6 +315,8 @@ struct JsonReport {
     failover: Option<failover::FailoverReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     durable: Option<durable::DurableReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<messages::MessagesReport>,
 }
 
 /// Runs the chosen scenarios, prints their tables (or JSON) and writes
@@ -328,6 +337,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ScenarioCmd::Multiconn(o) => (Some("multiconn"), o),
         ScenarioCmd::Failover(o) => (Some("failover"), o),
         ScenarioCmd::Durable(o) => (Some("durable"), o),
+        ScenarioCmd::Messages(o) => (Some("messages"), o),
         ScenarioCmd::All(o) => (None, o),
     };
     let runs = |scenario: &str| only.is_none_or(|o| o == scenario);
@@ -357,6 +367,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         multiconn: None,
         failover: None,
         durable: None,
+        messages: None,
     };
 
     if runs("overhead") {
@@ -425,6 +436,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             print!("{}", r.table());
         }
         report.durable = Some(r);
+    }
+    if runs("messages") {
+        let r = messages::run(mode, progress).await?;
+        write_file(dir, "messages.md", &r.markdown(&machine))?;
+        if !opts.json {
+            println!("\nholdfast bench messages ({} mode)\n", mode.name());
+            print!("{}", r.table());
+        }
+        report.messages = Some(r);
     }
     if only.is_none() {
         write_file(dir, "README.md", &index(&report))?;
@@ -506,6 +526,12 @@ fn index(report: &JsonReport) -> String {
         md.push_str(&format!(
             "| durable | session store vs in memory at QD 1 and 32, fsync baseline, recovery after kill -9 | {} | [durable.md](durable.md) | - |\n",
             count(d.rows.iter().flat_map(|r| &r.targets).collect()),
+        ));
+    }
+    if let Some(m) = &report.messages {
+        md.push_str(&format!(
+            "| messages | one-way messages/s from one task (pipelined send) vs calls/s from 1 and 8 tasks | {} | [messages.md](messages.md) | - |\n",
+            count(m.targets.iter().collect()),
         ));
     }
     md.push_str(

@@ -200,9 +200,10 @@ async fn serve(addr: SocketAddr, bound: Duration) -> std::io::Result<Target> {
     });
     Target::serve(
         &[Endpoint::Tcp(addr)],
-        TargetOptions {
-            socket_detection_bound: bound,
-            ..TargetOptions::default()
+        {
+            let mut o = TargetOptions::default();
+            o.socket_detection_bound = bound;
+            o
         },
         service,
     )
@@ -221,9 +222,10 @@ fn bound_addr(target: &Target) -> anyhow::Result<SocketAddr> {
 fn initiator(addr: SocketAddr, bound: Duration) -> Initiator {
     Initiator::start(
         Arc::new(EndpointConnector::new(Endpoint::Tcp(addr), bound)),
-        InitiatorOptions {
-            protocol: InitiatorConfig::default().with_detection_bound(bound),
-            ..InitiatorOptions::default()
+        {
+            let mut o = InitiatorOptions::default();
+            o.protocol = InitiatorConfig::default().with_detection_bound(bound);
+            o
         },
     )
 }

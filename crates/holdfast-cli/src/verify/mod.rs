@@ -161,13 +161,14 @@ impl TargetSide {
         // about that, and the reads are the check (verify/nodes.rs).
         let ledger = Ledger::new(device, self.duplicates.clone()).witness(self.peers.is_empty());
         let service = BlockService::new(ledger);
-        let options = TargetOptions {
-            protocol: TargetConfig {
+        let options = {
+            let mut o = TargetOptions::default();
+            o.protocol = TargetConfig {
                 retain: Duration::from_secs(30),
                 ..TargetConfig::default()
-            },
-            peers: self.peers.clone(),
-            ..TargetOptions::default()
+            };
+            o.peers = self.peers.clone();
+            o
         };
         let target = Target::serve(&[Endpoint::Tcp(self.addr)], options, service)
             .await
@@ -221,13 +222,14 @@ pub(crate) async fn connect_through_proxy(
             Endpoint::Tcp(proxy.addr()),
             detection,
         )),
-        InitiatorOptions {
-            protocol: InitiatorConfig {
+        {
+            let mut o = InitiatorOptions::default();
+            o.protocol = InitiatorConfig {
                 session_loss_timeout: Some(Duration::from_secs(30)),
                 ..InitiatorConfig::default().with_detection_bound(detection)
-            },
-            jitter_seed: Some(seed),
-            ..InitiatorOptions::default()
+            };
+            o.jitter_seed = Some(seed);
+            o
         },
     );
     Ok((proxy, initiator))

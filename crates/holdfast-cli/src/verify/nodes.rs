@@ -130,23 +130,25 @@ pub(super) async fn run(scenario: &Scenario, volume: &std::path::Path) -> anyhow
             open: Arc::new(AtomicBool::new(true)),
         });
     }
-    let mut builder = PathGroup::builder().options(PathGroupOptions {
-        initiator: InitiatorOptions {
-            // The group notices a silent path (half the detection bound)
-            // well before the nodes drop it (four keep-alives of the whole
-            // bound): held commands may still reach the old node after the
-            // failover, which only the group's own wait makes safe.
-            protocol: InitiatorConfig {
+    let mut builder = PathGroup::builder().options({
+        let mut o = PathGroupOptions::default();
+        // The group notices a silent path (half the detection bound)
+        // well before the nodes drop it (four keep-alives of the whole
+        // bound): held commands may still reach the old node after the
+        // failover, which only the group's own wait makes safe.
+        o.initiator = {
+            let mut o = InitiatorOptions::default();
+            o.protocol = InitiatorConfig {
                 keepalive: args.detection,
                 dead_after: args.detection / 2,
                 login_timeout: args.detection,
                 session_loss_timeout: Some(Duration::from_secs(30)),
                 ..InitiatorConfig::default()
-            },
-            jitter_seed: Some(args.seed),
-            ..InitiatorOptions::default()
-        },
-        ..PathGroupOptions::default()
+            };
+            o.jitter_seed = Some(args.seed);
+            o
+        };
+        o
     });
     for (i, n) in nodes.iter().enumerate() {
         builder = builder.connector(

@@ -14,11 +14,27 @@ pub struct CallOptions {
     /// are re-issued on a new session in their original order instead of
     /// failing with "may have executed".
     pub retry_safe: bool,
+    /// How long the caller waits for the outcome, counted from the call
+    /// (`None`: the runtime's session default, if any). The core does not
+    /// read it (it has no clock of its own): the runtime enforces it by
+    /// withdrawing the call when it passes ([`crate::Initiator::abandon`]),
+    /// and the call fails with an error that says whether it may have
+    /// executed.
+    pub deadline: Option<std::time::Duration>,
 }
 
 impl CallOptions {
     /// Options for a retry-safe call.
-    pub const RETRY_SAFE: CallOptions = CallOptions { retry_safe: true };
+    pub const RETRY_SAFE: CallOptions = CallOptions {
+        retry_safe: true,
+        deadline: None,
+    };
+
+    /// These options with a deadline of `deadline` from the call.
+    pub const fn with_deadline(mut self, deadline: std::time::Duration) -> CallOptions {
+        self.deadline = Some(deadline);
+        self
+    }
 }
 
 /// Something the driver or application must learn about.

@@ -547,6 +547,7 @@ impl World {
             let body = payload(kind, tag, pad);
             let options = CallOptions {
                 retry_safe: kind.retry_safe(),
+                ..CallOptions::default()
             };
             let result = match kind {
                 OpKind::Message => self.initiator.send(body, options, self.now),

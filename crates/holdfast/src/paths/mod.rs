@@ -25,10 +25,10 @@
 //!    past that, the node has promised that it starts none of the session's
 //!    commands and that the ones it started have finished;
 //! 3. calls are re-issued on a survivor in the order they were first
-//!    issued ([`order`]): a call that was not executed goes as soon as every
+//!    issued (the `order` module): a call that was not executed goes as soon as every
 //!    earlier call of the lost path has gone; a call in doubt goes once the
 //!    fence (or the wait) is over, if it is retry-safe. A call in doubt that
-//!    is not retry-safe fails with [`holdfast_proto::CallError::Withdrawn`]
+//!    is not retry-safe fails with [`CallError::Withdrawn`]
 //!    `{ may_have_executed: true }`: it may have run on the old node, and it
 //!    never will again. A node that promised no quiesce time cannot be
 //!    waited out: without a confirmed fence such calls fail "may have
@@ -67,7 +67,7 @@ use thiserror::Error;
 use tokio::sync::{watch, Notify};
 use tracing::info;
 
-use crate::initiator::CallError;
+use crate::error::CallError;
 use crate::transport::{Connector, Endpoint, EndpointConnector};
 use crate::{Initiator, InitiatorOptions};
 
@@ -100,8 +100,10 @@ impl std::str::FromStr for Policy {
     }
 }
 
-/// Path group settings.
+/// Path group settings. `#[non_exhaustive]`: start from
+/// `PathGroupOptions::default()` and set the fields.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct PathGroupOptions {
     /// How calls are spread.
     pub policy: Policy,
@@ -119,7 +121,9 @@ pub struct PathGroupOptions {
     /// old node or waiting for its quiesce time. This is the data
     /// corruption of seed 001 (a stale write landing after its retry); it
     /// exists so the tests can show they catch it. Never set it otherwise.
-    #[cfg(feature = "test-switches")]
+    /// Present in every build (the struct's shape does not depend on a
+    /// feature), it acts only with the `test-switches` feature.
+    #[doc(hidden)]
     pub unfenced_failover: bool,
 }
 
@@ -130,7 +134,6 @@ impl Default for PathGroupOptions {
             failover_delay: Duration::ZERO,
             initiator: InitiatorOptions::default(),
             host: None,
-            #[cfg(feature = "test-switches")]
             unfenced_failover: false,
         }
     }
@@ -440,7 +443,9 @@ impl PathGroup {
             let (index, session) = tokio::select! {
                 biased;
                 picked = g.next_turn(call) => picked?,
-                () = fired(cancel.as_mut()) => return Err(CallError::Withdrawn),
+                () = fired(cancel.as_mut()) => return Err(CallError::Withdrawn {
+                    may_have_executed: false,
+                }),
             };
             if let Some(from) = moved_from.take() {
                 g.paths[from].counters().moved += 1;
@@ -497,9 +502,9 @@ impl PathGroup {
                 Outcome::Safe if options.retry_safe => moved_from = Some(index),
                 Outcome::Safe => {
                     g.paths[index].counters().failed += 1;
-                    return Err(CallError::Session(holdfast_proto::CallError::Withdrawn {
+                    return Err(CallError::Withdrawn {
                         may_have_executed: true,
-                    }));
+                    });
                 }
                 _ => {
                     g.paths[index].counters().failed += 1;
@@ -608,10 +613,7 @@ async fn fired<F: Future<Output = ()>>(mut cancel: Pin<&mut Option<F>>) {
 /// True if the node refused to start the call (its quiesce promise or a
 /// fence): it did not execute and never will, so it may go elsewhere.
 fn not_executed_by_node(error: &CallError) -> bool {
-    matches!(
-        error,
-        CallError::Session(holdfast_proto::CallError::NotStarted { .. })
-    )
+    matches!(error, CallError::NotStarted { .. })
 }
 
 /// A random host id (never all zero).
@@ -634,7 +636,7 @@ impl Group {
             self.order.wait_turn(n).await;
             let changed = self.changed.notified();
             if self.closing.load(Ordering::SeqCst) {
-                return Err(CallError::Refused(SubmitError::Closing));
+                return Err(CallError::Closed);
             }
             if let Some((i, s)) = self.pick() {
                 if s.register(n) {

@@ -186,10 +186,11 @@ pub(crate) fn sim<'a>(seed: u64, duration: Duration) -> turmoil::Sim<'a> {
 
 /// Starts an initiator on the client host, its backoff jitter seeded.
 pub(crate) fn initiator(seed: u64) -> Initiator {
-    let options = InitiatorOptions {
-        protocol: InitiatorConfig::default().with_detection_bound(BOUND),
-        jitter_seed: Some(seed),
-        ..InitiatorOptions::default()
+    let options = {
+        let mut o = InitiatorOptions::default();
+        o.protocol = InitiatorConfig::default().with_detection_bound(BOUND);
+        o.jitter_seed = Some(seed);
+        o
     };
     Initiator::start(Arc::new(TurmoilConnector::new(TARGET, PORT)), options)
 }
@@ -283,7 +284,13 @@ pub(crate) async fn call(
     retry_safe: bool,
 ) -> CallRecord {
     let result = init
-        .call_with(Bytes::from(payload.clone()), CallOptions { retry_safe })
+        .call_with(
+            Bytes::from(payload.clone()),
+            CallOptions {
+                retry_safe,
+                ..CallOptions::default()
+            },
+        )
         .await;
     match &result {
         Ok(v) => trace.record(format!("{payload} ok {}", String::from_utf8_lossy(v))),
