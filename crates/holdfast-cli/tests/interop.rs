@@ -432,6 +432,44 @@ fn the_demo_reports_nothing_lost_duplicated_or_corrupt() {
     assert!(v["operations"].as_u64() > Some(100), "{text}");
 }
 
+/// `holdfast demo --crash`: the target is its own process with a state dir
+/// and is killed with -9 mid-workload; every session comes back statefully
+/// (no stateless recovery, nothing failed or lost).
+#[test]
+fn the_crash_demo_recovers_statefully_after_kill_9() {
+    let out = Command::new(BIN)
+        .args([
+            "demo",
+            "--crash",
+            "--duration",
+            "8s",
+            "--faults",
+            "6",
+            "--json",
+        ])
+        .output()
+        .expect("run the demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the crash demo failed ({}):\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).expect("demo JSON");
+    for key in [
+        "lost",
+        "corrupt",
+        "failed_operations",
+        "stateless_recoveries",
+    ] {
+        assert_eq!(v[key], 0, "{key}: {text}");
+    }
+    assert_eq!(v["faults"]["kill -9"], 1, "{text}");
+    assert!(v["stateful_recoveries"].as_u64() >= Some(1), "{text}");
+    assert!(v["operations"].as_u64() > Some(100), "{text}");
+}
+
 /// Runs `holdfast torture ARGS --json` and returns its report.
 fn torture(args: &[&str]) -> serde_json::Value {
     let out = Command::new(BIN)
