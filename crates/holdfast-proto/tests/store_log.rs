@@ -2,115 +2,17 @@
 //! crash semantics: round trips, a crash after every file operation, torn
 //! and truncated logs, and bit flips anywhere.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use holdfast_proto::store::log::{DurableLog, LogLimits, StoreFile, StoreOp};
 use holdfast_proto::wire::ResponseStatus;
-use holdfast_proto::{HostId, HostRecord, MemoryStore, SessionId, SessionSecret, StateChange};
+use holdfast_proto::{
+    HostId, HostRecord, MemoryStore, SeededRandom, SessionId, SessionSecret, StateChange,
+};
 use proptest::prelude::*;
 
-/// A directory on a disk that can crash. Files are inodes with synced and
-/// current content; the directory maps names to inodes, with a durable copy
-/// that `SyncDir` updates.
-#[derive(Default, Clone)]
-struct SimDisk {
-    inodes: Vec<(Vec<u8>, Vec<u8>)>,
-    dir: HashMap<StoreFile, usize>,
-    durable_dir: HashMap<StoreFile, usize>,
-    /// Test-only switch: `Sync` does nothing (the fault the tests must see).
-    skip_sync: bool,
-}
-
-impl SimDisk {
-    fn run(&mut self, op: &StoreOp) {
-        match op {
-            StoreOp::Append { file, bytes } => {
-                let ino = match self.dir.get(file) {
-                    Some(i) => *i,
-                    None => self.new_inode(*file),
-                };
-                self.inodes[ino].1.extend_from_slice(bytes);
-            }
-            StoreOp::Sync(file) => {
-                if !self.skip_sync {
-                    if let Some(i) = self.dir.get(file) {
-                        let data = self.inodes[*i].1.clone();
-                        self.inodes[*i].0 = data;
-                    }
-                }
-            }
-            StoreOp::Write { file, bytes } => {
-                let ino = self.new_inode(*file);
-                self.inodes[ino].1 = bytes.to_vec();
-            }
-            StoreOp::Rename { from, to } => {
-                if let Some(i) = self.dir.remove(from) {
-                    self.dir.insert(*to, i);
-                }
-            }
-            StoreOp::SyncDir => {
-                if !self.skip_sync {
-                    self.durable_dir = self.dir.clone();
-                }
-            }
-            StoreOp::Remove(file) => {
-                self.dir.remove(file);
-            }
-        }
-    }
-
-    fn new_inode(&mut self, file: StoreFile) -> usize {
-        self.inodes.push((Vec::new(), Vec::new()));
-        let i = self.inodes.len() - 1;
-        self.dir.insert(file, i);
-        i
-    }
-
-    /// What survives a crash: each name's entry is the durable or the
-    /// current one (an unsynced rename may or may not have reached the
-    /// disk); each file keeps its synced bytes plus a random part of what
-    /// was appended after them.
-    fn crash(&self, rng: &mut u64) -> SimDisk {
-        let mut next = || {
-            *rng ^= *rng << 13;
-            *rng ^= *rng >> 7;
-            *rng ^= *rng << 17;
-            *rng
-        };
-        let mut out = SimDisk::default();
-        let names = [
-            StoreFile::Log,
-            StoreFile::LogTmp,
-            StoreFile::Checkpoint,
-            StoreFile::CheckpointTmp,
-        ];
-        for name in names {
-            let entry = if next() % 2 == 0 {
-                self.durable_dir.get(&name)
-            } else {
-                self.dir.get(&name)
-            };
-            if let Some(i) = entry {
-                let (synced, data) = &self.inodes[*i];
-                let mut content = synced.clone();
-                if data.len() > synced.len() && data.starts_with(synced) {
-                    let extra = data.len() - synced.len();
-                    let keep = (next() % (extra as u64 + 1)) as usize;
-                    content.extend_from_slice(&data[synced.len()..synced.len() + keep]);
-                }
-                let ino = out.new_inode(name);
-                out.inodes[ino] = (content.clone(), content);
-            }
-        }
-        out.durable_dir = out.dir.clone();
-        out
-    }
-
-    fn read(&self, file: StoreFile) -> Option<Vec<u8>> {
-        self.dir.get(&file).map(|i| self.inodes[*i].1.clone())
-    }
-}
+#[path = "sim/disk.rs"]
+pub mod disk;
+use disk::SimDisk;
 
 fn small_limits() -> LogLimits {
     LogLimits {
@@ -230,7 +132,7 @@ fn recover(
 ) -> Result<holdfast_proto::store::log::Recovered, holdfast_proto::store::log::CorruptStore> {
     let ckpt = disk.read(StoreFile::Checkpoint);
     let log = disk.read(StoreFile::Log);
-    DurableLog::recover(ckpt.as_deref(), log.as_deref(), limits)
+    DurableLog::recover(ckpt, log, limits)
 }
 
 proptest! {
@@ -283,8 +185,8 @@ proptest! {
         for op in &run.ops {
             disk.run(op);
         }
-        let ckpt = disk.read(StoreFile::Checkpoint);
-        let log = disk.read(StoreFile::Log).unwrap_or_default();
+        let ckpt = disk.read(StoreFile::Checkpoint).map(<[u8]>::to_vec);
+        let log = disk.read(StoreFile::Log).map(<[u8]>::to_vec).unwrap_or_default();
         let ckpt_len = ckpt.as_ref().map_or(0, Vec::len);
         let at = (pick % (ckpt_len + log.len()) as u64) as usize;
         let (mut ckpt, mut log) = (ckpt, log);
@@ -316,11 +218,8 @@ fn check_crashes(
 ) -> Result<(), String> {
     let limits = small_limits();
     let run = run_all(groups, limits);
-    let mut rng = seed;
-    let mut disk = SimDisk {
-        skip_sync,
-        ..SimDisk::default()
-    };
+    let mut rng = SeededRandom::new(seed);
+    let mut disk = SimDisk::new(skip_sync);
     for (k, op) in run.ops.iter().enumerate() {
         disk.run(op);
         let durable = run.synced_at.iter().filter(|s| **s <= k).count();
@@ -440,7 +339,7 @@ fn corrupt_middle_group_names_sessions() {
     for op in &run.ops {
         disk.run(op);
     }
-    let mut log = disk.read(StoreFile::Log).expect("log exists");
+    let mut log = disk.read(StoreFile::Log).expect("log exists").to_vec();
     let second = 24 + 12 + u32::from_le_bytes([log[24], log[25], log[26], log[27]]) as usize;
     log[second + 20] ^= 0x10;
     let err = DurableLog::recover(None, Some(&log), limits).expect_err("corrupt");
@@ -487,7 +386,7 @@ fn corrupt_first_group_names_sessions_of_later_groups() {
     for op in &run.ops {
         disk.run(op);
     }
-    let mut log = disk.read(StoreFile::Log).expect("log exists");
+    let mut log = disk.read(StoreFile::Log).expect("log exists").to_vec();
     log[24 + 12 + 20] ^= 0x01;
     let err = DurableLog::recover(None, Some(&log), limits).expect_err("corrupt");
     assert_eq!(err.offset, 24);

@@ -5,8 +5,8 @@
 //! durable or its current entry (an unsynced rename may or may not have
 //! reached the disk), and each file keeps its synced bytes plus a random
 //! prefix of what was written after them (an unsynced append is lost, torn
-//! at any byte, or whole). (The same model as tests/store_log.rs's, which
-//! tests the engine alone.)
+//! at any byte, or whole). Shared by the crash simulation
+//! (tests/durable_restart.rs) and the engine's own tests (tests/store_log.rs).
 
 use std::collections::HashMap;
 
