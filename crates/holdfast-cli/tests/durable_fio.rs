@@ -10,80 +10,13 @@
 mod durable_support;
 mod support;
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use durable_support::CrashTarget;
+use support::fio::{fio_verify, have_fio};
 use support::{Proc, Scratch};
-
-/// True if fio is installed; panics under CI if not.
-fn have_fio() -> bool {
-    let found = Command::new("sh")
-        .args(["-c", "command -v fio"])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "fio is missing; scripts/test installs it"
-        );
-        eprintln!("skipping: fio is not installed (scripts/test installs it)");
-    }
-    found
-}
-
-/// fio: 4 KiB random writes at QD 16 for `seconds`, then a crc32c verify
-/// pass over everything written; panics on any error.
-fn fio_verify(uri: &str, seconds: u32) {
-    let mut child = Command::new("fio")
-        .args([
-            "--name=holdfast-durable",
-            "--ioengine=nbd",
-            &format!("--uri={uri}"),
-            "--rw=randwrite",
-            "--bs=4k",
-            "--iodepth=16",
-            "--size=32m",
-            &format!("--runtime={seconds}"),
-            "--time_based",
-            "--verify=crc32c",
-            "--verify_fatal=1",
-            "--do_verify=1",
-            "--verify_state_save=0",
-            "--output-format=json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("fio");
-    let limit = Duration::from_secs(u64::from(seconds) + 120);
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            panic!("fio did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = child.wait_with_output().expect("fio output");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(status.success(), "fio failed ({status}):\n{text}\n{err}");
-    let json = &text[text.find('{').unwrap_or(0)..];
-    let report: serde_json::Value = serde_json::from_str(json).expect("fio JSON");
-    let job = &report["jobs"][0];
-    assert_eq!(job["error"], 0, "fio reported an error: {job}");
-    let written = job["write"]["io_bytes"].as_u64().unwrap_or(0);
-    let verified = job["read"]["io_bytes"].as_u64().unwrap_or(0);
-    eprintln!("fio: {written} bytes written, {verified} bytes read back and verified");
-    assert!(written > 0 && verified > 0, "fio did too little: {job}");
-}
 
 #[test]
 fn durable_block_target_killed_9_during_fio_verify_loses_nothing() {
@@ -138,7 +71,7 @@ fn durable_block_target_killed_9_during_fio_verify_loses_nothing() {
             (target, kills, restarts)
         })
     };
-    fio_verify(&uri, 10);
+    fio_verify("holdfast-durable", &uri, 10);
     stop.store(true, Ordering::Relaxed);
     let (_target, kills, restarts) = killer.join().expect("killer");
     assert!(kills >= 3, "only {kills} kills happened while fio ran");

@@ -23,30 +23,13 @@ mod support;
 const PEERS: bool = true;
 
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use holdfast::chaos::Proxy;
+use support::fio::{fio_verify, have_fio};
 use support::{Proc, Scratch};
-
-/// True if fio is installed; panics under CI if not.
-fn have_fio() -> bool {
-    let found = Command::new("sh")
-        .args(["-c", "command -v fio"])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "fio is missing; scripts/test installs it"
-        );
-        eprintln!("skipping: fio is not installed (scripts/test installs it)");
-    }
-    found
-}
 
 /// A free TCP port on 127.0.0.1 (the nodes must know each other's address
 /// before either starts).
@@ -99,56 +82,6 @@ fn start_export(a: SocketAddr, b: SocketAddr) -> (Proc, String) {
     (p, uri)
 }
 
-/// fio, 4 KiB random writes at QD 16 for `seconds`, then a crc32c verify
-/// pass over everything written; panics on any error.
-fn fio_verify(uri: &str, seconds: u32) {
-    let mut child = Command::new("fio")
-        .args([
-            "--name=holdfast-failover",
-            "--ioengine=nbd",
-            &format!("--uri={uri}"),
-            "--rw=randwrite",
-            "--bs=4k",
-            "--iodepth=16",
-            "--size=32m",
-            &format!("--runtime={seconds}"),
-            "--time_based",
-            "--verify=crc32c",
-            "--verify_fatal=1",
-            "--do_verify=1",
-            "--verify_state_save=0",
-            "--output-format=json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("fio");
-    let limit = Duration::from_secs(u64::from(seconds) + 120);
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            panic!("fio did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = child.wait_with_output().expect("fio output");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(status.success(), "fio failed ({status}):\n{text}\n{err}");
-    let json = &text[text.find('{').unwrap_or(0)..];
-    let report: serde_json::Value = serde_json::from_str(json).expect("fio JSON");
-    let job = &report["jobs"][0];
-    assert_eq!(job["error"], 0, "fio reported an error: {job}");
-    let written = job["write"]["io_bytes"].as_u64().unwrap_or(0);
-    let verified = job["read"]["io_bytes"].as_u64().unwrap_or(0);
-    eprintln!("fio: {written} bytes written, {verified} bytes read back and verified");
-    assert!(written > 0 && verified > 0, "fio did too little: {job}");
-}
-
 /// Waits for the export's `path` event saying `path` reached `state`.
 fn wait_path_event(export: &mut Proc, state: &str, limit: Duration) -> serde_json::Value {
     let deadline = Instant::now() + limit;
@@ -185,7 +118,7 @@ fn fence_kill_9_of_a_node_during_fio_verify_loses_nothing() {
         eprintln!("killed node A (kill -9)");
         a
     });
-    fio_verify(&uri, 12);
+    fio_verify("holdfast-failover", &uri, 12);
     let _a = killer.join().expect("killer");
     let v = wait_path_event(&mut export, "down", Duration::from_secs(5));
     eprintln!("node A after the kill: {v}");
@@ -225,7 +158,7 @@ fn fence_paths_cut_alternately_during_fio_verify_lose_nothing() {
     let cuts = Arc::new(AtomicU64::new(0));
     let fio = {
         let uri = uri.clone();
-        std::thread::spawn(move || fio_verify(&uri, 12))
+        std::thread::spawn(move || fio_verify("holdfast-failover", &uri, 12))
     };
     // Cut A, heal it, cut B, heal it, ... for the write phase.
     std::thread::sleep(Duration::from_secs(2));
