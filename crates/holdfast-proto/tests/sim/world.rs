@@ -152,25 +152,24 @@ impl World {
         };
         let max_frame = 16 * 1024;
         let retain = Duration::from_millis(pick(&mut rng, &[300, 2000, 10_000]));
-        let mut initiator_config = InitiatorConfig {
-            max_frame,
-            credits,
-            ack_delay,
-            digests,
-            session_loss_timeout: None,
-            connections: params.connections,
-            ..InitiatorConfig::default()
+        let mut initiator_config = {
+            let mut ic = InitiatorConfig::default();
+            ic.max_frame = max_frame;
+            ic.credits = credits;
+            ic.ack_delay = ack_delay;
+            ic.digests = digests;
+            ic.session_loss_timeout = None;
+            ic.connections = params.connections;
+            ic
         }
         .with_detection_bound(Duration::from_millis(200));
         initiator_config.switches = params.switches;
-        let mut target_config = TargetConfig {
-            credits: pick(&mut rng, &[1, 4, 64, 128]) as u32,
-            max_frame,
-            retain,
-            ack_delay,
-            login_timeout: Duration::from_millis(500),
-            ..TargetConfig::default()
-        };
+        let mut target_config = TargetConfig::default();
+        target_config.credits = pick(&mut rng, &[1, 4, 64, 128]) as u32;
+        target_config.max_frame = max_frame;
+        target_config.retain = retain;
+        target_config.ack_delay = ack_delay;
+        target_config.login_timeout = Duration::from_millis(500);
         target_config.switches = params.switches;
         let fault_gap = Duration::from_millis(pick(&mut rng, &[5, 20, 100]));
         let target = Target::new(
@@ -551,10 +550,7 @@ impl World {
             };
             let tag = self.next_tag;
             let body = payload(kind, tag, pad);
-            let options = CallOptions {
-                retry_safe: kind.retry_safe(),
-                ..CallOptions::default()
-            };
+            let options = CallOptions::default().with_retry_safe(kind.retry_safe());
             let result = match kind {
                 OpKind::Message => self.initiator.send(body, options, self.now),
                 _ => self.initiator.call(body, options, self.now),
