@@ -61,9 +61,10 @@ async fn a_reissued_read_never_sees_a_write_issued_after_it() {
         &[Endpoint::Tcp("127.0.0.1:0".parse().expect("addr"))],
         {
             let mut o = TargetOptions::default();
-            o.protocol = TargetConfig {
-                retain: RETAIN,
-                ..TargetConfig::default()
+            o.protocol = {
+                let mut tc = TargetConfig::default();
+                tc.retain = RETAIN;
+                tc
             };
             o
         },
@@ -85,9 +86,10 @@ async fn a_reissued_read_never_sees_a_write_issued_after_it() {
         }),
         {
             let mut o = InitiatorOptions::default();
-            o.protocol = InitiatorConfig {
-                session_loss_timeout: None,
-                ..InitiatorConfig::default().with_detection_bound(bound)
+            o.protocol = {
+                let mut ic = InitiatorConfig::default().with_detection_bound(bound);
+                ic.session_loss_timeout = None;
+                ic
             };
             o
         },

@@ -320,9 +320,10 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
 async fn open_volume(s: &NbdSettings) -> anyhow::Result<Volume> {
     let options = {
         let mut o = InitiatorOptions::default();
-        o.protocol = InitiatorConfig {
-            session_loss_timeout: Some(s.session_loss),
-            ..InitiatorConfig::default().with_detection_bound(s.detection)
+        o.protocol = {
+            let mut ic = InitiatorConfig::default().with_detection_bound(s.detection);
+            ic.session_loss_timeout = Some(s.session_loss);
+            ic
         };
         o
     }

@@ -312,9 +312,10 @@ mod tests {
         });
         let options = {
             let mut o = TargetOptions::default();
-            o.protocol = TargetConfig {
-                retain: Duration::from_secs(1),
-                ..TargetConfig::default()
+            o.protocol = {
+                let mut tc = TargetConfig::default();
+                tc.retain = Duration::from_secs(1);
+                tc
             };
             o
         };

@@ -121,13 +121,11 @@ fn seed_001_across_two_nodes(fencing: Fencing) -> &'static str {
         // path lost 300 ms later; it promises a 500 ms keep-alive, so the
         // nodes drop a silent connection only after 2 s: an unfenced
         // failover re-issues IO1 well before A would drop the held one.
-        let protocol = InitiatorConfig {
-            keepalive: Duration::from_millis(500),
-            dead_after: Duration::from_millis(300),
-            login_timeout: Duration::from_secs(1),
-            session_loss_timeout: Some(Duration::from_secs(30)),
-            ..InitiatorConfig::default()
-        };
+        let mut protocol = InitiatorConfig::default();
+        protocol.keepalive = Duration::from_millis(500);
+        protocol.dead_after = Duration::from_millis(300);
+        protocol.login_timeout = Duration::from_secs(1);
+        protocol.session_loss_timeout = Some(Duration::from_secs(30));
         #[allow(unused_mut)]
         let mut options = {
             let mut o = PathGroupOptions::default();

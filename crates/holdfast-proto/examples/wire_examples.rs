@@ -737,10 +737,8 @@ fn cross_check(f: &Frames) {
 
     // 15.4: a connection that negotiated both digests.
     let mut target = new_target();
-    let config = InitiatorConfig {
-        digests: BOTH,
-        ..InitiatorConfig::default()
-    };
+    let mut config = InitiatorConfig::default();
+    config.digests = BOTH;
     let mut init = Initiator::new(config, ms(0));
     init.connect(c1, ms(0)).expect("connect");
     target.accept(c1, ms(0)).expect("accept");
@@ -767,10 +765,8 @@ fn join_check(f: &Frames) {
     let ms = Timestamp::from_millis;
     let (c1, c2) = (ConnId(1), ConnId(2));
     let mut target = new_target();
-    let config = InitiatorConfig {
-        connections: 2,
-        ..InitiatorConfig::default()
-    };
+    let mut config = InitiatorConfig::default();
+    config.connections = 2;
     let mut init = Initiator::new(config, ms(0));
     init.connect(c1, ms(0)).expect("connect");
     target.accept(c1, ms(0)).expect("accept");
@@ -825,10 +821,11 @@ fn cross_check_fence(f: &Fenced) {
     let ms = Timestamp::from_millis;
     let (c1, c2) = (ConnId(1), ConnId(2));
     let mut target = new_target();
-    let host = |epoch| InitiatorConfig {
-        host: Some(HOST),
-        epoch,
-        ..InitiatorConfig::default()
+    let host = |epoch| {
+        let mut ic = InitiatorConfig::default();
+        ic.host = Some(HOST);
+        ic.epoch = epoch;
+        ic
     };
     let mut old = Initiator::new(host(1), ms(0));
     old.connect(c1, ms(0)).expect("connect");

@@ -8,7 +8,16 @@ use crate::wire::{Digests, HostId};
 pub const DEFAULT_MAX_FRAME: u32 = 4 * 1024 * 1024 + 64;
 
 /// Initiator settings.
+///
+/// Non-exhaustive (fields may be added): start from
+/// [`InitiatorConfig::default`] and set the fields to change.
+///
+/// ```
+/// let mut config = holdfast_proto::InitiatorConfig::default();
+/// config.credits = 64;
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct InitiatorConfig {
     /// Largest frame (length field) we accept from the target.
     pub max_frame: u32,
@@ -97,7 +106,16 @@ impl InitiatorConfig {
 }
 
 /// Target settings.
+///
+/// Non-exhaustive (fields may be added): start from
+/// [`TargetConfig::default`] and set the fields to change.
+///
+/// ```
+/// let mut config = holdfast_proto::TargetConfig::default();
+/// config.retain = std::time::Duration::from_secs(60);
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct TargetConfig {
     /// The most credits (unfinished messages) one session may hold.
     pub credits: u32,

@@ -262,12 +262,10 @@ fn log_in(target: &mut Target, conn: ConnId, login_bytes: &[u8], now: Timestamp)
 fn peak_heap_growth_is_bounded_by_max_frame() {
     let mut results = Vec::new();
     let mut now = Timestamp::ZERO;
-    let config = TargetConfig {
-        max_frame: MAX_FRAME,
-        // The logins promise a 60 s keep-alive (above the default cap).
-        max_inactivity: Duration::from_secs(240),
-        ..TargetConfig::default()
-    };
+    let mut config = TargetConfig::default();
+    config.max_frame = MAX_FRAME;
+    config.// The logins promise a 60 s keep-alive (above the default cap).
+        max_inactivity = Duration::from_secs(240);
     let mut target = Target::new(config, Box::new(SeededRandom::new(1)), now);
     let mut junk = Junk(SeededRandom::new(2));
     let mut buf = vec![0u8; 4 * MAX];
@@ -504,11 +502,9 @@ fn peak_heap_growth_is_bounded_by_max_frame() {
 
     // 5. The initiator: maximal responses, then junk and 4 GiB headers, each
     //    followed by a reconnect.
-    let config = InitiatorConfig {
-        max_frame: MAX_FRAME,
-        digests: BOTH,
-        ..InitiatorConfig::default()
-    };
+    let mut config = InitiatorConfig::default();
+    config.max_frame = MAX_FRAME;
+    config.digests = BOTH;
     let mut ini = Initiator::new(config, now);
     let mut ini_conn = ConnId(1);
     ini.connect(ini_conn, now).expect("connect");

@@ -21,14 +21,16 @@ const RETAIN: Duration = Duration::from_millis(300);
 /// and no connection.
 fn detached_with_a_running_command() -> Pair {
     let mut p = Pair::new(
-        InitiatorConfig {
-            ack_delay: Duration::ZERO,
-            ..InitiatorConfig::default()
+        {
+            let mut ic = InitiatorConfig::default();
+            ic.ack_delay = Duration::ZERO;
+            ic
         },
-        TargetConfig {
-            ack_delay: Duration::ZERO,
-            retain: RETAIN,
-            ..TargetConfig::default()
+        {
+            let mut tc = TargetConfig::default();
+            tc.ack_delay = Duration::ZERO;
+            tc.retain = RETAIN;
+            tc
         },
     );
     p.connect();

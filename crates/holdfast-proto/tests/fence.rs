@@ -14,17 +14,17 @@ use bytes::Bytes;
 use fence_support::{initiator, target, Bench, HOST};
 use holdfast_proto::wire::{encode_to_vec, Digests, ErrorCode, Frame, RejectReason};
 use holdfast_proto::{
-    CallError, ConnId, FenceResult, HostId, InitiatorEvent, NotStarted, StateChange, TargetConfig,
-    TestSwitches,
+    CallError, ConnId, FenceResult, HostId, InitiatorEvent, NotStarted, StateChange, TestSwitches,
 };
 
 /// A host session (epoch 1) with command 1 running and command 2 delivered
 /// but not started; a second session of the same host at epoch 2 fences the
 /// node. Returns the first broken rule.
 fn fence_scenario(switches: TestSwitches) -> Result<(), String> {
-    let mut b = Bench::new(TargetConfig {
-        switches,
-        ..target()
+    let mut b = Bench::new({
+        let mut tc = target();
+        tc.switches = switches;
+        tc
     });
     let old = b.client(initiator(Some(HOST), 1));
     let new = b.client(initiator(Some(HOST), 2));
@@ -335,9 +335,10 @@ fn recovery_login(b: &Bench, session: holdfast_proto::SessionId, host: Option<Ho
 
 #[test]
 fn quiesce_time_is_advertised_only_to_logins_with_a_host_record() {
-    let mut b = Bench::new(TargetConfig {
-        command_budget: Duration::from_millis(700),
-        ..target()
+    let mut b = Bench::new({
+        let mut tc = target();
+        tc.command_budget = Duration::from_millis(700);
+        tc
     });
     let with = b.client(initiator(Some(HOST), 1));
     let without = b.client(initiator(None, 1));
@@ -361,9 +362,10 @@ fn quiesce_time_is_advertised_only_to_logins_with_a_host_record() {
 /// A command delivered while the initiator was in contact is asked to
 /// start after the contact deadline passed. Returns what happened.
 fn quiesce_scenario(host: bool, switches: TestSwitches) -> Result<(), String> {
-    let mut b = Bench::new(TargetConfig {
-        switches,
-        ..target()
+    let mut b = Bench::new({
+        let mut tc = target();
+        tc.switches = switches;
+        tc
     });
     let i = b.client(initiator(host.then_some(HOST), 1));
     let s = b.session(i);
@@ -434,9 +436,10 @@ fn quiesce_promise_does_not_apply_without_a_host_record() {
 
 #[test]
 fn quiesce_overrun_is_counted_when_a_command_outlives_the_quiesce_time() {
-    let mut b = Bench::new(TargetConfig {
-        command_budget: Duration::from_millis(100),
-        ..target()
+    let mut b = Bench::new({
+        let mut tc = target();
+        tc.command_budget = Duration::from_millis(100);
+        tc
     });
     let i = b.client(initiator(Some(HOST), 1));
     let s = b.session(i);

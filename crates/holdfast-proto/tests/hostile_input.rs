@@ -120,11 +120,9 @@ struct Harness {
 
 impl Harness {
     fn new(seed: u64, max_frame: u32, credits: u32) -> Self {
-        let config = TargetConfig {
-            max_frame,
-            credits,
-            ..TargetConfig::default()
-        };
+        let mut config = TargetConfig::default();
+        config.max_frame = max_frame;
+        config.credits = credits;
         Harness {
             target: Target::new(config, Box::new(SeededRandom::new(seed)), Timestamp::ZERO),
             now: Timestamp::ZERO,
@@ -784,12 +782,10 @@ proptest! {
         raw_digests in any::<bool>(),
         cuts in proptest::collection::vec(any::<Index>(), 0..32),
     ) {
-        let config = InitiatorConfig {
-            max_frame,
-            digests: requested,
-            credits: 8,
-            ..InitiatorConfig::default()
-        };
+        let mut config = InitiatorConfig::default();
+        config.max_frame = max_frame;
+        config.digests = requested;
+        config.credits = 8;
         let mut now = Timestamp::ZERO;
         let mut ini = Initiator::new(config, now);
         let conn = ConnId(1);
@@ -899,7 +895,9 @@ proptest! {
         case in 0u8..6,
         by in 1u64..1000,
     ) {
-        let config = InitiatorConfig { digests, credits: 8, ..InitiatorConfig::default() };
+        let mut config = InitiatorConfig::default();
+        config.digests = digests;
+        config.credits = 8;
         let now = Timestamp::ZERO;
         let mut ini = Initiator::new(config, now);
         let conn = ConnId(1);

@@ -75,16 +75,12 @@ fn joins_add_connections_without_fencing_and_commands_spread_over_them() {
 
 #[test]
 fn round_robin_takes_the_connections_in_turn() {
-    let initiator = InitiatorConfig {
-        ack_delay: Duration::ZERO,
-        connections: 2,
-        spread: Spread::RoundRobin,
-        ..InitiatorConfig::default()
-    };
-    let target = TargetConfig {
-        ack_delay: Duration::ZERO,
-        ..TargetConfig::default()
-    };
+    let mut initiator = InitiatorConfig::default();
+    initiator.ack_delay = Duration::ZERO;
+    initiator.connections = 2;
+    initiator.spread = Spread::RoundRobin;
+    let mut target = TargetConfig::default();
+    target.ack_delay = Duration::ZERO;
     let mut m = Multi::with(initiator, target);
     let a = m.connect();
     let b = m.join();
@@ -366,16 +362,12 @@ fn joins_are_checked_like_recoveries() {
 
 #[test]
 fn a_session_holds_at_most_max_session_connections() {
-    let initiator = InitiatorConfig {
-        ack_delay: Duration::ZERO,
-        connections: 2,
-        ..InitiatorConfig::default()
-    };
-    let target = TargetConfig {
-        ack_delay: Duration::ZERO,
-        max_session_connections: 2,
-        ..TargetConfig::default()
-    };
+    let mut initiator = InitiatorConfig::default();
+    initiator.ack_delay = Duration::ZERO;
+    initiator.connections = 2;
+    let mut target = TargetConfig::default();
+    target.ack_delay = Duration::ZERO;
+    target.max_session_connections = 2;
     let mut m = Multi::with(initiator, target);
     m.connect();
     m.join();

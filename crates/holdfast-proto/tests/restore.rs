@@ -33,12 +33,10 @@ struct Out {
 }
 
 fn config(switches: TestSwitches) -> TargetConfig {
-    let mut c = TargetConfig {
-        credits: 8,
-        retain: Duration::from_secs(10),
-        ack_delay: Duration::ZERO,
-        ..TargetConfig::default()
-    };
+    let mut c = TargetConfig::default();
+    c.credits = 8;
+    c.retain = Duration::from_secs(10);
+    c.ack_delay = Duration::ZERO;
     c.switches = switches;
     c
 }

@@ -69,13 +69,15 @@ fn commands_and_messages_arrive_once_in_order() {
 #[test]
 fn acks_ride_on_traffic_and_go_alone_only_when_idle() {
     let mut p = Pair::new(
-        InitiatorConfig {
-            ack_delay: Duration::from_millis(5),
-            ..InitiatorConfig::default()
+        {
+            let mut ic = InitiatorConfig::default();
+            ic.ack_delay = Duration::from_millis(5);
+            ic
         },
-        TargetConfig {
-            ack_delay: Duration::from_millis(5),
-            ..TargetConfig::default()
+        {
+            let mut tc = TargetConfig::default();
+            tc.ack_delay = Duration::from_millis(5);
+            tc
         },
     );
     p.connect();
@@ -187,14 +189,16 @@ fn recovery_answers_from_cache_does_not_rerun_and_runs_the_unreceived() {
 #[test]
 fn credits_hold_on_the_first_frames_of_a_new_connection() {
     let mut p = Pair::new(
-        InitiatorConfig {
-            ack_delay: Duration::ZERO,
-            ..InitiatorConfig::default()
+        {
+            let mut ic = InitiatorConfig::default();
+            ic.ack_delay = Duration::ZERO;
+            ic
         },
-        TargetConfig {
-            credits: 4,
-            ack_delay: Duration::ZERO,
-            ..TargetConfig::default()
+        {
+            let mut tc = TargetConfig::default();
+            tc.credits = 4;
+            tc.ack_delay = Duration::ZERO;
+            tc
         },
     );
     p.connect();
@@ -224,13 +228,11 @@ fn credits_hold_on_the_first_frames_of_a_new_connection() {
 
 #[test]
 fn a_peer_that_exceeds_its_credits_gets_a_protocol_error() {
-    let mut p = Pair::new(
-        InitiatorConfig::default(),
-        TargetConfig {
-            credits: 2,
-            ..TargetConfig::default()
-        },
-    );
+    let mut p = Pair::new(InitiatorConfig::default(), {
+        let mut tc = TargetConfig::default();
+        tc.credits = 2;
+        tc
+    });
     p.connect();
     p.run();
     let session = p.initiator.session().expect("session");
@@ -281,9 +283,10 @@ fn restart_rejects_recovery_fails_honestly_and_reissues_retry_safe_in_order() {
     p.cut();
     let never_sent = call(&mut p, b"later");
     p.target = holdfast_proto::Target::new(
-        TargetConfig {
-            ack_delay: Duration::ZERO,
-            ..TargetConfig::default()
+        {
+            let mut tc = TargetConfig::default();
+            tc.ack_delay = Duration::ZERO;
+            tc
         },
         Box::new(holdfast_proto::SeededRandom::new(7)),
         p.now,
@@ -333,13 +336,11 @@ fn restart_rejects_recovery_fails_honestly_and_reissues_retry_safe_in_order() {
 
 #[test]
 fn retained_state_expires_and_recovery_then_says_expired() {
-    let mut p = Pair::new(
-        InitiatorConfig::default(),
-        TargetConfig {
-            retain: Duration::from_millis(300),
-            ..TargetConfig::default()
-        },
-    );
+    let mut p = Pair::new(InitiatorConfig::default(), {
+        let mut tc = TargetConfig::default();
+        tc.retain = Duration::from_millis(300);
+        tc
+    });
     p.connect();
     p.run();
     let session = p.initiator.session().expect("session");
@@ -647,14 +648,16 @@ fn the_initiator_acks_by_the_granted_window_not_the_requested_one() {
     // of the granted window (1 response) makes a standalone ACK urgent, so
     // the response's credit goes back without waiting for the ack delay.
     let mut p = Pair::new(
-        InitiatorConfig {
-            ack_delay: Duration::from_secs(1),
-            ..InitiatorConfig::default()
+        {
+            let mut ic = InitiatorConfig::default();
+            ic.ack_delay = Duration::from_secs(1);
+            ic
         },
-        TargetConfig {
-            credits: 4,
-            ack_delay: Duration::ZERO,
-            ..TargetConfig::default()
+        {
+            let mut tc = TargetConfig::default();
+            tc.credits = 4;
+            tc.ack_delay = Duration::ZERO;
+            tc
         },
     );
     p.connect();
@@ -722,10 +725,8 @@ fn the_initiator_refuses_a_login_accept_with_digests_it_did_not_ask_for() {
         header: false,
         data: true,
     };
-    let config = InitiatorConfig {
-        digests: asked,
-        ..InitiatorConfig::default()
-    };
+    let mut config = InitiatorConfig::default();
+    config.digests = asked;
     // Granting exactly what was asked, or less, is fine.
     for granted in [asked, Default::default()] {
         let (p, error) = forged_accept_error(config.clone(), |a| a.digests = granted);
@@ -756,10 +757,8 @@ fn the_initiator_refuses_a_login_accept_with_digests_it_did_not_ask_for() {
 
 #[test]
 fn the_initiator_refuses_an_inactivity_deadline_below_its_keepalive() {
-    let config = InitiatorConfig {
-        keepalive: Duration::from_millis(500),
-        ..InitiatorConfig::default()
-    };
+    let mut config = InitiatorConfig::default();
+    config.keepalive = Duration::from_millis(500);
     let (p, error) = forged_accept_error(config.clone(), |a| a.inactivity_ms = 500);
     assert_eq!(error, None, "one keep-alive interval is the least allowed");
     assert!(p.initiator.is_connected());
@@ -774,14 +773,16 @@ fn the_target_never_grants_less_inactivity_than_one_keepalive() {
     // A factor of 0 and a tiny floor would give 10 ms; the initiator promised
     // only one frame per 500 ms, so the target grants 500 ms.
     let mut p = Pair::new(
-        InitiatorConfig {
-            keepalive: Duration::from_millis(500),
-            ..InitiatorConfig::default()
+        {
+            let mut ic = InitiatorConfig::default();
+            ic.keepalive = Duration::from_millis(500);
+            ic
         },
-        TargetConfig {
-            inactivity_factor: 0,
-            min_inactivity: Duration::from_millis(10),
-            ..TargetConfig::default()
+        {
+            let mut tc = TargetConfig::default();
+            tc.inactivity_factor = 0;
+            tc.min_inactivity = Duration::from_millis(10);
+            tc
         },
     );
     p.connect();
@@ -918,9 +919,10 @@ fn the_target_rejects_a_recovery_that_shrinks_max_frame() {
 #[test]
 fn an_initiator_whose_max_frame_is_too_small_learns_it_at_login() {
     let mut p = Pair::new(
-        InitiatorConfig {
-            max_frame: 63,
-            ..InitiatorConfig::default()
+        {
+            let mut ic = InitiatorConfig::default();
+            ic.max_frame = 63;
+            ic
         },
         TargetConfig::default(),
     );

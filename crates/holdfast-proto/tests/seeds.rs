@@ -135,16 +135,18 @@ fn issue(p: &mut Pair, block: u64, value: &str, options: CallOptions) -> CallId 
 /// target's credit window.
 fn pair_with(switches: TestSwitches, credits: u32) -> Pair {
     Pair::new(
-        InitiatorConfig {
-            ack_delay: Duration::ZERO,
-            switches,
-            ..InitiatorConfig::default()
+        {
+            let mut ic = InitiatorConfig::default();
+            ic.ack_delay = Duration::ZERO;
+            ic.switches = switches;
+            ic
         },
-        TargetConfig {
-            ack_delay: Duration::ZERO,
-            credits,
-            switches,
-            ..TargetConfig::default()
+        {
+            let mut tc = TargetConfig::default();
+            tc.ack_delay = Duration::ZERO;
+            tc.credits = credits;
+            tc.switches = switches;
+            tc
         },
     )
 }
@@ -185,9 +187,10 @@ fn connection_losses(events: &[InitiatorEvent]) -> Vec<ConnectionError> {
 /// A fresh target, as after a restart: every session is gone.
 fn restarted_target(p: &Pair, seed: u64) -> Target {
     Target::new(
-        TargetConfig {
-            ack_delay: Duration::ZERO,
-            ..TargetConfig::default()
+        {
+            let mut tc = TargetConfig::default();
+            tc.ack_delay = Duration::ZERO;
+            tc
         },
         Box::new(SeededRandom::new(seed)),
         p.now,
@@ -820,14 +823,16 @@ fn seed_003_stateful_recovery() {
     // Stateless: the retain time passes before the initiator is back.
     let retain = Duration::from_millis(300);
     let mut p = Pair::new(
-        InitiatorConfig {
-            ack_delay: Duration::ZERO,
-            ..InitiatorConfig::default()
+        {
+            let mut ic = InitiatorConfig::default();
+            ic.ack_delay = Duration::ZERO;
+            ic
         },
-        TargetConfig {
-            ack_delay: Duration::ZERO,
-            retain,
-            ..TargetConfig::default()
+        {
+            let mut tc = TargetConfig::default();
+            tc.ack_delay = Duration::ZERO;
+            tc.retain = retain;
+            tc
         },
     );
     p.connect();

@@ -19,15 +19,17 @@ use pair::Pair;
 
 fn pair_with(initiator_max_frame: u32, target_max_frame: u32) -> Pair {
     let mut p = Pair::new(
-        InitiatorConfig {
-            ack_delay: Duration::ZERO,
-            max_frame: initiator_max_frame,
-            ..InitiatorConfig::default()
+        {
+            let mut ic = InitiatorConfig::default();
+            ic.ack_delay = Duration::ZERO;
+            ic.max_frame = initiator_max_frame;
+            ic
         },
-        TargetConfig {
-            ack_delay: Duration::ZERO,
-            max_frame: target_max_frame,
-            ..TargetConfig::default()
+        {
+            let mut tc = TargetConfig::default();
+            tc.ack_delay = Duration::ZERO;
+            tc.max_frame = target_max_frame;
+            tc
         },
     );
     p.connect();
@@ -310,10 +312,11 @@ fn a_carried_call_too_large_for_the_new_target_fails_alone() {
     // The target restarts with a smaller frame limit: the recovery is
     // rejected and both calls are carried to a new session.
     p.target = Target::new(
-        TargetConfig {
-            ack_delay: Duration::ZERO,
-            max_frame: 1024,
-            ..TargetConfig::default()
+        {
+            let mut tc = TargetConfig::default();
+            tc.ack_delay = Duration::ZERO;
+            tc.max_frame = 1024;
+            tc
         },
         Box::new(SeededRandom::new(7)),
         p.now,
@@ -361,14 +364,16 @@ fn after_a_recovery_with_nothing_to_resend_the_sessions_ack_is_accepted() {
     // target acknowledges `command_ack` on a connection that carried no
     // CMD or MSG yet.
     let mut p = Pair::new(
-        InitiatorConfig {
-            ack_delay: Duration::ZERO,
-            keepalive: Duration::from_millis(100),
-            ..InitiatorConfig::default()
+        {
+            let mut ic = InitiatorConfig::default();
+            ic.ack_delay = Duration::ZERO;
+            ic.keepalive = Duration::from_millis(100);
+            ic
         },
-        TargetConfig {
-            ack_delay: Duration::ZERO,
-            ..TargetConfig::default()
+        {
+            let mut tc = TargetConfig::default();
+            tc.ack_delay = Duration::ZERO;
+            tc
         },
     );
     p.connect();

@@ -262,9 +262,10 @@ fn a_long_keepalive_is_capped_by_max_inactivity() {
 fn the_advertised_inactivity_is_the_deadline_enforced_to_the_millisecond() {
     // A floor with a fraction of a millisecond: advertised and enforced
     // must still be the same whole number of milliseconds.
-    let mut raw = Raw::new(TargetConfig {
-        min_inactivity: Duration::from_micros(50_500),
-        ..TargetConfig::default()
+    let mut raw = Raw::new({
+        let mut tc = TargetConfig::default();
+        tc.min_inactivity = Duration::from_micros(50_500);
+        tc
     });
     let a = raw.accept_of(ConnId(1), new_login(1));
     let advertised = u64::from(a.inactivity_ms);
@@ -572,9 +573,10 @@ fn a_peer_closing_mid_frame_loses_only_the_partial_frame() {
 fn sessions_per_source_are_limited_and_free_again_when_they_end() {
     use holdfast_proto::target::SourceKey;
     use holdfast_proto::wire::RejectReason;
-    let mut raw = Raw::new(TargetConfig {
-        max_sessions_per_source: 2,
-        ..TargetConfig::default()
+    let mut raw = Raw::new({
+        let mut tc = TargetConfig::default();
+        tc.max_sessions_per_source = 2;
+        tc
     });
     let here = SourceKey(1);
     let mut sessions = Vec::new();
@@ -621,9 +623,10 @@ fn sessions_per_source_are_limited_and_free_again_when_they_end() {
 
 #[test]
 fn logins_in_progress_limit_is_configurable_and_frees_on_close() {
-    let mut raw = Raw::new(TargetConfig {
-        max_logins_in_progress: 2,
-        ..TargetConfig::default()
+    let mut raw = Raw::new({
+        let mut tc = TargetConfig::default();
+        tc.max_logins_in_progress = 2;
+        tc
     });
     raw.target.accept(ConnId(1), raw.now).expect("accept");
     raw.target.accept(ConnId(2), raw.now).expect("accept");
@@ -642,9 +645,10 @@ fn logins_in_progress_limit_is_configurable_and_frees_on_close() {
 
 #[test]
 fn a_frame_that_would_exceed_the_memory_budget_closes_its_connection() {
-    let mut raw = Raw::new(TargetConfig {
-        memory_budget: 256 * 1024,
-        ..TargetConfig::default()
+    let mut raw = Raw::new({
+        let mut tc = TargetConfig::default();
+        tc.memory_budget = 256 * 1024;
+        tc
     });
     raw.accept_of(ConnId(1), new_login(500));
     let other = raw.accept_of(ConnId(2), new_login(500));
@@ -684,9 +688,10 @@ fn a_frame_that_would_exceed_the_memory_budget_closes_its_connection() {
 
 #[test]
 fn driver_queued_bytes_count_against_the_memory_budget() {
-    let mut raw = Raw::new(TargetConfig {
-        memory_budget: 256 * 1024,
-        ..TargetConfig::default()
+    let mut raw = Raw::new({
+        let mut tc = TargetConfig::default();
+        tc.memory_budget = 256 * 1024;
+        tc
     });
     raw.accept_of(ConnId(1), new_login(500));
     raw.target.set_queued_bytes(200 * 1024);
@@ -734,9 +739,10 @@ fn the_initiator_never_answers_an_error_either() {
     };
     let now = Timestamp::ZERO;
     let mut init = Initiator::new(
-        InitiatorConfig {
-            digests: both,
-            ..InitiatorConfig::default()
+        {
+            let mut ic = InitiatorConfig::default();
+            ic.digests = both;
+            ic
         },
         now,
     );

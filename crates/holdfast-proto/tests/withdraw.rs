@@ -148,9 +148,10 @@ fn a_withdrawn_call_is_never_reissued_after_a_stateless_recovery() {
     // The target restarts: the session is gone, so w1's first sending can
     // no longer execute anywhere.
     p.target = holdfast_proto::Target::new(
-        TargetConfig {
-            ack_delay: Duration::ZERO,
-            ..TargetConfig::default()
+        {
+            let mut tc = TargetConfig::default();
+            tc.ack_delay = Duration::ZERO;
+            tc
         },
         Box::new(holdfast_proto::SeededRandom::new(7)),
         p.now,
@@ -173,15 +174,17 @@ fn a_withdrawn_call_is_never_reissued_after_a_stateless_recovery() {
 #[test]
 fn a_call_withdrawn_while_carried_to_a_new_session_is_dropped() {
     let mut p = Pair::new(
-        holdfast_proto::InitiatorConfig {
-            ack_delay: Duration::ZERO,
-            credits: 1,
-            ..holdfast_proto::InitiatorConfig::default()
+        {
+            let mut ic = holdfast_proto::InitiatorConfig::default();
+            ic.ack_delay = Duration::ZERO;
+            ic.credits = 1;
+            ic
         },
-        TargetConfig {
-            ack_delay: Duration::ZERO,
-            credits: 1,
-            ..TargetConfig::default()
+        {
+            let mut tc = TargetConfig::default();
+            tc.ack_delay = Duration::ZERO;
+            tc.credits = 1;
+            tc
         },
     );
     p.connect();
@@ -190,10 +193,11 @@ fn a_call_withdrawn_while_carried_to_a_new_session_is_dropped() {
     p.run();
     p.cut();
     p.target = holdfast_proto::Target::new(
-        TargetConfig {
-            ack_delay: Duration::ZERO,
-            credits: 1,
-            ..TargetConfig::default()
+        {
+            let mut tc = TargetConfig::default();
+            tc.ack_delay = Duration::ZERO;
+            tc.credits = 1;
+            tc
         },
         Box::new(holdfast_proto::SeededRandom::new(7)),
         p.now,

@@ -1,11 +1,12 @@
 //! Session events: what happens to an [`Initiator`]'s session (logins,
 //! recoveries, a replaced session and the calls it failed, shutdown
-//! notices, lost connections, the end), as a stream any task may follow
+//! notices, lost connections, one of several connections dropped or
+//! joined, the end), as a stream any task may follow
 //! ([`Initiator::events`]), and [`Initiator::wait_connected`].
 
 use std::time::Duration;
 
-use holdfast_proto::{ConnectionError, InitiatorEvent, SessionId, SessionLoss};
+use holdfast_proto::{ConnId, ConnectionError, InitiatorEvent, SessionId, SessionLoss};
 use tokio::sync::broadcast;
 
 use crate::initiator::{Driver, Initiator};
@@ -55,11 +56,40 @@ pub enum SessionEvent {
         /// How long until the target expects to be back.
         back_after: Option<Duration>,
     },
-    /// The connection was lost; the initiator reconnects on its own and
-    /// outstanding calls wait (nothing has failed because of it).
+    /// The connection was lost (with several, the last of them); the
+    /// initiator reconnects on its own and outstanding calls wait (nothing
+    /// has failed because of it).
     ConnectionLost {
         /// Why.
         error: ConnectionError,
+    },
+    /// A session with several connections
+    /// ([`crate::InitiatorConfig::connections`] above 1) lost one of them
+    /// while others still carry it (PROTOCOL.md §17.5): nothing failed,
+    /// the commands and messages it carried that the target had not
+    /// acknowledged were moved to the survivors, and the initiator joins a
+    /// new connection in its place after a backoff
+    /// ([`SessionEvent::ConnectionJoined`]). When the last connection goes,
+    /// [`SessionEvent::ConnectionLost`] is sent instead.
+    ConnectionDropped {
+        /// The connection that was lost (as named in its
+        /// [`SessionEvent::ConnectionJoined`], if it joined).
+        connection: ConnId,
+        /// Why.
+        error: ConnectionError,
+        /// Commands and messages moved to the surviving connections.
+        moved: u64,
+        /// Connections still carrying the session.
+        remaining: usize,
+    },
+    /// A connection joined a session with several connections (a join,
+    /// LOGIN kind 2): the ones beyond the first after the session's login,
+    /// and each one that replaces a [`SessionEvent::ConnectionDropped`].
+    ConnectionJoined {
+        /// The connection that joined.
+        connection: ConnId,
+        /// Connections now carrying the session.
+        connections: usize,
     },
     /// The session is over: `Ok` after a clean close, the loss otherwise.
     /// Every later call fails. Always the last event.
@@ -168,6 +198,18 @@ impl Driver {
             }
             InitiatorEvent::ConnectionLost { error, .. } => SessionEvent::ConnectionLost {
                 error: error.clone(),
+            },
+            InitiatorEvent::ConnectionDropped { conn, error, moved } => {
+                SessionEvent::ConnectionDropped {
+                    connection: *conn,
+                    error: error.clone(),
+                    moved: *moved,
+                    remaining: self.core.logged_in_connections(),
+                }
+            }
+            InitiatorEvent::Joined { conn, .. } => SessionEvent::ConnectionJoined {
+                connection: *conn,
+                connections: self.core.logged_in_connections(),
             },
             InitiatorEvent::Closed => SessionEvent::Ended { result: Ok(()) },
             InitiatorEvent::SessionEnded(loss) => SessionEvent::Ended {

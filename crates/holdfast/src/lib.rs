@@ -42,6 +42,51 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Options
+//!
+//! [`InitiatorConfig`], [`TargetConfig`] and [`CallOptions`] (like the
+//! runtime's option structs) are `#[non_exhaustive]`, so a later field is
+//! not a breaking change: start from `default()` and set what you change.
+//!
+//! ```
+//! use std::time::Duration;
+//! use holdfast::{CallOptions, InitiatorConfig, TargetConfig};
+//!
+//! let mut initiator = InitiatorConfig::default();
+//! initiator.credits = 64;
+//! let mut target = TargetConfig::default();
+//! target.retain = Duration::from_secs(60);
+//! let call = CallOptions::default()
+//!     .with_retry_safe(true)
+//!     .with_deadline(Duration::from_secs(5));
+//! # assert_eq!((initiator.credits, target.retain), (64, Duration::from_secs(60)));
+//! # assert!(call.retry_safe);
+//! ```
+//!
+//! A struct literal does not compile outside the crate, even with
+//! `..Default::default()`:
+//!
+//! ```compile_fail
+//! let initiator = holdfast::InitiatorConfig {
+//!     credits: 64,
+//!     ..holdfast::InitiatorConfig::default()
+//! };
+//! ```
+//!
+//! ```compile_fail
+//! let target = holdfast::TargetConfig {
+//!     retain: std::time::Duration::from_secs(60),
+//!     ..holdfast::TargetConfig::default()
+//! };
+//! ```
+//!
+//! ```compile_fail
+//! let call = holdfast::CallOptions {
+//!     retry_safe: true,
+//!     ..holdfast::CallOptions::default()
+//! };
+//! ```
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -95,8 +140,8 @@ pub use fence::{FenceError, FenceOutcome, PathState};
 pub use holdfast_proto::wire::{RejectReason, ResponseStatus};
 pub use holdfast_proto::NotStarted;
 pub use holdfast_proto::{
-    CallOptions, ConnectionError, FenceResult, HostId, InitiatorConfig, InitiatorStats, Seq,
-    SessionId, SessionLoss, Spread, SubmitError, TargetConfig, TargetStats,
+    CallOptions, ConnId, ConnectionError, FenceResult, HostId, InitiatorConfig, InitiatorStats,
+    Seq, SessionId, SessionLoss, Spread, SubmitError, TargetConfig, TargetStats,
 };
 pub use initiator::{Initiator, InitiatorOptions};
 pub use initiator_builder::InitiatorBuilder;

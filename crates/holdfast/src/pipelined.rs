@@ -75,10 +75,8 @@ impl Initiator {
         options: CallOptions,
     ) -> Result<SendHandle, CallError> {
         let (tx, rx) = oneshot::channel();
-        let options = CallOptions {
-            deadline: None,
-            ..options
-        };
+        let mut options = options;
+        options.deadline = None;
         self.submit(false, payload, options, Reply::Send(tx))
             .await?;
         Ok(SendHandle { rx })

@@ -263,3 +263,32 @@ async fn stop_and_shutdown_free_the_port() {
     );
     assert_eq!(Reconnect::from(None), Reconnect::Never);
 }
+
+/// The options a user builds are `#[non_exhaustive]`: built from
+/// `default()` field by field, or with `CallOptions`' `with_*` methods,
+/// through the `holdfast` re-exports. That a struct literal of each does
+/// not compile from outside the crate is checked by the `compile_fail`
+/// examples in the crate documentation (`cargo test --doc -p holdfast`:
+/// they fail, i.e. compile, without `#[non_exhaustive]`). Before the
+/// change `CallOptions::with_retry_safe` did not exist and this did not
+/// compile.
+#[test]
+fn options_are_built_from_default() {
+    let mut initiator = holdfast::InitiatorConfig::default();
+    initiator.credits = 7;
+    assert_eq!(initiator.credits, 7);
+    let mut target = holdfast::TargetConfig::default();
+    target.retain = Duration::from_secs(3);
+    assert_eq!(target.retain, Duration::from_secs(3));
+    let call = holdfast::CallOptions::default()
+        .with_retry_safe(true)
+        .with_deadline(BOUND);
+    assert!(call.retry_safe);
+    assert_eq!(call.deadline, Some(BOUND));
+    assert!(!call.with_retry_safe(false).retry_safe);
+    assert_eq!(holdfast::CallOptions::RETRY_SAFE, {
+        let mut o = holdfast::CallOptions::default();
+        o.retry_safe = true;
+        o
+    });
+}

@@ -161,13 +161,11 @@ async fn deadline_behind_exhausted_credits_is_not_executed_and_never_executes() 
     )
     .await;
     // Two credits: the two held commands take them both.
-    let init = initiator(
-        tcp_addr(&target),
-        InitiatorConfig {
-            credits: 2,
-            ..InitiatorConfig::default()
-        },
-    );
+    let init = initiator(tcp_addr(&target), {
+        let mut ic = InitiatorConfig::default();
+        ic.credits = 2;
+        ic
+    });
     let held: Vec<_> = ["hold1", "hold2"]
         .into_iter()
         .map(|p| {

@@ -32,9 +32,11 @@ fn initiator(endpoint: Endpoint, session_loss: Duration) -> Initiator {
         Arc::new(EndpointConnector::new(endpoint, Duration::from_millis(500))),
         {
             let mut o = InitiatorOptions::default();
-            o.protocol = InitiatorConfig {
-                session_loss_timeout: Some(session_loss),
-                ..InitiatorConfig::default().with_detection_bound(Duration::from_millis(500))
+            o.protocol = {
+                let mut ic =
+                    InitiatorConfig::default().with_detection_bound(Duration::from_millis(500));
+                ic.session_loss_timeout = Some(session_loss);
+                ic
             };
             o
         },

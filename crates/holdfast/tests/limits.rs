@@ -78,9 +78,10 @@ fn assert_error_frame(sent: &[u8], code: u16) {
 async fn a_silent_client_is_dropped_after_the_login_timeout() {
     support::init_logs();
     let login_timeout = Duration::from_millis(300);
-    let (target, endpoint, _) = target(TargetConfig {
-        login_timeout,
-        ..TargetConfig::default()
+    let (target, endpoint, _) = target({
+        let mut tc = TargetConfig::default();
+        tc.login_timeout = login_timeout;
+        tc
     })
     .await;
     let mut silent = TcpStream::connect(tcp_addr(&endpoint))
@@ -134,9 +135,10 @@ async fn a_four_gibibyte_frame_header_is_refused_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_limit_are_closed_without_a_login() {
     support::init_logs();
-    let (_target, endpoint, _) = target(TargetConfig {
-        max_connections: 2,
-        ..TargetConfig::default()
+    let (_target, endpoint, _) = target({
+        let mut tc = TargetConfig::default();
+        tc.max_connections = 2;
+        tc
     })
     .await;
     let _a = TcpStream::connect(tcp_addr(&endpoint))
@@ -156,9 +158,10 @@ async fn connections_beyond_the_limit_are_closed_without_a_login() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_beyond_the_limit_fail_without_executing() {
     support::init_logs();
-    let (_target, endpoint, value) = target(TargetConfig {
-        max_sessions: 2,
-        ..TargetConfig::default()
+    let (_target, endpoint, value) = target({
+        let mut tc = TargetConfig::default();
+        tc.max_sessions = 2;
+        tc
     })
     .await;
     let first = initiator(endpoint.clone(), InitiatorConfig::default());
@@ -171,13 +174,11 @@ async fn sessions_beyond_the_limit_fail_without_executing() {
         .call(Bytes::from_static(b"2"))
         .await
         .expect("second session");
-    let third = initiator(
-        endpoint,
-        InitiatorConfig {
-            session_loss_timeout: Some(Duration::from_millis(500)),
-            ..InitiatorConfig::default()
-        },
-    );
+    let third = initiator(endpoint, {
+        let mut ic = InitiatorConfig::default();
+        ic.session_loss_timeout = Some(Duration::from_millis(500));
+        ic
+    });
     let start = Instant::now();
     let err = tokio::time::timeout(
         Duration::from_secs(10),

@@ -25,9 +25,10 @@ async fn serve<S: SessionService>(service: S) -> (Target, SocketAddr) {
     // same batch as the delivery it acknowledges.
     let options = {
         let mut o = TargetOptions::default();
-        o.protocol = TargetConfig {
-            ack_delay: Duration::ZERO,
-            ..TargetConfig::default()
+        o.protocol = {
+            let mut tc = TargetConfig::default();
+            tc.ack_delay = Duration::ZERO;
+            tc
         };
         o
     };
@@ -47,9 +48,10 @@ async fn serve<S: SessionService>(service: S) -> (Target, SocketAddr) {
 fn initiator(addr: SocketAddr, max_frame: u32) -> Initiator {
     let options = {
         let mut o = InitiatorOptions::default();
-        o.protocol = InitiatorConfig {
-            max_frame,
-            ..InitiatorConfig::default()
+        o.protocol = {
+            let mut ic = InitiatorConfig::default();
+            ic.max_frame = max_frame;
+            ic
         };
         o
     };

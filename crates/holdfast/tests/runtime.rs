@@ -27,9 +27,10 @@ async fn counter_target(retain: Duration) -> (Target, SocketAddr, Arc<AtomicU64>
     let value = Arc::new(AtomicU64::new(0));
     let options = {
         let mut o = TargetOptions::default();
-        o.protocol = TargetConfig {
-            retain,
-            ..TargetConfig::default()
+        o.protocol = {
+            let mut tc = TargetConfig::default();
+            tc.retain = retain;
+            tc
         };
         o
     };
@@ -178,9 +179,10 @@ async fn callers_beyond_the_credit_window_wait_instead_of_queueing() {
         &[Endpoint::Tcp("127.0.0.1:0".parse().expect("addr"))],
         {
             let mut o = TargetOptions::default();
-            o.protocol = TargetConfig {
-                credits,
-                ..TargetConfig::default()
+            o.protocol = {
+                let mut tc = TargetConfig::default();
+                tc.credits = credits;
+                tc
             };
             o
         },
@@ -229,9 +231,10 @@ async fn a_pending_connect_does_not_block_the_handle() {
     let init = Initiator::start(Arc::new(Unanswered), {
         let mut o = InitiatorOptions::default();
         o.connect_timeout = Duration::from_secs(30);
-        o.protocol = InitiatorConfig {
-            session_loss_timeout: Some(Duration::from_millis(300)),
-            ..InitiatorConfig::default()
+        o.protocol = {
+            let mut ic = InitiatorConfig::default();
+            ic.session_loss_timeout = Some(Duration::from_millis(300));
+            ic
         };
         o
     });

@@ -1,7 +1,9 @@
 //! Session events over real sockets (`Initiator::events`,
 //! `Initiator::wait_connected`): the first login, a cut connection and its
-//! stateful recovery (through the chaos proxy), a shutdown notice and a
-//! target restart that replaces the session and fails its calls, the end.
+//! stateful recovery (through the chaos proxy), one of a two-connection
+//! session's connections dropped and joined again while the session lives
+//! on, a shutdown notice and a target restart that replaces the session
+//! and fails its calls, the end.
 
 mod support;
 
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use holdfast::chaos::{Fault, Proxy};
+use holdfast::chaos::{Direction, Fault, FaultKind, FaultSpec, Proxy, Scope};
 use holdfast::proto::SessionLoss;
 use holdfast::{
     service_fn, Endpoint, EndpointConnector, Initiator, InitiatorOptions, Request, SessionEvent,
@@ -115,6 +117,84 @@ async fn session_events_cut_is_lost_then_recovered_statefully_then_ended() {
     within(init.call(Bytes::from_static(b"B")))
         .await
         .expect("B");
+
+    within(init.close()).await.expect("closed");
+    let seen = until(&mut events, |e| matches!(e, SessionEvent::Ended { .. })).await;
+    assert_eq!(
+        seen.last(),
+        Some(&SessionEvent::Ended { result: Ok(()) }),
+        "{seen:?}"
+    );
+}
+
+/// A session over two connections: the second one's join is reported,
+/// then its loss (which one, why, that one remains) while the session lives
+/// on (no `ConnectionLost`, no recovery), then the join that replaces it.
+/// Before the change none of this was published and the test timed out
+/// waiting for `ConnectionJoined`.
+#[tokio::test]
+async fn session_events_one_of_two_connections_dropped_then_joined_again() {
+    support::init_logs();
+    let target = echo_target("127.0.0.1:0".parse().expect("addr")).await;
+    let proxy = Proxy::start(tcp_addr(&target)).await.expect("proxy");
+    let mut options = InitiatorOptions::default();
+    options.protocol.connections = 2;
+    let init = initiator(proxy.addr(), options);
+    // Current-thread runtime: subscribed before the driver first runs.
+    let mut events = init.events();
+    let seen = until(&mut events, |e| {
+        matches!(e, SessionEvent::ConnectionJoined { .. })
+    })
+    .await;
+    let (session, joined) = match seen.as_slice() {
+        [SessionEvent::Connected { session }, SessionEvent::ConnectionJoined {
+            connection,
+            connections: 2,
+        }] => (*session, *connection),
+        other => panic!("expected Connected, then the second connection's join: {other:?}"),
+    };
+    within(init.call(Bytes::from_static(b"A")))
+        .await
+        .expect("A");
+
+    // The joined connection is the proxy's newest link: reset it alone.
+    let hit = proxy.apply(FaultSpec::new(
+        FaultKind::Reset,
+        Direction::Both,
+        Scope::Newest,
+    ));
+    assert_eq!(hit, 1, "one link reset");
+    let seen = until(&mut events, |e| {
+        matches!(e, SessionEvent::ConnectionJoined { .. })
+    })
+    .await;
+    match seen.as_slice() {
+        [SessionEvent::ConnectionDropped {
+            connection,
+            remaining: 1,
+            ..
+        }, SessionEvent::ConnectionJoined {
+            connection: again,
+            connections: 2,
+        }] => {
+            assert_eq!(*connection, joined, "the reset connection is named");
+            assert_ne!(*again, joined, "a new connection took its place");
+        }
+        other => {
+            panic!("expected the drop of one connection, then a join, and nothing else: {other:?}")
+        }
+    }
+    // Still the same session, on both connections.
+    within(init.call(Bytes::from_static(b"B")))
+        .await
+        .expect("B");
+    let ids: Vec<_> = within(target.sessions())
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, vec![session], "the target holds the one session");
 
     within(init.close()).await.expect("closed");
     let seen = until(&mut events, |e| matches!(e, SessionEvent::Ended { .. })).await;

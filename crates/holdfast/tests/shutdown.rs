@@ -84,9 +84,11 @@ async fn shutdown_notice_is_honoured_and_the_restart_is_reported_statelessly() {
         let mut o = InitiatorOptions::default();
         // This application's commands may take up to 1.5 s: after a
         // notice that leaves less, none may start.
-        o.protocol = InitiatorConfig {
-            shutdown_margin: Duration::from_millis(1500),
-            ..InitiatorConfig::default().with_detection_bound(Duration::from_millis(500))
+        o.protocol = {
+            let mut ic =
+                InitiatorConfig::default().with_detection_bound(Duration::from_millis(500));
+            ic.shutdown_margin = Duration::from_millis(1500);
+            ic
         };
         o
     });
@@ -200,9 +202,11 @@ fn initiator_with_loss_timeout(endpoint: Endpoint, session_loss: Duration) -> In
         Arc::new(EndpointConnector::new(endpoint, Duration::from_millis(500))),
         {
             let mut o = InitiatorOptions::default();
-            o.protocol = InitiatorConfig {
-                session_loss_timeout: Some(session_loss),
-                ..InitiatorConfig::default().with_detection_bound(Duration::from_millis(500))
+            o.protocol = {
+                let mut ic =
+                    InitiatorConfig::default().with_detection_bound(Duration::from_millis(500));
+                ic.session_loss_timeout = Some(session_loss);
+                ic
             };
             o
         },

@@ -122,10 +122,11 @@ async fn a_response_cache_sized_by_the_initiators_frame_limit_is_resent_whole() 
         })
     };
     let target = serve(
-        TargetConfig {
-            max_frame: 64 * 1024,
-            credits: 16,
-            ..TargetConfig::default()
+        {
+            let mut tc = TargetConfig::default();
+            tc.max_frame = 64 * 1024;
+            tc.credits = 16;
+            tc
         },
         service,
     )
@@ -259,9 +260,10 @@ async fn a_ping_flood_from_a_peer_that_never_reads_queues_almost_nothing() {
 async fn sessions_are_limited_per_source_address() {
     support::init_logs();
     let target = serve(
-        TargetConfig {
-            max_sessions_per_source: 2,
-            ..TargetConfig::default()
+        {
+            let mut tc = TargetConfig::default();
+            tc.max_sessions_per_source = 2;
+            tc
         },
         support::counter(Default::default()),
     )
@@ -294,9 +296,10 @@ async fn queued_responses_beyond_the_memory_budget_close_their_connection() {
     // the connection goes (the session stays).
     support::init_logs();
     let target = serve(
-        TargetConfig {
-            memory_budget: 8 << 20,
-            ..TargetConfig::default()
+        {
+            let mut tc = TargetConfig::default();
+            tc.memory_budget = 8 << 20;
+            tc
         },
         sized(1 << 20),
     )

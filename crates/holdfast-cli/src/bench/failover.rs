@@ -194,9 +194,10 @@ async fn node(addr: SocketAddr, peers: Vec<Endpoint>) -> anyhow::Result<Target> 
         &[Endpoint::Tcp(addr)],
         {
             let mut o = TargetOptions::default();
-            o.protocol = TargetConfig {
-                command_budget: COMMAND_BUDGET,
-                ..TargetConfig::default()
+            o.protocol = {
+                let mut tc = TargetConfig::default();
+                tc.command_budget = COMMAND_BUDGET;
+                tc
             };
             o.socket_detection_bound = BOUND;
             o.peers = peers;

@@ -163,9 +163,10 @@ impl TargetSide {
         let service = BlockService::new(ledger);
         let options = {
             let mut o = TargetOptions::default();
-            o.protocol = TargetConfig {
-                retain: Duration::from_secs(30),
-                ..TargetConfig::default()
+            o.protocol = {
+                let mut tc = TargetConfig::default();
+                tc.retain = Duration::from_secs(30);
+                tc
             };
             o.peers = self.peers.clone();
             o
@@ -224,9 +225,10 @@ pub(crate) async fn connect_through_proxy(
         )),
         {
             let mut o = InitiatorOptions::default();
-            o.protocol = InitiatorConfig {
-                session_loss_timeout: Some(Duration::from_secs(30)),
-                ..InitiatorConfig::default().with_detection_bound(detection)
+            o.protocol = {
+                let mut ic = InitiatorConfig::default().with_detection_bound(detection);
+                ic.session_loss_timeout = Some(Duration::from_secs(30));
+                ic
             };
             o.jitter_seed = Some(seed);
             o

@@ -138,12 +138,13 @@ pub(super) async fn run(scenario: &Scenario, volume: &std::path::Path) -> anyhow
         // failover, which only the group's own wait makes safe.
         o.initiator = {
             let mut o = InitiatorOptions::default();
-            o.protocol = InitiatorConfig {
-                keepalive: args.detection,
-                dead_after: args.detection / 2,
-                login_timeout: args.detection,
-                session_loss_timeout: Some(Duration::from_secs(30)),
-                ..InitiatorConfig::default()
+            o.protocol = {
+                let mut ic = InitiatorConfig::default();
+                ic.keepalive = args.detection;
+                ic.dead_after = args.detection / 2;
+                ic.login_timeout = args.detection;
+                ic.session_loss_timeout = Some(Duration::from_secs(30));
+                ic
             };
             o.jitter_seed = Some(args.seed);
             o

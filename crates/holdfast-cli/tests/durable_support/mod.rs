@@ -106,9 +106,10 @@ pub fn initiator(addr: &str) -> Initiator {
     let addr = addr.parse().expect("a socket address");
     let bound = Duration::from_secs(1);
     let mut options = InitiatorOptions::default();
-    options.protocol = InitiatorConfig {
-        session_loss_timeout: Some(Duration::from_secs(60)),
-        ..InitiatorConfig::default().with_detection_bound(bound)
+    options.protocol = {
+        let mut ic = InitiatorConfig::default().with_detection_bound(bound);
+        ic.session_loss_timeout = Some(Duration::from_secs(60));
+        ic
     };
     Initiator::start(
         Arc::new(EndpointConnector::new(Endpoint::Tcp(addr), bound)),

@@ -7,7 +7,19 @@ use crate::ids::{CallId, SessionId};
 use crate::time::Timestamp;
 
 /// Per-call options.
+///
+/// Non-exhaustive (fields may be added): build them from
+/// [`CallOptions::default`] with the `with_*` methods.
+///
+/// ```
+/// use std::time::Duration;
+/// let options = holdfast_proto::CallOptions::default()
+///     .with_retry_safe(true)
+///     .with_deadline(Duration::from_secs(5));
+/// assert!(options.retry_safe);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CallOptions {
     /// The caller declares the operation idempotent when re-run in order
     /// (a block write, a read). If the target loses the session, such calls
@@ -29,6 +41,13 @@ impl CallOptions {
         retry_safe: true,
         deadline: None,
     };
+
+    /// These options with `retry_safe` set as given (see
+    /// [`CallOptions::retry_safe`]).
+    pub const fn with_retry_safe(mut self, retry_safe: bool) -> CallOptions {
+        self.retry_safe = retry_safe;
+        self
+    }
 
     /// These options with a deadline of `deadline` from the call.
     pub const fn with_deadline(mut self, deadline: std::time::Duration) -> CallOptions {

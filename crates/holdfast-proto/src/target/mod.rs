@@ -15,6 +15,7 @@
 mod admission;
 mod failed;
 mod fence;
+mod frames;
 mod held;
 mod login;
 mod quiesce;
@@ -22,6 +23,7 @@ mod ready;
 mod reorder;
 mod restore;
 mod session;
+mod stats;
 mod timers;
 mod tombstones;
 
@@ -47,6 +49,7 @@ pub use quiesce::NotStarted;
 pub use ready::{Close, CloseReason, Delivery, Ready, StateChange, Transmit};
 pub use restore::{RestoreError, StoreBehind};
 use session::Session;
+pub use stats::{SessionInfo, TargetStats};
 use timers::{TimerKey, Timers};
 use tombstones::Tombstones;
 
@@ -91,112 +94,6 @@ fn put_back<T>(slot: &mut Vec<T>, mut v: Vec<T>) {
         v.clear();
         *slot = v;
     }
-}
-
-/// Counters a target keeps for observability. All only ever increase.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-pub struct TargetStats {
-    /// Connections accepted.
-    pub connections: u64,
-    /// Sessions created by a new login.
-    pub sessions_created: u64,
-    /// Recovery logins accepted.
-    pub recoveries_accepted: u64,
-    /// Recovery logins rejected (the session could not be recovered).
-    pub recoveries_rejected: u64,
-    /// Responses sent again from the cache on a recovered connection.
-    pub answered_from_cache: u64,
-    /// Resent commands or messages dropped because they had already arrived.
-    pub duplicates_dropped: u64,
-    /// Connections closed for a protocol violation.
-    pub protocol_errors: u64,
-    /// Connections closed because a deadline passed: no login within the
-    /// login timeout, or silence past the inactivity deadline. Not counted
-    /// in `protocol_errors`: nothing malformed arrived.
-    pub timeouts: u64,
-    /// Of those, violations of the credit limit.
-    pub credit_violations: u64,
-    /// Connections fenced off by a newer connection of their session.
-    pub fenced: u64,
-    /// Sessions dropped after their retain time.
-    pub sessions_expired: u64,
-    /// Sessions whose retain time passed while commands still ran, so their
-    /// end waited for the last one to finish.
-    pub expiries_deferred: u64,
-    /// Sessions closed with FIN.
-    pub sessions_closed: u64,
-    /// Commands delivered to the service.
-    pub commands: u64,
-    /// One-way messages delivered to the service.
-    pub messages: u64,
-    /// Bytes received.
-    pub bytes_in: u64,
-    /// Bytes handed out to send.
-    pub bytes_out: u64,
-    /// Join logins accepted (a connection added to a session, §17).
-    pub joins_accepted: u64,
-    /// Commands or messages that arrived ahead of their turn on a session
-    /// with several connections and waited in its reorder buffer (§17.3).
-    pub reordered: u64,
-    /// The most sequence numbers one session's reorder buffer held at once
-    /// (always below its credits, §17.3).
-    pub reorder_peak: u64,
-    /// Responses too large for their initiator, answered with a status
-    /// response `ResponseTooLarge` instead.
-    pub oversized_responses: u64,
-    /// Commands answered `NotExecuted`: a fence or the quiesce promise
-    /// forbade starting them (PROTOCOL.md §11.4).
-    pub not_executed: u64,
-    /// Commands whose service reported an error, answered with a status
-    /// response `ServiceFailed` (they executed).
-    pub service_failures: u64,
-    /// Commands that completed after their session's quiesce time had
-    /// passed since its last contact: the promise advertised at login was
-    /// broken by a slow backend call (raise `command_budget`).
-    pub quiesce_overruns: u64,
-    /// FENCEs naming this node that were carried out.
-    pub fences_received: u64,
-    /// FENCEs naming this node that were confirmed (FENCE_DONE `Fenced`).
-    pub fences_confirmed: u64,
-    /// FENCEs naming another node, handed to the driver to forward.
-    pub fences_forwarded: u64,
-    /// Sessions fenced.
-    pub sessions_fenced: u64,
-    /// Sessions rebuilt from the store by [`Target::restore`] (PROTOCOL.md §12).
-    pub sessions_restored: u64,
-    /// Recoveries of restored sessions refused because the initiator had
-    /// received responses the store did not hold (see [`StoreBehind`]).
-    pub recoveries_store_behind: u64,
-}
-
-/// A snapshot of one session's state, for tests and diagnostics.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SessionInfo {
-    /// The credit window.
-    pub credits: u32,
-    /// Highest contiguous sequence received.
-    pub received: Seq,
-    /// The current credit limit.
-    pub limit: Seq,
-    /// Unfinished messages held (never above `credits`).
-    pub held: u32,
-    /// Commands running in the service.
-    pub running: usize,
-    /// Responses cached awaiting acknowledgement.
-    pub cached: usize,
-    /// Bytes of payload in the response cache.
-    pub cached_bytes: usize,
-    /// Highest response acknowledged.
-    pub responses_acked: Seq,
-    /// Whether a connection is attached.
-    pub attached: bool,
-    /// Since when the session has had no connection (`None` while one is
-    /// attached): its retain time counts from here.
-    pub detached_since: Option<Timestamp>,
-    /// The retain time passed while commands still ran: the session ends
-    /// when the last completes, unless recovered first (PROTOCOL.md §11.1).
-    pub expiry_deferred: bool,
 }
 
 /// Where a connection is in its life.
@@ -684,141 +581,6 @@ impl Target {
         true
     }
 
-    fn handle_frame(&mut self, conn: ConnId, frame: Frame) -> Result<(), ProtocolError> {
-        let phase = match self.conns.get(&conn) {
-            Some(c) => c.phase,
-            None => return Ok(()),
-        };
-        match (phase, frame) {
-            (_, Frame::Error { code, text }) => {
-                self.close_conn(conn, CloseReason::PeerError(format!("{code}: {text}")));
-                Ok(())
-            }
-            (Phase::Login, Frame::Login(login)) => self.handle_login(conn, login),
-            (Phase::Login, other) => Err(unexpected(&other, "before login")),
-            (Phase::Attached(id), frame) => self.handle_session_frame(conn, id, frame),
-        }
-    }
-
-    fn handle_session_frame(
-        &mut self,
-        conn: ConnId,
-        id: SessionId,
-        frame: Frame,
-    ) -> Result<(), ProtocolError> {
-        #[cfg(feature = "test-switches")]
-        let deliver_duplicates = self.config.switches.no_dedup;
-        #[cfg(not(feature = "test-switches"))]
-        let deliver_duplicates = false;
-        let Some(s) = self.sessions.get_mut(&id) else {
-            return Err(ProtocolError::new(
-                ErrorCode::UnexpectedFrame,
-                "the session no longer exists",
-            ));
-        };
-        let (command, seq, ack, payload) = match frame {
-            Frame::Command { seq, ack, payload } => (true, seq, ack, payload),
-            Frame::Message { seq, ack, payload } => (false, seq, ack, payload),
-            Frame::InitiatorAck { ack } => {
-                s.ack_responses(ack, &mut self.changes)?;
-                self.owe_ack(id);
-                return Ok(());
-            }
-            Frame::Ping { token, ack } => {
-                s.ack_responses(ack, &mut self.changes)?;
-                // Answered at the next Ready, by one PONG for all (§9.1).
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.pong = Some(token);
-                }
-                self.mark_dirty(conn);
-                return Ok(());
-            }
-            Frame::Fin { last_seq, ack } => return self.handle_fin(conn, id, last_seq, ack),
-            fence @ Frame::Fence { .. } => return self.handle_fence(conn, id, fence),
-            other => return Err(unexpected(&other, "in an established session")),
-        };
-        s.ack_responses(ack, &mut self.changes)?;
-        let had_messages = s.has_delivered_messages();
-        let (early_before, _) = s.reordering();
-        let from = self.deliveries.len();
-        match s.receive(
-            seq,
-            command,
-            payload,
-            conn,
-            deliver_duplicates,
-            &mut self.changes,
-            &mut self.deliveries,
-        ) {
-            Ok(0) if s.reordering().0 > early_before => {
-                self.stats.reordered += 1;
-                let held = s.reordering().0 as u64;
-                self.stats.reorder_peak = self.stats.reorder_peak.max(held);
-            }
-            Ok(0) => {
-                self.stats.duplicates_dropped += 1;
-                if s.has_unsent() {
-                    // A duplicate may have moved its response here (§17.5).
-                    self.mark_dirty(conn);
-                }
-            }
-            Ok(_) => {
-                if !had_messages && s.has_delivered_messages() {
-                    self.delivering.push(id);
-                }
-                for d in &self.deliveries[from..] {
-                    match d {
-                        Delivery::Command { .. } => self.stats.commands += 1,
-                        Delivery::Message { .. } => self.stats.messages += 1,
-                    }
-                }
-            }
-            Err(e) => {
-                if e.code() == ErrorCode::CreditExceeded {
-                    self.stats.credit_violations += 1;
-                }
-                return Err(e);
-            }
-        }
-        self.owe_ack(id);
-        Ok(())
-    }
-
-    fn handle_fin(
-        &mut self,
-        conn: ConnId,
-        id: SessionId,
-        last_seq: Seq,
-        ack: Seq,
-    ) -> Result<(), ProtocolError> {
-        let Some(s) = self.sessions.get_mut(&id) else {
-            return Ok(());
-        };
-        s.ack_responses(ack, &mut self.changes)?;
-        if !s.can_finish(last_seq) {
-            return Err(ProtocolError::new(
-                ErrorCode::FinWithOutstanding,
-                format!(
-                    "FIN at {last_seq} with {} received, {} running, {} responses unacknowledged",
-                    s.received(),
-                    s.running(),
-                    s.cached()
-                ),
-            ));
-        }
-        let fin_ack = Frame::FinAck { ack: s.received() };
-        let others: Vec<ConnId> = s.conns.iter().copied().filter(|&c| c != conn).collect();
-        self.push_frame(conn, &fin_ack);
-        for other in others {
-            // The session ends: its other connections go with it (§17.6).
-            self.close_conn(other, CloseReason::Finished);
-        }
-        self.end_session(id, RejectReason::SessionClosed);
-        self.stats.sessions_closed += 1;
-        self.close_conn(conn, CloseReason::Finished);
-        Ok(())
-    }
-
     /// Removes a session for good.
     fn end_session(&mut self, id: SessionId, reason: RejectReason) {
         if self.sessions.remove(&id).is_some() {
@@ -924,13 +686,6 @@ impl Target {
             self.mark_dirty(conn);
         }
     }
-}
-
-fn unexpected(frame: &Frame, when: &str) -> ProtocolError {
-    ProtocolError::new(
-        ErrorCode::UnexpectedFrame,
-        format!("frame type {:#04x} is not allowed {when}", frame.kind()),
-    )
 }
 
 /// A duration in whole milliseconds, saturating below [`NEVER_MS`].

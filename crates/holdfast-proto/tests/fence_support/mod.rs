@@ -40,19 +40,21 @@ pub(crate) const HOST: HostId = HostId([0x4f; 16]);
 
 /// Initiator settings with immediate acks, optionally with a HOST record.
 pub(crate) fn initiator(host: Option<HostId>, epoch: u64) -> InitiatorConfig {
-    InitiatorConfig {
-        ack_delay: Duration::ZERO,
-        host,
-        epoch,
-        ..InitiatorConfig::default()
+    {
+        let mut ic = InitiatorConfig::default();
+        ic.ack_delay = Duration::ZERO;
+        ic.host = host;
+        ic.epoch = epoch;
+        ic
     }
 }
 
 /// Target settings with immediate acks.
 pub(crate) fn target() -> TargetConfig {
-    TargetConfig {
-        ack_delay: Duration::ZERO,
-        ..TargetConfig::default()
+    {
+        let mut tc = TargetConfig::default();
+        tc.ack_delay = Duration::ZERO;
+        tc
     }
 }
 

@@ -54,17 +54,13 @@ pub(crate) struct Multi {
 impl Multi {
     /// A pair whose initiator may use `connections` connections.
     pub(crate) fn new(connections: u32, credits: u32) -> Self {
-        let initiator = InitiatorConfig {
-            ack_delay: Duration::ZERO,
-            connections,
-            credits,
-            ..InitiatorConfig::default()
-        };
-        let target = TargetConfig {
-            ack_delay: Duration::ZERO,
-            credits,
-            ..TargetConfig::default()
-        };
+        let mut initiator = InitiatorConfig::default();
+        initiator.ack_delay = Duration::ZERO;
+        initiator.connections = connections;
+        initiator.credits = credits;
+        let mut target = TargetConfig::default();
+        target.ack_delay = Duration::ZERO;
+        target.credits = credits;
         Multi::with(initiator, target)
     }
 

@@ -62,13 +62,15 @@ impl Pair {
     /// Defaults with immediate acks, so scenarios need not wait for timers.
     pub fn default_pair() -> Self {
         Pair::new(
-            InitiatorConfig {
-                ack_delay: Duration::ZERO,
-                ..InitiatorConfig::default()
+            {
+                let mut ic = InitiatorConfig::default();
+                ic.ack_delay = Duration::ZERO;
+                ic
             },
-            TargetConfig {
-                ack_delay: Duration::ZERO,
-                ..TargetConfig::default()
+            {
+                let mut tc = TargetConfig::default();
+                tc.ack_delay = Duration::ZERO;
+                tc
             },
         )
     }

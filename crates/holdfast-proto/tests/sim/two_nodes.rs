@@ -143,10 +143,11 @@ impl TwoNodes {
             1 => Mode::FenceUnreachable,
             _ => Mode::Timeout,
         };
-        let config = |switches| TargetConfig {
-            switches,
-            ack_delay: Duration::ZERO,
-            ..TargetConfig::default()
+        let config = |switches| {
+            let mut tc = TargetConfig::default();
+            tc.switches = switches;
+            tc.ack_delay = Duration::ZERO;
+            tc
         };
         let node = |s: u64, switches| Node {
             target: Target::new(
@@ -157,13 +158,14 @@ impl TwoNodes {
             queued: Vec::new(),
             running: Vec::new(),
         };
-        let host = |epoch| InitiatorConfig {
-            host: Some(HOST),
-            epoch,
-            keepalive: Duration::from_millis(100),
-            dead_after: Duration::from_secs(30),
-            ack_delay: Duration::ZERO,
-            ..InitiatorConfig::default()
+        let host = |epoch| {
+            let mut ic = InitiatorConfig::default();
+            ic.host = Some(HOST);
+            ic.epoch = epoch;
+            ic.keepalive = Duration::from_millis(100);
+            ic.dead_after = Duration::from_secs(30);
+            ic.ack_delay = Duration::ZERO;
+            ic
         };
         let mut a = node(seed * 2 + 1, switches);
         let b = node(seed * 2 + 2, TestSwitches::default());

@@ -8,8 +8,8 @@ use std::time::Duration;
 use holdfast_proto::TestSwitches;
 use holdfast_proto::{wire::Digests, Initiator};
 use holdfast_proto::{
-    CallOptions, ConnId, Delivery, InitiatorConfig, InitiatorEvent, MemoryStore, SeededRandom,
-    SubmitError, Target, TargetConfig, Timestamp,
+    CallOptions, ConnId, InitiatorConfig, InitiatorEvent, MemoryStore, SeededRandom, SubmitError,
+    Target, TargetConfig, Timestamp,
 };
 
 #[path = "multi.rs"]
@@ -17,6 +17,12 @@ mod multi;
 
 #[path = "durable.rs"]
 mod durable;
+
+#[path = "faults.rs"]
+mod faults;
+
+#[path = "ready.rs"]
+mod ready;
 
 use super::checker::Checker;
 use super::net::{Packet, SimConn};
@@ -146,25 +152,24 @@ impl World {
         };
         let max_frame = 16 * 1024;
         let retain = Duration::from_millis(pick(&mut rng, &[300, 2000, 10_000]));
-        let mut initiator_config = InitiatorConfig {
-            max_frame,
-            credits,
-            ack_delay,
-            digests,
-            session_loss_timeout: None,
-            connections: params.connections,
-            ..InitiatorConfig::default()
+        let mut initiator_config = {
+            let mut ic = InitiatorConfig::default();
+            ic.max_frame = max_frame;
+            ic.credits = credits;
+            ic.ack_delay = ack_delay;
+            ic.digests = digests;
+            ic.session_loss_timeout = None;
+            ic.connections = params.connections;
+            ic
         }
         .with_detection_bound(Duration::from_millis(200));
         initiator_config.switches = params.switches;
-        let mut target_config = TargetConfig {
-            credits: pick(&mut rng, &[1, 4, 64, 128]) as u32,
-            max_frame,
-            retain,
-            ack_delay,
-            login_timeout: Duration::from_millis(500),
-            ..TargetConfig::default()
-        };
+        let mut target_config = TargetConfig::default();
+        target_config.credits = pick(&mut rng, &[1, 4, 64, 128]) as u32;
+        target_config.max_frame = max_frame;
+        target_config.retain = retain;
+        target_config.ack_delay = ack_delay;
+        target_config.login_timeout = Duration::from_millis(500);
         target_config.switches = params.switches;
         let fault_gap = Duration::from_millis(pick(&mut rng, &[5, 20, 100]));
         let target = Target::new(
@@ -545,10 +550,7 @@ impl World {
             };
             let tag = self.next_tag;
             let body = payload(kind, tag, pad);
-            let options = CallOptions {
-                retry_safe: kind.retry_safe(),
-                ..CallOptions::default()
-            };
+            let options = CallOptions::default().with_retry_safe(kind.retry_safe());
             let result = match kind {
                 OpKind::Message => self.initiator.send(body, options, self.now),
                 _ => self.initiator.call(body, options, self.now),
@@ -567,114 +569,6 @@ impl World {
             }
         }
         self.next_op_at = self.now + Duration::from_micros(self.below(400));
-        Ok(())
-    }
-
-    fn inject_fault(&mut self) {
-        self.report.faults += 1;
-        let roll = self.below(100);
-        // A durable target crashes more often: recovery from its store is
-        // what that mode is about.
-        let crash = if self.params.durable { 6 } else { 2 };
-        if roll < crash && self.restart_at.is_none() {
-            if self.params.durable && self.chance(70) {
-                // Killed in the middle of handling a Ready.
-                self.arm_crash();
-                return;
-            }
-            // Target crash: session state lost (or, durable, all but what
-            // its store holds), connections reset.
-            self.restart_at = Some(self.now);
-            return;
-        }
-        if roll < crash + 2 && self.restart_at.is_none() {
-            // Graceful shutdown notice, then a restart after the up time.
-            let max_up = Duration::from_millis(self.below(50));
-            let hold = Duration::from_millis(self.below(100));
-            self.target.shutdown(max_up, Some(hold), self.now);
-            self.restart_at = Some(self.now + max_up + Duration::from_millis(1));
-            return;
-        }
-        let Some(id) = self.fault_target() else {
-            return;
-        };
-        let mode = self.below(4);
-        let notify_initiator = self.chance(60);
-        let notify_target = self.chance(60);
-        let to_target_cut = self.chance(50);
-        let now = self.now;
-        let offset_seed = self.rng.next_u64();
-        let notice = Duration::from_micros(self.below(5000));
-        let held = Duration::from_millis(50 + self.below(400));
-        let Some(c) = self.conn_mut(id) else {
-            return;
-        };
-        match mode {
-            // Cut one direction at a byte offset, the other at its end.
-            0 | 1 => {
-                let (cut, other) = if to_target_cut {
-                    (&mut c.to_target, &mut c.to_initiator)
-                } else {
-                    (&mut c.to_initiator, &mut c.to_target)
-                };
-                let queued = cut.queued_bytes();
-                cut.cut_at((offset_seed % (queued as u64 + 1)) as usize);
-                let keep = other.queued_bytes();
-                other.cut_at(keep);
-            }
-            // Blackhole both ways, nothing lost that was already sent.
-            2 => {
-                let a = c.to_target.queued_bytes();
-                c.to_target.cut_at(a);
-                let b = c.to_initiator.queued_bytes();
-                c.to_initiator.cut_at(b);
-            }
-            // Hold the initiator's bytes: they arrive late, after recovery.
-            _ => {
-                c.to_target.hold(held);
-                let b = c.to_initiator.queued_bytes();
-                c.to_initiator.cut_at(b);
-            }
-        }
-        let latency = c.latency;
-        if notify_initiator {
-            // An RST reaching the initiator after `notice`.
-            c.to_initiator.blackholed = false;
-            c.to_initiator.push(now, notice.max(latency), Packet::Close);
-            c.to_initiator.blackholed = true;
-        }
-        if notify_target && mode != 3 {
-            c.to_target.blackholed = false;
-            c.to_target.push(now, notice.max(latency), Packet::Close);
-            c.to_target.blackholed = true;
-        }
-    }
-
-    fn restart_target(&mut self) -> Result<(), String> {
-        self.restart_at = None;
-        self.report.restarts += 1;
-        let target_stats = self.target.stats().clone();
-        self.report.add_target(&target_stats);
-        self.generation += 1;
-        self.backend_busy_until.clear();
-        if self.params.durable {
-            self.restore_target()?;
-        } else {
-            self.target = Target::new(
-                self.target_config.clone(),
-                Box::new(SeededRandom::new(self.rng.next_u64())),
-                self.now,
-            );
-            self.store = MemoryStore::new();
-        }
-        let now = self.now;
-        for c in self.conns.iter_mut() {
-            c.target_gone = true;
-            c.to_target = Default::default();
-            c.to_initiator.blackholed = false;
-            c.to_initiator.push(now, c.latency, Packet::Close);
-            c.to_initiator.blackholed = true;
-        }
         Ok(())
     }
 
@@ -709,192 +603,6 @@ impl World {
             if !progress {
                 return Ok(());
             }
-        }
-    }
-
-    fn process_ready(&mut self) -> Result<(), String> {
-        let ready = self.target.ready();
-        let has_changes = !ready.changes.is_empty();
-        let crash = self.take_crash(has_changes);
-        if crash == Some(durable::CrashAt::BeforePersist) {
-            return self.crash_now();
-        }
-        if self.persist(&ready.changes, crash)? {
-            return Ok(()); // killed in the middle of the commit
-        }
-        // Every byte below may only reflect persisted state: the store must
-        // now mirror the target exactly for every session it changed.
-        for change in &ready.changes {
-            let id = match change {
-                holdfast_proto::StateChange::SessionCreated { session, .. }
-                | holdfast_proto::StateChange::Received { session, .. }
-                | holdfast_proto::StateChange::Completed { session, .. }
-                | holdfast_proto::StateChange::ResponsesAcked { session, .. }
-                | holdfast_proto::StateChange::MessagesDelivered { session, .. }
-                | holdfast_proto::StateChange::MaxFrameRaised { session, .. }
-                | holdfast_proto::StateChange::SessionEnded { session } => *session,
-                // Not per session: checked against the store's fenced hosts.
-                holdfast_proto::StateChange::HostFenced { .. } => continue,
-            };
-            let live = self.target.session_info(id);
-            let stored = self.store.session(id);
-            match (live, stored) {
-                (Some(l), Some(s)) => {
-                    if l.received != s.received
-                        || l.cached != s.responses.len()
-                        || l.responses_acked != s.responses_acked
-                    {
-                        return Err(format!("target state of {id} ran ahead of the Ready's changes: live {l:?}, stored {s:?}"));
-                    }
-                }
-                (None, None) => {}
-                (l, s) => {
-                    return Err(format!(
-                        "session {id} live {l:?} but stored {}",
-                        s.is_some()
-                    ))
-                }
-            }
-        }
-        if crash == Some(durable::CrashAt::AfterPersist) {
-            return self.crash_now();
-        }
-        let now = self.now;
-        for t in ready.transmits {
-            let data: Vec<u8> = t.chunks.iter().flat_map(|c| c.iter().copied()).collect();
-            if let Some(c) = self.conn_mut(t.conn) {
-                if !c.target_gone {
-                    let latency = c.latency;
-                    c.to_initiator.push(now, latency, Packet::Data(data));
-                }
-            }
-        }
-        for close in ready.closes {
-            if let Some(c) = self.conn_mut(close.conn) {
-                if !c.target_gone {
-                    c.target_gone = true;
-                    let latency = c.latency;
-                    c.to_initiator.push(now, latency, Packet::Close);
-                }
-            }
-        }
-        if crash == Some(durable::CrashAt::AfterTransmit) {
-            return self.crash_now();
-        }
-        for (i, d) in ready.deliveries.into_iter().enumerate() {
-            if crash == Some(durable::CrashAt::MidDeliveries(i)) {
-                return self.crash_now();
-            }
-            match d {
-                Delivery::Command {
-                    session,
-                    seq,
-                    payload,
-                } => {
-                    if self.params.slow_service {
-                        self.slow_command(session, seq, payload);
-                        continue;
-                    }
-                    if self.params.durable {
-                        self.durable_command(session, seq, payload)?;
-                        continue;
-                    }
-                    let response = self.services.execute(session, &payload)?;
-                    let tag = super::service::parse(&payload).map(|(_, t)| t).unwrap_or(0);
-                    self.checker.executed(&self.services, session, tag)?;
-                    let delay = if self.chance(30) { 0 } else { self.below(3000) };
-                    self.completions.push(Completion {
-                        at: now + Duration::from_micros(delay),
-                        generation: self.generation,
-                        session,
-                        seq,
-                        response,
-                        effect: None,
-                    });
-                }
-                Delivery::Message {
-                    session, payload, ..
-                } => {
-                    self.services.execute(session, &payload)?;
-                    let tag = super::service::parse(&payload).map(|(_, t)| t).unwrap_or(0);
-                    self.checker.executed(&self.services, session, tag)?;
-                }
-            }
-        }
-        if matches!(
-            crash,
-            Some(durable::CrashAt::BeforeAdvance | durable::CrashAt::MidDeliveries(_))
-        ) {
-            return self.crash_now();
-        }
-        self.target.advance(now);
-        Ok(())
-    }
-
-    /// Queues a command on the slow backend: it takes effect when it
-    /// completes, after the session's earlier commands; one in ten takes
-    /// longer than the retain time (one at a time).
-    fn slow_command(
-        &mut self,
-        session: holdfast_proto::SessionId,
-        seq: u64,
-        payload: bytes::Bytes,
-    ) {
-        let now = self.now;
-        let retain = self.target_config.retain.as_micros() as u64;
-        // At most one slow command at a time, so the backlog stays bounded.
-        let work = if now >= self.slow_until && self.chance(10) {
-            let extra = self.below(retain / 2);
-            let work = retain + extra;
-            self.slow_until = now + Duration::from_micros(work);
-            if self.params.faults && self.chance(50) {
-                // The initiator loses the target for about the retain time,
-                // and comes back while this command may still run.
-                let back = retain + 5_000 + self.below(extra / 2 + 1);
-                self.partition(now + Duration::from_micros(back));
-            }
-            work
-        } else {
-            self.below(3000)
-        };
-        let start = self
-            .backend_busy_until
-            .get(&session)
-            .copied()
-            .unwrap_or(now)
-            .max(now);
-        let at = start + Duration::from_micros(work);
-        self.backend_busy_until.insert(session, at);
-        self.completions.push(Completion {
-            at,
-            generation: self.generation,
-            session,
-            seq,
-            response: bytes::Bytes::new(),
-            effect: Some(payload),
-        });
-    }
-
-    /// Cuts the current connection (both sides learn) and keeps the
-    /// initiator from reconnecting until `until`.
-    fn partition(&mut self, until: Timestamp) {
-        self.partition_until = Some(until);
-        let now = self.now;
-        for id in self.live() {
-            let Some(c) = self.conn_mut(id) else {
-                continue;
-            };
-            let a = c.to_target.queued_bytes();
-            c.to_target.cut_at(a);
-            let b = c.to_initiator.queued_bytes();
-            c.to_initiator.cut_at(b);
-            let latency = c.latency;
-            c.to_initiator.blackholed = false;
-            c.to_initiator.push(now, latency, Packet::Close);
-            c.to_initiator.blackholed = true;
-            c.to_target.blackholed = false;
-            c.to_target.push(now, latency, Packet::Close);
-            c.to_target.blackholed = true;
         }
     }
 

@@ -286,10 +286,7 @@ pub(crate) async fn call(
     let result = init
         .call_with(
             Bytes::from(payload.clone()),
-            CallOptions {
-                retry_safe,
-                ..CallOptions::default()
-            },
+            CallOptions::default().with_retry_safe(retry_safe),
         )
         .await;
     match &result {
