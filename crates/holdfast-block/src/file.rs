@@ -328,7 +328,7 @@ impl FileDevice {
         }
         BlockError::check_range(offset, len, self.inner.size)?;
         let align = DIRECT_ALIGN as u64;
-        if self.inner.direct && (offset % align != 0 || len % align != 0) {
+        if self.inner.direct && (!offset.is_multiple_of(align) || !len.is_multiple_of(align)) {
             return Err(BlockError::Invalid(format!(
                 "{offset}+{len}: the device is opened with O_DIRECT; offsets and lengths \
                  must be multiples of {DIRECT_ALIGN}"
@@ -454,7 +454,7 @@ impl Inner {
             self.check_durable("FUA write")?;
         }
         let file = self.target(fua);
-        let result = if self.direct && data.as_ptr() as usize % DIRECT_ALIGN != 0 {
+        let result = if self.direct && !(data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) {
             let (mut buf, start) = aligned_buffer(data.len());
             buf[start..start + data.len()].copy_from_slice(data);
             file.write_all_at(&buf[start..start + data.len()], offset)

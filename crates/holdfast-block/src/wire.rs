@@ -623,7 +623,10 @@ pub fn encode_extents(extents: &[crate::device::Extent]) -> Bytes {
 /// bytes: 1 to [`MAX_EXTENTS`] extents, none empty, covering at least 1
 /// and at most `len` bytes.
 pub fn decode_extents(body: &[u8], len: u32) -> Result<Vec<crate::device::Extent>, WireError> {
-    if body.is_empty() || body.len() % EXTENT_LEN != 0 || body.len() / EXTENT_LEN > MAX_EXTENTS {
+    if body.is_empty()
+        || !body.len().is_multiple_of(EXTENT_LEN)
+        || body.len() / EXTENT_LEN > MAX_EXTENTS
+    {
         return Err(WireError::BadExtents(
             "not 1 to MAX_EXTENTS extents of 8 bytes",
         ));

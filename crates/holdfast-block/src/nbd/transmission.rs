@@ -465,7 +465,7 @@ impl<D: BlockDevice> Conn<D> {
             return Err((errno, "range beyond the end of the export"));
         }
         let min = u64::from(self.export.min_block.max(1));
-        if req.offset % min != 0 || u64::from(req.len) % min != 0 {
+        if !req.offset.is_multiple_of(min) || u64::from(req.len) % min != 0 {
             return Err((
                 EINVAL,
                 "offset or length is not a multiple of the minimum block size",

@@ -62,7 +62,7 @@ impl<D> Ledger<D> {
     }
 
     fn record(&self, offset: u64, data: &Bytes) {
-        if offset % BLOCK as u64 != 0 {
+        if !offset.is_multiple_of(BLOCK as u64) {
             return;
         }
         let mut newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());

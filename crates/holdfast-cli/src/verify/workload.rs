@@ -145,7 +145,7 @@ impl<D: BlockDevice> Worker<D> {
 
     async fn step(&mut self) {
         let roll = self.random() % 100;
-        let span = if self.hot < self.blocks && self.random() % 2 == 0 {
+        let span = if self.hot < self.blocks && self.random().is_multiple_of(2) {
             self.hot
         } else {
             self.blocks
@@ -219,7 +219,7 @@ impl<D: BlockDevice> Worker<D> {
         for b in first..first + count {
             data.extend_from_slice(&encode(b, generation));
         }
-        let fua = self.random() % 10 == 0;
+        let fua = self.random().is_multiple_of(10);
         let len = data.len() as u64;
         let invoked = self.now_ns();
         self.write_invoked(first, count, generation, false);
@@ -330,7 +330,7 @@ impl<D: BlockDevice> Worker<D> {
     /// acknowledged change (or a failed one that may have landed after it).
     fn check(&mut self, first: u64, data: &Bytes, invoked: u64) {
         let returned = self.now_ns();
-        if data.len() % BLOCK != 0 {
+        if !data.len().is_multiple_of(BLOCK) {
             self.tally.corrupt.fetch_add(1, Ordering::Relaxed);
             self.tally.problem(format!(
                 "a read at block {first} returned {} bytes",

@@ -89,7 +89,7 @@ impl SimDisk {
     pub fn crash(&self, rng: &mut SeededRandom) -> SimDisk {
         let mut out = SimDisk::new(self.skip_sync);
         for name in NAMES {
-            let entry = if rng.next_u64() % 2 == 0 {
+            let entry = if rng.next_u64().is_multiple_of(2) {
                 self.durable_dir.get(&name)
             } else {
                 self.dir.get(&name)

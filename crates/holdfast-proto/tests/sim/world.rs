@@ -142,7 +142,7 @@ impl World {
         };
         let credits = pick(&mut rng, &[1, 2, 3, 8, 16, 64]) as u32;
         let ack_delay = Duration::from_micros(pick(&mut rng, &[0, 200, 1000, 5000]));
-        let digests = if rng.next_u64() % 4 == 0 {
+        let digests = if rng.next_u64().is_multiple_of(4) {
             Digests {
                 header: true,
                 data: true,

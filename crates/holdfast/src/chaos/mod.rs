@@ -257,7 +257,7 @@ impl From<Fault> for FaultSpec {
 
 /// Formats a duration the way the control protocol reads it (`250ms`).
 pub(crate) fn fmt_duration(d: Duration) -> String {
-    if d.subsec_nanos() % 1_000_000 == 0 {
+    if d.subsec_nanos().is_multiple_of(1_000_000) {
         format!("{}ms", d.as_millis())
     } else {
         format!("{}us", d.as_micros())
