@@ -19,8 +19,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
 use holdfast::{
-    service_fn, DurableStore, Endpoint, EndpointConnector, Initiator, InitiatorOptions,
-    NoDurability, Request, StoreOptions, Target, TargetOptions,
+    service_fn, DurableStore, Endpoint, EndpointConnector, Initiator, InitiatorOptions, Request,
+    ServiceDurability, StoreOptions, Target, TargetOptions,
 };
 use serde::Serialize;
 
@@ -167,6 +167,17 @@ fn checks(depth: usize, ratio: f64, durable_p50_us: f64, fsync: Option<&FsyncRat
     checks
 }
 
+/// The echo's side of a durable target: no state, nothing to sync, and
+/// replay-safe (an echo has no effect), so each command is received and
+/// completed in one group.
+struct EchoDurability;
+
+impl ServiceDurability for EchoDurability {
+    fn replay_safe(&self) -> bool {
+        true
+    }
+}
+
 /// An echo target in this process and one session to it.
 struct EchoTarget {
     target: Target,
@@ -194,7 +205,7 @@ impl EchoTarget {
                     TargetOptions::default(),
                     store,
                     echo,
-                    Arc::new(NoDurability),
+                    Arc::new(EchoDurability),
                 )
                 .await
                 .context("could not start the durable echo target on 127.0.0.1")?
