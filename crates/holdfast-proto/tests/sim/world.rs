@@ -18,6 +18,9 @@ mod multi;
 #[path = "durable.rs"]
 mod durable;
 
+#[path = "early.rs"]
+mod early;
+
 use super::checker::Checker;
 use super::net::{Packet, SimConn};
 use super::service::{payload, OpKind, Services};
@@ -54,6 +57,13 @@ pub struct SimParams {
     /// With `disk`: the disk's syncs do nothing (the test-only fault the
     /// crash simulation must catch).
     pub skip_sync: bool,
+    /// With `durable`: the driver executes early (PROTOCOL.md §12, a
+    /// replay-safe service): deliveries and `advance` before the changes
+    /// are durable, output held until its group is (see `early`).
+    pub early: bool,
+    /// With `early`: held bytes and closes leave before their group is
+    /// durable (the test-only fault the simulation must catch).
+    pub early_unsafe: bool,
 }
 
 impl Default for SimParams {
@@ -68,6 +78,8 @@ impl Default for SimParams {
             durable: false,
             disk: false,
             skip_sync: false,
+            early: false,
+            early_unsafe: false,
         }
     }
 }
@@ -125,6 +137,8 @@ pub struct World {
     credit_blocked: bool,
     /// Durable mode: the committed service state and the armed crash.
     durable: durable::DurableState,
+    /// Early mode: the held group and the group committing.
+    early: early::EarlyState,
 }
 
 impl World {
@@ -207,6 +221,7 @@ impl World {
             report: SimReport::default(),
             credit_blocked: false,
             durable,
+            early: early::EarlyState::default(),
             rng,
         }
     }
@@ -224,10 +239,11 @@ impl World {
     }
 
     fn fail(&self, msg: impl std::fmt::Display) -> String {
-        let (test, env) = match (self.params.durable, self.params.disk) {
-            (false, _) => ("simulation replay", ""),
-            (true, false) => ("durable_restart replay_durable", ""),
-            (true, true) => ("durable_restart replay_durable", " HOLDFAST_SIM_DISK=1"),
+        let (test, env) = match (self.params.durable, self.params.disk, self.params.early) {
+            (false, _, _) => ("simulation replay", ""),
+            (true, _, true) => ("durable_restart replay_durable", " HOLDFAST_SIM_EARLY=1"),
+            (true, false, false) => ("durable_restart replay_durable", ""),
+            (true, true, false) => ("durable_restart replay_durable", " HOLDFAST_SIM_DISK=1"),
         };
         let connections = self.params.connections;
         format!(
@@ -340,6 +356,7 @@ impl World {
             self.initiator.handle_timeout(self.now);
         }
         self.complete_due()?;
+        self.finish_commit_if_due()?;
         if self.restart_at.is_some_and(|t| t <= self.now) {
             self.restart_target()?;
         }
@@ -371,6 +388,7 @@ impl World {
         consider(self.target.poll_timeout());
         consider(self.completions.iter().map(|c| c.at).min());
         consider(self.restart_at);
+        consider(self.early.commit_due());
         if self.live().is_empty() {
             consider(self.reconnect_at);
         } else if self.wants_join() {
@@ -657,6 +675,9 @@ impl World {
         self.report.add_target(&target_stats);
         self.generation += 1;
         self.backend_busy_until.clear();
+        // Early mode: output held for groups that never became durable
+        // dies with the process.
+        self.early = early::EarlyState::default();
         if self.params.durable {
             self.restore_target()?;
         } else {
@@ -706,6 +727,9 @@ impl World {
                 progress = true;
                 self.process_ready()?;
             }
+            if self.params.early && self.start_commit_early()? {
+                progress = true;
+            }
             if !progress {
                 return Ok(());
             }
@@ -713,13 +737,17 @@ impl World {
     }
 
     fn process_ready(&mut self) -> Result<(), String> {
+        if self.params.early {
+            return self.process_ready_early();
+        }
         let ready = self.target.ready();
         let has_changes = !ready.changes.is_empty();
         let crash = self.take_crash(has_changes);
         if crash == Some(durable::CrashAt::BeforePersist) {
             return self.crash_now();
         }
-        if self.persist(&ready.changes, crash)? {
+        let services = self.services.committed_len();
+        if self.persist(&ready.changes, crash, services)? {
             return Ok(()); // killed in the middle of the commit
         }
         // Every byte below may only reflect persisted state: the store must
@@ -759,29 +787,23 @@ impl World {
         if crash == Some(durable::CrashAt::AfterPersist) {
             return self.crash_now();
         }
-        let now = self.now;
-        for t in ready.transmits {
-            let data: Vec<u8> = t.chunks.iter().flat_map(|c| c.iter().copied()).collect();
-            if let Some(c) = self.conn_mut(t.conn) {
-                if !c.target_gone {
-                    let latency = c.latency;
-                    c.to_initiator.push(now, latency, Packet::Data(data));
-                }
-            }
-        }
-        for close in ready.closes {
-            if let Some(c) = self.conn_mut(close.conn) {
-                if !c.target_gone {
-                    c.target_gone = true;
-                    let latency = c.latency;
-                    c.to_initiator.push(now, latency, Packet::Close);
-                }
-            }
-        }
+        self.send_output(ready.transmits, ready.closes);
         if crash == Some(durable::CrashAt::AfterTransmit) {
             return self.crash_now();
         }
-        for (i, d) in ready.deliveries.into_iter().enumerate() {
+        self.execute(ready.deliveries, crash)
+    }
+
+    /// Hands a Ready's deliveries to the services and advances the target,
+    /// unless the armed `crash` falls in the middle (then the target is
+    /// rebuilt and the rest never happens).
+    fn execute(
+        &mut self,
+        deliveries: Vec<Delivery>,
+        crash: Option<durable::CrashAt>,
+    ) -> Result<(), String> {
+        let now = self.now;
+        for (i, d) in deliveries.into_iter().enumerate() {
             if crash == Some(durable::CrashAt::MidDeliveries(i)) {
                 return self.crash_now();
             }
