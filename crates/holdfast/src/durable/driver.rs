@@ -102,14 +102,16 @@ impl Driver {
     }
 
     /// Early mode: holds an executed `Ready` (its deliveries taken) until
-    /// its group is durable.
-    pub(crate) fn hold(&mut self, mut ready: Ready) {
+    /// its group is durable; hands back one with nothing to hold (to
+    /// recycle).
+    pub(crate) fn hold(&mut self, mut ready: Ready) -> Option<Ready> {
         if ready.is_empty() {
-            return;
+            return Some(ready);
         }
         self.held.since.get_or_insert_with(Instant::now);
         self.held.changes.append(&mut ready.changes);
         self.held.output.push(ready);
+        None
     }
 
     /// Early mode: a command was handed to the service and did not answer

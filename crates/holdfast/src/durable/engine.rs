@@ -46,8 +46,12 @@ impl<S: SessionService> Engine<S> {
             let mut deliveries = std::mem::take(&mut ready.deliveries);
             self.execute(&mut deliveries).await;
             ready.deliveries = deliveries;
-            if let Some(d) = &mut self.durable {
-                d.hold(ready);
+            let empty = match &mut self.durable {
+                Some(d) => d.hold(ready),
+                None => Some(ready),
+            };
+            if let Some(ready) = empty {
+                self.core.recycle(ready);
             }
         }
         let out = match &mut self.durable {
