@@ -500,3 +500,55 @@ async fn durable_corrupt_store_is_refused_naming_the_session() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Early mode: a command that stays in the service holds back other
+/// sessions' answers only for the short hold bound, not until it ends: a
+/// second session's call is answered while the first one's still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_early_slow_command_does_not_hold_other_answers() {
+    support::init_logs();
+    let dir = scratch("slow");
+    let store = DurableStore::open(&dir, StoreOptions::default()).expect("open");
+    let service = holdfast::service_fn(|req: holdfast::Request| async move {
+        if req.payload.as_ref() == b"slow" {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        Ok::<_, std::convert::Infallible>(req.payload)
+    });
+    let durability = Arc::new(CounterDurability::new(Arc::new(AtomicU64::new(0)), true));
+    let target = Target::serve_durable(
+        &[tcp0()],
+        TargetOptions::default(),
+        store,
+        service,
+        durability,
+    )
+    .await
+    .expect("serve");
+    let slow_init = initiator(target.endpoints()[0].clone());
+    let fast_init = initiator(target.endpoints()[0].clone());
+    // The fast session logs in first, so its login is not what waits.
+    fast_init
+        .call(Bytes::from_static(b"hello"))
+        .await
+        .expect("first call");
+    let slow = tokio::spawn(async move { slow_init.call(Bytes::from_static(b"slow")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fast = tokio::time::timeout(
+        Duration::from_millis(1500),
+        fast_init.call(Bytes::from_static(b"fast")),
+    )
+    .await
+    .expect("the fast call was held back by the slow command")
+    .expect("call");
+    assert_eq!(fast.as_ref(), b"fast");
+    assert!(!slow.is_finished(), "the slow command already ended");
+    let slow = tokio::time::timeout(BOUND, slow)
+        .await
+        .expect("the slow call ends")
+        .expect("task")
+        .expect("call");
+    assert_eq!(slow.as_ref(), b"slow");
+    drop(target);
+    let _ = std::fs::remove_dir_all(&dir);
+}
