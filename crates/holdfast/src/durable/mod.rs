@@ -7,8 +7,8 @@
 //! [`crate::Target::serve_durable`]: every `Ready` with changes is committed
 //! as one group with one `fdatasync` (group commit) before any of its bytes
 //! leave, on a blocking thread while the engine goes on taking input (see
-//! [`commit`]); for a replay-safe service the commands of a group execute
-//! before it is durable and only their output waits (see [`driver`]).
+//! `commit`); for a replay-safe service the commands of a group execute
+//! before it is durable and only their output waits (see `driver`).
 
 pub(crate) mod commit;
 pub(crate) mod driver;
