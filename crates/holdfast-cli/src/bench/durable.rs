@@ -343,7 +343,9 @@ impl DurableReport {
              - **fsync bound**: QD / the fio fsync p50, the most commands per second any \
              durable target can complete at that depth (each waits for at least one fsync); \
              *of bound* is the durable throughput's share of it. Near 100%, the disk is the \
-             limit; far below, the software. On tmpfs (`--dir /dev/shm`) an fsync is nearly \
+             limit; far below, the software. Above 100%, the store's own fsync (an append \
+             to its log) is cheaper than fio's, whose latency includes a 4 KiB write that may \
+             extend its file: the bound is then not tight. On tmpfs (`--dir /dev/shm`) an fsync is nearly \
              free, the bound is far off, and the durable side shows the store's own cost. The response bytes are stored in the cache, so 4 KiB \
              commands write about 4 KiB each to the log.\n\
              - **fsync baseline**: fio writing 4 KiB blocks with an `fdatasync` after each, one \
