@@ -94,8 +94,14 @@ impl Drop for ScratchDir {
 }
 
 /// Runs the scenario; the store's files (and fio's) go in a scratch
-/// directory under `dir`.
-pub(crate) async fn run(mode: Mode, progress: bool, dir: &Path) -> anyhow::Result<DurableReport> {
+/// directory under `dir`. `strict`: the echo is not replay-safe (each
+/// command costs two groups), for comparison.
+pub(crate) async fn run(
+    mode: Mode,
+    progress: bool,
+    dir: &Path,
+    strict: bool,
+) -> anyhow::Result<DurableReport> {
     let scratch = ScratchDir(dir.join(format!("durable-scratch-{}", std::process::id())));
     std::fs::create_dir_all(&scratch.0)
         .with_context(|| format!("could not create {}", scratch.0.display()))?;
@@ -117,8 +123,8 @@ pub(crate) async fn run(mode: Mode, progress: bool, dir: &Path) -> anyhow::Resul
     };
     let (warmup, window) = mode.overhead_cell();
     let mut rows = Vec::new();
-    let memory = EchoTarget::start(None).await?;
-    let durable = EchoTarget::start(Some(&scratch.0.join("echo-state"))).await?;
+    let memory = EchoTarget::start(None, strict).await?;
+    let durable = EchoTarget::start(Some(&scratch.0.join("echo-state")), strict).await?;
     for &payload in &PAYLOADS {
         for &depth in &DEPTHS {
             if progress {
@@ -187,11 +193,15 @@ fn checks(depth: usize, ratio: f64, durable_p50_us: f64, fsync: Option<&FsyncRat
 /// The echo's side of a durable target: no state, nothing to sync, and
 /// replay-safe (an echo has no effect), so each command is received and
 /// completed in one group.
-struct EchoDurability;
+/// `strict`: say it is not (for comparison: every command then costs two
+/// groups, as before early execution).
+struct EchoDurability {
+    strict: bool,
+}
 
 impl ServiceDurability for EchoDurability {
     fn replay_safe(&self) -> bool {
-        true
+        !self.strict
     }
 }
 
@@ -203,7 +213,7 @@ struct EchoTarget {
 
 impl EchoTarget {
     /// In memory, or with its session store in `state_dir`.
-    async fn start(state_dir: Option<&Path>) -> anyhow::Result<EchoTarget> {
+    async fn start(state_dir: Option<&Path>, strict: bool) -> anyhow::Result<EchoTarget> {
         let echo = service_fn(|req: Request| {
             std::future::ready(Ok::<_, std::convert::Infallible>(req.payload))
         });
@@ -222,7 +232,7 @@ impl EchoTarget {
                     TargetOptions::default(),
                     store,
                     echo,
-                    Arc::new(EchoDurability),
+                    Arc::new(EchoDurability { strict }),
                 )
                 .await
                 .context("could not start the durable echo target on 127.0.0.1")?

@@ -149,6 +149,11 @@ struct DurableOptions {
     /// rows then show the software's own cost against in memory.
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
+    /// Serve the echo as not replay-safe, so each command is received and
+    /// completed in two groups (two fsyncs at QD 1): the behaviour before
+    /// early execution, for comparison.
+    #[arg(long, hide = true)]
+    strict: bool,
 }
 
 /// How long the runs are.
@@ -337,7 +342,7 @@ struct JsonReport {
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // One scenario, or every one (`None`).
     let mut block_selection = block::Selection::Everything;
-    let mut durable_dir = None;
+    let (mut durable_dir, mut durable_strict) = (None, false);
     let (only, opts) = match args.scenario {
         ScenarioCmd::Overhead(o) => (Some("overhead"), o),
         ScenarioCmd::Recovery(o) => (Some("recovery"), o),
@@ -351,7 +356,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ScenarioCmd::Multiconn(o) => (Some("multiconn"), o),
         ScenarioCmd::Failover(o) => (Some("failover"), o),
         ScenarioCmd::Durable(o) => {
-            durable_dir = o.dir;
+            (durable_dir, durable_strict) = (o.dir, o.strict);
             (Some("durable"), o.common)
         }
         ScenarioCmd::Messages(o) => (Some("messages"), o),
@@ -446,7 +451,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         report.failover = Some(r);
     }
     if runs("durable") {
-        let r = durable::run(mode, progress, durable_dir.as_deref().unwrap_or(dir)).await?;
+        let durable_dir = durable_dir.as_deref().unwrap_or(dir);
+        let r = durable::run(mode, progress, durable_dir, durable_strict).await?;
         write_file(dir, "durable.md", &r.markdown(&machine))?;
         if !opts.json {
             println!("\nholdfast bench durable ({} mode)\n", mode.name());
