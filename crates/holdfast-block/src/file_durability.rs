@@ -14,6 +14,10 @@
 //! failed (as for a failed FLUSH): the target stops rather than record a
 //! completion whose data may be lost.
 //!
+//! The device is replay-safe ([`ServiceDurability::replay_safe`]), so a
+//! durable target runs its commands before their `Received` records are
+//! durable and records each command's receipt and completion in one group.
+//!
 //! Read responses need nothing here: the target stores a retained response
 //! (the bytes of the read) in the session store itself, so a replay after a
 //! restart is the original answer, never a newer one.
@@ -25,6 +29,16 @@ use holdfast::ServiceDurability;
 use super::FileDevice;
 
 impl ServiceDurability for FileDevice {
+    /// Block commands are replay-safe (PROTOCOL.md §12.5): a write run
+    /// before its `Received` is durable and run again after a crash lost
+    /// that record writes the same data to the same blocks, in the same
+    /// session order; a write of another session that overlaps it and
+    /// completed meanwhile was concurrent with it, so either order is a
+    /// valid outcome; reads, flushes and trims rerun harmlessly.
+    fn replay_safe(&self) -> bool {
+        true
+    }
+
     fn sync(&self) -> std::io::Result<()> {
         let inner = &self.inner;
         if inner.read_only {

@@ -120,8 +120,15 @@ impl LogService {
 /// group: its work happens in `call` and its answers are ready at once, so
 /// the state always reflects exactly the commands and messages the target
 /// has seen complete, and an increment and its completion record are one
-/// atomic step. Nothing else to sync.
+/// atomic step. Nothing else to sync. It is replay-safe: a command or
+/// message executed before its `Received` is durable changes only that
+/// state, which a crash rolls back with the group that would have recorded
+/// it, so its rerun after the restart is its only visible run.
 impl ServiceDurability for LogService {
+    fn replay_safe(&self) -> bool {
+        true
+    }
+
     fn state(&self) -> Option<Bytes> {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         Some(state::encode(&s))

@@ -192,6 +192,11 @@ fn check_durable(json: &serde_json::Value, dir: &std::path::Path, index: &str) {
                 .expect("fsync rate")
                 > 0.0
         );
+        for r in rows {
+            let bound = r["fsync_bound_ops_per_s"].as_f64().expect("fsync bound");
+            assert!(bound > 0.0, "{r}");
+            assert!(r["of_bound"].as_f64().expect("of bound") > 0.0, "{r}");
+        }
     }
     let recovery = durable["recovery"]
         .as_array()

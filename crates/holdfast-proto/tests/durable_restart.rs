@@ -14,10 +14,17 @@
 //! rebuilt from what the log engine recovers from the crashed disk. With
 //! the disk's fsyncs skipped (test-only switch) they must fail.
 //!
+//! The early-execution runs (PROTOCOL.md §12, a replay-safe service) put
+//! the same crashes on a driver that executes each Ready before its changes
+//! are durable and holds its output until its group is (`sim/early.rs`):
+//! the same invariants hold. With held output sent before its group is
+//! durable (test-only switch) they must fail.
+//!
 //! * `HOLDFAST_SIM_SEEDS=N` runs N seeds (default 400);
 //! * `HOLDFAST_SIM_SEED=S` with the `replay_durable` test replays one seed
-//!   (`HOLDFAST_SIM_DISK=1`: of the disk runs; `HOLDFAST_SIM_CONNECTIONS=N`:
-//!   with N connections per session).
+//!   (`HOLDFAST_SIM_DISK=1`: of the disk runs; `HOLDFAST_SIM_EARLY=1`: of
+//!   the early runs, on the disk; `HOLDFAST_SIM_CONNECTIONS=N`: with N
+//!   connections per session).
 
 mod sim;
 
@@ -46,6 +53,16 @@ fn disk_params(skip_sync: bool) -> SimParams {
         disk: true,
         skip_sync,
         ..params(TestSwitches::default())
+    }
+}
+
+/// Early execution on the simulated disk; `unsafe_send`: held output
+/// leaves before its group is durable.
+fn early_params(unsafe_send: bool) -> SimParams {
+    SimParams {
+        early: true,
+        early_unsafe: unsafe_send,
+        ..disk_params(false)
     }
 }
 
@@ -103,6 +120,29 @@ fn durable_restart_two_connections() {
     }
 }
 
+#[test]
+fn durable_restart_early_execution_shard_0() {
+    let total = run_shard_with(0, 2, &early_params(false));
+    if env_u64("HOLDFAST_SIM_SEEDS", 400) >= 100 {
+        assert!(total.disk_commits > 0 && total.torn_tails > 0);
+    }
+}
+
+#[test]
+fn durable_restart_early_execution_shard_1() {
+    run_shard_with(1, 2, &early_params(false));
+}
+
+/// Mutation: early execution that sends held bytes before their group is
+/// durable lets a crash lose what the initiator already saw.
+#[test]
+fn durable_restart_early_catches_unheld_output() {
+    let e = (0..200)
+        .find_map(|seed| World::new(seed, early_params(true)).run().err())
+        .expect("no seed exposed output sent before its group was durable");
+    eprintln!("caught as expected: {e}");
+}
+
 /// Mutation: with the disk's fsyncs skipped, a crash loses commits whose
 /// bytes were already sent, and the simulation must say so.
 #[test]
@@ -128,9 +168,13 @@ fn durable_restart_seeds_shard_1() {
 fn replay_durable() {
     if let Ok(seed) = std::env::var("HOLDFAST_SIM_SEED") {
         let seed: u64 = seed.parse().expect("HOLDFAST_SIM_SEED must be a number");
-        let params = match std::env::var_os("HOLDFAST_SIM_DISK") {
-            Some(_) => disk_params(false),
-            None => params(TestSwitches::default()),
+        let params = match (
+            std::env::var_os("HOLDFAST_SIM_EARLY"),
+            std::env::var_os("HOLDFAST_SIM_DISK"),
+        ) {
+            (Some(_), _) => early_params(false),
+            (None, Some(_)) => disk_params(false),
+            (None, None) => params(TestSwitches::default()),
         };
         let report = World::new(seed, params)
             .run()

@@ -9,6 +9,10 @@
 //! [`ServiceDurability::state`] in the same atomic group, so a service whose
 //! whole state fits there (the log service's counter and message streams)
 //! makes its effect and the completion one step.
+//!
+//! A service that is *replay-safe* ([`ServiceDurability::replay_safe`]) lets
+//! the target execute a command before the record that it was received is
+//! durable, which saves one fsync per command (PROTOCOL.md §12.5).
 
 use bytes::Bytes;
 
@@ -33,6 +37,36 @@ pub trait ServiceDurability: Send + Sync + 'static {
     /// ready at once (the log service). `None`: no state in the store.
     fn state(&self) -> Option<Bytes> {
         None
+    }
+
+    /// True when the service is *replay-safe*: the target may hand it a
+    /// command (and call `advance`) before the group that records the
+    /// command's `Received` is durable, holding every byte, close and fence
+    /// of that batch and of every later one until the group is durable
+    /// (PROTOCOL.md §12, "early execution"). A command answered at once is
+    /// then received and completed in one group: one fsync per command
+    /// instead of two.
+    ///
+    /// Say true only if a command executed whose `Received` record a crash
+    /// then loses is harmless. Nothing it did was acknowledged (its bytes
+    /// were held), so its initiator sends it again and the restored target
+    /// executes it again; that must not show. It holds when the command's
+    /// effect
+    ///
+    /// * lives only in [`ServiceDurability::state`], which is stored with
+    ///   the group and so rolled back with it (the log service);
+    /// * or is the same when the session's commands run again in order (the
+    ///   block service: a write of the same data to the same blocks; a
+    ///   write of another session that completed meanwhile and overlaps it
+    ///   was concurrent with it, and either order is a valid outcome);
+    /// * or does not exist (an echo).
+    ///
+    /// A service with effects outside the store that are not idempotent
+    /// (an append to an external log, a payment) must say false (the
+    /// default): each command is then executed only once its `Received` is
+    /// durable, and completed in a second group.
+    fn replay_safe(&self) -> bool {
+        false
     }
 }
 

@@ -115,6 +115,7 @@ mod service_call;
 mod start_gate;
 mod status;
 pub mod target;
+mod target_options;
 mod target_stop;
 mod target_writer;
 mod telemetry;

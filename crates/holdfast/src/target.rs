@@ -33,9 +33,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use holdfast_proto::target::{CloseReason, SourceKey};
-use holdfast_proto::{
-    ConnId, Delivery, RandomSource, Seq, SessionId, StateChange, TargetConfig, TargetStats,
-};
+use holdfast_proto::{ConnId, Delivery, RandomSource, Seq, SessionId, StateChange, TargetStats};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -43,77 +41,14 @@ use tracing::{debug, info, trace, warn, Instrument};
 
 use crate::clock::Clock;
 use crate::durable::commit::{wait_commit, Committed};
+use crate::durable::driver::Driver;
 use crate::service::{Request, SessionService};
 use crate::service_call::{Finished, Outcome};
 use crate::status::{SessionStatus, TargetObserver};
+pub use crate::target_options::TargetOptions;
 pub use crate::target_stop::Reconnect;
 use crate::target_writer::{killed, ConnWriter};
 use crate::transport::{Acceptor, Endpoint, Listener};
-
-/// Target settings: the protocol's plus the runtime's.
-///
-/// `#[non_exhaustive]`, so fields can be added without breaking callers:
-/// start from `TargetOptions::default()` and set the fields or use the
-/// `with_*` methods.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct TargetOptions {
-    /// Protocol settings (credits, frame limit, retain time, limits).
-    pub protocol: TargetConfig,
-    /// TCP keep-alive and user timeout on accepted sockets.
-    pub socket_detection_bound: Duration,
-    /// Read buffer per connection.
-    pub read_buffer: usize,
-    /// Most bytes queued for one connection's socket before the peer is
-    /// judged not to be reading and dropped. `None`: what the connection's
-    /// session legitimately owes ([`holdfast_proto::Target::write_allowance`]:
-    /// its response cache, sized by the initiator's frame limit, plus 64 KiB
-    /// for control frames), which a peer that reads never exceeds.
-    pub max_write_queue: Option<usize>,
-    /// Peer nodes serving the same backend (PROTOCOL.md §11.5): a session
-    /// to each carries the FENCEs this node forwards. Empty: a FENCE for
-    /// another node is answered `Unreachable`.
-    pub peers: Vec<Endpoint>,
-    /// How long a FENCE forwarded to a peer may take before it is answered
-    /// `Unreachable` (the initiator then fences by waiting).
-    pub peer_fence_timeout: Duration,
-}
-
-impl Default for TargetOptions {
-    fn default() -> Self {
-        TargetOptions {
-            protocol: TargetConfig::default(),
-            socket_detection_bound: Duration::from_secs(2),
-            read_buffer: 64 * 1024,
-            max_write_queue: None,
-            peers: Vec::new(),
-            peer_fence_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
-impl TargetOptions {
-    /// These options with protocol settings `protocol`.
-    pub fn with_protocol(mut self, protocol: TargetConfig) -> Self {
-        self.protocol = protocol;
-        self
-    }
-
-    /// These options with peer nodes `peers` (see [`TargetOptions::peers`]).
-    pub fn with_peers(mut self, peers: Vec<Endpoint>) -> Self {
-        self.peers = peers;
-        self
-    }
-
-    /// Sets the detection bound of accepted TCP sockets (keep-alive and
-    /// `TCP_USER_TIMEOUT`, the second line behind the protocol's inactivity
-    /// deadline, which follows each initiator's keep-alive). Use the same
-    /// bound as the initiators' ([`crate::InitiatorOptions::with_detection_bound`]).
-    pub fn with_detection_bound(mut self, bound: Duration) -> Self {
-        self.socket_detection_bound = bound;
-        self
-    }
-}
 
 /// Messages to the engine.
 pub(crate) enum EngineMsg {
@@ -240,8 +175,7 @@ impl Target {
             stopping_at: None,
             peers: crate::peer::Peers::start(&options.peers, options.peer_fence_timeout),
             gates: HashMap::new(),
-            durable,
-            pending: None,
+            durable: durable.map(Driver::new),
         };
         let span = tracing::info_span!("target", endpoints = ?bound);
         tasks.push(tokio::spawn(engine.run(rx).instrument(span)));
@@ -423,8 +357,8 @@ async fn read_loop(
     }
 }
 
-struct Engine<S> {
-    core: holdfast_proto::Target,
+pub(crate) struct Engine<S> {
+    pub(crate) core: holdfast_proto::Target,
     clock: Clock,
     /// Each session's clone of the service.
     lanes: crate::lanes::Lanes<S>,
@@ -445,11 +379,9 @@ struct Engine<S> {
     /// Start gates of sessions with a quiesce promise and commands in the
     /// service (see `crate::start_gate`), refreshed after every batch.
     gates: HashMap<SessionId, Arc<crate::start_gate::SessionGate>>,
-    /// The durable store, if the target has one.
-    durable: Option<crate::durable::commit::Committer>,
-    /// The `Ready` whose changes are being committed: finished (sent,
-    /// delivered, advanced) once the commit is durable.
-    pending: Option<holdfast_proto::Ready>,
+    /// The durable store and the output waiting for it, if the target has
+    /// one (see `crate::durable::driver`).
+    pub(crate) durable: Option<Driver>,
 }
 
 impl<S: SessionService> Engine<S> {
@@ -458,6 +390,10 @@ impl<S: SessionService> Engine<S> {
         let mut commit: Option<JoinHandle<Committed>> = None;
         loop {
             let deadline = self.core.poll_timeout().map(|t| self.clock.instant(t));
+            let held_until = self
+                .durable
+                .as_ref()
+                .and_then(|d| d.deadline(commit.is_some()));
             // Biased (timers first), so that seeded simulations replay
             // exactly and a flood of input cannot postpone deadlines.
             tokio::select! {
@@ -471,6 +407,9 @@ impl<S: SessionService> Engine<S> {
                         return;
                     }
                 }
+                // Early mode: the held group waited long enough for the
+                // commands still in the service (see `drain_ready`).
+                () = sleep_until(held_until) => {}
                 msg = rx.recv() => match msg {
                     Some(m) => self.handle(m),
                     None => return,
@@ -579,76 +518,41 @@ impl<S: SessionService> Engine<S> {
         }
     }
 
-    /// Takes `Ready`s and finishes them; with a durable store, one with
-    /// changes is committed first: it waits in `pending` and no new `Ready`
-    /// is taken until its commit is durable (`committed`).
-    async fn drain_ready(&mut self, commit: &mut Option<JoinHandle<Committed>>) {
-        self.refresh_gates();
-        while commit.is_none() && self.core.has_ready() {
-            let mut ready = self.core.ready();
-            if !ready.changes.is_empty() {
-                if let Some(durable) = &mut self.durable {
-                    for change in &ready.changes {
-                        log_change(change);
-                    }
-                    let changes = std::mem::take(&mut ready.changes);
-                    *commit = durable.start(changes);
-                    self.pending = Some(ready);
-                    return;
-                }
-            }
-            self.finish_ready(ready).await;
-        }
-    }
-
-    /// A group commit finished: on success the waiting `Ready` goes out;
-    /// on failure the target stops (false), for the store's state on disk
-    /// is unknown after a failed fsync.
-    async fn committed(&mut self, done: Result<Committed, tokio::task::JoinError>) -> bool {
-        let dir = self.durable.as_ref().and_then(|d| d.dir());
-        let error = match done {
-            Ok((store, changes, result)) => {
-                if let Some(d) = &mut self.durable {
-                    d.finish(store);
-                }
-                match result {
-                    Ok(()) => {
-                        if let Some(mut ready) = self.pending.take() {
-                            ready.changes = changes;
-                            self.finish_ready(ready).await;
-                        }
-                        return true;
-                    }
-                    Err(e) => e.to_string(),
-                }
-            }
-            Err(e) => format!("the commit thread failed: {e} (state directory {dir:?})"),
-        };
-        tracing::error!(
-            "the session store could not commit, so the target stops (nothing it had not \
-             made durable was sent): {error}"
-        );
-        false
-    }
-
     /// Sends, closes, delivers and advances one `Ready` whose changes are
     /// durable (or in memory only, without a store).
-    async fn finish_ready(&mut self, mut ready: holdfast_proto::Ready) {
-        for f in ready.fences.drain(..) {
-            info!(token = f.token, node = format_args!("{:08x}", f.node), host = %f.host,
-                      epoch = f.epoch, "forwarding a fence to a peer");
-            self.peers.forward(f, self.tx.clone());
-        }
-        // The changes are persisted (durable store) or kept in memory
-        // only; they are logged so an operator can follow each
-        // session's life (a durable store logged them at its commit).
-        for change in &ready.changes {
-            if self.durable.is_none() {
+    pub(crate) async fn finish_ready(&mut self, mut ready: holdfast_proto::Ready) {
+        self.note_changes(&ready.changes);
+        self.send_output(&mut ready);
+        let mut deliveries = std::mem::take(&mut ready.deliveries);
+        self.execute(&mut deliveries).await;
+        ready.deliveries = deliveries;
+        // The emptied vectors go back for the next batches.
+        self.core.recycle(ready);
+    }
+
+    /// Lets go of the lanes of ended sessions. The changes are persisted
+    /// (durable store) or kept in memory only; they are logged so an
+    /// operator can follow each session's life (a durable store logged
+    /// them at its commit, in strict mode).
+    pub(crate) fn note_changes(&mut self, changes: &[StateChange]) {
+        let log = self.durable.as_ref().is_none_or(Driver::early);
+        for change in changes {
+            if log {
                 log_change(change);
             }
             if let StateChange::SessionEnded { session } = change {
                 self.lanes.end(*session);
             }
+        }
+    }
+
+    /// Forwards a `Ready`'s fences, writes its bytes and closes its
+    /// connections (their changes are durable, or in memory only).
+    pub(crate) fn send_output(&mut self, ready: &mut holdfast_proto::Ready) {
+        for f in ready.fences.drain(..) {
+            info!(token = f.token, node = format_args!("{:08x}", f.node), host = %f.host,
+                      epoch = f.epoch, "forwarding a fence to a peer");
+            self.peers.forward(f, self.tx.clone());
         }
         for t in ready.transmits.drain(..) {
             let Some(w) = self.conns.get(&t.conn) else {
@@ -678,8 +582,13 @@ impl<S: SessionService> Engine<S> {
                 w.close();
             }
         }
+    }
+
+    /// Hands a `Ready`'s deliveries to the service, advances the core and
+    /// completes the commands answered at once.
+    pub(crate) async fn execute(&mut self, deliveries: &mut Vec<Delivery>) {
         let mut finished = Vec::new();
-        for d in ready.deliveries.drain(..) {
+        for d in deliveries.drain(..) {
             if let Some(done) = self.deliver(d).await {
                 finished.push(done);
             }
@@ -692,8 +601,6 @@ impl<S: SessionService> Engine<S> {
                 d.session_held(session);
             }
         }
-        // The emptied vectors go back for the next batches.
-        self.core.recycle(ready);
         self.core.advance(self.clock.now());
         // Services that answered at once are completed here, without a
         // task and a channel hop each.
@@ -779,7 +686,12 @@ impl<S: SessionService> Engine<S> {
             },
         };
         // Readiness per session, never awaited here (see `crate::lanes`).
-        self.lanes.dispatch(request, &self.tx)
+        let (session, seq, one_way) = (request.session, request.seq, request.one_way);
+        let done = self.lanes.dispatch(request, &self.tx);
+        if let (None, false, Some(d)) = (&done, one_way, &mut self.durable) {
+            d.started(session, seq);
+        }
+        done
     }
 }
 
@@ -788,6 +700,9 @@ impl<S: SessionService> Engine<S> {
     /// (`ServiceFailed`), or its refusal (`NotExecuted`).
     fn complete(&mut self, session: SessionId, seq: Seq, outcome: Outcome) {
         let now = self.clock.now();
+        if let Some(d) = &mut self.durable {
+            d.finished(session, seq);
+        }
         let overruns = self.core.stats().quiesce_overruns;
         let result = match outcome {
             Outcome::Refused(why) => {
@@ -832,7 +747,7 @@ impl<S: SessionService> Engine<S> {
 
     /// Publishes every live gate's deadline and fence; drops gates no
     /// command holds any more.
-    fn refresh_gates(&mut self) {
+    pub(crate) fn refresh_gates(&mut self) {
         let core = &self.core;
         self.gates.retain(|session, gate| {
             if Arc::strong_count(gate) == 1 {
@@ -857,7 +772,7 @@ impl<S: SessionService> Engine<S> {
 
 /// Logs a session state change: lifecycle events at info, per-message
 /// changes at trace.
-fn log_change(change: &StateChange) {
+pub(crate) fn log_change(change: &StateChange) {
     match change {
         StateChange::SessionCreated {
             session, credits, ..

@@ -20,10 +20,27 @@ use holdfast::{
 const BOUND: Duration = Duration::from_secs(10);
 
 /// The counter's durability: its value is its state; its first `sync` can
-/// be held (it reports that it was entered and waits for a release).
+/// be held (it reports that it was entered and waits for a release). It is
+/// replay-safe (its effect lives only in its state) when `early` says so:
+/// the target then executes commands before their `Received` is durable.
+/// `states` counts the calls of `state`, which the target makes once per
+/// group commit.
 struct CounterDurability {
     value: Arc<AtomicU64>,
     hold: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+    early: bool,
+    states: AtomicU64,
+}
+
+impl CounterDurability {
+    fn new(value: Arc<AtomicU64>, early: bool) -> Self {
+        CounterDurability {
+            value,
+            hold: Mutex::new(None),
+            early,
+            states: AtomicU64::new(0),
+        }
+    }
 }
 
 impl ServiceDurability for CounterDurability {
@@ -42,7 +59,12 @@ impl ServiceDurability for CounterDurability {
         Ok(())
     }
 
+    fn replay_safe(&self) -> bool {
+        self.early
+    }
+
     fn state(&self) -> Option<Bytes> {
+        self.states.fetch_add(1, Ordering::SeqCst);
         Some(Bytes::copy_from_slice(
             &self.value.load(Ordering::SeqCst).to_be_bytes(),
         ))
@@ -108,15 +130,25 @@ fn durable_store_lock_refuses_a_second_store() {
 /// state with the completion.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_answer_waits_for_the_commit() {
+    answer_waits_for_the_commit(false).await;
+}
+
+/// The same with early execution: the command ran before its group was
+/// durable, and still its answer waits for the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_early_answer_waits_for_the_commit() {
+    answer_waits_for_the_commit(true).await;
+}
+
+async fn answer_waits_for_the_commit(early: bool) {
     support::init_logs();
-    let dir = scratch("wait");
+    let dir = scratch(&format!("wait-{early}"));
     let value = Arc::new(AtomicU64::new(0));
     let (entered_tx, entered_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel();
-    let durability = Arc::new(CounterDurability {
-        value: value.clone(),
-        hold: Mutex::new(Some((entered_tx, release_rx))),
-    });
+    let durability = CounterDurability::new(value.clone(), early);
+    *durability.hold.lock().expect("lock") = Some((entered_tx, release_rx));
+    let durability = Arc::new(durability);
     let store = DurableStore::open(&dir, StoreOptions::default()).expect("open");
     let target = Target::serve_durable(
         &[tcp0()],
@@ -169,6 +201,23 @@ async fn serve_counter(
     addr: std::net::SocketAddr,
     options: TargetOptions,
 ) -> (Target, Arc<AtomicU64>, holdfast::RecoveryReport) {
+    let (target, value, report, _) = serve_counter_in(dir, addr, options, false).await;
+    (target, value, report)
+}
+
+/// [`serve_counter`], in early mode if `early`; also returns the
+/// durability (to count its commits).
+async fn serve_counter_in(
+    dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+    options: TargetOptions,
+    early: bool,
+) -> (
+    Target,
+    Arc<AtomicU64>,
+    holdfast::RecoveryReport,
+    Arc<CounterDurability>,
+) {
     let deadline = tokio::time::Instant::now() + BOUND;
     loop {
         let store = reopen(dir).await;
@@ -178,20 +227,17 @@ async fn serve_counter(
             .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
             .map_or(0, u64::from_be_bytes);
         let value = Arc::new(AtomicU64::new(start));
-        let durability = Arc::new(CounterDurability {
-            value: value.clone(),
-            hold: Mutex::new(None),
-        });
+        let durability = Arc::new(CounterDurability::new(value.clone(), early));
         match Target::serve_durable(
             &[Endpoint::Tcp(addr)],
             options.clone(),
             store,
             support::counter(value.clone()),
-            durability,
+            durability.clone(),
         )
         .await
         {
-            Ok(t) => return (t, value, report),
+            Ok(t) => return (t, value, report, durability),
             Err(StoreError::Io { .. }) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -206,15 +252,28 @@ async fn serve_counter(
 /// the number of calls and every answer is a distinct value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_crash_restart_every_call_exactly_once() {
+    crash_restart_every_call_exactly_once(false).await;
+}
+
+/// The same with early execution: commands that ran before a crash lost
+/// their `Received` ran again after it, and their first run shows nowhere
+/// (the counter's state is rolled back with the lost group).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_early_crash_restart_every_call_exactly_once() {
+    crash_restart_every_call_exactly_once(true).await;
+}
+
+async fn crash_restart_every_call_exactly_once(early: bool) {
     support::init_logs();
     const TASKS: u64 = 8;
     const CALLS: u64 = 40;
-    let dir = scratch("crash");
+    let dir = scratch(&format!("crash-{early}"));
     // A free port, kept across restarts.
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port");
-    let (mut target, mut value, report) = serve_counter(&dir, addr, TargetOptions::default()).await;
+    let (mut target, mut value, report, _) =
+        serve_counter_in(&dir, addr, TargetOptions::default(), early).await;
     assert!(report.created);
     let init = initiator(Endpoint::Tcp(addr));
     let load: Vec<_> = (0..TASKS)
@@ -241,7 +300,7 @@ async fn durable_crash_restart_every_call_exactly_once() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         drop(target);
-        let (t, v, report) = serve_counter(&dir, addr, TargetOptions::default()).await;
+        let (t, v, report, _) = serve_counter_in(&dir, addr, TargetOptions::default(), early).await;
         assert!(!report.created);
         assert_eq!(report.sessions, 1, "{report:?}");
         restored.push(report);
@@ -267,6 +326,44 @@ async fn durable_crash_restart_every_call_exactly_once() {
     eprintln!("restores: {restored:?}");
     drop(target);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A command at queue depth 1 costs one group commit in early mode (its
+/// `Received` and `Completed` in one group), two in strict mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_early_qd1_command_costs_one_commit() {
+    support::init_logs();
+    const CALLS: u64 = 40;
+    let mut commits = Vec::new();
+    for early in [true, false] {
+        let dir = scratch(&format!("qd1-{early}"));
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port");
+        let (target, _value, _, durability) =
+            serve_counter_in(&dir, addr, TargetOptions::default(), early).await;
+        let init = initiator(Endpoint::Tcp(addr));
+        // The login and the first call, not counted.
+        init.call(Bytes::from_static(b"inc")).await.expect("call");
+        let before = durability.states.load(Ordering::SeqCst);
+        for _ in 0..CALLS {
+            init.call(Bytes::from_static(b"inc")).await.expect("call");
+        }
+        commits.push(durability.states.load(Ordering::SeqCst) - before);
+        drop(target);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let (early, strict) = (commits[0], commits[1]);
+    eprintln!("{CALLS} calls at QD 1: {early} commits early, {strict} strict");
+    assert!(
+        strict >= 2 * CALLS,
+        "strict mode commits each command's Received and Completed apart: {strict}"
+    );
+    // A little slack for groups of acknowledgements alone.
+    assert!(
+        early <= CALLS + 4,
+        "early mode: {early} commits for {CALLS} commands, not one each"
+    );
 }
 
 /// After the retain time (counted from the last durable commit) the
@@ -401,5 +498,57 @@ async fn durable_corrupt_store_is_refused_naming_the_session() {
         log,
         "files unchanged"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Early mode: a command that stays in the service holds back other
+/// sessions' answers only for the short hold bound, not until it ends: a
+/// second session's call is answered while the first one's still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_early_slow_command_does_not_hold_other_answers() {
+    support::init_logs();
+    let dir = scratch("slow");
+    let store = DurableStore::open(&dir, StoreOptions::default()).expect("open");
+    let service = holdfast::service_fn(|req: holdfast::Request| async move {
+        if req.payload.as_ref() == b"slow" {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        Ok::<_, std::convert::Infallible>(req.payload)
+    });
+    let durability = Arc::new(CounterDurability::new(Arc::new(AtomicU64::new(0)), true));
+    let target = Target::serve_durable(
+        &[tcp0()],
+        TargetOptions::default(),
+        store,
+        service,
+        durability,
+    )
+    .await
+    .expect("serve");
+    let slow_init = initiator(target.endpoints()[0].clone());
+    let fast_init = initiator(target.endpoints()[0].clone());
+    // The fast session logs in first, so its login is not what waits.
+    fast_init
+        .call(Bytes::from_static(b"hello"))
+        .await
+        .expect("first call");
+    let slow = tokio::spawn(async move { slow_init.call(Bytes::from_static(b"slow")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fast = tokio::time::timeout(
+        Duration::from_millis(1500),
+        fast_init.call(Bytes::from_static(b"fast")),
+    )
+    .await
+    .expect("the fast call was held back by the slow command")
+    .expect("call");
+    assert_eq!(fast.as_ref(), b"fast");
+    assert!(!slow.is_finished(), "the slow command already ended");
+    let slow = tokio::time::timeout(BOUND, slow)
+        .await
+        .expect("the slow call ends")
+        .expect("task")
+        .expect("call");
+    assert_eq!(slow.as_ref(), b"slow");
+    drop(target);
     let _ = std::fs::remove_dir_all(&dir);
 }

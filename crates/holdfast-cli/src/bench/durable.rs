@@ -6,7 +6,11 @@
 //!   in a directory under the results directory, one session with QD tasks
 //!   calling back to back, 64 B and 4 KiB at QD 1 and 32; beside the disk's
 //!   raw fsync rate in the same directory, measured in the same run (fio
-//!   `--fdatasync=1`).
+//!   `--fdatasync=1`), and per row the physical bound `QD / fsync p50` (no
+//!   durable target completes more than QD commands per fsync time) with
+//!   the share of it reached: near 1, the disk is the limit; far below,
+//!   the software. `--dir` puts the store elsewhere (on tmpfs, where an
+//!   fsync is nearly free, the durable side shows the software's own cost).
 //! * Recovery ([`super::durable_recovery`]): `holdfast target --service log
 //!   --state-dir` as a child process holding 1, 100 and 10,000 retained
 //!   sessions is killed with SIGKILL and started again; the time from the
@@ -19,8 +23,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
 use holdfast::{
-    service_fn, DurableStore, Endpoint, EndpointConnector, Initiator, InitiatorOptions,
-    NoDurability, Request, StoreOptions, Target, TargetOptions,
+    service_fn, DurableStore, Endpoint, EndpointConnector, Initiator, InitiatorOptions, Request,
+    ServiceDurability, StoreOptions, Target, TargetOptions,
 };
 use serde::Serialize;
 
@@ -53,6 +57,11 @@ pub(crate) struct ThroughputRow {
     pub(crate) durable: Side,
     /// Durable throughput over in-memory throughput.
     pub(crate) ratio: f64,
+    /// The physical bound, QD / fsync p50, in commands per second (`None`:
+    /// no fsync baseline).
+    pub(crate) fsync_bound_ops_per_s: Option<f64>,
+    /// Durable throughput over that bound.
+    pub(crate) of_bound: Option<f64>,
     /// The targets that apply to this cell.
     pub(crate) targets: Vec<Check>,
 }
@@ -62,7 +71,8 @@ pub(crate) struct ThroughputRow {
 pub(crate) struct DurableReport {
     /// How long the runs were.
     pub(crate) mode: Mode,
-    /// The directory the store and fio wrote to.
+    /// The directory the store and fio wrote to (a scratch directory in
+    /// it).
     pub(crate) directory: PathBuf,
     /// The disk's raw fsync rate there (`None`: fio is not installed).
     pub(crate) fsync: Option<FsyncRate>,
@@ -83,13 +93,16 @@ impl Drop for ScratchDir {
     }
 }
 
-/// Runs the scenario; the store's files go in a directory under `results`.
+/// Runs the scenario; the store's files (and fio's) go in a scratch
+/// directory under `dir`. `strict`: the echo is not replay-safe (each
+/// command costs two groups), for comparison.
 pub(crate) async fn run(
     mode: Mode,
     progress: bool,
-    results: &Path,
+    dir: &Path,
+    strict: bool,
 ) -> anyhow::Result<DurableReport> {
-    let scratch = ScratchDir(results.join(format!("durable-scratch-{}", std::process::id())));
+    let scratch = ScratchDir(dir.join(format!("durable-scratch-{}", std::process::id())));
     std::fs::create_dir_all(&scratch.0)
         .with_context(|| format!("could not create {}", scratch.0.display()))?;
     let fsync = if fio::available() {
@@ -110,8 +123,8 @@ pub(crate) async fn run(
     };
     let (warmup, window) = mode.overhead_cell();
     let mut rows = Vec::new();
-    let memory = EchoTarget::start(None).await?;
-    let durable = EchoTarget::start(Some(&scratch.0.join("echo-state"))).await?;
+    let memory = EchoTarget::start(None, strict).await?;
+    let durable = EchoTarget::start(Some(&scratch.0.join("echo-state")), strict).await?;
     for &payload in &PAYLOADS {
         for &depth in &DEPTHS {
             if progress {
@@ -126,10 +139,13 @@ pub(crate) async fn run(
             } else {
                 0.0
             };
+            let bound = fsync.as_ref().and_then(|f| fsync_bound(depth, f));
             rows.push(ThroughputRow {
                 payload_bytes: payload,
                 depth,
                 targets: checks(depth, ratio, durable.p50_us, fsync.as_ref()),
+                of_bound: bound.map(|b| durable.ops_per_s / b),
+                fsync_bound_ops_per_s: bound,
                 memory,
                 durable,
                 ratio,
@@ -141,12 +157,19 @@ pub(crate) async fn run(
     let recovery = durable_recovery::run(mode, progress, &scratch.0).await?;
     Ok(DurableReport {
         mode,
-        directory: results.to_path_buf(),
+        directory: dir.to_path_buf(),
         fsync,
         window_seconds: window.as_secs_f64(),
         rows,
         recovery,
     })
+}
+
+/// The most commands per second a durable target can complete at queue
+/// depth `depth` on a disk whose fsync takes `f.p50_us`: every command
+/// waits for at least one fsync, and at most `depth` are in flight.
+fn fsync_bound(depth: usize, f: &FsyncRate) -> Option<f64> {
+    (f.p50_us > 0.0).then(|| depth as f64 * 1e6 / f.p50_us)
 }
 
 /// The targets for a cell, judged.
@@ -167,6 +190,21 @@ fn checks(depth: usize, ratio: f64, durable_p50_us: f64, fsync: Option<&FsyncRat
     checks
 }
 
+/// The echo's side of a durable target: no state, nothing to sync, and
+/// replay-safe (an echo has no effect), so each command is received and
+/// completed in one group.
+/// `strict`: say it is not (for comparison: every command then costs two
+/// groups, as before early execution).
+struct EchoDurability {
+    strict: bool,
+}
+
+impl ServiceDurability for EchoDurability {
+    fn replay_safe(&self) -> bool {
+        !self.strict
+    }
+}
+
 /// An echo target in this process and one session to it.
 struct EchoTarget {
     target: Target,
@@ -175,7 +213,7 @@ struct EchoTarget {
 
 impl EchoTarget {
     /// In memory, or with its session store in `state_dir`.
-    async fn start(state_dir: Option<&Path>) -> anyhow::Result<EchoTarget> {
+    async fn start(state_dir: Option<&Path>, strict: bool) -> anyhow::Result<EchoTarget> {
         let echo = service_fn(|req: Request| {
             std::future::ready(Ok::<_, std::convert::Infallible>(req.payload))
         });
@@ -194,7 +232,7 @@ impl EchoTarget {
                     TargetOptions::default(),
                     store,
                     echo,
-                    Arc::new(NoDurability),
+                    Arc::new(EchoDurability { strict }),
                 )
                 .await
                 .context("could not start the durable echo target on 127.0.0.1")?
@@ -234,9 +272,11 @@ impl DurableReport {
             "p50 µs",
             "p99 µs",
             "ratio",
+            "fsync bound ops/s",
+            "of bound",
             "targets",
         ])
-        .align_left(&[9]);
+        .align_left(&[11]);
         for r in &self.rows {
             t.push(vec![
                 size(r.payload_bytes),
@@ -248,6 +288,10 @@ impl DurableReport {
                 num(r.durable.p50_us, 1),
                 num(r.durable.p99_us, 1),
                 format!("{}x", num(r.ratio, 3)),
+                r.fsync_bound_ops_per_s
+                    .map_or_else(|| "-".to_owned(), |b| num(b, 0)),
+                r.of_bound
+                    .map_or_else(|| "-".to_owned(), |f| format!("{}%", num(f * 100.0, 1))),
                 Check::cell(&r.targets, markdown),
             ]);
         }
@@ -303,7 +347,16 @@ impl DurableReport {
              initiator session per target, QD tasks calling back to back. With the store, no \
              response leaves before the group of changes that records it is fsynced; changes \
              arriving during an fsync share the next one (group commit), so at QD 32 one fsync \
-             carries many commands. The response bytes are stored in the cache, so 4 KiB \
+             carries many commands. The echo is replay-safe, so it runs before its receipt is \
+             durable and a command's receipt and completion share one group (PROTOCOL.md \
+             §12.4): one fsync per command at QD 1.\n\
+             - **fsync bound**: QD / the fio fsync p50, the most commands per second any \
+             durable target can complete at that depth (each waits for at least one fsync); \
+             *of bound* is the durable throughput's share of it. Near 100%, the disk is the \
+             limit; far below, the software. Above 100%, the store's own fsync (an append \
+             to its log) is cheaper than fio's, whose latency includes a 4 KiB write that may \
+             extend its file: the bound is then not tight. On tmpfs (`--dir /dev/shm`) an fsync is nearly \
+             free, the bound is far off, and the durable side shows the store's own cost. The response bytes are stored in the cache, so 4 KiB \
              commands write about 4 KiB each to the log.\n\
              - **fsync baseline**: fio writing 4 KiB blocks with an `fdatasync` after each, one \
              job, in the directory the store used, in the same run.\n\
@@ -343,5 +396,18 @@ mod tests {
         assert!(c[0].met);
         assert!(!checks(1, 1.0, 4051.0, Some(&f))[0].met);
         assert!(checks(1, 1.0, 1.0, None).is_empty());
+    }
+
+    #[test]
+    fn fsync_bound_is_depth_over_fsync_time() {
+        let f = FsyncRate {
+            fsyncs_per_s: 250.0,
+            p50_us: 4000.0,
+            p99_us: 9000.0,
+        };
+        assert_eq!(fsync_bound(32, &f), Some(8000.0));
+        assert_eq!(fsync_bound(1, &f), Some(250.0));
+        let free = FsyncRate { p50_us: 0.0, ..f };
+        assert_eq!(fsync_bound(32, &free), None);
     }
 }

@@ -94,7 +94,7 @@ enum ScenarioCmd {
     /// beside fio --fdatasync=1 in the same directory; and the time from a
     /// kill -9 and restart to the first completed command with 1, 100 and
     /// 10,000 retained sessions.
-    Durable(Options),
+    Durable(DurableOptions),
     /// One-way messages per second from one task with the pipelined send
     /// (`send_queued`) against calls per second from one task and from 8,
     /// on one session, with their ratio.
@@ -136,6 +136,24 @@ struct BlockOptions {
     #[arg(long, value_name = "N", requires = "metrics_only", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     rounds: u32,
+}
+
+/// Options of `holdfast bench durable`.
+#[derive(Clone, Debug, Args)]
+struct DurableOptions {
+    #[command(flatten)]
+    common: Options,
+    /// Where the session store and fio write (a scratch directory is made
+    /// in it and removed afterwards); default: the results directory. On
+    /// tmpfs (`/dev/shm`) an fsync costs almost nothing, so the durable
+    /// rows then show the software's own cost against in memory.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Serve the echo as not replay-safe, so each command is received and
+    /// completed in two groups (two fsyncs at QD 1): the behaviour before
+    /// early execution, for comparison.
+    #[arg(long, hide = true)]
+    strict: bool,
 }
 
 /// How long the runs are.
@@ -324,6 +342,7 @@ struct JsonReport {
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // One scenario, or every one (`None`).
     let mut block_selection = block::Selection::Everything;
+    let (mut durable_dir, mut durable_strict) = (None, false);
     let (only, opts) = match args.scenario {
         ScenarioCmd::Overhead(o) => (Some("overhead"), o),
         ScenarioCmd::Recovery(o) => (Some("recovery"), o),
@@ -336,7 +355,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ScenarioCmd::Scale(o) => (Some("scale"), o),
         ScenarioCmd::Multiconn(o) => (Some("multiconn"), o),
         ScenarioCmd::Failover(o) => (Some("failover"), o),
-        ScenarioCmd::Durable(o) => (Some("durable"), o),
+        ScenarioCmd::Durable(o) => {
+            (durable_dir, durable_strict) = (o.dir, o.strict);
+            (Some("durable"), o.common)
+        }
         ScenarioCmd::Messages(o) => (Some("messages"), o),
         ScenarioCmd::All(o) => (None, o),
     };
@@ -429,7 +451,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         report.failover = Some(r);
     }
     if runs("durable") {
-        let r = durable::run(mode, progress, dir).await?;
+        let durable_dir = durable_dir.as_deref().unwrap_or(dir);
+        let r = durable::run(mode, progress, durable_dir, durable_strict).await?;
         write_file(dir, "durable.md", &r.markdown(&machine))?;
         if !opts.json {
             println!("\nholdfast bench durable ({} mode)\n", mode.name());

@@ -6,6 +6,17 @@
 //! [`Ready::transmits`] or executing [`Ready::deliveries`], then call
 //! [`crate::Target::advance`]. The bytes of a `Ready` may reflect its own changes,
 //! never changes that are not in it or an earlier one.
+//!
+//! Early execution (PROTOCOL.md §12), for a replay-safe service only: the
+//! driver may execute the deliveries and call `advance` before the changes
+//! are durable, if it holds the `Ready`'s transmits, closes and fences, and
+//! every later `Ready`'s, until those changes are durable, persists the
+//! changes of successive `Ready`s as groups committed one at a time in
+//! order, and takes the service state stored with a group after the
+//! group's last `Ready` was executed and before the next is taken. A crash
+//! that loses a `Received` then loses only a command no byte acknowledged:
+//! the initiator sends it again, and replay-safety makes its first run
+//! invisible.
 
 use bytes::Bytes;
 

@@ -146,16 +146,18 @@ impl World {
     /// Persists a Ready's changes (with the service state), as the driver
     /// does before anything else of it. Returns true if the target was
     /// killed in the middle (disk mode: between two file operations).
+    /// `services` is the service state to store with them (a journal
+    /// length), taken when the commit started.
     pub(super) fn persist(
         &mut self,
         changes: &[StateChange],
         crash: Option<CrashAt>,
+        services: usize,
     ) -> Result<bool, String> {
         self.store.apply_all(changes);
         if !self.params.durable || changes.is_empty() {
             return Ok(false);
         }
-        let services = self.services.committed_len();
         let wall_ms = self.now.as_nanos() / 1_000_000;
         if let Some(d) = self.durable.on_disk.as_mut() {
             let state = Bytes::copy_from_slice(&(services as u64).to_le_bytes());

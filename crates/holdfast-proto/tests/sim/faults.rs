@@ -97,6 +97,9 @@ impl World {
         self.report.add_target(&target_stats);
         self.generation += 1;
         self.backend_busy_until.clear();
+        // Early mode: output held for groups that never became durable
+        // dies with the process.
+        self.early = super::early::EarlyState::default();
         if self.params.durable {
             self.restore_target()?;
         } else {

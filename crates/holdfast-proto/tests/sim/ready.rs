@@ -11,13 +11,17 @@ use super::{durable, Completion, Packet, World};
 
 impl World {
     pub(super) fn process_ready(&mut self) -> Result<(), String> {
+        if self.params.early {
+            return self.process_ready_early();
+        }
         let ready = self.target.ready();
         let has_changes = !ready.changes.is_empty();
         let crash = self.take_crash(has_changes);
         if crash == Some(durable::CrashAt::BeforePersist) {
             return self.crash_now();
         }
-        if self.persist(&ready.changes, crash)? {
+        let services = self.services.committed_len();
+        if self.persist(&ready.changes, crash, services)? {
             return Ok(()); // killed in the middle of the commit
         }
         // Every byte below may only reflect persisted state: the store must
@@ -57,29 +61,23 @@ impl World {
         if crash == Some(durable::CrashAt::AfterPersist) {
             return self.crash_now();
         }
-        let now = self.now;
-        for t in ready.transmits {
-            let data: Vec<u8> = t.chunks.iter().flat_map(|c| c.iter().copied()).collect();
-            if let Some(c) = self.conn_mut(t.conn) {
-                if !c.target_gone {
-                    let latency = c.latency;
-                    c.to_initiator.push(now, latency, Packet::Data(data));
-                }
-            }
-        }
-        for close in ready.closes {
-            if let Some(c) = self.conn_mut(close.conn) {
-                if !c.target_gone {
-                    c.target_gone = true;
-                    let latency = c.latency;
-                    c.to_initiator.push(now, latency, Packet::Close);
-                }
-            }
-        }
+        self.send_output(ready.transmits, ready.closes);
         if crash == Some(durable::CrashAt::AfterTransmit) {
             return self.crash_now();
         }
-        for (i, d) in ready.deliveries.into_iter().enumerate() {
+        self.execute(ready.deliveries, crash)
+    }
+
+    /// Hands a Ready's deliveries to the services and advances the target,
+    /// unless the armed `crash` falls in the middle (then the target is
+    /// rebuilt and the rest never happens).
+    pub(super) fn execute(
+        &mut self,
+        deliveries: Vec<Delivery>,
+        crash: Option<durable::CrashAt>,
+    ) -> Result<(), String> {
+        let now = self.now;
+        for (i, d) in deliveries.into_iter().enumerate() {
             if crash == Some(durable::CrashAt::MidDeliveries(i)) {
                 return self.crash_now();
             }

@@ -24,6 +24,9 @@ mod faults;
 #[path = "ready.rs"]
 mod ready;
 
+#[path = "early.rs"]
+mod early;
+
 use super::checker::Checker;
 use super::net::{Packet, SimConn};
 use super::service::{payload, OpKind, Services};
@@ -60,6 +63,13 @@ pub struct SimParams {
     /// With `disk`: the disk's syncs do nothing (the test-only fault the
     /// crash simulation must catch).
     pub skip_sync: bool,
+    /// With `durable`: the driver executes early (PROTOCOL.md §12, a
+    /// replay-safe service): deliveries and `advance` before the changes
+    /// are durable, output held until its group is (see `early`).
+    pub early: bool,
+    /// With `early`: held bytes and closes leave before their group is
+    /// durable (the test-only fault the simulation must catch).
+    pub early_unsafe: bool,
 }
 
 impl Default for SimParams {
@@ -74,6 +84,8 @@ impl Default for SimParams {
             durable: false,
             disk: false,
             skip_sync: false,
+            early: false,
+            early_unsafe: false,
         }
     }
 }
@@ -131,6 +143,8 @@ pub struct World {
     credit_blocked: bool,
     /// Durable mode: the committed service state and the armed crash.
     durable: durable::DurableState,
+    /// Early mode: the held group and the group committing.
+    early: early::EarlyState,
 }
 
 impl World {
@@ -212,6 +226,7 @@ impl World {
             report: SimReport::default(),
             credit_blocked: false,
             durable,
+            early: early::EarlyState::default(),
             rng,
         }
     }
@@ -229,10 +244,11 @@ impl World {
     }
 
     fn fail(&self, msg: impl std::fmt::Display) -> String {
-        let (test, env) = match (self.params.durable, self.params.disk) {
-            (false, _) => ("simulation replay", ""),
-            (true, false) => ("durable_restart replay_durable", ""),
-            (true, true) => ("durable_restart replay_durable", " HOLDFAST_SIM_DISK=1"),
+        let (test, env) = match (self.params.durable, self.params.disk, self.params.early) {
+            (false, _, _) => ("simulation replay", ""),
+            (true, _, true) => ("durable_restart replay_durable", " HOLDFAST_SIM_EARLY=1"),
+            (true, false, false) => ("durable_restart replay_durable", ""),
+            (true, true, false) => ("durable_restart replay_durable", " HOLDFAST_SIM_DISK=1"),
         };
         let connections = self.params.connections;
         format!(
@@ -345,6 +361,7 @@ impl World {
             self.initiator.handle_timeout(self.now);
         }
         self.complete_due()?;
+        self.finish_commit_if_due()?;
         if self.restart_at.is_some_and(|t| t <= self.now) {
             self.restart_target()?;
         }
@@ -376,6 +393,7 @@ impl World {
         consider(self.target.poll_timeout());
         consider(self.completions.iter().map(|c| c.at).min());
         consider(self.restart_at);
+        consider(self.early.commit_due());
         if self.live().is_empty() {
             consider(self.reconnect_at);
         } else if self.wants_join() {
@@ -599,6 +617,9 @@ impl World {
             while self.target.has_ready() {
                 progress = true;
                 self.process_ready()?;
+            }
+            if self.params.early && self.start_commit_early()? {
+                progress = true;
             }
             if !progress {
                 return Ok(());

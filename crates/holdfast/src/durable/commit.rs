@@ -61,6 +61,12 @@ impl Committer {
         }
     }
 
+    /// The service is replay-safe: its commands may execute before their
+    /// `Received` is durable (see [`super::driver`]).
+    pub(crate) fn replay_safe(&self) -> bool {
+        self.durability.replay_safe()
+    }
+
     /// The state directory (for error messages), while no commit runs.
     pub(crate) fn dir(&self) -> Option<std::path::PathBuf> {
         self.store.as_ref().map(|s| s.dir().to_path_buf())

@@ -4,12 +4,16 @@
 //! [`DurableStore::open`] takes the directory's lock (two targets never
 //! share one), reads the checkpoint and the log, and rebuilds the store, or
 //! creates an empty one. A target serves from it with
-//! [`crate::Target::serve_durable`]: every `Ready` with changes is committed
-//! as one group with one `fdatasync` (group commit) before any of its bytes
-//! leave, on a blocking thread while the engine goes on taking input (see
-//! [`commit`]).
+//! [`crate::Target::serve_durable`]: state changes are committed in groups,
+//! one `fdatasync` each (group commit), before any byte that reflects them
+//! leaves, on a blocking thread while the engine goes on taking input (see
+//! `commit`). A group is one `Ready`'s changes, or for a replay-safe service
+//! those of every `Ready` executed since the previous group, whose commands
+//! ran before it was durable and whose output waits for it (see `driver`).
 
 pub(crate) mod commit;
+pub(crate) mod driver;
+mod engine;
 mod files;
 pub(crate) mod restore;
 mod serve;

@@ -18,7 +18,10 @@ impl Target {
     /// commit), and every batch of state changes is made durable with one
     /// fsync before any byte that reflects it leaves. `durability` is the
     /// service's side: synced before each group with a completion, its
-    /// state stored in each group.
+    /// state stored in each group; a replay-safe service
+    /// ([`ServiceDurability::replay_safe`]) has its commands executed before
+    /// their receipt is durable, one group (one fsync) per command at
+    /// queue depth 1 instead of two.
     pub async fn serve_durable<S: SessionService>(
         endpoints: &[Endpoint],
         options: TargetOptions,

@@ -1,0 +1,100 @@
+//! The engine's durable driving (PROTOCOL.md §12): takes the core's
+//! `Ready`s and runs them through the group commit, in strict or early mode
+//! (the rules are in [`super::driver`]); without a store each `Ready` is
+//! finished at once.
+
+use tokio::task::JoinHandle;
+
+use super::commit::Committed;
+use super::driver::Driver;
+use crate::service::SessionService;
+use crate::target::{log_change, Engine};
+
+impl<S: SessionService> Engine<S> {
+    /// Takes `Ready`s and finishes them. With a durable store, in strict
+    /// mode one with changes is committed first: no new `Ready` is taken
+    /// until its commit is durable (`committed`); in early mode every
+    /// `Ready` is executed at once and its output held for its group (see
+    /// `crate::durable::driver`).
+    pub(crate) async fn drain_ready(&mut self, commit: &mut Option<JoinHandle<Committed>>) {
+        self.refresh_gates();
+        if self.durable.as_ref().is_some_and(Driver::early) {
+            return self.drain_early(commit).await;
+        }
+        while commit.is_none() && self.core.has_ready() {
+            let ready = self.core.ready();
+            if !ready.changes.is_empty() {
+                if let Some(durable) = &mut self.durable {
+                    for change in &ready.changes {
+                        log_change(change);
+                    }
+                    *commit = durable.commit_ready(ready);
+                    return;
+                }
+            }
+            self.finish_ready(ready).await;
+        }
+    }
+
+    /// Early mode: executes every `Ready` (deliveries, `advance`, the
+    /// answers given at once), holds its changes and output, then starts
+    /// the held group's commit if it is due.
+    async fn drain_early(&mut self, commit: &mut Option<JoinHandle<Committed>>) {
+        while self.core.has_ready() {
+            let mut ready = self.core.ready();
+            self.note_changes(&ready.changes);
+            let mut deliveries = std::mem::take(&mut ready.deliveries);
+            self.execute(&mut deliveries).await;
+            ready.deliveries = deliveries;
+            let empty = match &mut self.durable {
+                Some(d) => d.hold(ready),
+                None => Some(ready),
+            };
+            if let Some(ready) = empty {
+                self.core.recycle(ready);
+            }
+        }
+        let out = match &mut self.durable {
+            Some(d) => d.start_if_due(commit),
+            None => Vec::new(),
+        };
+        for mut ready in out {
+            self.send_output(&mut ready);
+            self.core.recycle(ready);
+        }
+    }
+
+    /// A group commit finished: on success the output it held goes out (in
+    /// strict mode its `Ready` is finished); on failure the target stops
+    /// (false), for the store's state on disk is unknown after a failed
+    /// fsync.
+    pub(crate) async fn committed(
+        &mut self,
+        done: Result<Committed, tokio::task::JoinError>,
+    ) -> bool {
+        let Some(durable) = &mut self.durable else {
+            return true;
+        };
+        let early = durable.early();
+        match durable.committed(done) {
+            Ok(out) => {
+                for mut ready in out {
+                    if early {
+                        self.send_output(&mut ready);
+                        self.core.recycle(ready);
+                    } else {
+                        self.finish_ready(ready).await;
+                    }
+                }
+                true
+            }
+            Err(error) => {
+                tracing::error!(
+                    "the session store could not commit, so the target stops (nothing it had \
+                     not made durable was sent): {error}"
+                );
+                false
+            }
+        }
+    }
+}
