@@ -49,7 +49,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tracing::debug;
 
-use crate::backend_log::FailureLog;
+use crate::backend_log::{BackendLatency, FailureLog};
 use crate::device::{BlockDevice, BlockError, Cancel, Zeroing};
 use crate::identity::VolumeId;
 use crate::ordering::{Access, Release, Sequencer};
@@ -94,6 +94,7 @@ pub struct BlockService<D> {
     order: Sequencer,
     info: Info,
     failures: Arc<FailureLog>,
+    latency: Arc<BackendLatency>,
 }
 
 impl<D> Clone for BlockService<D> {
@@ -103,6 +104,7 @@ impl<D> Clone for BlockService<D> {
             order: self.order.clone(),
             info: self.info,
             failures: self.failures.clone(),
+            latency: self.latency.clone(),
         }
     }
 }
@@ -157,6 +159,7 @@ impl<D: BlockDevice> BlockService<D> {
             order: Sequencer::new(),
             info,
             failures: Arc::default(),
+            latency: Arc::default(),
         }
     }
 
@@ -301,6 +304,7 @@ impl<D: BlockDevice> tower_service::Service<holdfast::Request> for BlockService<
                 let device = self.device.clone();
                 let info = self.info;
                 let failures = self.failures.clone();
+                let latency = self.latency.clone();
                 let start = req.start;
                 Box::pin(async move {
                     ticket.ready().await;
@@ -316,7 +320,7 @@ impl<D: BlockDevice> tower_service::Service<holdfast::Request> for BlockService<
                     let started = std::time::Instant::now();
                     let op = request.opcode();
                     let outcome = execute(&*device, request, info).await;
-                    crate::backend_log::record_latency(op, started.elapsed());
+                    latency.record(op, started.elapsed());
                     let release = ticket.executed();
                     if let Err(e) = &outcome {
                         failures.failed(session, seq, e);
