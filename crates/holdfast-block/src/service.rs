@@ -513,4 +513,85 @@ mod tests {
         assert_eq!(svc.info().max_request, 4096);
         assert!(Info::decode(&svc.info().encode()).is_ok());
     }
+
+    /// Counts `holdfast_backend_io_seconds` registrations and samples.
+    #[derive(Debug, Default)]
+    struct Samples {
+        registered: std::sync::atomic::AtomicU64,
+        samples: Arc<SampleCount>,
+    }
+
+    #[derive(Debug, Default)]
+    struct SampleCount(std::sync::atomic::AtomicU64);
+
+    impl metrics::HistogramFn for SampleCount {
+        fn record(&self, _: f64) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    impl metrics::Recorder for Samples {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Counter {
+            metrics::Counter::noop()
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(
+            &self,
+            key: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            assert_eq!(key.name(), crate::backend_log::BACKEND_IO_SECONDS);
+            self.registered
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics::Histogram::from_arc(Arc::clone(&self.samples))
+        }
+    }
+
+    #[test]
+    fn backend_latency_is_recorded_per_request_through_a_handle_registered_once() {
+        let recorder = Samples::default();
+        let mut svc = BlockService::new(MemoryDevice::new(1 << 20));
+        // The clones a target makes share the handle.
+        let mut clone = svc.clone();
+        metrics::with_local_recorder(&recorder, || {
+            for seq in 0..100u64 {
+                let svc = if seq % 2 == 0 { &mut svc } else { &mut clone };
+                assert!(outcome(now(svc.call(req(1, seq, &write(seq * 8, b"12345678"))))).is_ok());
+            }
+        });
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(load(&recorder.samples.0), 100, "a sample per request");
+        assert_eq!(
+            load(&recorder.registered),
+            1,
+            "the write series was registered again for a later request"
+        );
+    }
 }
