@@ -7,10 +7,11 @@
 //! the `metrics` facade: nothing unless a recorder is installed).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use holdfast::proto::{Seq, SessionId};
+use metrics::Histogram;
 use tracing::{debug, warn};
 
 use crate::device::BlockError;
@@ -20,22 +21,49 @@ use crate::wire::Opcode;
 /// the device (after the ordering of overlapping requests) until it is done.
 pub(crate) const BACKEND_IO_SECONDS: &str = "holdfast_backend_io_seconds";
 
-/// Records one request's backend latency.
-pub(crate) fn record_latency(op: Opcode, took: Duration) {
-    metrics::histogram!(BACKEND_IO_SECONDS, "op" => op_label(op)).record(took);
+/// The `op` labels, indexed by [`op_index`].
+const OPS: [&str; 8] = [
+    "read",
+    "write",
+    "flush",
+    "trim",
+    "write_zeroes",
+    "info",
+    "block_status",
+    "cache",
+];
+
+/// A service's `holdfast_backend_io_seconds` handles, one per operation,
+/// registered with the recorder on first use and shared by the service's
+/// clones: a `metrics::histogram!` per request would build, hash and look
+/// up its key every time (issue 17); a handle records the sample directly.
+#[derive(Debug, Default)]
+pub(crate) struct BackendLatency {
+    /// By [`op_index`].
+    by_op: [OnceLock<Histogram>; OPS.len()],
 }
 
-/// The metric label of an operation.
-fn op_label(op: Opcode) -> &'static str {
+impl BackendLatency {
+    /// Records one request's backend latency.
+    pub(crate) fn record(&self, op: Opcode, took: Duration) {
+        let i = op_index(op);
+        self.by_op[i]
+            .get_or_init(|| metrics::histogram!(BACKEND_IO_SECONDS, "op" => OPS[i]))
+            .record(took);
+    }
+}
+
+/// The index in [`OPS`] of an operation (its metric label).
+fn op_index(op: Opcode) -> usize {
     match op {
-        Opcode::Read => "read",
-        Opcode::Write => "write",
-        Opcode::Flush => "flush",
-        Opcode::Trim => "trim",
-        Opcode::WriteZeroes => "write_zeroes",
-        Opcode::Info => "info",
-        Opcode::BlockStatus => "block_status",
-        Opcode::Cache => "cache",
+        Opcode::Read => 0,
+        Opcode::Write => 1,
+        Opcode::Flush => 2,
+        Opcode::Trim => 3,
+        Opcode::WriteZeroes => 4,
+        Opcode::Info => 5,
+        Opcode::BlockStatus => 6,
+        Opcode::Cache => 7,
     }
 }
 

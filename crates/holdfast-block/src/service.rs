@@ -49,7 +49,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tracing::debug;
 
-use crate::backend_log::FailureLog;
+use crate::backend_log::{BackendLatency, FailureLog};
 use crate::device::{BlockDevice, BlockError, Cancel, Zeroing};
 use crate::identity::VolumeId;
 use crate::ordering::{Access, Release, Sequencer};
@@ -94,6 +94,7 @@ pub struct BlockService<D> {
     order: Sequencer,
     info: Info,
     failures: Arc<FailureLog>,
+    latency: Arc<BackendLatency>,
 }
 
 impl<D> Clone for BlockService<D> {
@@ -103,6 +104,7 @@ impl<D> Clone for BlockService<D> {
             order: self.order.clone(),
             info: self.info,
             failures: self.failures.clone(),
+            latency: self.latency.clone(),
         }
     }
 }
@@ -157,6 +159,7 @@ impl<D: BlockDevice> BlockService<D> {
             order: Sequencer::new(),
             info,
             failures: Arc::default(),
+            latency: Arc::default(),
         }
     }
 
@@ -301,6 +304,7 @@ impl<D: BlockDevice> tower_service::Service<holdfast::Request> for BlockService<
                 let device = self.device.clone();
                 let info = self.info;
                 let failures = self.failures.clone();
+                let latency = self.latency.clone();
                 let start = req.start;
                 Box::pin(async move {
                     ticket.ready().await;
@@ -316,7 +320,7 @@ impl<D: BlockDevice> tower_service::Service<holdfast::Request> for BlockService<
                     let started = std::time::Instant::now();
                     let op = request.opcode();
                     let outcome = execute(&*device, request, info).await;
-                    crate::backend_log::record_latency(op, started.elapsed());
+                    latency.record(op, started.elapsed());
                     let release = ticket.executed();
                     if let Err(e) = &outcome {
                         failures.failed(session, seq, e);
@@ -508,5 +512,86 @@ mod tests {
         assert_eq!(svc.info().block_size, 4096);
         assert_eq!(svc.info().max_request, 4096);
         assert!(Info::decode(&svc.info().encode()).is_ok());
+    }
+
+    /// Counts `holdfast_backend_io_seconds` registrations and samples.
+    #[derive(Debug, Default)]
+    struct Samples {
+        registered: std::sync::atomic::AtomicU64,
+        samples: Arc<SampleCount>,
+    }
+
+    #[derive(Debug, Default)]
+    struct SampleCount(std::sync::atomic::AtomicU64);
+
+    impl metrics::HistogramFn for SampleCount {
+        fn record(&self, _: f64) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    impl metrics::Recorder for Samples {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Counter {
+            metrics::Counter::noop()
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(
+            &self,
+            key: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            assert_eq!(key.name(), crate::backend_log::BACKEND_IO_SECONDS);
+            self.registered
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics::Histogram::from_arc(Arc::clone(&self.samples))
+        }
+    }
+
+    #[test]
+    fn backend_latency_is_recorded_per_request_through_a_handle_registered_once() {
+        let recorder = Samples::default();
+        let mut svc = BlockService::new(MemoryDevice::new(1 << 20));
+        // The clones a target makes share the handle.
+        let mut clone = svc.clone();
+        metrics::with_local_recorder(&recorder, || {
+            for seq in 0..100u64 {
+                let svc = if seq % 2 == 0 { &mut svc } else { &mut clone };
+                assert!(outcome(now(svc.call(req(1, seq, &write(seq * 8, b"12345678"))))).is_ok());
+            }
+        });
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(load(&recorder.samples.0), 100, "a sample per request");
+        assert_eq!(
+            load(&recorder.registered),
+            1,
+            "the write series was registered again for a later request"
+        );
     }
 }

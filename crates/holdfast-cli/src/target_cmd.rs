@@ -336,6 +336,12 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
         );
         crate::state_dir::recovered_json(st.report())
     });
+    // Installed before the target serves: the request path registers its
+    // metric handles once, on first use, and keeps them; a request served
+    // before the recorder existed would keep a handle that records nothing.
+    if let Some(addr) = s.metrics {
+        crate::metrics_export::install(addr)?;
+    }
     let (target, what, size) = match &s.volume {
         Some(volume) => {
             let device = FileDevice::open(
@@ -388,8 +394,7 @@ pub(crate) async fn run(s: TargetSettings) -> anyhow::Result<ExitCode> {
             (target, "the log service".to_owned(), None)
         }
     };
-    if let Some(addr) = s.metrics {
-        crate::metrics_export::install(addr)?;
+    if s.metrics.is_some() {
         crate::metrics_export::export_target(target.observer());
     }
     let control = match &s.control {

@@ -33,6 +33,14 @@
 //! or an oversized write payload drops the connection; a malformed or
 //! out-of-range request gets an error reply.
 //!
+//! Requests are counted (`holdfast_nbd_requests_total` by `type` and
+//! `outcome`, latency in `holdfast_nbd_request_seconds`) through the
+//! `metrics` facade. Install the recorder before serving: a connection
+//! registers each series' handle the first time it records into it and
+//! keeps it, so a connection that recorded before the recorder existed
+//! keeps recording into nothing. The block service's
+//! `holdfast_backend_io_seconds` handles work the same way.
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use std::sync::Arc;

@@ -47,6 +47,7 @@ use tracing::{debug, error, warn};
 
 use super::consts::*;
 use super::handshake::Export;
+use super::metrics::RequestMetrics;
 use super::read_ahead::ReadAhead;
 use super::read_budget::ReadBudget;
 use super::reply::{write_replies, Body, Outgoing};
@@ -102,6 +103,7 @@ where
             export.min_block,
         )),
         in_flight,
+        metrics: Arc::default(),
     };
     let mut reader = Box::pin(conn.read_requests(rd));
     let writer = write_replies(wr, rx, export.structured);
@@ -225,6 +227,8 @@ struct Conn<D> {
     reads: Arc<ReadBudget>,
     /// The server's count of requests in flight (all connections).
     in_flight: Arc<AtomicUsize>,
+    /// This connection's metric handles, shared with its request tasks.
+    metrics: Arc<RequestMetrics>,
 }
 
 /// A request's place among the connection's [`NbdOptions::max_in_flight`],
@@ -487,7 +491,7 @@ impl<D: BlockDevice> Conn<D> {
 
     /// Answers a request with an error without touching the device.
     fn refuse(&self, req: &Request, permits: Permits, errno: u32, why: &str) {
-        super::metrics::refused(req.kind);
+        self.metrics.refused(req.kind);
         debug!(
             handle = req.handle,
             command = req.kind,
@@ -523,13 +527,14 @@ impl<D: BlockDevice> Conn<D> {
         let io_timeout = self.io_timeout;
         let (handle, offset, len) = (req.handle, req.offset, req.len);
         let with_message = matches!(req.kind, CMD_READ | CMD_BLOCK_STATUS);
+        let (command, metrics) = (req.kind, Arc::clone(&self.metrics));
         tokio::spawn(async move {
             let _alive = alive;
             let name = op.name();
             let mut in_doubt = false;
             let started = std::time::Instant::now();
             let outcome = execute(&*device, &reads, op, io_timeout, &cancel_all).await;
-            super::metrics::answered(name, outcome.as_ref().map(drop), started.elapsed());
+            metrics.answered(command, outcome.as_ref().map(drop), started.elapsed());
             let body = match outcome {
                 Ok(Done::Nothing) => Body::Status(0),
                 Ok(Done::Data(data)) => Body::Data { offset, data },

@@ -215,6 +215,15 @@ impl Runner {
             let r = fio::run(device, self.job(rw, block, depth)).await?;
             let server_cpu = cpu_of(servers)?.saturating_sub(before);
             self.push(system, rw, block, depth, r, server_cpu);
+            // Each run's figure, so the spread behind a median is visible.
+            if let (true, Some(row)) = (self.progress, self.rows.last()) {
+                eprintln!(
+                    "bench block: {system}: {}: {:.0} IOPS, {:.1} CPU µs/IO",
+                    label(rw, block, depth),
+                    row.iops,
+                    row.cpu_us_per_io
+                );
+            }
         }
         Ok(())
     }
