@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use holdfast_proto::Delivery;
 
-use super::{durable, Completion, Packet, World};
+use super::{durable, Completion, World};
 
 impl World {
     pub(super) fn process_ready(&mut self) -> Result<(), String> {
