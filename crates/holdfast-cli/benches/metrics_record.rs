@@ -69,7 +69,7 @@ fn bench(c: &mut Criterion) {
                 metrics::histogram!("holdfast_nbd_request_seconds", "type" => kind).record(TOOK);
                 metrics::histogram!("holdfast_backend_io_seconds", "op" => kind).record(TOOK);
                 n += 1;
-                if n % UPKEEP_EVERY == 0 {
+                if n.is_multiple_of(UPKEEP_EVERY) {
                     handle.run_upkeep();
                 }
             });
@@ -97,7 +97,7 @@ fn bench(c: &mut Criterion) {
             h.latency.record(TOOK);
             h.backend.record(TOOK);
             n += 1;
-            if n % UPKEEP_EVERY == 0 {
+            if n.is_multiple_of(UPKEEP_EVERY) {
                 handle.run_upkeep();
             }
         });
