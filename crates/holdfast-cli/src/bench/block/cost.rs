@@ -264,7 +264,7 @@ pub(super) fn costs(rows: &[BlockRow]) -> Vec<MetricsCost> {
             };
             let (with, without) = (runs(METRICS_SYSTEM), runs(SYSTEMS[3]));
             let pairs: Vec<(&BlockRow, &BlockRow)> =
-                with.into_iter().zip(without).filter(|(w, o)| o.iops > 0.0).collect();
+                with.into_iter().zip(without).filter(|(_, o)| o.iops > 0.0).collect();
             let ratio = |f: fn(&BlockRow) -> f64| -> Vec<f64> {
                 pairs
                     .iter()
