@@ -34,10 +34,10 @@ use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
 // The binary's own recorder, compiled into this benchmark as it is.
-#[allow(dead_code, unreachable_pub)]
+#[allow(dead_code, unreachable_pub, unused_imports)]
 #[path = "../src/metrics_endpoint.rs"]
 mod metrics_endpoint;
-#[allow(dead_code, unreachable_pub)]
+#[allow(dead_code, unreachable_pub, unused_imports)]
 #[path = "../src/metrics_histogram.rs"]
 mod metrics_histogram;
 
