@@ -203,7 +203,11 @@ fn write_series(out: &mut String, name: &str, key: &Key, s: &Snapshot) {
         })
         .collect();
     let braces = |extra: Option<String>| -> String {
-        let all: Vec<&str> = labels.iter().map(String::as_str).chain(extra.as_deref()).collect();
+        let all: Vec<&str> = labels
+            .iter()
+            .map(String::as_str)
+            .chain(extra.as_deref())
+            .collect();
         if all.is_empty() {
             String::new()
         } else {
@@ -244,7 +248,13 @@ mod tests {
     fn sums(text: &str) -> Vec<f64> {
         text.lines()
             .filter(|l| l.contains("_sum"))
-            .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+            .map(|l| {
+                l.rsplit_once(' ')
+                    .expect("a value")
+                    .1
+                    .parse()
+                    .expect("a number")
+            })
             .collect()
     }
 
@@ -252,11 +262,14 @@ mod tests {
     fn a_scrape_shows_what_the_exporter_showed_for_the_same_samples() {
         let exporter = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &BUCKETS)
-            .unwrap()
+            .expect("the buckets")
             .build_recorder();
         let handle = exporter.handle();
         let ours = Histograms::default();
-        let key = Key::from_parts("holdfast_nbd_request_seconds", vec![metrics::Label::new("type", "read")]);
+        let key = Key::from_parts(
+            "holdfast_nbd_request_seconds",
+            vec![metrics::Label::new("type", "read")],
+        );
         let h = ours.register(&key);
         metrics::with_local_recorder(&exporter, || {
             let theirs = metrics::histogram!("holdfast_nbd_request_seconds", "type" => "read");
@@ -268,11 +281,17 @@ mod tests {
         let expected = handle.render();
         let mut got = String::new();
         ours.render(&mut got);
-        assert_eq!(without_sums(&got), without_sums(&expected), "{got}\n{expected}");
+        assert_eq!(
+            without_sums(&got),
+            without_sums(&expected),
+            "{got}\n{expected}"
+        );
         let (a, b) = (sums(&got), sums(&expected));
         assert_eq!(a.len(), 1);
         assert!((a[0] - b[0]).abs() < 1e-6, "{a:?} {b:?}");
-        assert!(got.contains("holdfast_nbd_request_seconds_bucket{type=\"read\",le=\"0.00005\"} 3\n"));
+        assert!(
+            got.contains("holdfast_nbd_request_seconds_bucket{type=\"read\",le=\"0.00005\"} 3\n")
+        );
         assert!(got.contains("holdfast_nbd_request_seconds_count{type=\"read\"} 12\n"));
     }
 
@@ -291,9 +310,10 @@ mod tests {
             })
             .collect();
         for t in threads {
-            t.join().unwrap();
+            t.join().expect("the thread records");
         }
-        all.register(&Key::from_name("y_seconds")).record_seconds(f64::NAN);
+        all.register(&Key::from_name("y_seconds"))
+            .record_seconds(f64::NAN);
         let s = all.register(&key).snapshot();
         assert_eq!(s.count(), 120_000);
         assert_eq!(s.counts[2], 120_000, "all in the 250 µs bucket");
@@ -304,6 +324,9 @@ mod tests {
         assert_eq!(text.matches("# TYPE").count(), 2, "{text}");
         assert!(text.contains("# HELP y_seconds a help text\n"), "{text}");
         assert!(text.contains("y_seconds_bucket{le=\"30\"} 0\ny_seconds_bucket{le=\"+Inf\"} 1\n"));
-        assert!(text.contains("y_seconds_sum 0\ny_seconds_count 1\n"), "{text}");
+        assert!(
+            text.contains("y_seconds_sum 0\ny_seconds_count 1\n"),
+            "{text}"
+        );
     }
 }

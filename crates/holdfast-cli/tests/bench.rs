@@ -478,7 +478,9 @@ fn metrics_only_pairs_each_round_and_reports_the_ratios() {
         String::from_utf8_lossy(&out.stderr)
     );
     let json: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
-    let costs = json["block"]["metrics_cost"].as_array().expect("metrics_cost");
+    let costs = json["block"]["metrics_cost"]
+        .as_array()
+        .expect("metrics_cost");
     let jobs: Vec<&str> = costs
         .iter()
         .map(|c| c["workload"].as_str().expect("workload"))

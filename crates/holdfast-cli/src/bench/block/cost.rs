@@ -263,8 +263,11 @@ pub(super) fn costs(rows: &[BlockRow]) -> Vec<MetricsCost> {
                     .collect()
             };
             let (with, without) = (runs(METRICS_SYSTEM), runs(SYSTEMS[3]));
-            let pairs: Vec<(&BlockRow, &BlockRow)> =
-                with.into_iter().zip(without).filter(|(_, o)| o.iops > 0.0).collect();
+            let pairs: Vec<(&BlockRow, &BlockRow)> = with
+                .into_iter()
+                .zip(without)
+                .filter(|(_, o)| o.iops > 0.0)
+                .collect();
             let ratio = |f: fn(&BlockRow) -> f64| -> Vec<f64> {
                 pairs
                     .iter()
@@ -287,7 +290,8 @@ pub(super) fn costs(rows: &[BlockRow]) -> Vec<MetricsCost> {
 pub(super) fn judge_pairs(rows: &mut [BlockRow], costs: &[MetricsCost]) {
     for r in rows.iter_mut().filter(|r| r.system == METRICS_SYSTEM) {
         if let Some(cost) = costs.iter().find(|c| c.workload == r.workload) {
-            r.targets.retain(|c| !c.target.contains("without --metrics"));
+            r.targets
+                .retain(|c| !c.target.contains("without --metrics"));
             r.targets.push(cost.check());
         }
     }
@@ -337,11 +341,11 @@ mod tests {
 
     #[test]
     fn a_spread_has_median_interval_and_range() {
-        let s = Spread::of(&[1.0, 0.97, 1.02, 0.99, 0.995, 1.01]).unwrap();
+        let s = Spread::of(&[1.0, 0.97, 1.02, 0.99, 0.995, 1.01]).expect("a spread");
         assert!((s.median - 0.9975).abs() < 1e-12, "{s:?}");
         assert_eq!(s.ci95, Some((0.97, 1.02)));
         assert_eq!((s.min, s.max), (0.97, 1.02));
-        let s = Spread::of(&[0.98, 1.0, 0.99]).unwrap();
+        let s = Spread::of(&[0.98, 1.0, 0.99]).expect("a spread");
         assert_eq!((s.median, s.ci95), (0.99, None));
         assert!(Spread::of(&[]).is_none());
         assert!(Spread::of(&[1.0, f64::NAN]).is_none());
@@ -375,7 +379,10 @@ mod tests {
         let costs = costs(&rows);
         assert_eq!(costs.len(), 2);
         let read = &costs[0];
-        assert_eq!((read.workload.as_str(), read.pairs), ("4 KiB randread QD 32", 3));
+        assert_eq!(
+            (read.workload.as_str(), read.pairs),
+            ("4 KiB randread QD 32", 3)
+        );
         assert!((read.iops_ratio.median - 0.995).abs() < 1e-9, "{read:?}");
         assert!((read.iops_ratio.min - 0.99).abs() < 1e-9);
         assert!((read.cpu_ratio.max - 1.01).abs() < 1e-9);
@@ -389,7 +396,7 @@ mod tests {
         let row = table
             .iter()
             .find(|r| r.system == METRICS_SYSTEM && r.rw == "randread")
-            .unwrap();
+            .expect("the randread +metrics row");
         assert_eq!(row.targets.len(), 1, "{:?}", row.targets);
         assert!(row.targets[0].met, "{:?}", row.targets);
         assert!(row.targets[0].target.contains("median of 3 pairs 0.995x"));
