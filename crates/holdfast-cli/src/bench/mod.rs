@@ -135,7 +135,7 @@ struct BlockOptions {
     /// `--metrics` and one without run side by side; each round runs each
     /// job on both (the order alternating), one ratio a round. Reported:
     /// the median ratio, its 95% confidence interval (from 6 rounds) and
-    /// the range.
+    /// the range. An even count runs each order equally often.
     #[arg(long, value_name = "N", requires = "metrics_only", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     rounds: u32,
