@@ -15,7 +15,12 @@
 //!   cloned and dropped, three times.
 //! * `handles`: the handles registered once and kept (what the NBD
 //!   connection's `RequestMetrics` and the block service's `BackendLatency`
-//!   do now): one atomic add and two histogram samples.
+//!   do): one atomic add and two histogram samples, each sample queued
+//!   with a clock reading until the upkeep drains it.
+//! * `handles_atomic_histograms`: the same handles into the recorder that
+//!   `--metrics` installs now (`src/metrics_endpoint.rs`): the counter in
+//!   the exporter's registry, each `_seconds` sample two atomic adds into
+//!   fixed buckets (`src/metrics_histogram.rs`), nothing to drain.
 //!
 //! One iteration is one request's recording on both sides. Run with
 //! `cargo bench -p holdfast-cli --bench metrics_record`, or check it runs
@@ -27,6 +32,14 @@ use std::time::Duration;
 use criterion::Criterion;
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
+
+// The binary's own recorder, compiled into this benchmark as it is.
+#[allow(dead_code, unreachable_pub, unused_imports)]
+#[path = "../src/metrics_endpoint.rs"]
+mod metrics_endpoint;
+#[allow(dead_code, unreachable_pub, unused_imports)]
+#[path = "../src/metrics_histogram.rs"]
+mod metrics_histogram;
 
 /// The buckets `--metrics` gives every `_seconds` histogram.
 const BUCKETS: [f64; 18] = [
@@ -104,6 +117,26 @@ fn bench(c: &mut Criterion) {
     });
     let text = handle.render();
     let line = format!("holdfast_nbd_requests_total{{type=\"read\",outcome=\"ok\"}} {n}");
+    assert!(text.contains(&line), "{line} not in {text}");
+
+    let rec = metrics_endpoint::Recorder::new();
+    let page = rec.page();
+    let h = metrics::with_local_recorder(&rec, || Handles {
+        requests: metrics::counter!("holdfast_nbd_requests_total", "type" => "read", "outcome" => "ok"),
+        latency: metrics::histogram!("holdfast_nbd_request_seconds", "type" => "read"),
+        backend: metrics::histogram!("holdfast_backend_io_seconds", "op" => "read"),
+    });
+    let mut n = 0u64;
+    g.bench_function("handles_atomic_histograms", |b| {
+        b.iter(|| {
+            black_box(&h).requests.increment(1);
+            h.latency.record(TOOK);
+            h.backend.record(TOOK);
+            n += 1;
+        });
+    });
+    let text = page.render();
+    let line = format!("holdfast_backend_io_seconds_count{{op=\"read\"}} {n}");
     assert!(text.contains(&line), "{line} not in {text}");
     g.finish();
 }

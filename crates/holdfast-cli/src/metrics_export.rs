@@ -1,5 +1,5 @@
-//! `--metrics ADDR`: a Prometheus endpoint (`GET /metrics` on ADDR) served
-//! by `metrics-exporter-prometheus`'s own HTTP listener.
+//! `--metrics ADDR`: a Prometheus endpoint (`GET /metrics` on ADDR; the
+//! recorder and its listener are in [`crate::metrics_endpoint`]).
 //!
 //! Two sources feed it. Events are recorded where they happen, through the
 //! `metrics` facade: recoveries and their duration and lost connections
@@ -13,34 +13,18 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context;
 use holdfast::paths::PathGroup;
 use holdfast::{Initiator, TargetObserver};
 use metrics::{counter, gauge};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tokio::task::JoinHandle;
 
 /// How often counters and gauges kept by the core are republished.
 pub(crate) const REFRESH: Duration = Duration::from_millis(500);
 
-/// Latency buckets, in seconds, for every `_seconds` histogram: 50 µs to
-/// 30 s, enough for a loopback 4 KiB read and for a recovery after a
-/// detection timeout.
-const BUCKETS: [f64; 18] = [
-    50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3,
-    1.0, 2.5, 5.0, 10.0, 30.0,
-];
-
-/// Starts the endpoint on `addr` and installs the global recorder.
+/// Starts the endpoint on `addr` and installs the global recorder (see
+/// [`crate::metrics_endpoint`]).
 pub(crate) fn install(addr: SocketAddr) -> anyhow::Result<()> {
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &BUCKETS)
-        .context("the metrics buckets")?
-        .install()
-        .with_context(|| {
-            format!("could not serve metrics on {addr} (is the port free? give another --metrics)")
-        })
+    crate::metrics_endpoint::install(addr)
 }
 
 /// Republishes a target's counters and gauges until it stops.

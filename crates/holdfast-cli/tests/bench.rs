@@ -449,3 +449,65 @@ fn check_scale(json: &serde_json::Value, dir: &std::path::Path, index: &str) {
         assert!(index.contains(link), "README.md does not link {link}");
     }
 }
+
+/// `bench block --metrics-only`: a pair of runs per job and round, each
+/// job's cost from its pairs (a median, the range, no 95% interval from
+/// fewer than 6), in the JSON, the "+metrics" rows' targets and the report.
+#[test]
+fn metrics_only_pairs_each_round_and_reports_the_ratios() {
+    let scratch = Scratch::new("bench-metrics-only");
+    let dir = scratch.0.join("results");
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "block",
+            "--metrics-only",
+            "--rounds",
+            "2",
+            "--smoke",
+            "--json",
+            "--results",
+        ])
+        .arg(&dir)
+        .output()
+        .expect("run holdfast bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "holdfast bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let costs = json["block"]["metrics_cost"]
+        .as_array()
+        .expect("metrics_cost");
+    let jobs: Vec<&str> = costs
+        .iter()
+        .map(|c| c["workload"].as_str().expect("workload"))
+        .collect();
+    assert_eq!(jobs, ["4 KiB randread QD 32", "4 KiB randwrite QD 32"]);
+    for c in costs {
+        assert_eq!(c["pairs"], 2, "{c}");
+        for spread in ["iops_ratio", "cpu_ratio"] {
+            let s = &c[spread];
+            let (min, median, max) = (
+                s["min"].as_f64().expect("min"),
+                s["median"].as_f64().expect("median"),
+                s["max"].as_f64().expect("max"),
+            );
+            assert!(0.0 < min && min <= median && median <= max, "{c}");
+            assert!(s["ci95"].is_null(), "no 95% interval from 2 pairs: {c}");
+        }
+    }
+    let rows = json["block"]["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 4, "each system's median run per job: {rows:?}");
+    for r in rows
+        .iter()
+        .filter(|r| r["system"] == "holdfast nbd +metrics")
+    {
+        let t = r["targets"][0]["target"].as_str().unwrap_or_default();
+        assert!(t.contains("median of 2 pairs"), "{r}");
+    }
+    let md = non_empty(&dir, "block.md");
+    assert!(md.contains("## The cost of --metrics"), "{md}");
+}

@@ -28,6 +28,8 @@ use super::table::{num, size, Table};
 use super::{Check, Machine, Mode};
 use crate::units::parse_endpoint;
 
+mod cost;
+
 /// The jobs: fio's `rw`, the request size and the queue depth.
 pub(crate) const WORKLOADS: [(&str, usize, usize); 6] = [
     ("randread", 4 << 10, 1),
@@ -119,6 +121,10 @@ pub(crate) struct BlockReport {
     pub(crate) rows: Vec<BlockRow>,
     /// Systems that could not run here, and why.
     pub(crate) skipped: Vec<String>,
+    /// With `--metrics-only`: the cost of `--metrics` per job, from pairs
+    /// of runs with and without it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) metrics_cost: Vec<cost::MetricsCost>,
 }
 
 /// Warm-up, measured time and file size for a mode.
@@ -332,14 +338,10 @@ pub(crate) async fn run(
             have_fio,
             "--metrics-only runs fio, which is not installed (apt-get install fio)"
         );
-        for round in 0..rounds.max(1) {
-            // Alternating the order cancels a slow drift of the machine.
-            for metrics in [round % 2 == 1, round % 2 == 0] {
-                nbd_jobs(&mut runner, path, &socket("holdfast"), metrics).await?;
-            }
-        }
-        let mut rows = medians(runner.rows);
+        let (runs, metrics_cost) = cost::measure(&mut runner, path, socket, rounds).await?;
+        let mut rows = medians(runs);
         judge(&mut rows);
+        cost::judge_pairs(&mut rows, &metrics_cost);
         return Ok(BlockReport {
             mode,
             file_bytes,
@@ -348,8 +350,9 @@ pub(crate) async fn run(
             rows,
             skipped: vec![format!(
                 "every system but holdfast nbd with and without --metrics (--metrics-only; \
-                 each row is the median of {rounds} run(s))"
+                 {rounds} round(s) of pairs, each row the median run)"
             )],
+            metrics_cost,
         });
     }
     if have_fio {
@@ -449,6 +452,7 @@ pub(crate) async fn run(
         runtime_seconds: runtime.as_secs_f64(),
         rows,
         skipped,
+        metrics_cost: Vec::new(),
     })
 }
 
@@ -461,51 +465,9 @@ async fn nbd_jobs(
     sock: &Path,
     metrics: bool,
 ) -> anyhow::Result<()> {
-    let free = || -> anyhow::Result<String> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .to_string())
-    };
-    let (target_metrics, nbd_metrics) = (free()?, free()?);
-    let with = |args: &[&str], addr: &str| {
-        let mut v: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        if metrics {
-            v.extend(["--metrics".to_owned(), addr.to_owned()]);
-        }
-        v
-    };
-    let target_args = with(
-        &["target", "--volume", volume, "--listen", "127.0.0.1:0"],
-        &target_metrics,
-    );
-    let target_args: Vec<&str> = target_args.iter().map(String::as_str).collect();
-    let (target, ready) = Server::holdfast("holdfast target", &target_args).await?;
-    let endpoint = ready["endpoints"][0]
-        .as_str()
-        .ok_or_else(|| anyhow!("holdfast target printed no endpoint: {ready}"))?
-        .to_owned();
-    let listen = format!("unix:{}", sock.display());
-    let nbd_args = with(
-        &["nbd", "--target", &endpoint, "--listen", &listen],
-        &nbd_metrics,
-    );
-    let nbd_args: Vec<&str> = nbd_args.iter().map(String::as_str).collect();
-    let (nbd, ready) = Server::holdfast("holdfast nbd", &nbd_args).await?;
-    let uri = ready["uri"]
-        .as_str()
-        .ok_or_else(|| anyhow!("holdfast nbd printed no URI: {ready}"))?
-        .to_owned();
-    let system = if metrics { METRICS_SYSTEM } else { SYSTEMS[3] };
-    runner
-        .fio_some(
-            system,
-            Device::Nbd(&uri),
-            &[&target, &nbd],
-            &METRICS_WORKLOADS,
-        )
-        .await?;
-    nbd.stop().await;
-    target.stop().await;
+    let pair = cost::Pair::start(volume, sock, metrics).await?;
+    pair.run(runner, &METRICS_WORKLOADS).await?;
+    pair.stop().await;
     Ok(())
 }
 
@@ -655,6 +617,10 @@ impl BlockReport {
         for s in &self.skipped {
             out.push_str(&format!("  skipped: {s}\n"));
         }
+        if !self.metrics_cost.is_empty() {
+            out.push_str("\nthe cost of --metrics, from pairs of runs (one pair a round):\n\n");
+            out.push_str(&cost::table(&self.metrics_cost).text());
+        }
         out
     }
 
@@ -679,6 +645,16 @@ impl BlockReport {
         }
         md.push('\n');
         md.push_str(&self.as_table(true).markdown());
+        if !self.metrics_cost.is_empty() {
+            md.push_str(
+                "\n## The cost of --metrics\n\n\
+                 Two pairs of servers (target and `holdfast nbd`), one with `--metrics` on both, \
+                 run side by side; each round runs each job on both, in alternating order, and \
+                 gives one ratio (with over without). The median of those ratios, its \
+                 distribution-free 95% confidence interval and their range:\n\n",
+            );
+            md.push_str(&cost::table(&self.metrics_cost).markdown());
+        }
         md.push_str(
             "\n![IOPS relative to qemu-nbd, by job and system](block.svg)\n\n\
              ## How it is measured\n\n\
@@ -716,7 +692,7 @@ impl BlockReport {
 mod tests {
     use super::*;
 
-    fn row(system: &str, rw: &str, block: usize, depth: usize, iops: f64) -> BlockRow {
+    pub(super) fn row(system: &str, rw: &str, block: usize, depth: usize, iops: f64) -> BlockRow {
         BlockRow {
             workload: label(rw, block, depth),
             rw: rw.to_owned(),

@@ -131,8 +131,11 @@ struct BlockOptions {
     /// else (fio is required). The "+metrics" rows carry the ratio.
     #[arg(long)]
     metrics_only: bool,
-    /// With --metrics-only: measure each pair this many times, alternating
-    /// which of the two goes first, and report each job's median run.
+    /// With --metrics-only: rounds of pairs. A pair of servers with
+    /// `--metrics` and one without run side by side; each round runs each
+    /// job on both (the order alternating), one ratio a round. Reported:
+    /// the median ratio, its 95% confidence interval (from 6 rounds) and
+    /// the range. An even count runs each order equally often.
     #[arg(long, value_name = "N", requires = "metrics_only", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     rounds: u32,
