@@ -3,6 +3,9 @@
 //! (the rules are in [`super::driver`]); without a store each `Ready` is
 //! finished at once.
 
+use holdfast_proto::target::Transmit;
+use holdfast_proto::Ready;
+
 use super::commit::Done;
 use super::driver::Driver;
 use crate::service::SessionService;
@@ -73,11 +76,10 @@ impl<S: SessionService> Engine<S> {
         let early = durable.early();
         match durable.committed(done) {
             Ok(out) => {
-                for mut ready in out {
-                    if early {
-                        self.send_output(&mut ready);
-                        self.core.recycle(ready);
-                    } else {
+                if early {
+                    self.send_released(out);
+                } else {
+                    for ready in out {
                         self.finish_ready(ready).await;
                     }
                 }
@@ -90,6 +92,41 @@ impl<S: SessionService> Engine<S> {
                 );
                 false
             }
+        }
+    }
+
+    /// Early mode: sends the output a group held back, in order. The bytes
+    /// of consecutive `Ready`s without closes or fences are written with one
+    /// send per connection (in their order on it) instead of one per
+    /// `Ready`: a group of 32 answers is then one write on the socket, not
+    /// 32. A `Ready` with a close or a fence first sends what was gathered,
+    /// then goes out as it is.
+    fn send_released(&mut self, out: Vec<Ready>) {
+        let mut gathered: Vec<Transmit> = Vec::new();
+        for mut ready in out {
+            if ready.closes.is_empty() && ready.fences.is_empty() {
+                for t in ready.transmits.drain(..) {
+                    match gathered.iter_mut().find(|g| g.conn == t.conn) {
+                        Some(g) => g.chunks.extend(t.chunks),
+                        None => gathered.push(t),
+                    }
+                }
+            } else {
+                self.send_gathered(&mut gathered);
+                self.send_output(&mut ready);
+            }
+            self.core.recycle(ready);
+        }
+        self.send_gathered(&mut gathered);
+    }
+
+    fn send_gathered(&mut self, gathered: &mut Vec<Transmit>) {
+        if !gathered.is_empty() {
+            let mut ready = Ready {
+                transmits: std::mem::take(gathered),
+                ..Ready::default()
+            };
+            self.send_output(&mut ready);
         }
     }
 }
