@@ -40,7 +40,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, trace, warn, Instrument};
 
 use crate::clock::Clock;
-use crate::durable::commit::{wait_commit, Committed};
+use crate::durable::commit::Done;
 use crate::durable::driver::Driver;
 use crate::service::{Request, SessionService};
 use crate::service_call::{Finished, Outcome};
@@ -386,14 +386,11 @@ pub(crate) struct Engine<S> {
 
 impl<S: SessionService> Engine<S> {
     async fn run(mut self, mut rx: mpsc::Receiver<EngineMsg>) {
-        // The group commit in flight, if any (durable store only).
-        let mut commit: Option<JoinHandle<Committed>> = None;
+        // Finished group commits (durable store only).
+        let mut done_rx = self.durable.as_mut().and_then(Driver::take_done);
         loop {
             let deadline = self.core.poll_timeout().map(|t| self.clock.instant(t));
-            let held_until = self
-                .durable
-                .as_ref()
-                .and_then(|d| d.deadline(commit.is_some()));
+            let held_until = self.durable.as_ref().and_then(Driver::deadline);
             // Biased (timers first), so that seeded simulations replay
             // exactly and a flood of input cannot postpone deadlines.
             tokio::select! {
@@ -402,7 +399,7 @@ impl<S: SessionService> Engine<S> {
                     let now = self.clock.now();
                     self.core.handle_timeout(now);
                 }
-                done = wait_commit(&mut commit) => {
+                done = next_done(&mut done_rx) => {
                     if !self.committed(done).await {
                         return;
                     }
@@ -422,7 +419,7 @@ impl<S: SessionService> Engine<S> {
                     Err(_) => break,
                 }
             }
-            self.drain_ready(&mut commit).await;
+            self.drain_ready().await;
             // Stopped: the up time is over (new logins were refused until
             // then) and every connection is closed.
             let up_time_over = self.stopping_at.is_some_and(|at| at <= self.clock.now());
@@ -779,6 +776,15 @@ pub(crate) fn log_change(change: &StateChange) {
         } => info!(%session, credits, "session created"),
         StateChange::SessionEnded { session } => info!(%session, "session ended"),
         other => trace!(change = ?other, "state change"),
+    }
+}
+
+/// The next finished group commit (`None`: the commit thread is gone), or
+/// never without a durable store.
+async fn next_done(rx: &mut Option<mpsc::UnboundedReceiver<Done>>) -> Option<Done> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

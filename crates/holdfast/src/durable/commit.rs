@@ -1,16 +1,29 @@
-//! Group commit in the target's engine: a `Ready` with changes is committed
-//! on a blocking thread while the engine keeps taking input (but no new
-//! `Ready`: whatever arrives meanwhile lands in the next one, which is the
-//! batching). The service's [`ServiceDurability::state`] is captured when
-//! the `Ready` is taken and [`ServiceDurability::sync`] runs first for a
+//! Group commit in the target's engine: a dedicated commit thread owns the
+//! store and commits the groups the engine hands it, one at a time, in
+//! order, while the engine keeps taking input.
+//!
+//! The engine hands a group over with [`Committer::submit`]. The thread
+//! holds at most one group waiting behind the one it commits: a group
+//! submitted while another waits is *merged* into it (its changes appended,
+//! its service state replacing the older one), so everything that becomes
+//! due during a commit shares the next fsync. The thread takes the waiting
+//! group as soon as the previous commit finished, without a round trip
+//! through the engine, and reports each finished group ([`Done`]) on a
+//! channel, in order. The service's [`ServiceDurability::state`] is
+//! captured at each submit (after the engine drained every `Ready`), so the
+//! state stored with a group is the one at its last submit: the cut of
+//! PROTOCOL.md §12 rule 3. [`ServiceDurability::sync`] runs first for a
 //! group that records a completion, so a command's effect is stable before
 //! its completion record.
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
+use bytes::Bytes;
 use holdfast_proto::StateChange;
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 
 use super::{DurableStore, StoreError};
 use crate::ServiceDurability;
@@ -22,23 +35,92 @@ pub(crate) const CHANGES_PER_COMMIT: &str = "holdfast_store_changes_per_commit";
 /// Time of a group's commit: the service's sync, the append and fdatasync.
 pub(crate) const COMMIT_SECONDS: &str = "holdfast_store_commit_seconds";
 
-/// What a finished commit hands back: the store (for the next commit), the
-/// changes (for the `Ready` to recycle) and the outcome.
-pub(crate) type Committed = (Box<DurableStore>, Vec<StateChange>, Result<(), StoreError>);
+/// A finished group: its number, its changes (for the `Ready` that held
+/// them, in strict mode, or to recycle) and the outcome.
+#[derive(Debug)]
+pub(crate) struct Done {
+    /// The group's number, as [`Committer::submit`] returned it.
+    pub(crate) id: u64,
+    /// The group's changes.
+    pub(crate) changes: Vec<StateChange>,
+    /// The outcome: after an error the store's state on disk is unknown.
+    pub(crate) result: Result<(), StoreError>,
+}
 
-/// The engine's side of the store: the store while no commit runs.
+/// A group handed to the commit thread and not taken yet.
+struct Group {
+    id: u64,
+    changes: Vec<StateChange>,
+    /// The service's state at the group's last submit.
+    state: Option<Bytes>,
+    /// The group records a completion: the service syncs first.
+    completes: bool,
+}
+
+/// What the engine and the commit thread share.
+#[derive(Default)]
+struct Queue {
+    /// The group waiting for the commit in flight.
+    next: Option<Group>,
+    /// The engine is gone: the thread ends.
+    stop: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The engine's side of the store: the commit thread and its queue.
 pub(crate) struct Committer {
-    store: Option<Box<DurableStore>>,
+    shared: Arc<Shared>,
     durability: Arc<dyn ServiceDurability>,
+    dir: PathBuf,
+    thread: Option<JoinHandle<()>>,
+    /// Finished groups, until the engine takes the receiver.
+    done: Option<mpsc::UnboundedReceiver<Done>>,
+    /// The number of the newest group submitted.
+    last_id: u64,
     /// The warning about a stateful service that was not ready was given.
     warned_held: bool,
 }
 
 impl Committer {
+    /// Starts the commit thread, which owns `store` from now on.
     pub(crate) fn new(store: DurableStore, durability: Arc<dyn ServiceDurability>) -> Self {
+        let shared = Arc::new(Shared::default());
+        let dir = store.dir().to_path_buf();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let thread = {
+            let shared = shared.clone();
+            let durability = durability.clone();
+            std::thread::Builder::new()
+                .name("holdfast-commit".into())
+                .spawn(move || commit_thread(&shared, store, &*durability, &tx))
+        };
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // Without a thread no group is ever durable: the engine
+                // sees the channel closed at its first commit and stops.
+                tracing::error!(error = %e, "could not start the session store's commit thread");
+                None
+            }
+        };
         Committer {
-            store: Some(Box::new(store)),
+            shared,
             durability,
+            dir,
+            thread,
+            done: Some(rx),
+            last_id: 0,
             warned_held: false,
         }
     }
@@ -67,54 +149,104 @@ impl Committer {
         self.durability.replay_safe()
     }
 
-    /// The state directory (for error messages), while no commit runs.
-    pub(crate) fn dir(&self) -> Option<std::path::PathBuf> {
-        self.store.as_ref().map(|s| s.dir().to_path_buf())
+    /// The state directory (for error messages).
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 
-    /// Starts committing `changes`; `None` if a commit is already running
-    /// (the engine never does that).
-    pub(crate) fn start(&mut self, changes: Vec<StateChange>) -> Option<JoinHandle<Committed>> {
-        let mut store = self.store.take()?;
+    /// The receiver of finished groups, once (the engine's loop waits on
+    /// it).
+    pub(crate) fn take_done(&mut self) -> Option<mpsc::UnboundedReceiver<Done>> {
+        self.done.take()
+    }
+
+    /// Hands `changes` (and the service's state, captured now) to the
+    /// commit thread: appended to the group that waits for the commit in
+    /// flight if there is one (`true`: merged), else as a new group. Returns
+    /// the group's number; groups finish in the order of their numbers.
+    pub(crate) fn submit(&mut self, changes: Vec<StateChange>) -> (u64, bool) {
         let state = self.durability.state();
-        let durability = self.durability.clone();
         let completes = changes
             .iter()
             .any(|c| matches!(c, StateChange::Completed { .. }));
-        Some(tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let result = if completes {
-                durability.sync().map_err(|source| StoreError::Io {
-                    dir: store.dir().to_path_buf(),
-                    action: "syncing the service's data before its completion records",
-                    source,
-                })
-            } else {
-                Ok(())
-            }
-            .and_then(|()| store.commit(&changes, state.as_ref()));
-            metrics::counter!(COMMITS).increment(1);
-            metrics::histogram!(CHANGES_PER_COMMIT).record(changes.len() as f64);
-            metrics::histogram!(COMMIT_SECONDS).record(started.elapsed());
-            (store, changes, result)
-        }))
-    }
-
-    /// Takes the store back after a commit.
-    pub(crate) fn finish(&mut self, store: Box<DurableStore>) {
-        self.store = Some(store);
+        let mut queue = self.shared.lock();
+        if let Some(next) = &mut queue.next {
+            let mut changes = changes;
+            next.changes.append(&mut changes);
+            next.state = state;
+            next.completes |= completes;
+            return (next.id, true);
+        }
+        self.last_id += 1;
+        queue.next = Some(Group {
+            id: self.last_id,
+            changes,
+            state,
+            completes,
+        });
+        drop(queue);
+        self.shared.wake.notify_one();
+        (self.last_id, false)
     }
 }
 
-/// Waits for the group commit in flight; forever without one. Takes the
-/// handle once it finished.
-pub(crate) async fn wait_commit(
-    commit: &mut Option<JoinHandle<Committed>>,
-) -> Result<Committed, tokio::task::JoinError> {
-    let result = match commit.as_mut() {
-        Some(handle) => handle.await,
-        None => std::future::pending().await,
-    };
-    *commit = None;
-    result
+impl Drop for Committer {
+    /// Stops the commit thread (after the commit in flight, if any; a group
+    /// still waiting is dropped, none of its output left) and waits for it,
+    /// so the store's lock is free once the engine is gone.
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The commit thread: takes the waiting group, commits it, reports it;
+/// ends when the engine is gone or after a failed commit (the store then
+/// refuses every further commit anyway).
+fn commit_thread(
+    shared: &Shared,
+    mut store: DurableStore,
+    durability: &dyn ServiceDurability,
+    done: &mpsc::UnboundedSender<Done>,
+) {
+    loop {
+        let group = {
+            let mut queue = shared.lock();
+            loop {
+                if queue.stop {
+                    return;
+                }
+                if let Some(g) = queue.next.take() {
+                    break g;
+                }
+                queue = shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let started = Instant::now();
+        let result = if group.completes {
+            durability.sync().map_err(|source| StoreError::Io {
+                dir: store.dir().to_path_buf(),
+                action: "syncing the service's data before its completion records",
+                source,
+            })
+        } else {
+            Ok(())
+        }
+        .and_then(|()| store.commit(&group.changes, group.state.as_ref()));
+        metrics::counter!(COMMITS).increment(1);
+        metrics::histogram!(CHANGES_PER_COMMIT).record(group.changes.len() as f64);
+        metrics::histogram!(COMMIT_SECONDS).record(started.elapsed());
+        let failed = result.is_err();
+        let sent = done.send(Done {
+            id: group.id,
+            changes: group.changes,
+            result,
+        });
+        if failed || sent.is_err() {
+            return;
+        }
+    }
 }

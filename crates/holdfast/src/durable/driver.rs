@@ -15,44 +15,53 @@
 //!   `Ready` is taken at once; its deliveries go to the service and the
 //!   core advances, but its changes, bytes, closes and fences are *held*,
 //!   in order, in the held group. A command answered at once is received
-//!   and completed in one group: one fsync. The held group is committed
-//!   when no commit runs and either no command delivered since the last
-//!   commit started is still in the service, or the oldest held `Ready`
-//!   has waited [`HOLD_BOUND`] (so a slow command cannot hold other
-//!   sessions' answers long). The service's state is captured when the
-//!   commit starts, after every `Ready` was drained, so it covers exactly
-//!   the completions in the group and before it. While the group commits,
-//!   new `Ready`s are taken and held for the next group. A held group
-//!   without changes (a PONG) leaves at once when no commit runs.
+//!   and completed in one group: one fsync. After each batch the held
+//!   group is *due* when either no command delivered since the last
+//!   hand-over is still in the service, or the oldest held `Ready` has
+//!   waited [`HOLD_BOUND`] (so a slow command cannot hold other sessions'
+//!   answers long). A due group is handed to the committer
+//!   ([`Committer::submit`]): it commits at once if no group is in flight,
+//!   and otherwise joins the one group waiting behind the commit in
+//!   flight, which the commit thread starts as soon as that commit is
+//!   durable. So at most two groups are outstanding, their output is
+//!   released in order as each becomes durable, and everything that
+//!   becomes due during a commit shares the next fsync. The service's state
+//!   is captured at each hand-over, after every `Ready` was drained, so the
+//!   state stored with a group covers exactly the completions in it and
+//!   before it. A held group without changes (a PONG) leaves at once when
+//!   no group is outstanding, and otherwise right after the newest one's
+//!   output.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use holdfast_proto::{Ready, Seq, SessionId, StateChange};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::commit::{Committed, Committer};
+use super::commit::{Committer, Done};
 
 /// Early mode: the longest the oldest held `Ready` waits for commands still
-/// in the service before its group is committed anyway (their completions
+/// in the service before its group is handed over anyway (their completions
 /// then go into a later group).
 pub(crate) const HOLD_BOUND: Duration = Duration::from_millis(1);
 
-/// The engine's durable side: the store, the group in flight and, in early
-/// mode, the held group.
+/// The engine's durable side: the committer, the output of the groups
+/// handed over and, in early mode, the held group.
 pub(crate) struct Driver {
     committer: Committer,
     /// Early mode (the service is replay-safe).
     early: bool,
-    /// What the commit in flight releases once durable, in order. Strict
-    /// mode: the one `Ready` (its deliveries not executed yet); early mode:
-    /// the held `Ready`s (executed; their changes are in the commit).
-    committing: Vec<Ready>,
-    /// Early mode: the held group not yet committing.
+    /// What each group handed over and not yet durable releases once it
+    /// is, oldest first, by group number. Strict mode: at most one group,
+    /// its one `Ready` (deliveries not executed yet); early mode: the held
+    /// `Ready`s (executed; their changes are in the group), and output
+    /// without changes produced after them.
+    committing: VecDeque<(u64, Vec<Ready>)>,
+    /// Early mode: the held group not yet handed over.
     held: Held,
-    /// Early mode: commands delivered since the last commit started and
-    /// still in the service.
+    /// Early mode: commands delivered since the last group was handed over
+    /// and still in the service.
     running: HashSet<(SessionId, Seq)>,
 }
 
@@ -78,7 +87,7 @@ impl Driver {
         Driver {
             committer,
             early,
-            committing: Vec::new(),
+            committing: VecDeque::new(),
             held: Held::default(),
             running: HashSet::new(),
         }
@@ -89,16 +98,31 @@ impl Driver {
         self.early
     }
 
+    /// A group is handed over and not yet durable.
+    pub(crate) fn busy(&self) -> bool {
+        !self.committing.is_empty()
+    }
+
+    /// The receiver of finished groups, once (see [`Committer::take_done`]).
+    pub(crate) fn take_done(&mut self) -> Option<mpsc::UnboundedReceiver<Done>> {
+        self.committer.take_done()
+    }
+
     /// See [`Committer::session_held`].
     pub(crate) fn session_held(&mut self, session: SessionId) {
         self.committer.session_held(session);
     }
 
     /// Strict mode: commits `ready`'s changes; the `Ready` waits for them.
-    pub(crate) fn commit_ready(&mut self, mut ready: Ready) -> Option<JoinHandle<Committed>> {
+    /// Only when no group is in flight ([`Driver::busy`]).
+    pub(crate) fn commit_ready(&mut self, mut ready: Ready) {
         let changes = std::mem::take(&mut ready.changes);
-        self.committing.push(ready);
-        self.committer.start(changes)
+        let (id, merged) = self.committer.submit(changes);
+        debug_assert!(
+            !merged,
+            "strict mode hands a group over only when none is in flight"
+        );
+        self.committing.push_back((id, vec![ready]));
     }
 
     /// Early mode: holds an executed `Ready` (its deliveries taken) until
@@ -127,19 +151,25 @@ impl Driver {
         self.running.remove(&(session, seq));
     }
 
-    /// Early mode, with no commit in flight: starts the held group's commit
-    /// if it is due (see the module comment), or returns the held output at
-    /// once if it has no changes. Returns the output to send now.
-    pub(crate) fn start_if_due(
-        &mut self,
-        commit: &mut Option<JoinHandle<Committed>>,
-    ) -> Vec<Ready> {
-        if !self.early || commit.is_some() || self.held.output.is_empty() {
+    /// Early mode, after every `Ready` was drained: hands the held group to
+    /// the committer if it is due (see the module comment; it joins the
+    /// group waiting for the commit in flight, if any), or, if it has no
+    /// changes, returns its output to send now when no group is in flight
+    /// and otherwise queues it behind the newest group.
+    pub(crate) fn flush_if_due(&mut self) -> Vec<Ready> {
+        if !self.early || self.held.output.is_empty() {
             return Vec::new();
         }
         if self.held.changes.is_empty() {
             self.held.since = None;
-            return std::mem::take(&mut self.held.output);
+            let output = std::mem::take(&mut self.held.output);
+            return match self.committing.back_mut() {
+                None => output,
+                Some((_, waiting)) => {
+                    waiting.extend(output);
+                    Vec::new()
+                }
+            };
         }
         let waited_out = self.held.since.is_some_and(|t| t.elapsed() >= HOLD_BOUND);
         if !self.running.is_empty() && !waited_out {
@@ -147,35 +177,49 @@ impl Driver {
         }
         let held = std::mem::take(&mut self.held);
         self.running.clear();
-        self.committing = held.output;
-        *commit = self.committer.start(held.changes);
+        let (id, merged) = self.committer.submit(held.changes);
+        match self.committing.back_mut() {
+            Some((last, waiting)) if merged && *last == id => waiting.extend(held.output),
+            _ => self.committing.push_back((id, held.output)),
+        }
         Vec::new()
     }
 
-    /// Early mode: when the held group is committed even though commands
+    /// Early mode: when the held group is handed over even though commands
     /// are still in the service; `None` when nothing waits on a deadline.
-    pub(crate) fn deadline(&self, commit_running: bool) -> Option<Instant> {
-        if !self.early || commit_running || self.held.changes.is_empty() || self.running.is_empty()
-        {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        if !self.early || self.held.changes.is_empty() || self.running.is_empty() {
             return None;
         }
         self.held.since.map(|t| t + HOLD_BOUND)
     }
 
-    /// A group commit finished: the output it held back, in order (strict
-    /// mode: the `Ready` with its changes restored, to execute), or why the
-    /// target must stop: the store's state on disk is unknown after a
-    /// failed fsync.
-    pub(crate) fn committed(
-        &mut self,
-        done: Result<Committed, tokio::task::JoinError>,
-    ) -> Result<Vec<Ready>, String> {
-        let dir = self.committer.dir();
-        let (store, mut changes, result) =
-            done.map_err(|e| format!("the commit thread failed: {e} (state directory {dir:?})"))?;
-        self.committer.finish(store);
-        result.map_err(|e| e.to_string())?;
-        let mut out = std::mem::take(&mut self.committing);
+    /// A group commit finished (`None`: the commit thread is gone): the
+    /// output it held back, in order (strict mode: the `Ready` with its
+    /// changes restored, to execute), or why the target must stop: the
+    /// store's state on disk is unknown after a failed fsync.
+    pub(crate) fn committed(&mut self, done: Option<Done>) -> Result<Vec<Ready>, String> {
+        let dir = self.committer.dir().to_path_buf();
+        let Some(done) = done else {
+            return Err(format!(
+                "the session store's commit thread ended (state directory {})",
+                dir.display()
+            ));
+        };
+        done.result.map_err(|e| e.to_string())?;
+        let mut changes = done.changes;
+        let out = match self.committing.pop_front() {
+            Some((id, out)) if id == done.id => out,
+            other => {
+                return Err(format!(
+                    "group {} was committed while group {:?} was expected (state directory {})",
+                    done.id,
+                    other.map(|(id, _)| id),
+                    dir.display()
+                ))
+            }
+        };
+        let mut out = out;
         if let Some(first) = out.first_mut() {
             // Strict mode: the changes go back to their `Ready` (its
             // sessions that ended are let go when it is finished); early
@@ -188,3 +232,7 @@ impl Driver {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+#[path = "driver_tests.rs"]
+mod tests;

@@ -3,9 +3,10 @@
 //! (the rules are in [`super::driver`]); without a store each `Ready` is
 //! finished at once.
 
-use tokio::task::JoinHandle;
+use holdfast_proto::target::Transmit;
+use holdfast_proto::Ready;
 
-use super::commit::Committed;
+use super::commit::Done;
 use super::driver::Driver;
 use crate::service::SessionService;
 use crate::target::{log_change, Engine};
@@ -16,19 +17,19 @@ impl<S: SessionService> Engine<S> {
     /// until its commit is durable (`committed`); in early mode every
     /// `Ready` is executed at once and its output held for its group (see
     /// `crate::durable::driver`).
-    pub(crate) async fn drain_ready(&mut self, commit: &mut Option<JoinHandle<Committed>>) {
+    pub(crate) async fn drain_ready(&mut self) {
         self.refresh_gates();
         if self.durable.as_ref().is_some_and(Driver::early) {
-            return self.drain_early(commit).await;
+            return self.drain_early().await;
         }
-        while commit.is_none() && self.core.has_ready() {
+        while !self.durable.as_ref().is_some_and(Driver::busy) && self.core.has_ready() {
             let ready = self.core.ready();
             if !ready.changes.is_empty() {
                 if let Some(durable) = &mut self.durable {
                     for change in &ready.changes {
                         log_change(change);
                     }
-                    *commit = durable.commit_ready(ready);
+                    durable.commit_ready(ready);
                     return;
                 }
             }
@@ -38,8 +39,8 @@ impl<S: SessionService> Engine<S> {
 
     /// Early mode: executes every `Ready` (deliveries, `advance`, the
     /// answers given at once), holds its changes and output, then starts
-    /// the held group's commit if it is due.
-    async fn drain_early(&mut self, commit: &mut Option<JoinHandle<Committed>>) {
+    /// hands the held group to the committer if it is due.
+    async fn drain_early(&mut self) {
         while self.core.has_ready() {
             let mut ready = self.core.ready();
             self.note_changes(&ready.changes);
@@ -55,7 +56,7 @@ impl<S: SessionService> Engine<S> {
             }
         }
         let out = match &mut self.durable {
-            Some(d) => d.start_if_due(commit),
+            Some(d) => d.flush_if_due(),
             None => Vec::new(),
         };
         for mut ready in out {
@@ -68,21 +69,17 @@ impl<S: SessionService> Engine<S> {
     /// strict mode its `Ready` is finished); on failure the target stops
     /// (false), for the store's state on disk is unknown after a failed
     /// fsync.
-    pub(crate) async fn committed(
-        &mut self,
-        done: Result<Committed, tokio::task::JoinError>,
-    ) -> bool {
+    pub(crate) async fn committed(&mut self, done: Option<Done>) -> bool {
         let Some(durable) = &mut self.durable else {
             return true;
         };
         let early = durable.early();
         match durable.committed(done) {
             Ok(out) => {
-                for mut ready in out {
-                    if early {
-                        self.send_output(&mut ready);
-                        self.core.recycle(ready);
-                    } else {
+                if early {
+                    self.send_released(out);
+                } else {
+                    for ready in out {
                         self.finish_ready(ready).await;
                     }
                 }
@@ -95,6 +92,41 @@ impl<S: SessionService> Engine<S> {
                 );
                 false
             }
+        }
+    }
+
+    /// Early mode: sends the output a group held back, in order. The bytes
+    /// of consecutive `Ready`s without closes or fences are written with one
+    /// send per connection (in their order on it) instead of one per
+    /// `Ready`: a group of 32 answers is then one write on the socket, not
+    /// 32. A `Ready` with a close or a fence first sends what was gathered,
+    /// then goes out as it is.
+    fn send_released(&mut self, out: Vec<Ready>) {
+        let mut gathered: Vec<Transmit> = Vec::new();
+        for mut ready in out {
+            if ready.closes.is_empty() && ready.fences.is_empty() {
+                for t in ready.transmits.drain(..) {
+                    match gathered.iter_mut().find(|g| g.conn == t.conn) {
+                        Some(g) => g.chunks.extend(t.chunks),
+                        None => gathered.push(t),
+                    }
+                }
+            } else {
+                self.send_gathered(&mut gathered);
+                self.send_output(&mut ready);
+            }
+            self.core.recycle(ready);
+        }
+        self.send_gathered(&mut gathered);
+    }
+
+    fn send_gathered(&mut self, gathered: &mut Vec<Transmit>) {
+        if !gathered.is_empty() {
+            let mut ready = Ready {
+                transmits: std::mem::take(gathered),
+                ..Ready::default()
+            };
+            self.send_output(&mut ready);
         }
     }
 }

@@ -6,10 +6,11 @@
 //! creates an empty one. A target serves from it with
 //! [`crate::Target::serve_durable`]: state changes are committed in groups,
 //! one `fdatasync` each (group commit), before any byte that reflects them
-//! leaves, on a blocking thread while the engine goes on taking input (see
-//! `commit`). A group is one `Ready`'s changes, or for a replay-safe service
-//! those of every `Ready` executed since the previous group, whose commands
-//! ran before it was durable and whose output waits for it (see `driver`).
+//! leaves, on a dedicated commit thread while the engine goes on taking
+//! input (see `commit`). A group is one `Ready`'s changes, or for a
+//! replay-safe service those of every `Ready` executed and due since the
+//! previous group, whose commands ran before it was durable and whose
+//! output waits for it (see `driver`).
 
 pub(crate) mod commit;
 pub(crate) mod driver;
