@@ -121,9 +121,13 @@ fn run_all(groups: &[(Vec<StateChange>, Option<Bytes>)], limits: LogLimits) -> R
             .position(|op| *op == StoreOp::Sync(StoreFile::Log))
             .expect("a sync of the log");
         assert!(sync == 1 || sync == 2, "{group_ops:?}");
-        assert!(group_ops[..sync]
-            .iter()
-            .all(|op| matches!(op, StoreOp::WriteAt { file: StoreFile::Log, .. })));
+        assert!(group_ops[..sync].iter().all(|op| matches!(
+            op,
+            StoreOp::WriteAt {
+                file: StoreFile::Log,
+                ..
+            }
+        )));
         synced_at.push(ops.len() + sync);
         ops.extend(group_ops);
         let (mut store, mut svc) = states.last().cloned().unwrap_or_default();
@@ -184,7 +188,7 @@ proptest! {
     }
 
     /// A crash after any op recovers the state of the last group whose sync
-    /// completed, or of the group in flight (its append may have landed).
+    /// completed, or of the group in flight (its write may have landed).
     #[test]
     fn crash_after_every_op(groups in groups(), seed in 1u64..u64::MAX) {
         check_crashes(&groups, seed, false).map_err(TestCaseError::fail)?;
@@ -496,7 +500,10 @@ fn zero_space_after_the_last_group_is_a_clean_end() {
     assert!(used > 24 + 5 * 30);
     assert!(log[used..].iter().all(|b| *b == 0));
     let rec = recover(&disk, limits).expect("recovers");
-    assert_eq!(rec.torn_tail, None, "zeros are the clean end, not a torn tail");
+    assert_eq!(
+        rec.torn_tail, None,
+        "zeros are the clean end, not a torn tail"
+    );
     assert_eq!(rec.groups_replayed, 5);
     assert_eq!((rec.store, rec.service_state), run.states[5]);
 }
@@ -544,7 +551,11 @@ fn torn_group_in_prewritten_space_then_restart_commit_restart() {
         // The group in flight: large, and only part of it lands.
         for op in log.commit(&[received(4, 90)], None, 1004) {
             match op {
-                StoreOp::WriteAt { file, offset, bytes } if offset == used => {
+                StoreOp::WriteAt {
+                    file,
+                    offset,
+                    bytes,
+                } if offset == used => {
                     let (at, part) = match tear {
                         Tear::Prefix(n) => (0, bytes.slice(..n)),
                         Tear::From(n) => (n, bytes.slice(n..)),
@@ -559,7 +570,9 @@ fn torn_group_in_prewritten_space_then_restart_commit_restart() {
             }
         }
         let rec = recover(&disk, limits).unwrap_or_else(|e| panic!("{tear:?}: {e}"));
-        let torn = rec.torn_tail.unwrap_or_else(|| panic!("{tear:?}: no torn tail"));
+        let torn = rec
+            .torn_tail
+            .unwrap_or_else(|| panic!("{tear:?}: no torn tail"));
         assert_eq!(torn.offset, used, "{tear:?}");
         assert_eq!(rec.store, expected, "{tear:?}");
         rec.ops.iter().for_each(|op| disk.run(op));
@@ -636,7 +649,8 @@ fn valid_group_after_a_damaged_header_is_corrupt() {
         assert_eq!(err.sessions, vec![SessionId::new(7, 1)], "{err}");
     }
     // The final group's header damaged the same way: torn, only it dropped.
-    let third = second + 12 + u32::from_le_bytes(log[second..second + 4].try_into().unwrap()) as usize;
+    let third =
+        second + 12 + u32::from_le_bytes(log[second..second + 4].try_into().unwrap()) as usize;
     log[third] ^= 0x08;
     let rec = DurableLog::recover(None, Some(&log), limits).expect("torn");
     assert_eq!(rec.torn_tail.map(|t| t.offset), Some(third as u64));

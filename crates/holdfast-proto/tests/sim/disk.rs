@@ -169,6 +169,8 @@ impl SimDisk {
 
     /// A file's current content, if it exists.
     pub fn read(&self, file: StoreFile) -> Option<&[u8]> {
-        self.dir.get(&file).map(|&i| self.inodes[i].current.as_slice())
+        self.dir
+            .get(&file)
+            .map(|&i| self.inodes[i].current.as_slice())
     }
 }

@@ -179,7 +179,9 @@ impl World {
                         file: StoreFile::Log,
                         bytes,
                         ..
-                    } if bytes.iter().any(|b| *b != 0) => d.ceiling = (self.store.clone(), services),
+                    } if bytes.iter().any(|b| *b != 0) => {
+                        d.ceiling = (self.store.clone(), services)
+                    }
                     StoreOp::Sync(StoreFile::Log) => d.floor = d.ceiling.clone(),
                     _ => {}
                 }

@@ -45,15 +45,13 @@ impl Files {
         let path = self.path(file);
         match self.open.entry(file) {
             std::collections::hash_map::Entry::Occupied(o) => Ok(o.into_mut()),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                Ok(v.insert(
-                    OpenOptions::new()
-                        .create(true)
-                        .truncate(false)
-                        .write(true)
-                        .open(path)?,
-                ))
-            }
+            std::collections::hash_map::Entry::Vacant(v) => Ok(v.insert(
+                OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(path)?,
+            )),
         }
     }
 

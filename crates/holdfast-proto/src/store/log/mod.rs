@@ -12,8 +12,9 @@
 //! file and its `fdatasync` has only data to flush, not a new file size.
 //! When a group does not fit in the zeros left, the same commit first
 //! extends the file with zeros (written bytes, so the blocks are allocated
-//! and initialised), then writes the group, then syncs once. A zero group
-//! header where the next group would start is the clean end of the log.
+//! and initialised), then writes the group, then syncs once. Only zeros
+//! from where the next group would start to the end of the file are the
+//! clean end of the log.
 //!
 //! When the log's used bytes outgrow
 //! `max(LogLimits::min_log, 2 × live size)` the same call adds a checkpoint:

@@ -357,7 +357,10 @@ pub(super) fn run(
                 torn = Some(torn_here);
                 break;
             }
-            return Err(bad("group checksum mismatch with non-zero bytes after it", at));
+            return Err(bad(
+                "group checksum mismatch with non-zero bytes after it",
+                at,
+            ));
         }
         let (group, g_wall, state, changes) = decode_group(body).map_err(|e| {
             let (f, o, w) = decode_err(file, at + GROUP_HEADER, e);
