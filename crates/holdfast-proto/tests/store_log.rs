@@ -649,8 +649,9 @@ fn valid_group_after_a_damaged_header_is_corrupt() {
         assert_eq!(err.sessions, vec![SessionId::new(7, 1)], "{err}");
     }
     // The final group's header damaged the same way: torn, only it dropped.
-    let third =
-        second + 12 + u32::from_le_bytes(log[second..second + 4].try_into().unwrap()) as usize;
+    let third = second
+        + 12
+        + u32::from_le_bytes(log[second..second + 4].try_into().expect("4 bytes")) as usize;
     log[third] ^= 0x08;
     let rec = DurableLog::recover(None, Some(&log), limits).expect("torn");
     assert_eq!(rec.torn_tail.map(|t| t.offset), Some(third as u64));
