@@ -45,7 +45,7 @@ pub(crate) fn recovered_text(dir: &Path, report: &RecoveryReport) -> String {
     }
     let torn = report.torn_tail.map_or_else(String::new, |t| {
         format!(
-            "; a torn final group of {} bytes (a crash in the middle of an append, never \
+            "; a torn final group of {} bytes (a crash in the middle of a group write, never \
              acknowledged) was dropped",
             t.bytes
         )

@@ -102,6 +102,55 @@ fn scratch(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The log on a real file is pre-written: its length is ahead of the bytes
+/// used, commits leave the length unchanged until the pre-written zeros run
+/// out, then one commit extends it by at least the pre-write; the store
+/// reopens with every group and nothing torn, in a fresh pre-written log.
+#[test]
+fn durable_log_file_is_prewritten() {
+    use holdfast::proto::store::log::LogLimits;
+    use holdfast::proto::{HostId, StateChange};
+    let dir = scratch("prewrite");
+    let limits = LogLimits {
+        prewrite: 4096,
+        ..LogLimits::default()
+    };
+    let mut store = DurableStore::open(&dir, StoreOptions { limits }).expect("open");
+    let path = dir.join("session.log");
+    let file_len = || std::fs::metadata(&path).expect("log").len();
+    let first = file_len();
+    assert_eq!(store.stats().log_bytes_on_disk, first);
+    assert_eq!(first, store.stats().log_bytes_used + 4096);
+    let mut commits = 0u64;
+    while store.stats().log_bytes_used <= first {
+        let mut host = [1u8; 16];
+        host[..8].copy_from_slice(&(commits + 1).to_le_bytes());
+        let change = StateChange::HostFenced {
+            host: HostId(host),
+            epoch: commits,
+        };
+        store.commit(&[change], None).expect("commit");
+        commits += 1;
+        let stats = store.stats();
+        assert_eq!(file_len(), stats.log_bytes_on_disk, "after {commits}");
+        if stats.log_bytes_used <= first {
+            assert_eq!(file_len(), first, "a commit in the zeros grew the file");
+        }
+    }
+    let stats = store.stats();
+    assert!(commits > 10, "{commits} commits fill 4096 bytes");
+    assert!(file_len() >= first + 4096, "extended by the pre-write");
+    assert!(file_len() >= stats.log_bytes_used + 4096, "{stats:?}");
+    drop(store);
+    let again = DurableStore::open(&dir, StoreOptions { limits }).expect("reopen");
+    assert_eq!(again.report().groups_replayed, commits);
+    assert_eq!(again.report().torn_tail, None);
+    assert_eq!(again.store().fenced_hosts().count() as u64, commits);
+    assert_eq!(file_len(), first, "a fresh pre-written log");
+    drop(again);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn durable_store_lock_refuses_a_second_store() {
     let dir = scratch("lock");

@@ -19,7 +19,7 @@
 //! (`store::log::DurableLog`) whose file operations run on a [`SimDisk`];
 //! the service state (a journal length) is each group's service state. A
 //! crash may then also fall between any two file operations of a commit
-//! (append, fsync, checkpoint write, fsync, rename, directory fsync), and
+//! (log extension, group write, fsync, checkpoint write, fsync, rename, directory fsync), and
 //! the target is rebuilt from `DurableLog::recover` of what survived the
 //! crash, which must be exactly the last group whose fsync ran, or that
 //! plus the group in flight.
@@ -34,11 +34,13 @@ use holdfast_proto::{InitiatorEvent, MemoryStore, SeededRandom, SessionLoss, Sta
 use super::super::disk::SimDisk;
 use super::{SimParams, World};
 
-/// Small logs, so checkpoints (and crashes in them) are frequent.
+/// Small logs, so checkpoints (and crashes in them) are frequent, and a
+/// small pre-write, so extensions of the log (and crashes in them) are too.
 const LIMITS: LogLimits = LogLimits {
     min_log: 4096,
     max_group: 1 << 30,
     max_checkpoint: 1 << 34,
+    prewrite: 512,
 };
 
 /// Where in the handling of a Ready the target dies.
@@ -67,7 +69,7 @@ pub(super) struct OnDisk {
     /// The store and service state as of the last group whose log fsync
     /// ran: a crash must recover at least this...
     floor: (MemoryStore, usize),
-    /// ...and at most this: the last group whose append ran.
+    /// ...and at most this: the last group whose write ran.
     ceiling: (MemoryStore, usize),
     /// Commits whose operations all ran, and crashes inside one.
     pub(super) commits: u64,
@@ -172,10 +174,14 @@ impl World {
                 }
                 d.disk.run(op);
                 match op {
-                    StoreOp::Append {
+                    // The group's write (an extension of the log is zeros).
+                    StoreOp::WriteAt {
                         file: StoreFile::Log,
+                        bytes,
                         ..
-                    } => d.ceiling = (self.store.clone(), services),
+                    } if bytes.iter().any(|b| *b != 0) => {
+                        d.ceiling = (self.store.clone(), services)
+                    }
                     StoreOp::Sync(StoreFile::Log) => d.floor = d.ceiling.clone(),
                     _ => {}
                 }

@@ -1,11 +1,14 @@
 //! Runs the log engine's [`StoreOp`]s on real files in the state
 //! directory: `fdatasync` is [`File::sync_data`], a directory sync opens the
-//! directory and calls `sync_all`. Handles stay open between commits so an
-//! append costs one `write` and one `fdatasync`.
+//! directory and calls `sync_all`. Handles stay open between commits so a
+//! group costs one `pwrite` and one `fdatasync`. Files are opened for
+//! writing, never in append mode (where Linux's `pwrite` ignores the
+//! offset and appends).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use holdfast_proto::store::log::{StoreFile, StoreOp};
@@ -42,9 +45,13 @@ impl Files {
         let path = self.path(file);
         match self.open.entry(file) {
             std::collections::hash_map::Entry::Occupied(o) => Ok(o.into_mut()),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                Ok(v.insert(OpenOptions::new().create(true).append(true).open(path)?))
-            }
+            std::collections::hash_map::Entry::Vacant(v) => Ok(v.insert(
+                OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(path)?,
+            )),
         }
     }
 
@@ -58,9 +65,13 @@ impl Files {
             )
         };
         match op {
-            StoreOp::Append { file, bytes } => self
+            StoreOp::WriteAt {
+                file,
+                offset,
+                bytes,
+            } => self
                 .handle(*file)
-                .and_then(|f| f.write_all(bytes))
+                .and_then(|f| f.write_all_at(bytes, *offset))
                 .map_err(|e| what(*file, e)),
             StoreOp::Sync(file) => self
                 .handle(*file)

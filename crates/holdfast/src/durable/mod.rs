@@ -130,10 +130,18 @@ pub struct StoreStats {
     pub commits: u64,
     /// State changes committed.
     pub changes: u64,
-    /// Bytes appended to the log (and written to checkpoints).
+    /// Bytes written by commits: group records, the zeros that pre-write
+    /// the log, and checkpoints with their fresh logs.
     pub bytes: u64,
     /// Checkpoints written.
     pub checkpoints: u64,
+    /// Bytes used in the current log (header and groups). The checkpoint
+    /// rule uses this figure, which keeps the store's size bounded.
+    pub log_bytes_used: u64,
+    /// Bytes the current log takes on disk: the used bytes and the
+    /// pre-written zeros after them (`LogLimits::prewrite`, plus at most
+    /// one group, more than the used bytes).
+    pub log_bytes_on_disk: u64,
 }
 
 /// A session store in a directory: the log engine, its files and the lock.
@@ -295,9 +303,13 @@ impl DurableStore {
         self.log.incarnation()
     }
 
-    /// Counters of the commits made since the open.
+    /// Counters of the commits made since the open, and the log's size.
     pub fn stats(&self) -> StoreStats {
-        self.stats
+        StoreStats {
+            log_bytes_used: self.log.log_len(),
+            log_bytes_on_disk: self.log.log_file_len(),
+            ..self.stats
+        }
     }
 
     /// Makes `changes` (and the service's state, if any) durable: one group,
@@ -319,12 +331,13 @@ impl DurableStore {
         let ops = self.log.commit(changes, service_state, wall_ms());
         self.stats.commits += 1;
         self.stats.changes += changes.len() as u64;
+        let mut checkpoint = false;
         for op in &ops {
             match op {
-                StoreOp::Append { bytes, .. } | StoreOp::Write { bytes, .. } => {
+                StoreOp::WriteAt { bytes, .. } | StoreOp::Write { bytes, .. } => {
                     self.stats.bytes += bytes.len() as u64;
                 }
-                StoreOp::Rename { .. } if ops.len() > 2 => {}
+                StoreOp::Rename { .. } => checkpoint = true,
                 _ => {}
             }
             if let Err(source) = self.files.run(op) {
@@ -336,7 +349,7 @@ impl DurableStore {
                 });
             }
         }
-        if ops.len() > 2 {
+        if checkpoint {
             self.stats.checkpoints += 1;
         }
         Ok(())

@@ -1,26 +1,37 @@
-//! The durable session store as a sans-IO engine: an append-only log of
-//! group records with checkpoints (PROTOCOL.md §12.4).
+//! The durable session store as a sans-IO engine: a log of group records
+//! with checkpoints (PROTOCOL.md §12.4).
 //!
 //! [`DurableLog::commit`] turns the [`StateChange`]s of one `Ready` into one
 //! group record (length, crc32c, group number, wall time, the service's
 //! state, the changes) and the file operations ([`StoreOp`]) that make it
-//! durable: `Append` then `Sync`. The driver executes them and only then
-//! sends the `Ready`'s bytes. When the log outgrows
+//! durable: `WriteAt` then `Sync`. The driver executes them and only then
+//! sends the `Ready`'s bytes.
+//!
+//! The log file is pre-written with zeros ahead of its write position
+//! ([`LogLimits::prewrite`]), so a commit overwrites bytes already in the
+//! file and its `fdatasync` has only data to flush, not a new file size.
+//! When a group does not fit in the zeros left, the same commit first
+//! extends the file with zeros (written bytes, so the blocks are allocated
+//! and initialised), then writes the group, then syncs once. Only zeros
+//! from where the next group would start to the end of the file are the
+//! clean end of the log.
+//!
+//! When the log's used bytes outgrow
 //! `max(LogLimits::min_log, 2 × live size)` the same call adds a checkpoint:
 //! the whole [`MemoryStore`] written to a temporary file, synced, renamed
 //! over the checkpoint, the directory synced, then a fresh log the same way.
 //! The checkpoint names the last group it contains and replay skips groups
 //! at or below it, so a crash between any two operations recovers the state
-//! of the last synced group.
+//! of the last synced group. A fresh log (at creation and after every
+//! checkpoint) is written already pre-written.
 //!
 //! [`DurableLog::recover`] rebuilds the [`MemoryStore`] from the files'
 //! bytes. Those bytes are hostile input: every length and count is bounded,
 //! every group and the checkpoint carry a crc32c, and anything that does not
 //! check is a typed [`CorruptStore`] naming the file, the offset and the
-//! sessions whose state cannot be trusted. The one exception is the log's
-//! final group when it is incomplete or fails its checksum with nothing but
-//! zeros after it: that is a crash in the middle of an append that was never
-//! acknowledged, reported as a [`TornTail`] and dropped.
+//! sessions whose state cannot be trusted. The one exception is the remains
+//! of the group in flight at a crash, after the last valid group: reported
+//! as a [`TornTail`] and dropped (see `recover` for the exact rule).
 //!
 //! No file IO happens here: the runtime (`holdfast::durable`) runs the ops.
 
@@ -65,6 +76,12 @@ pub struct LogLimits {
     pub max_group: u32,
     /// Largest checkpoint, in bytes.
     pub max_checkpoint: u64,
+    /// Zeros written ahead of the log's write position, in bytes: a fresh
+    /// log has this many after its header, and a group that does not fit
+    /// in what is left extends the file by the group and this many. Zero
+    /// makes the log grow with every group (each `fdatasync` then also
+    /// commits a new file size).
+    pub prewrite: u64,
 }
 
 impl Default for LogLimits {
@@ -73,6 +90,7 @@ impl Default for LogLimits {
             min_log: 8 << 20,
             max_group: 1 << 30,
             max_checkpoint: 16 << 30,
+            prewrite: 1 << 20,
         }
     }
 }
@@ -112,10 +130,13 @@ impl fmt::Display for StoreFile {
 /// fails leaves the store in an unknown state: the driver must stop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreOp {
-    /// Append bytes at the end of the file.
-    Append {
+    /// Write bytes at an offset of an existing file (`pwrite`), over what
+    /// is there or past its end (the file grows).
+    WriteAt {
         /// The file.
         file: StoreFile,
+        /// Where the bytes go, from the file's start.
+        offset: u64,
         /// The bytes.
         bytes: Bytes,
     },
@@ -141,13 +162,17 @@ pub enum StoreOp {
     Remove(StoreFile),
 }
 
-/// The final group of the log was incomplete: a crash during an append that
-/// was never synced, so never acknowledged. Its bytes are dropped.
+/// The log ended in the remains of a group that does not check: the group
+/// in flight at a crash, never synced, so never acknowledged. Its bytes are
+/// dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TornTail {
-    /// Where the torn group starts in the log.
+    /// Where the torn group starts in the log (the end of the last valid
+    /// group).
     pub offset: u64,
-    /// How many bytes were dropped.
+    /// From `offset` to the last non-zero byte of the file, inclusive: the
+    /// torn group's bytes that reached the disk (the pre-written zeros
+    /// after them are not counted).
     pub bytes: u64,
 }
 
@@ -229,9 +254,12 @@ pub struct DurableLog {
     service_state: Option<Bytes>,
     /// Number of the last group committed.
     last_group: u64,
-    /// Bytes in the current log file.
+    /// Bytes used in the current log file: its header and groups, where
+    /// the next group is written.
     log_len: u64,
-    /// Log size at which the live size is measured again.
+    /// Length of the current log file: `log_len` and the zeros after it.
+    file_len: u64,
+    /// Used log bytes at which the live size is measured again.
     next_check: u64,
     last_wall_ms: u64,
 }
@@ -246,6 +274,7 @@ impl DurableLog {
             service_state: None,
             last_group: 0,
             log_len: 0,
+            file_len: 0,
             next_check: limits.min_log,
             last_wall_ms: 0,
         };
@@ -268,9 +297,17 @@ impl DurableLog {
         self.service_state.as_ref()
     }
 
-    /// Bytes in the current log file.
+    /// Bytes used in the current log file (header and groups): the write
+    /// position of the next group, and the size the checkpoint rule uses.
     pub fn log_len(&self) -> u64 {
         self.log_len
+    }
+
+    /// Bytes the current log file holds on disk: the used bytes and the
+    /// pre-written zeros after them (at most the largest group plus
+    /// [`LogLimits::prewrite`] more than [`DurableLog::log_len`]).
+    pub fn log_file_len(&self) -> u64 {
+        self.file_len
     }
 
     /// Number of the last group committed.
@@ -311,6 +348,7 @@ impl DurableLog {
         let len_crc = crc32c::crc32c(&buf[..4]);
         buf[4..8].copy_from_slice(&len_crc.to_le_bytes());
         buf[8..12].copy_from_slice(&crc.to_le_bytes());
+        let offset = self.log_len;
         self.log_len = self.log_len.saturating_add(buf.len() as u64);
 
         self.store.apply_all(changes);
@@ -319,13 +357,26 @@ impl DurableLog {
         }
         self.last_wall_ms = self.last_wall_ms.max(wall_ms);
 
-        let mut ops = vec![
-            StoreOp::Append {
-                file: StoreFile::Log,
-                bytes: Bytes::from(buf),
-            },
-            StoreOp::Sync(StoreFile::Log),
-        ];
+        let mut ops = Vec::with_capacity(3);
+        if self.log_len > self.file_len {
+            // Extend first, so the group's write never grows the file
+            // (without pre-writing, the group's write grows it).
+            let end = self.log_len.saturating_add(self.limits.prewrite);
+            if self.limits.prewrite > 0 {
+                ops.push(StoreOp::WriteAt {
+                    file: StoreFile::Log,
+                    offset: self.file_len,
+                    bytes: zeros(end - self.file_len),
+                });
+            }
+            self.file_len = end;
+        }
+        ops.push(StoreOp::WriteAt {
+            file: StoreFile::Log,
+            offset,
+            bytes: Bytes::from(buf),
+        });
+        ops.push(StoreOp::Sync(StoreFile::Log));
         if self.log_len >= self.next_check {
             let image = self.checkpoint_bytes();
             let live = image.len() as u64;
@@ -366,7 +417,7 @@ impl DurableLog {
         ops
     }
 
-    /// A fresh log whose groups follow `last_group`.
+    /// A fresh log whose groups follow `last_group`, pre-written.
     fn new_log_ops(&mut self) -> Vec<StoreOp> {
         let mut w = Writer::default();
         w.raw(LOG_MAGIC);
@@ -374,7 +425,10 @@ impl DurableLog {
         w.u64(self.last_group);
         let crc = crc32c::crc32c(&w.buf);
         w.u32(crc);
+        let zeros = usize::try_from(self.limits.prewrite).unwrap_or(usize::MAX);
+        w.buf.resize(LOG_HEADER.saturating_add(zeros), 0);
         self.log_len = LOG_HEADER as u64;
+        self.file_len = w.buf.len() as u64;
         vec![
             StoreOp::Write {
                 file: StoreFile::LogTmp,
@@ -425,6 +479,11 @@ impl DurableLog {
 }
 
 mod recover;
+
+/// `n` zero bytes (the allocation is zeroed by the allocator, not filled).
+fn zeros(n: u64) -> Bytes {
+    Bytes::from(vec![0u8; usize::try_from(n).unwrap_or(usize::MAX)])
+}
 
 fn decode_err(file: StoreFile, base: usize, e: DecodeError) -> (StoreFile, u64, &'static str) {
     (file, (base + e.at) as u64, e.what)

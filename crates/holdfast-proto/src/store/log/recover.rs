@@ -1,6 +1,15 @@
 //! Reading a store back: the checkpoint, then the log's groups after it.
-//! Every check that fails is a [`CorruptStore`]; only an incomplete final
-//! group is forgiven (a [`TornTail`]).
+//! Every check that fails is a [`CorruptStore`]; only the remains of the
+//! group in flight at a crash are forgiven (a [`TornTail`]).
+//!
+//! After the last valid group the log holds pre-written zeros. Where the
+//! next group would start: only zeros to the end of the file is the clean
+//! end. A group header whose length passes its checksum is the group in
+//! flight if its body is cut short by the end of the file, or fails its
+//! checksum with only zeros after the group: torn; with non-zero bytes
+//! after it, corrupt. Anything else non-zero there (a damaged or partly
+//! written header) is torn if it ends within the largest group's reach and
+//! no whole group with a later number starts inside it; otherwise corrupt.
 
 use bytes::Bytes;
 
@@ -127,6 +136,58 @@ fn affected(store: &MemoryStore, log: &[u8], from: usize, limits: LogLimits) -> 
     v
 }
 
+/// What follows the last valid group when no group header does.
+enum End {
+    /// Only zeros: the clean end of the log.
+    Clean,
+    /// The remains of the group in flight at a crash: this many bytes, up
+    /// to the last non-zero one.
+    Torn(u64),
+    /// A whole group with a later number starts this many bytes on: the
+    /// bytes before it were a group, now damaged.
+    LostGroup(usize),
+    /// Non-zero bytes farther than the largest group reaches.
+    Beyond,
+}
+
+/// Bytes from the start of `b` to its last non-zero byte, inclusive.
+fn nonzero_span(b: &[u8]) -> usize {
+    b.iter().rposition(|x| *x != 0).map_or(0, |i| i + 1)
+}
+
+/// Classifies `rest`, the bytes after the last valid group, when they do
+/// not start with a group header whose length passes its checksum (see
+/// PROTOCOL.md §12.4, *Reading back*). `expected` is the next group's
+/// number.
+fn end_of_log(rest: &[u8], expected: u64, limits: LogLimits) -> End {
+    let span = nonzero_span(rest);
+    if span == 0 {
+        return End::Clean;
+    }
+    if span as u64 > GROUP_HEADER as u64 + u64::from(limits.max_group) {
+        return End::Beyond;
+    }
+    // The group in flight wrote into [0, span) at most; a whole group with
+    // a later number in there was written before it, so is not in flight.
+    let most = expected.saturating_add((span / (GROUP_HEADER + MIN_GROUP_BODY)) as u64);
+    for p in 1..span {
+        let g = &rest[p..];
+        let Some(number) = g.get(GROUP_HEADER..GROUP_HEADER + 8) else {
+            break;
+        };
+        let number = u64::from_le_bytes(number.try_into().unwrap_or_default());
+        if !(expected..=most).contains(&number) {
+            continue;
+        }
+        if let Some((_, Some(body))) = group_at(g, limits) {
+            if decode_group(body).is_ok() {
+                return End::LostGroup(p);
+            }
+        }
+    }
+    End::Torn(span as u64)
+}
+
 type Group = (u64, u64, Option<Bytes>, Vec<crate::target::StateChange>);
 
 fn decode_group(body: &[u8]) -> Result<Group, codec::DecodeError> {
@@ -237,57 +298,76 @@ pub(super) fn run(
     let mut expected = base + 1;
     let mut replayed = 0u64;
     let mut torn = None;
-    while at < log.len() {
-        let rest = &log[at..];
-        let tail_is_zero = |from: usize| rest.get(from..).is_none_or(|t| t.iter().all(|b| *b == 0));
-        let torn_here = TornTail {
-            offset: at as u64,
-            bytes: rest.len() as u64,
-        };
-        if rest.len() < GROUP_HEADER {
-            torn = Some(torn_here);
-            break;
-        }
-        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-        let len_crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-        let crc = u32::from_le_bytes([rest[8], rest[9], rest[10], rest[11]]);
-        let bad = |what| {
+    loop {
+        let rest = log.get(at..).unwrap_or_default();
+        let bad = |what, name_from: usize| {
             corrupt(
                 (file, at as u64, what),
-                affected(&store, log, at, limits),
+                affected(&store, log, name_from, limits),
                 all,
             )
         };
-        if crc32c::crc32c(&rest[..4]) != len_crc {
-            // A crash can leave zeros where an append had not landed; any
-            // other bytes are a damaged length.
-            if tail_is_zero(0) {
-                torn = Some(torn_here);
-                break;
+        let header = rest
+            .get(..GROUP_HEADER)
+            .filter(|h| crc32c::crc32c(&h[..4]).to_le_bytes() == h[4..8]);
+        let Some(header) = header else {
+            // No group header here: the clean end of the log, or the
+            // remains of the group in flight at a crash.
+            match end_of_log(rest, expected, limits) {
+                End::Clean => {}
+                End::Torn(bytes) => {
+                    torn = Some(TornTail {
+                        offset: at as u64,
+                        bytes,
+                    })
+                }
+                End::LostGroup(p) => {
+                    let what = "a whole group follows bytes that are not one: a group in the \
+                                middle of the log is lost";
+                    return Err(bad(what, at + p));
+                }
+                End::Beyond => {
+                    let what = "non-zero bytes after the end of the log, farther than the \
+                                largest group reaches";
+                    return Err(bad(what, at));
+                }
             }
-            return Err(bad("group length fails its checksum"));
-        }
+            break;
+        };
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let crc = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
         if (len as usize) < MIN_GROUP_BODY || len > limits.max_group {
-            return Err(bad("group length out of range"));
+            return Err(bad("group length out of range", at));
         }
         let end = GROUP_HEADER + len as usize;
+        let torn_here = TornTail {
+            offset: at as u64,
+            bytes: nonzero_span(rest) as u64,
+        };
         let Some(body) = rest.get(GROUP_HEADER..end) else {
+            // Runs past the end of the file: the group in flight, whose
+            // file extension did not wholly reach the disk.
             torn = Some(torn_here);
             break;
         };
         if crc32c::crc32c(body) != crc {
-            if tail_is_zero(end) {
+            // The group in flight is the last thing written: after it the
+            // file holds only pre-written zeros.
+            if nonzero_span(&rest[end..]) == 0 {
                 torn = Some(torn_here);
                 break;
             }
-            return Err(bad("group checksum mismatch with groups after it"));
+            return Err(bad(
+                "group checksum mismatch with non-zero bytes after it",
+                at,
+            ));
         }
         let (group, g_wall, state, changes) = decode_group(body).map_err(|e| {
             let (f, o, w) = decode_err(file, at + GROUP_HEADER, e);
             corrupt((f, o, w), affected(&store, log, at, limits), all)
         })?;
         if group != expected {
-            return Err(bad("group number out of sequence"));
+            return Err(bad("group number out of sequence", at));
         }
         expected += 1;
         if group > ckpt_group {
@@ -310,6 +390,7 @@ pub(super) fn run(
         service_state: service_state.clone(),
         last_group,
         log_len: at as u64,
+        file_len: log.len() as u64,
         next_check: limits.min_log,
         last_wall_ms: wall,
     };
