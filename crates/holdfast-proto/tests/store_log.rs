@@ -657,3 +657,41 @@ fn valid_group_after_a_damaged_header_is_corrupt() {
     assert_eq!(rec.torn_tail.map(|t| t.offset), Some(third as u64));
     assert_eq!((rec.store, rec.service_state), run.states[2]);
 }
+
+/// A command received and completed in one group is logged without its
+/// request bytes (PROTOCOL.md §12.4), one still pending keeps them, and
+/// both read back to the state the changes give.
+#[test]
+fn request_bytes_finished_in_the_group_are_not_logged() {
+    let limits = LogLimits {
+        min_log: 1 << 20,
+        prewrite: 0,
+        ..LogLimits::default()
+    };
+    let session = SessionId::new(7, 1);
+    let groups = vec![(
+        vec![
+            received(1, 4096),
+            StateChange::Completed {
+                session,
+                command: 1,
+                response: 1,
+                payload: Bytes::from(vec![9; 4096]),
+                status: None,
+            },
+            received(2, 4096),
+        ],
+        None,
+    )];
+    let run = run_all(&groups, limits);
+    // Header (24), the group's header and body: one response's and one
+    // pending request's 4 KiB, not the answered request's.
+    assert!(
+        run.used < 24 + 2 * 4096 + 200,
+        "{} bytes used: the answered command's request was logged",
+        run.used
+    );
+    assert!(run.used > 24 + 2 * 4096, "{} bytes used", run.used);
+    let rec = recover(&disk_of(&run), limits).expect("recovers");
+    assert_eq!((rec.store, rec.service_state), run.states[1]);
+}

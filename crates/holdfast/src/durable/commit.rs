@@ -32,7 +32,7 @@ use crate::ServiceDurability;
 pub(crate) const COMMITS: &str = "holdfast_store_commits_total";
 /// State changes per group.
 pub(crate) const CHANGES_PER_COMMIT: &str = "holdfast_store_changes_per_commit";
-/// Time of a group's commit: the service's sync, the append and fdatasync.
+/// Time of a group's commit: the service's sync, the log write and fdatasync.
 pub(crate) const COMMIT_SECONDS: &str = "holdfast_store_commit_seconds";
 
 /// A finished group: its number, its changes (for the `Ready` that held

@@ -152,8 +152,10 @@ const SESSION_ENDED: u8 = 6;
 const HOST_FENCED: u8 = 7;
 const MAX_FRAME_RAISED: u8 = 8;
 
-/// Appends one change.
-pub(crate) fn put_change(w: &mut Writer, c: &StateChange) {
+/// Appends one change. `elide_payload`: a `Received` is written with an
+/// empty payload (its entry is finished later in the same group, so the
+/// payload is never read back: PROTOCOL.md §12.4).
+pub(crate) fn put_change(w: &mut Writer, c: &StateChange, elide_payload: bool) {
     match c {
         StateChange::SessionCreated {
             session,
@@ -184,7 +186,7 @@ pub(crate) fn put_change(w: &mut Writer, c: &StateChange) {
             w.u64(session.0);
             w.u64(*seq);
             w.u8(u8::from(*command));
-            w.bytes(payload);
+            w.bytes(if elide_payload { &[] } else { payload });
         }
         StateChange::Completed {
             session,

@@ -36,6 +36,7 @@
 //! No file IO happens here: the runtime (`holdfast::durable`) runs the ops.
 
 mod codec;
+mod finished;
 mod image;
 
 use std::fmt;
@@ -47,6 +48,7 @@ use crate::store::MemoryStore;
 use crate::target::StateChange;
 
 use codec::{DecodeError, Writer};
+use finished::finished_in_group;
 
 /// First bytes of a log file.
 const LOG_MAGIC: &[u8; 8] = b"HFSLOG\x00\x01";
@@ -338,8 +340,8 @@ impl DurableLog {
             }
         }
         w.u32(u32::try_from(changes.len()).unwrap_or(u32::MAX));
-        for c in changes {
-            codec::put_change(&mut w, c);
+        for (c, finished) in changes.iter().zip(finished_in_group(changes)) {
+            codec::put_change(&mut w, c, finished);
         }
         let mut buf = w.buf;
         let body_len = u32::try_from(buf.len() - GROUP_HEADER).unwrap_or(u32::MAX);
