@@ -3,8 +3,10 @@
 //! (the rules are in [`super::driver`]); without a store each `Ready` is
 //! finished at once.
 
+use std::collections::HashMap;
+
 use holdfast_proto::target::Transmit;
-use holdfast_proto::Ready;
+use holdfast_proto::{ConnId, Ready};
 
 use super::commit::Done;
 use super::driver::Driver;
@@ -103,24 +105,31 @@ impl<S: SessionService> Engine<S> {
     /// then goes out as it is.
     fn send_released(&mut self, out: Vec<Ready>) {
         let mut gathered: Vec<Transmit> = Vec::new();
+        // Where each connection's bytes are in `gathered` (a group can
+        // answer many connections).
+        let mut index: HashMap<ConnId, usize> = HashMap::new();
         for mut ready in out {
             if ready.closes.is_empty() && ready.fences.is_empty() {
                 for t in ready.transmits.drain(..) {
-                    match gathered.iter_mut().find(|g| g.conn == t.conn) {
-                        Some(g) => g.chunks.extend(t.chunks),
-                        None => gathered.push(t),
+                    match index.get(&t.conn) {
+                        Some(&i) => gathered[i].chunks.extend(t.chunks),
+                        None => {
+                            index.insert(t.conn, gathered.len());
+                            gathered.push(t);
+                        }
                     }
                 }
             } else {
-                self.send_gathered(&mut gathered);
+                self.send_gathered(&mut gathered, &mut index);
                 self.send_output(&mut ready);
             }
             self.core.recycle(ready);
         }
-        self.send_gathered(&mut gathered);
+        self.send_gathered(&mut gathered, &mut index);
     }
 
-    fn send_gathered(&mut self, gathered: &mut Vec<Transmit>) {
+    fn send_gathered(&mut self, gathered: &mut Vec<Transmit>, index: &mut HashMap<ConnId, usize>) {
+        index.clear();
         if !gathered.is_empty() {
             let mut ready = Ready {
                 transmits: std::mem::take(gathered),
