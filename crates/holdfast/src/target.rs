@@ -419,7 +419,9 @@ impl<S: SessionService> Engine<S> {
                     Err(_) => break,
                 }
             }
-            self.drain_ready().await;
+            if !self.drain_ready().await {
+                return;
+            }
             // Stopped: the up time is over (new logins were refused until
             // then) and every connection is closed.
             let up_time_over = self.stopping_at.is_some_and(|at| at <= self.clock.now());

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use holdfast_proto::target::Transmit;
 use holdfast_proto::{ConnId, Ready, SessionId, StateChange};
 
-use super::Driver;
+use super::{Driver, INLINE_AFTER};
 use crate::durable::commit::Committer;
 use crate::durable::{DurableStore, StoreOptions};
 use crate::ServiceDurability;
@@ -85,7 +85,10 @@ fn output_waits_for_its_group_and_a_commit_batches_what_arrived_during_it() {
     // A is held and handed over: its commit starts and blocks in sync.
     assert!(driver.hold(ready(b'A', true)).is_none());
     assert!(
-        driver.flush_if_due().is_empty(),
+        driver
+            .flush_if_due()
+            .expect("no inline commit here")
+            .is_empty(),
         "A's bytes wait for A's group"
     );
     entered.recv_timeout(BOUND).expect("A's commit started");
@@ -95,7 +98,10 @@ fn output_waits_for_its_group_and_a_commit_batches_what_arrived_during_it() {
     for (tag, change) in [(b'B', true), (b'C', true), (b'P', false)] {
         assert!(driver.hold(ready(tag, change)).is_none());
         assert!(
-            driver.flush_if_due().is_empty(),
+            driver
+                .flush_if_due()
+                .expect("no inline commit here")
+                .is_empty(),
             "{} left before the groups before it were durable",
             tag as char
         );
@@ -127,12 +133,131 @@ fn output_waits_for_its_group_and_a_commit_batches_what_arrived_during_it() {
 
     // Nothing outstanding: a changeless output leaves at once.
     assert!(driver.hold(ready(b'Q', false)).is_none());
-    assert_eq!(tags(&driver.flush_if_due()), b"Q");
+    assert_eq!(
+        tags(&driver.flush_if_due().expect("no inline commit here")),
+        b"Q"
+    );
 
     drop(driver);
     // The commit thread ended with the driver: the lock is free.
     let store = DurableStore::open(&dir, StoreOptions::default()).expect("reopened at once");
     assert_eq!(store.store().sessions().count(), 0);
     drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A replay-safe service with nothing to sync, whose sync fails once
+/// `fail` is set.
+#[derive(Default)]
+struct Plain {
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl ServiceDurability for Plain {
+    fn sync(&self) -> std::io::Result<()> {
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::other("the backend is gone"));
+        }
+        Ok(())
+    }
+
+    fn replay_safe(&self) -> bool {
+        true
+    }
+}
+
+/// An executed `Ready` that received and completed `commands` commands
+/// (sequence numbers from `first`), with one byte marked `tag`.
+fn commands(first: u64, commands: u64, tag: u8) -> Ready {
+    let mut r = ready(tag, false);
+    for seq in first..first + commands {
+        r.changes.push(StateChange::Received {
+            session: SessionId(7),
+            seq,
+            command: true,
+            payload: Bytes::from_static(b"req"),
+        });
+        r.changes.push(StateChange::Completed {
+            session: SessionId(7),
+            command: seq,
+            response: seq,
+            payload: Bytes::from_static(b"resp"),
+            status: None,
+        });
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_one_at_a_time_commit_inline_and_a_burst_goes_to_the_commit_thread() {
+    let dir = std::env::temp_dir().join(format!("holdfast-inline-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = DurableStore::open(&dir, StoreOptions::default()).expect("store");
+    let service = Arc::new(Plain::default());
+    let task_dir = dir.clone();
+    // On a runtime worker, as the engine runs.
+    tokio::spawn(async move {
+        let mut driver = Driver::new(Committer::new(store, service.clone()));
+        assert!(driver.committer.can_inline());
+        let mut done = driver.take_done().expect("the done channel");
+        let mut seq = 1;
+        // Single commands: the first INLINE_AFTER go through the commit
+        // thread (their output waits for the thread's report).
+        for i in 0..INLINE_AFTER {
+            assert!(driver.hold(commands(seq, 1, b'a')).is_none());
+            seq += 1;
+            let out = driver.flush_if_due().expect("commit");
+            assert!(out.is_empty(), "group {i} waits for the commit thread");
+            let out = driver.committed(done.recv().await).expect("committed");
+            assert_eq!(tags(&out), b"a");
+        }
+        // Then one at a time: committed inline, the output back at once and
+        // nothing reported by the thread.
+        for _ in 0..3 {
+            assert!(driver.hold(commands(seq, 1, b'i')).is_none());
+            seq += 1;
+            let out = driver.flush_if_due().expect("inline commit");
+            assert_eq!(tags(&out), b"i", "committed inline, released at once");
+            assert!(!driver.busy());
+            assert!(done.try_recv().is_err(), "the thread committed nothing");
+        }
+        // A burst of commands in one group: to the commit thread, and the
+        // next single command too (the streak starts over).
+        assert!(driver.hold(commands(seq, 8, b'b')).is_none());
+        seq += 8;
+        assert!(driver.flush_if_due().expect("commit").is_empty());
+        let out = driver.committed(done.recv().await).expect("committed");
+        assert_eq!(tags(&out), b"b");
+        assert!(driver.hold(commands(seq, 1, b'c')).is_none());
+        seq += 1;
+        assert!(driver.flush_if_due().expect("commit").is_empty());
+        assert_eq!(
+            tags(&driver.committed(done.recv().await).expect("ok")),
+            b"c"
+        );
+        // Back to one at a time, then the service's sync fails inline: the
+        // reason to stop comes back and nothing of the group is released.
+        for _ in 1..INLINE_AFTER {
+            assert!(driver.hold(commands(seq, 1, b'd')).is_none());
+            seq += 1;
+            assert!(driver.flush_if_due().expect("commit").is_empty());
+            driver.committed(done.recv().await).expect("committed");
+        }
+        service
+            .fail
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(driver.hold(commands(seq, 1, b'x')).is_none());
+        let error = driver.flush_if_due().expect_err("the inline commit failed");
+        assert!(error.contains("the backend is gone"), "{error}");
+        assert!(done.try_recv().is_err(), "inline: the thread saw nothing");
+        drop(driver);
+        // Every group before the failed one is in the log, inline or not:
+        // INLINE_AFTER, 3 inline, the burst, c, then INLINE_AFTER - 1.
+        let store = DurableStore::open(&task_dir, StoreOptions::default()).expect("reopen");
+        let groups = u64::from(INLINE_AFTER) + 3 + 1 + 1 + u64::from(INLINE_AFTER - 1);
+        assert_eq!(store.report().groups_replayed, groups);
+    })
+    .await
+    .expect("the driver task");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -19,7 +19,10 @@ impl<S: SessionService> Engine<S> {
     /// until its commit is durable (`committed`); in early mode every
     /// `Ready` is executed at once and its output held for its group (see
     /// `crate::durable::driver`).
-    pub(crate) async fn drain_ready(&mut self) {
+    ///
+    /// Returns false when the target must stop: a group committed inline
+    /// failed (see [`Engine::committed`]).
+    pub(crate) async fn drain_ready(&mut self) -> bool {
         self.refresh_gates();
         if self.durable.as_ref().is_some_and(Driver::early) {
             return self.drain_early().await;
@@ -32,17 +35,19 @@ impl<S: SessionService> Engine<S> {
                         log_change(change);
                     }
                     durable.commit_ready(ready);
-                    return;
+                    return true;
                 }
             }
             self.finish_ready(ready).await;
         }
+        true
     }
 
     /// Early mode: executes every `Ready` (deliveries, `advance`, the
-    /// answers given at once), holds its changes and output, then starts
-    /// hands the held group to the committer if it is due.
-    async fn drain_early(&mut self) {
+    /// answers given at once), holds its changes and output, then hands the
+    /// held group to the committer if it is due (or commits it inline and
+    /// sends its output). False: an inline commit failed.
+    async fn drain_early(&mut self) -> bool {
         while self.core.has_ready() {
             let mut ready = self.core.ready();
             self.note_changes(&ready.changes);
@@ -59,11 +64,17 @@ impl<S: SessionService> Engine<S> {
         }
         let out = match &mut self.durable {
             Some(d) => d.flush_if_due(),
-            None => Vec::new(),
+            None => Ok(Vec::new()),
         };
-        for mut ready in out {
-            self.send_output(&mut ready);
-            self.core.recycle(ready);
+        match out {
+            Ok(out) => {
+                self.send_released(out);
+                true
+            }
+            Err(error) => {
+                store_failed(&error);
+                false
+            }
         }
     }
 
@@ -88,10 +99,7 @@ impl<S: SessionService> Engine<S> {
                 true
             }
             Err(error) => {
-                tracing::error!(
-                    "the session store could not commit, so the target stops (nothing it had \
-                     not made durable was sent): {error}"
-                );
+                store_failed(&error);
                 false
             }
         }
@@ -138,4 +146,12 @@ impl<S: SessionService> Engine<S> {
             self.send_output(&mut ready);
         }
     }
+}
+
+/// Says why the target stops after a failed commit.
+fn store_failed(error: &str) {
+    tracing::error!(
+        "the session store could not commit, so the target stops (nothing it had not made \
+         durable was sent): {error}"
+    );
 }
