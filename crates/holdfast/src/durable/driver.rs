@@ -32,14 +32,14 @@
 //!   no group is outstanding, and otherwise right after the newest one's
 //!   output.
 //!
-//!   When commands come one at a time (more than [`INLINE_AFTER`] due
-//!   groups in a row each received at most one command or message) and no
-//!   group is outstanding, a due group is committed on the engine's own
-//!   thread instead ([`Committer::commit_inline`]) and its output released
-//!   at once: at queue depth 1 this spares two thread hand-offs per
-//!   command. Under load it is not used: the engine takes no input while
-//!   it commits inline, whereas with the commit thread it prepares the next
-//!   group during the fsync.
+//! **Inline commits**, in both modes: when commands come one at a time
+//! (more than [`INLINE_AFTER`] groups in a row each received at most one
+//! command or message) and no group is outstanding, a group is committed on
+//! the engine's own thread instead ([`Committer::commit_inline`]) and its
+//! output released (strict mode: its `Ready` finished) at once: at queue
+//! depth 1 this spares two thread hand-offs per commit. Under load it is
+//! not used: the engine takes no input while it commits inline, whereas
+//! with the commit thread it prepares the next group during the fsync.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
@@ -55,9 +55,9 @@ use super::commit::{Committer, Done};
 /// then go into a later group).
 pub(crate) const HOLD_BOUND: Duration = Duration::from_millis(1);
 
-/// Early mode: after more than this many due groups in a row that each
-/// received at most one command or message, a due group with nothing
-/// outstanding is committed inline (see the module comment).
+/// After more than this many groups in a row that each received at most
+/// one command or message, a group with nothing outstanding is committed
+/// inline (see the module comment).
 pub(crate) const INLINE_AFTER: u32 = 4;
 
 /// The engine's durable side: the committer, the output of the groups
@@ -77,8 +77,8 @@ pub(crate) struct Driver {
     /// Early mode: commands delivered since the last group was handed over
     /// and still in the service.
     running: HashSet<(SessionId, Seq)>,
-    /// Early mode: due groups in a row that each received at most one
-    /// command or message (see [`INLINE_AFTER`]).
+    /// Due groups in a row that each received at most one command or
+    /// message (see [`INLINE_AFTER`]).
     single_streak: u32,
 }
 
@@ -132,15 +132,43 @@ impl Driver {
     }
 
     /// Strict mode: commits `ready`'s changes; the `Ready` waits for them.
-    /// Only when no group is in flight ([`Driver::busy`]).
-    pub(crate) fn commit_ready(&mut self, mut ready: Ready) {
+    /// Only when no group is in flight ([`Driver::busy`]). Committed inline
+    /// (see the module comment), the `Ready` comes back at once, its changes
+    /// durable, to finish now; a failed inline commit is the reason the
+    /// target must stop.
+    pub(crate) fn commit_ready(&mut self, mut ready: Ready) -> Result<Option<Ready>, String> {
         let changes = std::mem::take(&mut ready.changes);
+        if self.inline_now(&changes) {
+            let done = self.committer.commit_inline(changes);
+            self.committing.push_back((done.id, vec![ready]));
+            return Ok(self.committed(Some(done))?.pop());
+        }
         let (id, merged) = self.committer.submit(changes);
         debug_assert!(
             !merged,
             "strict mode hands a group over only when none is in flight"
         );
         self.committing.push_back((id, vec![ready]));
+        Ok(None)
+    }
+
+    /// Counts a group about to be committed in the streak of groups that
+    /// received at most one command or message, and says whether to commit
+    /// it inline: after more than [`INLINE_AFTER`] such groups in a row,
+    /// when no group is outstanding and the runtime allows it.
+    fn inline_now(&mut self, changes: &[StateChange]) -> bool {
+        let received = changes
+            .iter()
+            .filter(|c| matches!(c, StateChange::Received { .. }))
+            .count();
+        self.single_streak = if received <= 1 {
+            self.single_streak.saturating_add(1)
+        } else {
+            0
+        };
+        self.committing.is_empty()
+            && self.single_streak > INLINE_AFTER
+            && self.committer.can_inline()
     }
 
     /// Early mode: holds an executed `Ready` (its deliveries taken) until
@@ -197,20 +225,7 @@ impl Driver {
         }
         let held = std::mem::take(&mut self.held);
         self.running.clear();
-        let received = held
-            .changes
-            .iter()
-            .filter(|c| matches!(c, StateChange::Received { .. }))
-            .count();
-        self.single_streak = if received <= 1 {
-            self.single_streak.saturating_add(1)
-        } else {
-            0
-        };
-        if self.committing.is_empty()
-            && self.single_streak > INLINE_AFTER
-            && self.committer.can_inline()
-        {
+        if self.inline_now(&held.changes) {
             let done = self.committer.commit_inline(held.changes);
             self.committing.push_back((done.id, held.output));
             return self.committed(Some(done));

@@ -261,3 +261,40 @@ async fn commands_one_at_a_time_commit_inline_and_a_burst_goes_to_the_commit_thr
     .expect("the driver task");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A service that is not replay-safe (strict mode), with nothing to sync.
+struct Strict;
+
+impl ServiceDurability for Strict {}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_commits_inline_one_at_a_time_and_hands_the_ready_back_with_its_changes() {
+    let dir = std::env::temp_dir().join(format!("holdfast-strict-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = DurableStore::open(&dir, StoreOptions::default()).expect("store");
+    tokio::spawn(async move {
+        let mut driver = Driver::new(Committer::new(store, Arc::new(Strict)));
+        assert!(!driver.early());
+        let mut done = driver.take_done().expect("the done channel");
+        for seq in 1..=u64::from(INLINE_AFTER) {
+            let back = driver.commit_ready(commands(seq, 1, b's')).expect("commit");
+            assert!(back.is_none(), "command {seq} waits for the commit thread");
+            assert!(driver.busy());
+            let out = driver.committed(done.recv().await).expect("committed");
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].changes.len(), 2, "its changes come back with it");
+        }
+        let seq = u64::from(INLINE_AFTER) + 1;
+        let ready = driver
+            .commit_ready(commands(seq, 1, b'i'))
+            .expect("inline commit")
+            .expect("committed inline: the Ready comes back at once");
+        assert_eq!(tags(std::slice::from_ref(&ready)), b"i");
+        assert_eq!(ready.changes.len(), 2, "with its changes, to finish");
+        assert!(!driver.busy());
+        assert!(done.try_recv().is_err(), "the thread committed nothing");
+    })
+    .await
+    .expect("the driver task");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -28,14 +28,20 @@ impl<S: SessionService> Engine<S> {
             return self.drain_early().await;
         }
         while !self.durable.as_ref().is_some_and(Driver::busy) && self.core.has_ready() {
-            let ready = self.core.ready();
+            let mut ready = self.core.ready();
             if !ready.changes.is_empty() {
                 if let Some(durable) = &mut self.durable {
                     for change in &ready.changes {
                         log_change(change);
                     }
-                    durable.commit_ready(ready);
-                    return true;
+                    match durable.commit_ready(ready) {
+                        Ok(Some(committed)) => ready = committed,
+                        Ok(None) => return true,
+                        Err(error) => {
+                            store_failed(&error);
+                            return false;
+                        }
+                    }
                 }
             }
             self.finish_ready(ready).await;
