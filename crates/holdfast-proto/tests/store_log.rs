@@ -658,6 +658,54 @@ fn valid_group_after_a_damaged_header_is_corrupt() {
     assert_eq!((rec.store, rec.service_state), run.states[2]);
 }
 
+/// A damaged last header followed by many crafted headers (length and
+/// number right, body checksum wrong): up to the bound they are the torn
+/// remains, one more is corrupt, so the search for a later whole group
+/// cannot be made quadratic in the file's size.
+#[test]
+fn many_crafted_headers_after_a_damaged_one_are_corrupt() {
+    let limits = LogLimits {
+        min_log: 1 << 20,
+        ..LogLimits::default()
+    };
+    let run = run_all(&received_groups(3, 20), limits);
+    let disk = disk_of(&run);
+    let clean = disk.read(StoreFile::Log).expect("log").to_vec();
+    let len_at = |log: &[u8], at: usize| {
+        u32::from_le_bytes(log[at..at + 4].try_into().expect("4 bytes")) as usize
+    };
+    let second = 24 + 12 + len_at(&clean, 24);
+    let third = second + 12 + len_at(&clean, second);
+    let end = run.used as usize;
+    // A header that passes its length checksum, numbered as the third
+    // group (the next expected), whose body checksum fails.
+    let crafted = |log: &mut Vec<u8>, at: usize| {
+        let len = 21u32;
+        log[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        log[at + 4..at + 8].copy_from_slice(&crc32c::crc32c(&len.to_le_bytes()).to_le_bytes());
+        log[at + 8..at + 12].copy_from_slice(&0u32.to_le_bytes());
+        log[at + 12..at + 20].copy_from_slice(&3u64.to_le_bytes());
+        log[at + 20] = 0x5a;
+    };
+    for (count, corrupt) in [(64, false), (65, true)] {
+        let mut log = clean.clone();
+        log[third] ^= 0x08;
+        for i in 0..count {
+            crafted(&mut log, end + i * 40);
+        }
+        let got = DurableLog::recover(None, Some(&log), limits);
+        if corrupt {
+            let err = got.expect_err("corrupt");
+            assert_eq!(err.offset, third as u64, "{err}");
+            assert!(err.what.contains("more than 64"), "{err}");
+        } else {
+            let rec = got.expect("torn");
+            assert_eq!(rec.torn_tail.map(|t| t.offset), Some(third as u64));
+            assert_eq!((rec.store, rec.service_state), run.states[2]);
+        }
+    }
+}
+
 /// A command received and completed in one group is logged without its
 /// request bytes (PROTOCOL.md §12.4), one still pending keeps them, and
 /// both read back to the state the changes give.

@@ -10,6 +10,9 @@
 //! after it, corrupt. Anything else non-zero there (a damaged or partly
 //! written header) is torn if it ends within the largest group's reach and
 //! no whole group with a later number starts inside it; otherwise corrupt.
+//! Looking for that later group checks the body checksum of at most
+//! [`MAX_CANDIDATES`] offsets, so a crafted file cannot make the search
+//! quadratic in its size: more such offsets are corrupt.
 
 use bytes::Bytes;
 
@@ -136,6 +139,15 @@ fn affected(store: &MemoryStore, log: &[u8], from: usize, limits: LogLimits) -> 
     v
 }
 
+/// The most offsets in the bytes after the last valid group whose header
+/// passes its length checksum with a group number in range, and whose body
+/// is therefore checksummed, before the bytes are called corrupt. Each
+/// costs a checksum of up to the largest group, so without a bound a file
+/// made of such headers would cost time quadratic in its size to read; the
+/// remains of one torn group hold none by chance (a 32-bit checksum and a
+/// 64-bit number must both match).
+pub(super) const MAX_CANDIDATES: usize = 64;
+
 /// What follows the last valid group when no group header does.
 enum End {
     /// Only zeros: the clean end of the log.
@@ -148,6 +160,9 @@ enum End {
     LostGroup(usize),
     /// Non-zero bytes farther than the largest group reaches.
     Beyond,
+    /// More than [`MAX_CANDIDATES`] group headers with a number in range
+    /// and a body that fails its checksum.
+    Crafted,
 }
 
 /// Bytes from the start of `b` to its last non-zero byte, inclusive.
@@ -170,6 +185,7 @@ fn end_of_log(rest: &[u8], expected: u64, limits: LogLimits) -> End {
     // The group in flight wrote into [0, span) at most; a whole group with
     // a later number in there was written before it, so is not in flight.
     let most = expected.saturating_add((span / (GROUP_HEADER + MIN_GROUP_BODY)) as u64);
+    let mut candidates = 0usize;
     for p in 1..span {
         let g = &rest[p..];
         let Some(number) = g.get(GROUP_HEADER..GROUP_HEADER + 8) else {
@@ -179,10 +195,15 @@ fn end_of_log(rest: &[u8], expected: u64, limits: LogLimits) -> End {
         if !(expected..=most).contains(&number) {
             continue;
         }
-        if let Some((_, Some(body))) = group_at(g, limits) {
-            if decode_group(body).is_ok() {
-                return End::LostGroup(p);
+        match group_at(g, limits) {
+            Some((_, Some(body))) if decode_group(body).is_ok() => return End::LostGroup(p),
+            Some(_) => {
+                candidates += 1;
+                if candidates > MAX_CANDIDATES {
+                    return End::Crafted;
+                }
             }
+            None => {}
         }
     }
     End::Torn(span as u64)
@@ -329,6 +350,11 @@ pub(super) fn run(
                 End::Beyond => {
                     let what = "non-zero bytes after the end of the log, farther than the \
                                 largest group reaches";
+                    return Err(bad(what, at));
+                }
+                End::Crafted => {
+                    let what = "more than 64 damaged group headers after the end of the log \
+                                (no torn group holds any)";
                     return Err(bad(what, at));
                 }
             }
