@@ -28,7 +28,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use holdfast_proto::StateChange;
@@ -75,11 +75,15 @@ struct Queue {
     next: Option<Group>,
     /// The engine is gone: the thread ends.
     stop: bool,
+    /// The thread has ended (or panicked).
+    ended: bool,
 }
 
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// Signalled when the thread ends.
+    ended: Condvar,
     /// The store: the commit thread holds it while it commits a group, the
     /// engine while it commits one inline (never both at once: the engine
     /// commits inline only when no group is in flight).
@@ -111,6 +115,8 @@ pub(crate) struct Committer {
     /// The engine runs on tokio's multi-thread runtime, where
     /// `block_in_place` may run a commit on its thread.
     can_inline: bool,
+    /// How long dropping the committer waits for the commit thread.
+    stop_bound: Duration,
 }
 
 impl Committer {
@@ -120,6 +126,7 @@ impl Committer {
         let shared = Arc::new(Shared {
             queue: Mutex::default(),
             wake: Condvar::new(),
+            ended: Condvar::new(),
             store: Mutex::new(store),
         });
         let (tx, rx) = mpsc::unbounded_channel();
@@ -128,7 +135,10 @@ impl Committer {
             let durability = durability.clone();
             std::thread::Builder::new()
                 .name("holdfast-commit".into())
-                .spawn(move || commit_thread(&shared, &*durability, &tx))
+                .spawn(move || {
+                    let _ended = Ended(&shared);
+                    commit_thread(&shared, &*durability, &tx);
+                })
         };
         let thread = match thread {
             Ok(t) => Some(t),
@@ -149,7 +159,14 @@ impl Committer {
             warned_held: false,
             can_inline: tokio::runtime::Handle::try_current()
                 .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread),
+            stop_bound: STOP_BOUND,
         }
+    }
+
+    /// Sets how long dropping the committer waits for the commit thread.
+    #[cfg(test)]
+    pub(crate) fn set_stop_bound(&mut self, bound: Duration) {
+        self.stop_bound = bound;
     }
 
     /// A session's messages wait in its lane (the service was not ready).
@@ -244,13 +261,48 @@ impl Committer {
 impl Drop for Committer {
     /// Stops the commit thread (after the commit in flight, if any; a group
     /// still waiting is dropped, none of its output left) and waits for it,
-    /// so the store's lock is free once the engine is gone.
+    /// so the store's lock is free once the engine is gone. A commit that
+    /// does not finish within [`STOP_BOUND`] (a service whose `sync` hangs
+    /// on a dead disk) is left behind with an error, so the target still
+    /// stops: the store stays locked until the process exits.
     fn drop(&mut self) {
-        self.shared.lock().stop = true;
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let mut queue = self.shared.lock();
+        queue.stop = true;
         self.shared.wake.notify_one();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let (queue, _) = self
+            .shared
+            .ended
+            .wait_timeout_while(queue, self.stop_bound, |q| !q.ended)
+            .unwrap_or_else(|e| e.into_inner());
+        if queue.ended {
+            drop(queue);
+            let _ = thread.join();
+        } else {
+            tracing::error!(
+                dir = %self.dir.display(),
+                "the session store's commit thread did not finish its commit within {:?} of \
+                 the target stopping (the service's sync or the disk hangs); it is left \
+                 behind, and the store stays locked until this process exits. Nothing of \
+                 that commit was sent",
+                self.stop_bound
+            );
         }
+    }
+}
+
+/// How long dropping a [`Committer`] waits for its commit thread.
+const STOP_BOUND: Duration = Duration::from_secs(10);
+
+/// Marks the commit thread ended when it returns or panics.
+struct Ended<'a>(&'a Shared);
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        self.0.lock().ended = true;
+        self.0.ended.notify_all();
     }
 }
 

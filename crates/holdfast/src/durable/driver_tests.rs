@@ -298,3 +298,46 @@ async fn strict_mode_commits_inline_one_at_a_time_and_hands_the_ready_back_with_
     .expect("the driver task");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_commit_that_hangs_does_not_hang_the_drop_and_keeps_the_store_locked() {
+    let dir = std::env::temp_dir().join(format!("holdfast-hang-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = DurableStore::open(&dir, StoreOptions::default()).expect("store");
+    let (entered_tx, entered) = channel();
+    let (go, go_rx) = channel();
+    let gate = Arc::new(Gate {
+        entered: Mutex::new(entered_tx),
+        go: Mutex::new(go_rx),
+    });
+    let mut committer = Committer::new(store, gate);
+    committer.set_stop_bound(Duration::from_millis(100));
+    let mut driver = Driver::new(committer);
+    assert!(driver.hold(ready(b'A', true)).is_none());
+    assert!(driver.flush_if_due().expect("handed over").is_empty());
+    entered
+        .recv_timeout(BOUND)
+        .expect("A's commit started and hangs");
+
+    let started = std::time::Instant::now();
+    drop(driver);
+    assert!(
+        started.elapsed() < BOUND / 2,
+        "the drop waited for the hung commit ({:?})",
+        started.elapsed()
+    );
+    // The thread left behind still holds the store.
+    assert!(matches!(
+        DurableStore::open(&dir, StoreOptions::default()),
+        Err(crate::durable::StoreError::Locked { .. })
+    ));
+    // Once its commit finishes, it ends and lets the store go.
+    go.send(()).expect("go");
+    let reopened = (0..200).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(25));
+        DurableStore::open(&dir, StoreOptions::default()).ok()
+    });
+    assert!(reopened.is_some(), "the store stayed locked");
+    drop(reopened);
+    let _ = std::fs::remove_dir_all(&dir);
+}
