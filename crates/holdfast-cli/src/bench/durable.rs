@@ -349,7 +349,9 @@ impl DurableReport {
              arriving during an fsync share the next one (group commit), so at QD 32 one fsync \
              carries many commands. The echo is replay-safe, so it runs before its receipt is \
              durable and a command's receipt and completion share one group (PROTOCOL.md \
-             §12.4): one fsync per command at QD 1.\n\
+             §12.4): one fsync per command at QD 1, committed on the target engine's own \
+             thread when commands come one at a time (no hand-off to the commit thread and \
+             back).\n\
              - **fsync bound**: QD / the fio fsync p50, the most commands per second any \
              durable target can complete at that depth (each waits for at least one fsync); \
              *of bound* is the durable throughput's share of it. Near 100%, the disk is the \
