@@ -67,17 +67,31 @@ fn tags(out: &[Ready]) -> Vec<u8> {
         .collect()
 }
 
-#[test]
-fn output_waits_for_its_group_and_a_commit_batches_what_arrived_during_it() {
-    let dir = std::env::temp_dir().join(format!("holdfast-driver-{}", std::process::id()));
+/// A fresh store in a scratch directory named after `name` and this
+/// process (the directory is returned to remove at the end).
+fn fresh_store(name: &str) -> (std::path::PathBuf, DurableStore) {
+    let dir = std::env::temp_dir().join(format!("holdfast-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let store = DurableStore::open(&dir, StoreOptions::default()).expect("store");
+    (dir, store)
+}
+
+/// A [`Gate`], the receiver told when a commit enters its sync, and the
+/// sender that lets one go.
+fn gate() -> (Arc<Gate>, Receiver<()>, Sender<()>) {
     let (entered_tx, entered) = channel();
     let (go, go_rx) = channel();
     let gate = Arc::new(Gate {
         entered: Mutex::new(entered_tx),
         go: Mutex::new(go_rx),
     });
+    (gate, entered, go)
+}
+
+#[test]
+fn output_waits_for_its_group_and_a_commit_batches_what_arrived_during_it() {
+    let (dir, store) = fresh_store("driver");
+    let (gate, entered, go) = gate();
     let mut driver = Driver::new(Committer::new(store, gate));
     assert!(driver.early());
     let mut done = driver.take_done().expect("the done channel");
@@ -190,9 +204,7 @@ fn commands(first: u64, commands: u64, tag: u8) -> Ready {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_one_at_a_time_commit_inline_and_a_burst_goes_to_the_commit_thread() {
-    let dir = std::env::temp_dir().join(format!("holdfast-inline-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let store = DurableStore::open(&dir, StoreOptions::default()).expect("store");
+    let (dir, store) = fresh_store("inline");
     let service = Arc::new(Plain::default());
     let task_dir = dir.clone();
     // On a runtime worker, as the engine runs.
@@ -269,9 +281,7 @@ impl ServiceDurability for Strict {}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_mode_commits_inline_one_at_a_time_and_hands_the_ready_back_with_its_changes() {
-    let dir = std::env::temp_dir().join(format!("holdfast-strict-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let store = DurableStore::open(&dir, StoreOptions::default()).expect("store");
+    let (dir, store) = fresh_store("strict");
     tokio::spawn(async move {
         let mut driver = Driver::new(Committer::new(store, Arc::new(Strict)));
         assert!(!driver.early());
@@ -301,15 +311,8 @@ async fn strict_mode_commits_inline_one_at_a_time_and_hands_the_ready_back_with_
 
 #[test]
 fn a_commit_that_hangs_does_not_hang_the_drop_and_keeps_the_store_locked() {
-    let dir = std::env::temp_dir().join(format!("holdfast-hang-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let store = DurableStore::open(&dir, StoreOptions::default()).expect("store");
-    let (entered_tx, entered) = channel();
-    let (go, go_rx) = channel();
-    let gate = Arc::new(Gate {
-        entered: Mutex::new(entered_tx),
-        go: Mutex::new(go_rx),
-    });
+    let (dir, store) = fresh_store("hang");
+    let (gate, entered, go) = gate();
     let mut committer = Committer::new(store, gate);
     committer.set_stop_bound(Duration::from_millis(100));
     let mut driver = Driver::new(committer);
